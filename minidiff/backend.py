@@ -1,0 +1,136 @@
+"""Where arrays live and which kernels run on them.
+
+Model code never names a device (DESIGN.md, principle 2): an op asks :func:`get_array_module`
+for the module of its inputs (``numpy`` or ``cupy``) and calls that. Only named kernels split by
+device, through :mod:`minidiff.kernels`.
+
+Kernel selection (``MINIDIFF_KERNELS``):
+
+* ``auto`` (default) -- the compiled Cython kernels (``minidiff._C``) when they are built, else
+  the NumPy reference with one warning;
+* ``reference`` -- always the plain NumPy reference, the specification a student can step through;
+* ``cpu`` -- the Cython kernels, or an error if they are not built.
+
+``MINIDIFF_REQUIRE_EXT=1`` turns the missing-extension warning into an error (CI sets it).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+
+import numpy as np
+
+KERNEL_MODES = ("auto", "reference", "cpu")
+DEVICES = ("cpu", "cuda")
+
+
+class DeviceError(RuntimeError):
+    """A device was asked for that this machine cannot provide, or devices were mixed."""
+
+
+def _load_extension():
+    try:
+        return importlib.import_module("minidiff._C")
+    except ImportError as exc:
+        if os.environ.get("MINIDIFF_REQUIRE_EXT") == "1":
+            raise ImportError(
+                "MINIDIFF_REQUIRE_EXT=1 but the compiled kernels (minidiff._C) cannot be "
+                f"imported: {exc}. Rebuild with `pip install -e .`"
+            ) from exc
+        warnings.warn(
+            f"minidiff: compiled kernels (minidiff._C) not available ({exc}); using the NumPy "
+            "reference kernels, which are slower. Rebuild with `pip install -e .`",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+_extension = _load_extension()
+
+
+def extension():
+    """The compiled Cython module ``minidiff._C``, or ``None`` when it is not built."""
+    return _extension
+
+
+def kernel_mode() -> str:
+    """The kernel family in force for CPU arrays: ``"reference"`` or ``"cpu"``.
+
+    Read from ``MINIDIFF_KERNELS`` at every call, so tests and benchmarks can switch it.
+    """
+    mode = os.environ.get("MINIDIFF_KERNELS", "auto").strip().lower() or "auto"
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"MINIDIFF_KERNELS={mode!r}: expected one of {', '.join(KERNEL_MODES)}")
+    if mode == "auto":
+        return "cpu" if _extension is not None else "reference"
+    if mode == "cpu" and _extension is None:
+        raise ImportError("MINIDIFF_KERNELS=cpu but minidiff._C is not built; run `pip install -e .`")
+    return mode
+
+
+def cupy():
+    """Import CuPy lazily and check that a CUDA device answers; a one-line error otherwise."""
+    try:
+        import cupy as cp
+    except ImportError as exc:
+        raise DeviceError(
+            "device 'cuda' needs CuPy: pip install 'minidiff[gpu]' (cupy-cuda12x)"
+        ) from exc
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CuPy raises its own CUDARuntimeError without a driver
+        raise DeviceError(f"device 'cuda': CuPy is installed but no CUDA device answers ({exc})") from exc
+    if count == 0:
+        raise DeviceError("device 'cuda': CuPy is installed but no CUDA device was found")
+    return cp
+
+
+def is_cupy_array(array) -> bool:
+    return type(array).__module__.startswith("cupy")
+
+
+def get_array_module(*arrays):
+    """``cupy`` if any argument is a CuPy array, else ``numpy`` (chainer's idiom)."""
+    for array in arrays:
+        if is_cupy_array(array):
+            import cupy as cp
+
+            return cp
+    return np
+
+
+def device_of(array) -> str:
+    return "cuda" if is_cupy_array(array) else "cpu"
+
+
+def check_device(device: str) -> str:
+    """Validate a device name and make sure it can be used; returns the normalised name."""
+    name = str(device).lower()
+    if name.startswith("cuda"):
+        cupy()
+        return "cuda"
+    if name != "cpu":
+        raise DeviceError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
+    return "cpu"
+
+
+def to_device(array, device: str):
+    """Copy ``array`` to ``device`` (a no-op when it is already there)."""
+    device = check_device(device)
+    if device == device_of(array):
+        return array
+    if device == "cuda":
+        return cupy().asarray(array)
+    return array.get()
+
+
+def same_device(*arrays) -> str:
+    """The common device of ``arrays``; mixing CPU and CUDA arrays in one op is refused."""
+    devices = {device_of(a) for a in arrays if a is not None}
+    if len(devices) > 1:
+        raise DeviceError(
+            "arrays on different devices in one op (cpu and cuda); move them with .to(device) first"
+        )
+    return devices.pop() if devices else "cpu"

@@ -1,0 +1,48 @@
+"""The NumPy reference kernels: the specification every fast kernel is tested against.
+
+Written for clarity over speed, with the array module of their inputs (NumPy or CuPy), so
+``MINIDIFF_KERNELS=reference`` gives a path a student can step through line by line.
+"""
+from __future__ import annotations
+
+from ..backend import get_array_module
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution along one axis: ⌊(size + 2·padding − kernel)/stride⌋ + 1."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def im2col(x, kh: int, kw: int, stride: int, padding: int):
+    """Unfold every kh×kw patch of ``x`` into a column, so a convolution becomes one GEMM.
+
+    x: (N, C, H, W) → cols: (N, C·kh·kw, Ho·Wo), rows ordered (c, i, j) like a flattened
+    (C, kh, kw) weight. Padding is zeros.
+    """
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
+    padded = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))) if padding else x
+    cols = xp.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = padded[:, :, i : i + stride * ho : stride, j : j + stride * wo : stride]
+    return cols.reshape(n, c * kh * kw, ho * wo)
+
+
+def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int):
+    """The adjoint of :func:`im2col`: scatter-add every column back onto its patch.
+
+    cols: (N, C·kh·kw, Ho·Wo) → (N, C, H, W). Overlapping patches add up, which is exactly the
+    gradient of im2col; contributions reach a pixel in (i, j) order, which the fast kernels
+    follow so that they agree bit for bit.
+    """
+    xp = get_array_module(cols)
+    n, c, h, w = x_shape
+    ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
+    cols = cols.reshape(n, c, kh, kw, ho, wo)
+    padded = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            padded[:, :, i : i + stride * ho : stride, j : j + stride * wo : stride] += cols[:, :, i, j]
+    return padded[:, :, padding : padding + h, padding : padding + w].copy() if padding else padded
