@@ -196,6 +196,7 @@ DATASETS: dict[str, DatasetInfo] = {
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
             "https://storage.googleapis.com/cvdf-datasets/mnist/",
         ),
+        # file: (MD5 of the published .gz, MD5 of its decompressed content)
         splits=_splits({
             "train-images-idx3-ubyte": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
             "train-labels-idx1-ubyte": ("d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"),
@@ -269,22 +270,28 @@ def load_dataset(
     if split in ("train", "auto"):
         return _load_training_data(info, split, dirs, download)
     parts = [
-        _read_split(info, part, _obtain_split(info, part, dirs, download))
-        for part in (("train", "test") if split == "all" else (split,))
+        _read_split(info, part, _obtain_split(info, part, dirs, download)) for part in _parts(split)
     ]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def download(name: str, split: str = "all", data_dir: str | os.PathLike | None = None) -> Path:
+def download_dataset(
+    name: str = "mnist", split: str = "all", data_dir: str | os.PathLike | None = None
+) -> Path:
     """Make sure ``split`` ('train', 'test' or 'all') of ``name`` is on disk, downloading
     what is missing; returns the directory downloads go to."""
     info = dataset_info(name)
     if split not in ("train", "test", "all"):
         raise ValueError(f"unknown split {split!r}; expected train, test or all")
     dirs = search_dirs(name, data_dir)
-    for part in ("train", "test") if split == "all" else (split,):
+    for part in _parts(split):
         _obtain_split(info, part, dirs, download=True)
     return dirs[0]
+
+
+def _parts(split: str) -> tuple[str, ...]:
+    """The file splits making up ``split``: 'all' is train then test."""
+    return ("train", "test") if split == "all" else (split,)
 
 
 def _load_training_data(info: DatasetInfo, split: str, dirs: list[Path], download: bool):
@@ -405,7 +412,10 @@ def _download_file(mirrors: tuple[str, ...], file: IdxFile, directory: Path) -> 
 def _fetch(url: str, dest: Path, md5: str) -> Path:
     """Download ``url`` to ``dest``, refusing it unless its MD5 is ``md5``; an interrupted or
     corrupt download leaves nothing behind that could pass for a complete file."""
-    with atomic_write(dest) as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+    with (
+        atomic_write(dest) as out,
+        urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+    ):
         digest = _copy_with_progress(response, out, dest.name)
         if digest != md5:
             raise DataError(f"MD5 of the download is {digest}, expected {md5}")
@@ -452,7 +462,9 @@ class _StderrProgress:
 
 
 # ---------------------------------------------------------------------------------------
-# Mini-batches
+# Mini-batches and toy sets take a Generator, or a seed for a fresh one.
+
+RngLike = np.random.Generator | int | None
 
 
 class Batcher:
@@ -460,14 +472,15 @@ class Batcher:
 
     Each epoch is one permutation drawn from ``rng``; batches are consecutive slices of it,
     and the last partial batch of an epoch is dropped (every batch has ``batch_size`` rows).
-    The whole state is (rng, permutation, position), so ``state_dict`` /
-    ``load_state_dict`` let a training loop resume exactly where it stopped.
+    The whole state is (rng, permutation, position) plus an ``epoch`` counter, so
+    ``state_dict`` / ``load_state_dict`` let a training loop resume exactly where it stopped::
 
-    >>> batcher = Batcher(images, labels, batch_size=128, rng=0)
-    >>> x, y = next(batcher)
+        batcher = Batcher(images, labels, batch_size=128, rng=0)
+        x, y = next(batcher)
+        np.savez("batcher.npz", **batcher.state_dict())
     """
 
-    def __init__(self, *arrays: np.ndarray, batch_size: int, rng: np.random.Generator | int | None = None):
+    def __init__(self, *arrays: np.ndarray, batch_size: int, rng: RngLike = None):
         if not arrays:
             raise ValueError("Batcher needs at least one array")
         n = len(arrays[0])
@@ -514,7 +527,8 @@ class Batcher:
         permutation = np.asarray(state["permutation"])
         if len(permutation) != len(self.arrays[0]):
             raise ValueError(
-                f"Batcher state is for {len(permutation)} examples, this Batcher has {len(self.arrays[0])}"
+                f"Batcher state is for {len(permutation)} examples, "
+                f"this Batcher has {len(self.arrays[0])}"
             )
         self.rng.bit_generator.state = json.loads(str(state["rng_state"]))
         self.permutation = permutation.copy()
@@ -523,10 +537,10 @@ class Batcher:
 
 
 # ---------------------------------------------------------------------------------------
-# Toy 2-D data sets: quick experiments where the whole distribution can be plotted.
+# Toy 2-D data sets: quick experiments whose whole distribution can be plotted.
 
 
-def two_moons(n: int, noise: float = 0.05, rng: np.random.Generator | int | None = 0) -> np.ndarray:
+def two_moons(n: int, noise: float = 0.05, rng: RngLike = 0) -> np.ndarray:
     """Two interleaved half circles, centred on the origin; float32 (n, 2)."""
     rng = np.random.default_rng(rng)
     angle = rng.uniform(0, np.pi, n)
@@ -540,17 +554,18 @@ def two_moons(n: int, noise: float = 0.05, rng: np.random.Generator | int | None
 
 def gaussian_mixture(
     n: int, modes: int = 8, radius: float = 1.0, std: float = 0.05,
-    rng: np.random.Generator | int | None = 0,
+    rng: RngLike = 0,
 ) -> np.ndarray:
-    """Equal-weight Gaussians with standard deviation ``std`` centred on a circle; float32 (n, 2)."""
+    """``modes`` equal-weight Gaussians of standard deviation ``std``, centred on a circle
+    of radius ``radius``; float32 (n, 2)."""
     rng = np.random.default_rng(rng)
     angle = 2 * np.pi * rng.integers(modes, size=n) / modes
     centres = radius * np.stack([np.cos(angle), np.sin(angle)], axis=1)
     return (centres + std * rng.standard_normal((n, 2))).astype(np.float32)
 
 
-def swiss_roll(n: int, noise: float = 0.02, rng: np.random.Generator | int | None = 0) -> np.ndarray:
-    """A 2-D spiral ``r = θ`` for θ in [1.5π, 4.5π], scaled into about [−1, 1]²; float32 (n, 2)."""
+def swiss_roll(n: int, noise: float = 0.02, rng: RngLike = 0) -> np.ndarray:
+    """The spiral ``r = θ``, θ in [1.5π, 4.5π], scaled into about [−1, 1]²; float32 (n, 2)."""
     rng = np.random.default_rng(rng)
     theta = rng.uniform(1.5 * np.pi, 4.5 * np.pi, n)
     points = np.stack([theta * np.cos(theta), theta * np.sin(theta)], axis=1) / (4.5 * np.pi)

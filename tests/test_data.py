@@ -4,6 +4,7 @@
 import dataclasses
 import gzip
 import hashlib
+import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -355,8 +356,14 @@ def test_download_tries_mirrors_in_order_into_the_cache(toy, home, monkeypatch):
 
 def test_download_goes_to_the_minidiff_data_folder(toy, tmp_path, monkeypatch):
     monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path / "data"))
-    assert data.download("toy", "test") == tmp_path / "data" / "toy"
+    assert data.download_dataset("toy", "test") == tmp_path / "data" / "toy"
     assert (tmp_path / "data" / "toy" / "t10k-labels-idx1-ubyte.gz").is_file()
+
+
+def test_download_progress_without_tqdm(toy, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `import tqdm` fail
+    data.download_dataset("toy", "test", data_dir=tmp_path)
+    assert "t10k-images-idx3-ubyte.gz: 0.0 / 0.0 MB" in capsys.readouterr().err
 
 
 def test_download_checksum_mismatch_is_refused_and_leaves_nothing(toy, tmp_path):
