@@ -46,3 +46,27 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int):
         for j in range(kw):
             padded[:, :, i : i + stride * ho : stride, j : j + stride * wo : stride] += cols[:, :, i, j]
     return padded[:, :, padding : padding + h, padding : padding + w].copy() if padding else padded
+
+
+def group_norm_forward(x, eps: float):
+    """Normalise each group to zero mean and unit variance.
+
+    x: (N, G, M), one row per (image, group) → (x̂ (N, G, M), rstd (N, G)) with
+    x̂ = (x − μ)·rstd and rstd = 1/√(σ² + eps). Two-pass variance σ² = mean((x − μ)²): it
+    never subtracts two large nearly equal numbers, unlike E[x²] − μ².
+    """
+    xp = get_array_module(x)
+    mean = x.mean(axis=-1, keepdims=True)  # μ: (N, G, 1)
+    centered = x - mean
+    rstd = 1 / xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)  # 1/σ: (N, G, 1)
+    return centered * rstd, rstd[..., 0]
+
+
+def group_norm_backward(grad_xhat, x_hat, rstd):
+    """The gradient through x̂ = (x − μ)/σ, per group: dx = (1/σ)(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)).
+
+    grad_xhat, x_hat: (N, G, M); rstd: (N, G) → dx: (N, G, M).
+    """
+    mean_grad = grad_xhat.mean(axis=-1, keepdims=True)  # through μ
+    mean_grad_xhat = (grad_xhat * x_hat).mean(axis=-1, keepdims=True)  # through σ
+    return rstd[..., None] * (grad_xhat - mean_grad - x_hat * mean_grad_xhat)
