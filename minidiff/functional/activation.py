@@ -1,0 +1,131 @@
+"""Activations, softmax and dropout."""
+from __future__ import annotations
+
+from ..autograd import Function
+from ..backend import get_array_module
+
+__all__ = ["tanh", "sigmoid", "silu", "relu", "softmax", "log_softmax", "dropout"]
+
+
+def _sigmoid(x):
+    # σ(x) = (1 + tanh(x/2))/2: exact, and never overflows the way 1/(1 + e⁻ˣ) does for x ≪ 0
+    return 0.5 * (1 + get_array_module(x).tanh(0.5 * x))
+
+
+class Tanh(Function):
+    def forward(self, x):
+        out = get_array_module(x).tanh(x)
+        self.save_for_backward(out)
+        return out
+
+    def backward(self, grad):
+        (out,) = self.saved
+        return grad * (1 - out * out)  # ∂ tanh x/∂x = 1 − tanh²x
+
+
+class Sigmoid(Function):
+    def forward(self, x):
+        out = _sigmoid(x)
+        self.save_for_backward(out)
+        return out
+
+    def backward(self, grad):
+        (out,) = self.saved
+        return grad * out * (1 - out)  # ∂σ/∂x = σ(1 − σ)
+
+
+class SiLU(Function):
+    def forward(self, x):
+        s = _sigmoid(x)
+        self.save_for_backward(x, s)
+        return x * s
+
+    def backward(self, grad):
+        x, s = self.saved
+        return grad * s * (1 + x * (1 - s))  # ∂(xσ(x))/∂x = σ + xσ(1 − σ) = σ(1 + x(1 − σ))
+
+
+class ReLU(Function):
+    def forward(self, x):
+        self.save_for_backward(x > 0)
+        return get_array_module(x).maximum(x, 0)
+
+    def backward(self, grad):
+        (positive,) = self.saved
+        return grad * positive  # ∂ max(x, 0)/∂x = [x > 0]
+
+
+class Softmax(Function):
+    def forward(self, x, axis=-1):
+        xp = get_array_module(x)
+        e = xp.exp(x - x.max(axis=axis, keepdims=True))  # shifting by the max changes nothing but overflow
+        out = e / e.sum(axis=axis, keepdims=True)
+        self.save_for_backward(out, axis)
+        return out
+
+    def backward(self, grad):
+        y, axis = self.saved
+        return y * (grad - (grad * y).sum(axis=axis, keepdims=True))  # ∂yᵢ/∂xⱼ = yᵢ(δᵢⱼ − yⱼ)
+
+
+class LogSoftmax(Function):
+    def forward(self, x, axis=-1):
+        xp = get_array_module(x)
+        shifted = x - x.max(axis=axis, keepdims=True)
+        out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+        self.save_for_backward(out, axis)
+        return out
+
+    def backward(self, grad):
+        out, axis = self.saved
+        softmax = get_array_module(out).exp(out)
+        return grad - softmax * grad.sum(axis=axis, keepdims=True)  # ∂(xᵢ − log Σₖ eˣᵏ)/∂xⱼ = δᵢⱼ − softmaxⱼ
+
+
+class Dropout(Function):
+    def forward(self, x, p=0.5, rng=None):
+        xp = get_array_module(x)
+        rng = xp.random.default_rng() if rng is None else rng
+        keep = xp.asarray(rng.random(x.shape)) >= p
+        mask = keep.astype(x.dtype) / x.dtype.type(1 - p)  # inverted dropout: E[output] = x, so eval needs no rescale
+        self.save_for_backward(mask)
+        return x * mask
+
+    def backward(self, grad):
+        (mask,) = self.saved
+        return grad * mask  # ∂(x·m)/∂x = m
+
+
+def tanh(x):
+    return Tanh.apply(x)
+
+
+def sigmoid(x):
+    return Sigmoid.apply(x)
+
+
+def silu(x):
+    """x·σ(x), the activation of the DDPM U-Net (also called swish)."""
+    return SiLU.apply(x)
+
+
+def relu(x):
+    return ReLU.apply(x)
+
+
+def softmax(x, axis=-1):
+    return Softmax.apply(x, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    return LogSoftmax.apply(x, axis=axis)
+
+
+def dropout(x, p=0.5, training=True, rng=None):
+    """Zero each element with probability ``p`` and scale the rest by 1/(1 − p); identity when
+    ``p == 0`` or not ``training``. ``rng`` is a ``numpy`` (or ``cupy``) ``Generator``."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    if p == 0 or not training:
+        return x
+    return Dropout.apply(x, p=p, rng=rng)
