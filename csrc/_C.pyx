@@ -3,3 +3,4 @@
 minidiff/kernels/reference.py and is tested against it."""
 
 include "im2col.pxi"
+include "groupnorm.pxi"

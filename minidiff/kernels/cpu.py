@@ -29,5 +29,26 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int):
     return x
 
 
+def group_norm_forward(x, eps: float):
+    n, g, m = x.shape
+    x = np.ascontiguousarray(x)
+    x_hat, rstd = np.empty_like(x), np.empty((n, g), dtype=x.dtype)  # (N, G, M), (N, G)
+    _C.group_norm_forward(x.reshape(n * g, m), eps, x_hat.reshape(n * g, m), rstd.reshape(n * g))
+    return x_hat, rstd
+
+
+def group_norm_backward(grad_xhat, x_hat, rstd):
+    n, g, m = x_hat.shape
+    grad_xhat = np.ascontiguousarray(grad_xhat, dtype=x_hat.dtype)
+    grad_x = np.empty_like(grad_xhat)  # (N, G, M)
+    _C.group_norm_backward(
+        grad_xhat.reshape(n * g, m),
+        np.ascontiguousarray(x_hat).reshape(n * g, m),
+        np.ascontiguousarray(rstd).reshape(n * g),
+        grad_x.reshape(n * g, m),
+    )
+    return grad_x
+
+
 if _C is None:  # the dispatcher then uses the reference for every name
-    del im2col, col2im
+    del im2col, col2im, group_norm_forward, group_norm_backward

@@ -1,0 +1,127 @@
+"""The named kernels: the Cython versions against the NumPy reference (their specification),
+col2im as the adjoint of im2col, the dispatcher's choice, and thread-count independence."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from minidiff import backend
+from minidiff.kernels import cpu, kernel, reference
+from minidiff.kernels.reference import conv_output_size
+
+needs_ext = pytest.mark.skipif(backend.extension() is None, reason="minidiff._C (the Cython kernels) is not built")
+
+
+@st.composite
+def conv_problems(draw):
+    """A random (x, kh, kw, stride, padding) whose kernel fits the padded input; odd and non-square sizes."""
+    kh, kw = draw(st.sampled_from([1, 3])), draw(st.sampled_from([1, 3]))
+    stride, padding = draw(st.sampled_from([1, 2])), draw(st.sampled_from([0, 1, 2]))
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    assume(kh <= h + 2 * padding and kw <= w + 2 * padding)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    x = np.random.default_rng(draw(st.integers(0, 2**16))).standard_normal((n, c, h, w)).astype(dtype)
+    return x, kh, kw, stride, padding
+
+
+def random_cols(x, kh, kw, stride, padding, seed=1):
+    n, c, h, w = x.shape
+    ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
+    return np.random.default_rng(seed).standard_normal((n, c * kh * kw, ho * wo)).astype(x.dtype)
+
+
+@needs_ext
+@settings(max_examples=40, deadline=None)
+@given(conv_problems())
+def test_cython_im2col_and_col2im_equal_the_reference_exactly(problem):
+    x, kh, kw, stride, padding = problem
+    cols = cpu.im2col(x, kh, kw, stride, padding)
+    expected = reference.im2col(x, kh, kw, stride, padding)
+    assert cols.dtype == x.dtype and np.array_equal(cols, expected)
+    c = random_cols(x, kh, kw, stride, padding)
+    image = cpu.col2im(c, x.shape, kh, kw, stride, padding)
+    assert image.dtype == x.dtype and np.array_equal(image, reference.col2im(c, x.shape, kh, kw, stride, padding))
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_problems())
+def test_col2im_is_the_adjoint_of_im2col(problem):
+    """⟨im2col(x), c⟩ = ⟨x, col2im(c)⟩ for every x and c: col2im is im2col's transpose."""
+    x, kh, kw, stride, padding = problem
+    x = x.astype(np.float64)
+    c = random_cols(x, kh, kw, stride, padding)
+    for impl in [reference] + ([cpu] if backend.extension() is not None else []):
+        lhs = np.sum(impl.im2col(x, kh, kw, stride, padding) * c)
+        rhs = np.sum(x * impl.col2im(c, x.shape, kh, kw, stride, padding))
+        assert np.isclose(lhs, rhs, rtol=1e-12, atol=1e-12)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-13)])
+@pytest.mark.parametrize("shape", [(2, 4, 49), (3, 1, 7), (1, 8, 1)])
+def test_cython_group_norm_matches_the_reference(dtype, tol, shape):
+    rng = np.random.default_rng(2)
+    x = (5 + 3 * rng.standard_normal(shape)).astype(dtype)
+    grad = rng.standard_normal(shape).astype(dtype)
+    x_hat, rstd = cpu.group_norm_forward(x, 1e-5)
+    ref_x_hat, ref_rstd = reference.group_norm_forward(x, 1e-5)
+    assert x_hat.dtype == rstd.dtype == dtype and rstd.shape == shape[:2]
+    np.testing.assert_allclose(x_hat, ref_x_hat, rtol=tol, atol=tol)
+    np.testing.assert_allclose(rstd, ref_rstd, rtol=tol, atol=tol)
+    np.testing.assert_allclose(
+        cpu.group_norm_backward(grad, x_hat, rstd), reference.group_norm_backward(grad, ref_x_hat, ref_rstd), rtol=tol, atol=tol
+    )
+
+
+KERNEL_NAMES = ["im2col", "col2im", "group_norm_forward", "group_norm_backward"]
+
+
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_reference_mode_dispatches_to_the_reference(monkeypatch, name):
+    monkeypatch.setenv("MINIDIFF_KERNELS", "reference")
+    assert kernel(name, np.zeros(1)) is getattr(reference, name)
+
+
+@needs_ext
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_cpu_mode_dispatches_to_the_cython_wrappers(monkeypatch, name):
+    monkeypatch.setenv("MINIDIFF_KERNELS", "cpu")
+    assert kernel(name, np.zeros(1)) is getattr(cpu, name)
+
+
+CONV_STEP = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import minidiff.functional as F
+    from minidiff import Tensor
+
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((4, 6, 13, 11)).astype(np.float32), requires_grad=True)
+    w = Tensor(rng.standard_normal((8, 6, 3, 3)).astype(np.float32), requires_grad=True)
+    b = Tensor(rng.standard_normal(8).astype(np.float32), requires_grad=True)
+    y = F.group_norm(F.conv2d(x, w, b, stride=2, padding=1), 2)
+    y.backward(rng.standard_normal(y.shape).astype(np.float32))
+    np.savez(sys.argv[1], y=y.data, dx=x.grad, dw=w.grad, db=b.grad)
+    """
+)
+
+
+@needs_ext
+def test_conv_step_is_bitwise_the_same_with_one_thread(tmp_path):
+    """A conv + group norm forward and backward in this process (all threads) and in a
+    subprocess with OMP_NUM_THREADS=1 give identical bytes: no kernel depends on the thread count."""
+    script = tmp_path / "conv_step.py"
+    script.write_text(CONV_STEP)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MINIDIFF_KERNELS="cpu")
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one.npz")], env=env, check=True)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "many.npz")], env=dict(env, OMP_NUM_THREADS="4"), check=True)
+    one, many = np.load(tmp_path / "one.npz"), np.load(tmp_path / "many.npz")
+    for name in one.files:
+        assert one[name].tobytes() == many[name].tobytes(), name
