@@ -39,15 +39,14 @@ class Conv2d(Function):
 
     def backward(self, grad):
         x, w = self.saved
+        xp = get_array_module(grad)
         n, c_out = grad.shape[:2]
         grad = grad.reshape(n, c_out, -1)  # dY: (N, C_out, Ho·Wo)
         grad_x = grad_w = grad_b = None
         if self.needs_input_grad[0]:
-            xp = get_array_module(grad)
             grad_cols = xp.matmul(w.reshape(c_out, -1).T, grad)  # ∂y/∂cols = Wᵀ: (N, C·kh·kw, Ho·Wo)
             grad_x = kernel("col2im", grad_cols)(grad_cols, self.x_shape, *self.conv)  # ∂cols/∂x = col2im (adjoint of im2col)
         if self.needs_input_grad[1]:
-            xp = get_array_module(grad)
             cols = kernel("im2col", x)(x, *self.conv)  # recomputed, see the class docstring
             grad_w = xp.tensordot(grad, cols, axes=([0, 2], [0, 2]))  # ∂y/∂W: Σₙ dY[n]·cols[n]ᵀ, one GEMM
             grad_w = grad_w.reshape(self.inputs[1].shape)  # (C_out, C, kh, kw)
