@@ -5,7 +5,7 @@ import pytest
 import minidiff.functional as F
 import minidiff.nn as nn
 import minidiff.optim as optim
-from minidiff import Tensor
+from minidiff import Tensor, backend
 
 # f(θ) = ½ θᵀAθ − bᵀθ, with gradient Aθ − b and minimiser A⁻¹b.
 A = np.array([[3.0, 0.5, 0.0], [0.5, 2.0, 0.3], [0.0, 0.3, 1.0]])
@@ -266,3 +266,35 @@ def test_adam_with_clipping_and_ema_fits_a_linear_regression():
     assert loss.item() < 1e-4
     with ema.applied(model):
         np.testing.assert_allclose(model.weight.data, [[1.0, -2.0, 0.5]], atol=1e-2)
+
+
+def has_cuda():
+    try:
+        return backend.check_device("cuda") == "cuda"
+    except backend.DeviceError:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_cuda(), reason="needs CuPy and a CUDA device")
+def test_adam_clipping_and_ema_on_cuda_match_cpu():
+    def train(device):
+        model = nn.Linear(3, 2, rng=np.random.default_rng(0), dtype=np.float64).to(device)
+        opt, ema = optim.AdamW(model, lr=0.1), optim.EMA(model, decay=0.9)
+        for step in range(3):
+            for p in model.parameters():
+                p.grad = p.data * (step + 1.0)
+            norm = optim.clip_grad_norm(model, 0.5)
+            opt.step()
+            ema.update()
+        resumed = optim.AdamW(model)
+        resumed.load_state_dict(opt.state_dict())
+        assert backend.device_of(resumed.state[0]["exp_avg"]) == device
+        ema.copy_to(model)
+        return norm, model.to("cpu").state_dict()
+
+    cpu_norm, cpu_state = train("cpu")
+    gpu_norm, gpu_state = train("cuda")
+    assert gpu_norm == pytest.approx(cpu_norm, rel=1e-12)
+    for name in cpu_state:
+        np.testing.assert_allclose(gpu_state[name], cpu_state[name], rtol=1e-12)
