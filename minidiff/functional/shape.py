@@ -22,18 +22,18 @@ class Reshape(Function):
 class Transpose(Function):
     def forward(self, x, axes=None):
         axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(a % x.ndim for a in axes)
-        self.save_for_backward(axes)
+        self.save_for_backward(tuple(np.argsort(axes).tolist()))
         return x.transpose(axes)
 
     def backward(self, grad):
-        (axes,) = self.saved
-        return grad.transpose(np.argsort(axes))  # the inverse permutation takes each gradient home
+        (inverse,) = self.saved
+        return grad.transpose(inverse)  # the inverse permutation takes each gradient home
 
 
 class Concat(Function):
     def forward(self, *xs, axis=0):
         sizes = [x.shape[axis] for x in xs]
-        self.save_for_backward(np.cumsum(sizes)[:-1], axis)
+        self.save_for_backward(np.cumsum(sizes)[:-1].tolist(), axis)
         return get_array_module(*xs).concatenate(xs, axis=axis)
 
     def backward(self, grad):
