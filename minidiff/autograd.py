@@ -125,13 +125,17 @@ class Tensor:
             raise ValueError(f"backward(): gradient of shape {grad.shape} for a tensor of shape {self.shape}")
 
         grads = {id(self): grad}
+        given_to_leaves = set()  # ids of arrays already stored as some leaf's .grad
         for node in reversed(_topological_order(self)):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
             ctx = node._ctx
             if ctx is None:  # a leaf
+                if id(g) in given_to_leaves:  # e.g. Add hands one array to both inputs: never alias two .grad
+                    g = g.copy()
                 node.grad = g if node.grad is None else node.grad + g
+                given_to_leaves.add(id(node.grad))
                 continue
             input_grads = ctx.backward(g)
             if not isinstance(input_grads, tuple):

@@ -131,3 +131,12 @@ def test_tensor_methods_reach_the_functional_ops():
     y.backward()
     assert x.grad.shape == (2, 3) and np.isfinite(x.grad).all()
     assert (-x).data[0, 0] == -1 and (2 - x).data[0, 0] == 1 and (1 / x).data[0, 1] == 0.5
+
+
+def test_leaves_never_share_a_grad_array():
+    """Add hands one array to both inputs; scaling one leaf's .grad in place must not touch the other."""
+    a = Tensor(np.ones(3), requires_grad=True)
+    b = Tensor(np.ones(3), requires_grad=True)
+    (a + b).sum().backward()
+    a.grad *= 0.5
+    assert np.array_equal(b.grad, np.ones(3))
