@@ -276,9 +276,15 @@ class UNet(nn.Module):
         return cls(**{**PRESETS[name], **overrides})
 
     def forward(self, x, t, y=None):
-        """ε̂ = ε_θ(x_t, t[, y]): x (N, C, H, W) Tensor, t integer timesteps (N,), y labels (N,)."""
+        """ε̂ = ε_θ(x_t, t[, y]): x (N, C, H, W), t integer timesteps (N,), y labels (N,).
+
+        x is a Tensor or an array. A constant x (one that needs no gradient) is cast to the
+        parameters' dtype, so a float64 NumPy batch does not silently run a float32 model in
+        float64; a differentiated x must already match it.
+        """
         self._check_inputs(x, t, y)
         like = self.time_embed[0].weight  # the device and dtype the parameters live in
+        x = _as_input(x, like)
         t = _index_array(t, like)
         temb = self.time_embed(Tensor(timestep_embedding(t, self.base_channels, dtype=like.dtype)))  # (N, 4·base)
         if y is not None:
@@ -327,6 +333,20 @@ def _size_advice(size: int, times: int) -> str:
     return f"use a size divisible by {step} such as {f'{lower} or {upper}' if lower else upper}"
 
 
+def _as_input(x, like: Tensor) -> Tensor:
+    """``x`` as a Tensor of the dtype of ``like``, copying only a constant (see UNet.forward)."""
+    if not isinstance(x, Tensor):
+        return Tensor(x, dtype=like.dtype)
+    if x.dtype == like.dtype:
+        return x
+    if x.requires_grad:
+        raise ValueError(
+            f"UNet: input of dtype {x.dtype} requires grad but the parameters are {like.dtype}; "
+            f"build the input as {like.dtype} (or the model with dtype={x.dtype})"
+        )
+    return Tensor(x.data, dtype=like.dtype)
+
+
 def _index_array(values, like: Tensor):
     """Timesteps or labels (array, list or Tensor) as an integer array on the device of ``like``."""
     values = values.data if isinstance(values, Tensor) else values
@@ -343,6 +363,6 @@ def as_denoiser(model: UNet, y=None):
 
     def denoise(x_t, t):
         with no_grad():
-            return model(Tensor(x_t, dtype=model.time_embed[0].weight.dtype), t, y).data
+            return model(x_t, t, y).data
 
     return denoise
