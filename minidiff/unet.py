@@ -232,7 +232,8 @@ class UNet(nn.Module):
 
         # Down: every input block's output is a skip, so the channel counts are recorded as they go.
         # Every entry is a TimestepSequential, so the forward pass treats them all alike.
-        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(in_channels, base_channels, 3, padding=1, **layer))])
+        conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1, **layer)
+        self.input_blocks = nn.ModuleList([TimestepSequential(conv_in)])
         skip_channels = [base_channels]
         ch = base_channels
         for level, mult in enumerate(channel_mults):
@@ -288,12 +289,15 @@ class UNet(nn.Module):
         t = _index_array(t, like)
         temb = self.time_embed(Tensor(timestep_embedding(t, self.base_channels, dtype=like.dtype)))  # (N, 4·base)
         if y is not None:
-            temb = temb + self.label_embed[_index_array(y, like)]  # a row lookup, differentiable via getitem
+            y = _index_array(y, like)
+            if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
+                raise ValueError(f"UNet: class labels must lie in [0, {self.num_classes}), got {y.min()}…{y.max()}")
+            temb = temb + self.label_embed[y]  # a row lookup, differentiable via getitem
 
         hs = []
         h = x
         for block in self.input_blocks:
-            h = block(h, temb)  # (N, base·mult, H/2^level, W/2^level)
+            h = block(h, temb)  # (N, base·mult, H/2^level, W/2^level) at the current level
             hs.append(h)
         h = self.middle_block(h, temb)
         for block in self.output_blocks:

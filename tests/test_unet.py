@@ -53,29 +53,29 @@ def test_output_shape_equals_input_shape(preset):
 
 
 def test_constant_input_is_cast_to_the_parameter_dtype_and_a_differentiated_one_must_match():
-    model = UNet.from_preset("tiny")
-    assert model(np.zeros((1, 1, 28, 28)), np.array([0])).dtype == np.float32
+    model = UNet(**SMALL)
+    assert model(np.zeros((1, 1, 8, 8)), np.array([0])).dtype == np.float32
     with pytest.raises(ValueError, match="float64 requires grad but the parameters are float32"):
-        model(Tensor(np.zeros((1, 1, 28, 28)), requires_grad=True), np.array([0]))
+        model(Tensor(np.zeros((1, 1, 8, 8)), requires_grad=True), np.array([0]))
 
 
 def test_other_sizes_that_halve_evenly_are_accepted():
-    model = UNet.from_preset("tiny")  # one downsample: any even size
+    model = UNet(**SMALL)  # one downsample: any even size
     assert model(Tensor(np.zeros((1, 1, 16, 12))), np.array([3])).shape == (1, 1, 16, 12)
 
 
 def test_fresh_model_predicts_zero_from_zero_initialised_output_conv():
-    out = UNet.from_preset("tiny")(Tensor(np.ones((1, 1, 28, 28))), np.array([5]))
+    out = UNet(**SMALL)(Tensor(np.ones((1, 1, 8, 8))), np.array([5]))
     assert np.all(out.data == 0)
 
 
 def test_config_rebuilds_the_model_from_a_state_dict():
-    model = perturb_parameters(UNet.from_preset("tiny", num_classes=10), np.random.default_rng(1))
+    model = perturb_parameters(UNet(**SMALL, num_classes=5), np.random.default_rng(1))
     clone = UNet(**model.config)
     clone.load_state_dict(model.state_dict())
-    x, t, y = Tensor(np.random.default_rng(2).standard_normal((2, 1, 28, 28))), np.array([1, 2]), np.array([3, 4])
+    x, t, y = Tensor(np.random.default_rng(2).standard_normal((2, 1, 8, 8))), np.array([1, 2]), np.array([3, 4])
     np.testing.assert_array_equal(clone(x, t, y).data, model(x, t, y).data)
-    assert model.config == {**PRESETS["tiny"], "num_classes": 10}
+    assert UNet.from_preset("tiny", num_classes=10).config == {**PRESETS["tiny"], "num_classes": 10}
 
 
 def test_from_preset_overrides_and_unknown_name():
@@ -163,6 +163,8 @@ def test_missing_or_unexpected_labels_are_refused():
         small_model()(x, t, np.array([0, 1]))
     with pytest.raises(ValueError, match=r"labels of shape \(2,\)"):
         small_model(num_classes=3)(x, t, np.array([0]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        small_model(num_classes=3)(x, t, np.array([0, 3]))
 
 
 # ------------------------------------------------------------------ input checks
