@@ -9,8 +9,8 @@ ctypedef fused real:
 
 
 def im2col(const real[:, :, :, ::1] x, int kh, int kw, int stride, int padding,
-           int ho, int wo, real[:, :, ::1] cols):
-    """cols[n, (c·kh + i)·kw + j, oy·wo + ox] = x[n, c, oy·stride − padding + i, ox·stride − padding + j] (0 outside)."""
+           int ho, int wo, real[:, ::1] cols):
+    """cols[(c·kh + i)·kw + j, (n·ho + oy)·wo + ox] = x[n, c, oy·stride − padding + i, ox·stride − padding + j] (0 outside)."""
     cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1], h = x.shape[2], w = x.shape[3]
     cdef Py_ssize_t plane, n, c, i, j, oy, ox, iy, ix, row
     with nogil:
@@ -24,17 +24,17 @@ def im2col(const real[:, :, :, ::1] x, int kh, int kw, int stride, int padding,
                         iy = oy * stride - padding + i
                         if iy < 0 or iy >= h:
                             for ox in range(wo):
-                                cols[n, row, oy * wo + ox] = 0
+                                cols[row, (n * ho + oy) * wo + ox] = 0
                             continue
                         for ox in range(wo):
                             ix = ox * stride - padding + j
                             if ix < 0 or ix >= w:
-                                cols[n, row, oy * wo + ox] = 0
+                                cols[row, (n * ho + oy) * wo + ox] = 0
                             else:
-                                cols[n, row, oy * wo + ox] = x[n, c, iy, ix]
+                                cols[row, (n * ho + oy) * wo + ox] = x[n, c, iy, ix]
 
 
-def col2im(const real[:, :, ::1] cols, int kh, int kw, int stride, int padding,
+def col2im(const real[:, ::1] cols, int kh, int kw, int stride, int padding,
            int ho, int wo, real[:, :, :, ::1] x):
     """The adjoint of im2col: x[n, c, iy, ix] = Σ over (i, j) in order of the columns that read it."""
     cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1], h = x.shape[2], w = x.shape[3]
@@ -56,4 +56,4 @@ def col2im(const real[:, :, ::1] cols, int kh, int kw, int stride, int padding,
                         for ox in range(wo):
                             ix = ox * stride - padding + j
                             if ix >= 0 and ix < w:
-                                x[n, c, iy, ix] += cols[n, row, oy * wo + ox]
+                                x[n, c, iy, ix] += cols[row, (n * ho + oy) * wo + ox]

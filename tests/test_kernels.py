@@ -33,7 +33,7 @@ def conv_problems(draw):
 def random_cols(x, kh, kw, stride, padding, seed=1):
     n, c, h, w = x.shape
     ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
-    return np.random.default_rng(seed).standard_normal((n, c * kh * kw, ho * wo)).astype(x.dtype)
+    return np.random.default_rng(seed).standard_normal((c * kh * kw, n * ho * wo)).astype(x.dtype)
 
 
 @needs_ext

@@ -29,29 +29,28 @@ class Conv2d(Function):
         c_out, _, kh, kw = w.shape
         ho = conv_output_size(x.shape[2], kh, stride, padding)
         wo = conv_output_size(x.shape[3], kw, stride, padding)
-        cols = kernel("im2col", x)(x, kh, kw, stride, padding)  # (N, C·kh·kw, Ho·Wo)
-        out = xp.matmul(w.reshape(c_out, -1), cols)  # (N, C_out, Ho·Wo)
+        cols = kernel("im2col", x)(x, kh, kw, stride, padding)  # (C·kh·kw, N·Ho·Wo)
+        out = w.reshape(c_out, -1) @ cols  # one GEMM for the whole batch: (C_out, N·Ho·Wo)
         if b is not None:
             out += b[:, None]
         self.x_shape, self.conv = x.shape, (kh, kw, stride, padding)
         self.save_for_backward(x if self.needs_input_grad[1] else None, w if self.needs_input_grad[0] else None)
-        return out.reshape(n, c_out, ho, wo)
+        return xp.ascontiguousarray(out.reshape(c_out, n, ho, wo).transpose(1, 0, 2, 3))  # (N, C_out, Ho, Wo)
 
     def backward(self, grad):
         x, w = self.saved
         xp = get_array_module(grad)
-        n, c_out = grad.shape[:2]
-        grad = grad.reshape(n, c_out, -1)  # dY: (N, C_out, Ho·Wo)
+        c_out = grad.shape[1]
+        grad = xp.ascontiguousarray(grad.transpose(1, 0, 2, 3)).reshape(c_out, -1)  # dY: (C_out, N·Ho·Wo)
         grad_x = grad_w = grad_b = None
         if self.needs_input_grad[0]:
-            grad_cols = xp.matmul(w.reshape(c_out, -1).T, grad)  # ∂y/∂cols = Wᵀ: (N, C·kh·kw, Ho·Wo)
+            grad_cols = w.reshape(c_out, -1).T @ grad  # ∂y/∂cols = Wᵀ: (C·kh·kw, N·Ho·Wo)
             grad_x = kernel("col2im", grad_cols)(grad_cols, self.x_shape, *self.conv)  # ∂cols/∂x = col2im (adjoint of im2col)
         if self.needs_input_grad[1]:
             cols = kernel("im2col", x)(x, *self.conv)  # recomputed, see the class docstring
-            grad_w = xp.tensordot(grad, cols, axes=([0, 2], [0, 2]))  # ∂y/∂W: Σₙ dY[n]·cols[n]ᵀ, one GEMM
-            grad_w = grad_w.reshape(self.inputs[1].shape)  # (C_out, C, kh, kw)
+            grad_w = (grad @ cols.T).reshape(self.inputs[1].shape)  # ∂y/∂W = dY·colsᵀ: (C_out, C, kh, kw)
         if self.needs_input_grad[2]:
-            grad_b = grad.sum(axis=(0, 2))  # ∂y/∂b = 1, summed over images and positions
+            grad_b = grad.sum(axis=1)  # ∂y/∂b = 1, summed over images and positions
         return grad_x, grad_w, grad_b
 
 

@@ -16,7 +16,7 @@ _C = backend.extension()
 def im2col(x, kh: int, kw: int, stride: int, padding: int):
     n, c, h, w = x.shape
     ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
-    cols = np.empty((n, c * kh * kw, ho * wo), dtype=x.dtype)  # (N, C·kh·kw, Ho·Wo)
+    cols = np.empty((c * kh * kw, n * ho * wo), dtype=x.dtype)  # (C·kh·kw, N·Ho·Wo)
     _C.im2col(np.ascontiguousarray(x), kh, kw, stride, padding, ho, wo, cols)
     return cols
 
@@ -25,7 +25,7 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int):
     n, c, h, w = x_shape
     ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
     x = np.empty((n, c, h, w), dtype=cols.dtype)  # (N, C, H, W)
-    _C.col2im(np.ascontiguousarray(cols).reshape(n, c * kh * kw, ho * wo), kh, kw, stride, padding, ho, wo, x)
+    _C.col2im(np.ascontiguousarray(cols).reshape(c * kh * kw, n * ho * wo), kh, kw, stride, padding, ho, wo, x)
     return x
 
 

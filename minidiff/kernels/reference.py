@@ -16,35 +16,37 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
 def im2col(x, kh: int, kw: int, stride: int, padding: int):
     """Unfold every kh×kw patch of ``x`` into a column, so a convolution becomes one GEMM.
 
-    x: (N, C, H, W) → cols: (N, C·kh·kw, Ho·Wo), rows ordered (c, i, j) like a flattened
-    (C, kh, kw) weight. Padding is zeros.
+    x: (N, C, H, W) → cols: (C·kh·kw, N·Ho·Wo). Rows are ordered (c, i, j) like a flattened
+    (C, kh, kw) weight; columns run over every output position of every image, so the whole
+    batch is a single matrix product W·cols rather than N small ones. Padding is zeros.
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
     ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
     padded = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))) if padding else x
-    cols = xp.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
+    cols = xp.empty((c, kh, kw, n, ho, wo), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            cols[:, :, i, j] = padded[:, :, i : i + stride * ho : stride, j : j + stride * wo : stride]
-    return cols.reshape(n, c * kh * kw, ho * wo)
+            patch = padded[:, :, i : i + stride * ho : stride, j : j + stride * wo : stride]  # (N, C, Ho, Wo)
+            cols[:, i, j] = patch.transpose(1, 0, 2, 3)
+    return cols.reshape(c * kh * kw, n * ho * wo)
 
 
 def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int):
     """The adjoint of :func:`im2col`: scatter-add every column back onto its patch.
 
-    cols: (N, C·kh·kw, Ho·Wo) → (N, C, H, W). Overlapping patches add up, which is exactly the
+    cols: (C·kh·kw, N·Ho·Wo) → (N, C, H, W). Overlapping patches add up, which is exactly the
     gradient of im2col; contributions reach a pixel in (i, j) order, which the fast kernels
     follow so that they agree bit for bit.
     """
     xp = get_array_module(cols)
     n, c, h, w = x_shape
     ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
-    cols = cols.reshape(n, c, kh, kw, ho, wo)
+    cols = cols.reshape(c, kh, kw, n, ho, wo)
     padded = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            padded[:, :, i : i + stride * ho : stride, j : j + stride * wo : stride] += cols[:, :, i, j]
+            padded[:, :, i : i + stride * ho : stride, j : j + stride * wo : stride] += cols[:, i, j].transpose(1, 0, 2, 3)
     return padded[:, :, padding : padding + h, padding : padding + w].copy() if padding else padded
 
 
