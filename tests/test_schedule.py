@@ -1,0 +1,271 @@
+"""Properties of NoiseSchedule: the product ᾱ = ∏(1 − β), the posterior coefficients,
+respacing, zero terminal SNR, timestep spacing and the refusal of bad input."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minidiff.schedule import NoiseSchedule, extract, gather, space_timesteps
+
+
+@st.composite
+def schedules(draw, allow_zero_terminal_snr=True, min_T=2, max_T=200):
+    """Any schedule the library can build: named ones, random βs, rescaled and respaced ones."""
+    T = draw(st.integers(min_T, max_T))
+    kind = draw(st.sampled_from(["linear", "scaled_linear", "cosine", "sigmoid", "random"]))
+    if kind == "random":
+        seed = draw(st.integers(0, 2**32 - 1))
+        high = draw(st.sampled_from([1e-3, 0.05, 0.5, 0.999]))
+        schedule = NoiseSchedule.from_betas(np.random.default_rng(seed).uniform(1e-5, high, T))
+    elif kind == "linear":
+        schedule = NoiseSchedule.linear(T, scale_to_T=T >= 50 and draw(st.booleans()))
+    else:
+        schedule = getattr(NoiseSchedule, kind)(T)
+    if allow_zero_terminal_snr and draw(st.booleans()):
+        schedule = schedule.rescale_zero_terminal_snr()
+    if draw(st.booleans()):
+        steps = draw(st.integers(min(min_T, T), T))
+        schedule = schedule.respace(space_timesteps(T, steps, draw(st.sampled_from(["uniform", "quadratic"]))))
+    return schedule
+
+
+# ᾱ, β and SNR -----------------------------------------------------------------------------
+
+
+@given(schedules())
+def test_alphas_cumprod_is_the_product_of_alphas_strictly_decreasing_in_0_1(schedule):
+    np.testing.assert_allclose(schedule.alphas_cumprod, np.cumprod(1.0 - schedule.betas), rtol=1e-12)
+    assert np.all(np.diff(schedule.alphas_cumprod) < 0)
+    assert 0 < schedule.alphas_cumprod[0] <= 1
+    assert schedule.alphas_cumprod[-1] >= 0
+    assert schedule.alphas_cumprod.dtype == np.float64
+
+
+@given(schedules())
+def test_betas_round_trip_through_alphas_cumprod(schedule):
+    rebuilt = NoiseSchedule.from_alphas_cumprod(schedule.alphas_cumprod)
+    np.testing.assert_allclose(rebuilt.betas, schedule.betas, rtol=1e-9, atol=1e-15)
+
+
+@given(schedules())
+def test_snr_is_strictly_decreasing(schedule):
+    assert np.all(np.diff(schedule.snr) < 0)
+    assert np.all(np.diff(schedule.log_snr) < 0)
+    np.testing.assert_allclose(schedule.snr, schedule.alphas_cumprod / (1 - schedule.alphas_cumprod))
+
+
+@given(schedules())
+def test_derived_arrays_match_their_definitions(schedule):
+    ac = schedule.alphas_cumprod
+    np.testing.assert_allclose(schedule.alphas_cumprod_prev, np.append(1.0, ac[:-1]))
+    np.testing.assert_allclose(schedule.alphas_cumprod_next, np.append(ac[1:], 0.0))
+    np.testing.assert_allclose(schedule.sqrt_alphas_cumprod**2, ac, rtol=1e-12)
+    np.testing.assert_allclose(schedule.sqrt_one_minus_alphas_cumprod**2, 1 - ac, rtol=1e-12)
+    np.testing.assert_allclose(np.exp(schedule.log_one_minus_alphas_cumprod), 1 - ac, rtol=1e-12)
+    positive = ac > 0
+    np.testing.assert_allclose(schedule.sqrt_recip_alphas_cumprod[positive] ** -2, ac[positive], rtol=1e-12)
+    np.testing.assert_allclose(
+        schedule.sqrt_recipm1_alphas_cumprod[positive] ** 2, 1 / ac[positive] - 1, rtol=1e-9, atol=1e-15
+    )
+
+
+# The posterior q(x_{t−1} | x_t, x₀) (Ho et al. 2020, Eqs. 6–7) ------------------------------
+
+
+@given(schedules())
+def test_posterior_mean_coefficients_reproduce_the_previous_mean(schedule):
+    # Taking the mean of Eq. 7 over x_t ~ q(x_t | x₀) must give the mean of q(x_{t−1} | x₀).
+    lhs = schedule.posterior_mean_coef1 + schedule.posterior_mean_coef2 * schedule.sqrt_alphas_cumprod
+    np.testing.assert_allclose(lhs, np.sqrt(schedule.alphas_cumprod_prev), rtol=1e-10, atol=1e-14)
+
+
+@given(schedules())
+def test_posterior_variance_completes_the_previous_variance(schedule):
+    # Law of total variance: Var[x_{t−1} | x₀] = c₂² Var[x_t | x₀] + β̃_t.
+    lhs = schedule.posterior_mean_coef2**2 * (1 - schedule.alphas_cumprod) + schedule.posterior_variance
+    np.testing.assert_allclose(lhs, 1 - schedule.alphas_cumprod_prev, rtol=1e-10, atol=1e-15)
+
+
+@given(schedules())
+def test_posterior_variance_lies_between_zero_at_t0_and_beta(schedule):
+    assert schedule.posterior_variance[0] == 0
+    assert np.all(schedule.posterior_variance >= 0)
+    assert np.all(schedule.posterior_variance <= schedule.betas * (1 + 1e-12))
+    np.testing.assert_allclose(
+        schedule.posterior_log_variance_clipped[1:], np.log(schedule.posterior_variance[1:]), rtol=1e-12
+    )
+    assert schedule.posterior_log_variance_clipped[0] == schedule.posterior_log_variance_clipped[1]
+
+
+# Respacing and zero terminal SNR ------------------------------------------------------------
+
+
+@given(schedules(allow_zero_terminal_snr=True), st.data())
+def test_respacing_keeps_alphas_cumprod_on_the_subset(schedule, data):
+    subset = np.array(sorted(data.draw(st.sets(st.integers(0, schedule.T - 1), min_size=1))))
+    respaced = schedule.respace(subset)
+    assert respaced.T == len(subset)
+    np.testing.assert_allclose(respaced.alphas_cumprod, schedule.alphas_cumprod[subset], rtol=1e-8, atol=1e-300)
+    np.testing.assert_array_equal(respaced.timesteps, schedule.timesteps[subset])
+
+
+def test_respacing_twice_remembers_the_original_timesteps():
+    schedule = NoiseSchedule.linear(100)
+    twice = schedule.respace(np.arange(0, 100, 2)).respace([0, 10, 49])
+    np.testing.assert_array_equal(twice.timesteps, [0, 20, 98])
+    np.testing.assert_allclose(twice.alphas_cumprod, schedule.alphas_cumprod[[0, 20, 98]], rtol=1e-12)
+
+
+@given(schedules(allow_zero_terminal_snr=False))
+def test_zero_terminal_snr_ends_at_zero_and_keeps_the_first_alphas_cumprod(schedule):
+    rescaled = schedule.rescale_zero_terminal_snr()
+    assert rescaled.alphas_cumprod[-1] == 0
+    assert rescaled.betas[-1] == 1
+    assert rescaled.snr[-1] == 0 and rescaled.log_snr[-1] == -np.inf
+    np.testing.assert_allclose(rescaled.alphas_cumprod[0], schedule.alphas_cumprod[0], rtol=1e-12)
+    np.testing.assert_array_equal(rescaled.timesteps, schedule.timesteps)
+    for name in ("posterior_variance", "posterior_mean_coef1", "posterior_mean_coef2", "posterior_log_variance_clipped"):
+        assert np.all(np.isfinite(getattr(rescaled, name))), name
+
+
+# Named schedules, locked down (zero-indexed t) ------------------------------------------------
+
+
+def test_linear_schedule_is_zero_indexed():
+    schedule = NoiseSchedule.linear()
+    assert schedule.T == 1000
+    assert schedule.betas[0] == 1e-4 and schedule.betas[-1] == 0.02
+    assert schedule.alphas_cumprod[0] == 1 - 1e-4
+    assert schedule.alphas_cumprod_prev[0] == 1
+    np.testing.assert_allclose(schedule.alphas_cumprod[-1], 4.0358e-5, rtol=1e-4)
+
+
+def test_linear_schedule_scales_to_T_only_when_asked():
+    assert NoiseSchedule.linear(250).betas[0] == 1e-4
+    scaled = NoiseSchedule.linear(250, scale_to_T=True)
+    np.testing.assert_allclose([scaled.betas[0], scaled.betas[-1]], [4e-4, 0.08])
+
+
+def test_scaled_linear_is_linear_in_sqrt_beta():
+    schedule = NoiseSchedule.scaled_linear(T=10)
+    np.testing.assert_allclose(np.diff(np.sqrt(schedule.betas), 2), 0, atol=1e-15)
+    np.testing.assert_allclose(schedule.betas[[0, -1]], [0.00085, 0.012])
+
+
+def test_cosine_schedule_follows_nichol_dhariwal_eq_17():
+    T, s = 1000, 0.008
+
+    def f(tau):
+        return math.cos((tau + s) / (1 + s) * math.pi / 2) ** 2
+
+    schedule = NoiseSchedule.cosine(T)
+    expected = np.array([f((t + 1) / T) / f(0) for t in range(T)])
+    unclipped = schedule.betas < 0.999
+    np.testing.assert_allclose(schedule.alphas_cumprod[unclipped], expected[unclipped], rtol=1e-10)
+    assert schedule.betas.max() == 0.999
+
+
+def test_sigmoid_schedule_goes_from_clean_to_noise():
+    schedule = NoiseSchedule.sigmoid(T=1000)
+    assert schedule.alphas_cumprod[0] > 0.999 and schedule.alphas_cumprod[-1] < 1e-3
+    assert np.all(np.diff(schedule.alphas_cumprod) < 0)
+
+
+# Timestep spacing --------------------------------------------------------------------------
+
+
+@given(st.integers(1, 2000), st.data(), st.sampled_from(["uniform", "quadratic"]))
+def test_space_timesteps_gives_distinct_sorted_steps_ending_at_T_minus_1(T, data, spacing):
+    steps = data.draw(st.integers(1, T))
+    timesteps = space_timesteps(T, steps, spacing)
+    assert timesteps.dtype == np.int64 and len(timesteps) == steps
+    assert np.all(np.diff(timesteps) > 0)
+    assert timesteps[-1] == T - 1
+    assert timesteps[0] >= 0 and (steps == 1 or timesteps[0] == 0)
+
+
+def test_quadratic_spacing_crowds_the_low_noise_end():
+    uniform, quadratic = space_timesteps(1000, 10), space_timesteps(1000, 10, "quadratic")
+    np.testing.assert_array_equal(uniform, [0, 111, 222, 333, 444, 555, 666, 777, 888, 999])
+    assert np.all(quadratic[1:-1] < uniform[1:-1])
+
+
+# gather / extract ------------------------------------------------------------------------------
+
+
+def test_extract_broadcasts_to_the_batch_and_follows_dtype():
+    schedule = NoiseSchedule.linear(10)
+    x = np.zeros((3, 2, 4, 4), dtype=np.float32)
+    values = extract(schedule.alphas_cumprod, np.array([0, 5, 9]), x)
+    assert values.shape == (3, 1, 1, 1) and values.dtype == np.float32
+    np.testing.assert_allclose(values.ravel(), schedule.alphas_cumprod[[0, 5, 9]].astype(np.float32))
+    assert (values * x).shape == x.shape
+
+
+@pytest.mark.parametrize("t", [-1, 10, 1000])
+def test_timesteps_outside_the_schedule_are_refused(t):
+    with pytest.raises(ValueError, match=rf"t={t} is outside \[0, 10\)"):
+        gather(np.zeros(10), np.array([0, t]))
+
+
+def test_non_integer_timesteps_are_refused():
+    with pytest.raises(ValueError, match="integers"):
+        gather(np.zeros(10), np.array([0.5]))
+
+
+# Bad input ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, np.nan])
+def test_betas_outside_0_1_are_refused(bad):
+    with pytest.raises(ValueError, match=rf"betas\[1\]={bad}"):
+        NoiseSchedule.from_betas([0.1, bad, 0.2])
+
+
+def test_beta_of_one_is_only_allowed_at_the_end():
+    NoiseSchedule.from_betas([0.1, 0.2, 1.0])
+    with pytest.raises(ValueError, match=r"only allowed as the terminal beta.*betas\[1\]=1.0"):
+        NoiseSchedule.from_betas([0.1, 1.0, 0.2])
+
+
+@pytest.mark.parametrize(
+    "alphas_cumprod, message",
+    [
+        ([0.9, 0.9, 0.5], r"strictly decreasing.*alphas_cumprod\[1\]=0.9"),
+        ([0.9, 0.5, 0.7], r"strictly decreasing.*alphas_cumprod\[2\]=0.7"),
+        ([1.0, 0.5], r"alphas_cumprod\[0\] must be < 1, got 1.0"),
+        ([0.9, 0.0, 0.0], r"strictly decreasing"),
+        ([0.9, -0.1], r"strictly decreasing|>= 0"),
+    ],
+)
+def test_alphas_cumprod_that_do_not_strictly_decrease_are_refused(alphas_cumprod, message):
+    with pytest.raises(ValueError, match=message):
+        NoiseSchedule.from_alphas_cumprod(alphas_cumprod)
+
+
+@pytest.mark.parametrize("steps", [0, 11, 2.5])
+def test_step_counts_outside_1_to_T_are_refused(steps):
+    with pytest.raises(ValueError, match=rf"integer in \[1, 10\], got {steps}"):
+        space_timesteps(10, steps)
+
+
+def test_respace_refuses_bad_subsets():
+    schedule = NoiseSchedule.linear(10)
+    with pytest.raises(ValueError, match=r"\[1, 10\], got 0"):
+        schedule.respace([])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        schedule.respace([3, 3])
+    with pytest.raises(ValueError, match=r"t=10 is outside \[0, 10\)"):
+        schedule.respace([0, 10])
+
+
+def test_other_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="unknown spacing 'cubic'"):
+        space_timesteps(10, 5, "cubic")
+    with pytest.raises(ValueError, match="T must be a positive integer, got 0"):
+        NoiseSchedule.linear(0)
+    with pytest.raises(ValueError, match="needs T >= 2, got T=1"):
+        NoiseSchedule.linear(1).rescale_zero_terminal_snr()
