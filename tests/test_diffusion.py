@@ -36,12 +36,20 @@ from minidiff.diffusion import (
 from minidiff.schedule import NoiseSchedule
 
 
+def model_alphas_cumprod(schedule):
+    """ᾱ indexed by the model's (original) timesteps, which a respaced schedule skips."""
+    lookup = np.full(schedule.timesteps.max() + 1, np.nan)
+    lookup[schedule.timesteps] = schedule.alphas_cumprod
+    return lookup
+
+
 def gaussian_oracle(schedule, mu, s):
     """The optimal ε̂(x_t, t) = E[ε | x_t] for data x₀ ~ N(μ, s²): x₀ | x_t is Gaussian, so
     E[ε | x_t] = √(1 − ᾱ_t)(x_t − √ᾱ_t μ)/(ᾱ_t s² + 1 − ᾱ_t). Called with model timesteps."""
+    alphas_cumprod = model_alphas_cumprod(schedule)
 
     def model(x_t, t):
-        alpha_bar = schedule.alphas_cumprod[t].reshape((-1,) + (1,) * (x_t.ndim - 1))
+        alpha_bar = alphas_cumprod[t].reshape((-1,) + (1,) * (x_t.ndim - 1))
         return np.sqrt(1 - alpha_bar) * (x_t - np.sqrt(alpha_bar) * mu) / (alpha_bar * s**2 + 1 - alpha_bar)
 
     return model

@@ -1,0 +1,289 @@
+"""Properties of the samplers (DDPM, DDIM, DPM-Solver++) and an analytic end-to-end check:
+fed the optimal ε̂ for Gaussian data, every sampler must reproduce that Gaussian."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_diffusion import gaussian_oracle, model_alphas_cumprod
+from test_schedule import schedules
+
+from minidiff.diffusion import predict_v, q_sample
+from minidiff.sampling import (
+    ddim_encode,
+    ddim_sample,
+    ddim_step,
+    ddim_variance,
+    ddpm_sample,
+    dpm_solver_pp_sample,
+    p_sample,
+)
+from minidiff.schedule import NoiseSchedule, space_timesteps
+
+
+def point_mass_oracle(schedule, x0):
+    """The exact ε̂ when the data is the single point x₀: ε̂ = (x_t − √ᾱ_t x₀)/√(1 − ᾱ_t)."""
+    alphas_cumprod = model_alphas_cumprod(schedule)
+
+    def model(x_t, t):
+        shape = (-1,) + (1,) * (x_t.ndim - 1)
+        alpha_bar = alphas_cumprod[t].reshape(shape)
+        return (x_t - np.sqrt(alpha_bar) * x0) / np.sqrt(1 - alpha_bar)
+
+    return model
+
+
+# Single steps ---------------------------------------------------------------------------------------
+
+
+@given(schedules(allow_zero_terminal_snr=False), st.data())
+def test_p_sample_is_ho_et_al_algorithm_2(schedule, data):
+    t = data.draw(st.integers(0, schedule.T - 1))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    x_t = np.random.default_rng(seed).standard_normal((4, 3))
+    eps_hat = np.random.default_rng(seed + 1).standard_normal((4, 3))
+    x_prev, _ = p_sample(lambda *_: eps_hat, schedule, x_t, t, np.random.default_rng(7), clip_denoised=False)
+    alpha, beta, alpha_bar = schedule.alphas[t], schedule.betas[t], schedule.alphas_cumprod[t]
+    expected = (x_t - beta / math.sqrt(1 - alpha_bar) * eps_hat) / math.sqrt(alpha)
+    if t > 0:
+        expected = expected + math.sqrt(schedule.posterior_variance[t]) * np.random.default_rng(7).standard_normal(x_t.shape)
+    np.testing.assert_allclose(x_prev, expected, rtol=1e-7, atol=1e-7)
+
+
+@given(schedules(), st.data())
+def test_ddim_with_eta_1_on_consecutive_steps_is_the_ddpm_posterior(schedule, data):
+    np.testing.assert_allclose(ddim_variance(schedule, 1.0), schedule.posterior_variance, rtol=1e-10, atol=1e-300)
+    t = data.draw(st.integers(0, schedule.T - 1))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x_t, x0_hat = rng.standard_normal((5, 2)), rng.standard_normal((5, 2))
+
+    def model(*_):
+        return x0_hat
+
+    ddim, _ = ddim_step(model, schedule, x_t, t, np.random.default_rng(3), eta=1.0, prediction="x0", clip_denoised=False)
+    ddpm, _ = p_sample(model, schedule, x_t, t, np.random.default_rng(3), prediction="x0", clip_denoised=False)
+    np.testing.assert_allclose(ddim, ddpm, rtol=1e-8, atol=1e-8)
+
+
+@given(schedules(), st.data())
+def test_ddim_eta_0_with_the_true_x0_returns_it_for_any_step_subset(schedule, data):
+    subset = np.array(sorted(data.draw(st.sets(st.integers(0, schedule.T - 1), min_size=1))))
+    respaced = schedule.respace(subset)
+    x0 = np.random.default_rng(0).uniform(-1, 1, (3, 2))
+    out = ddim_sample(
+        lambda x_t, t: x0, respaced, x0.shape, steps=respaced.T, prediction="x0", rng=np.random.default_rng(1)
+    )
+    np.testing.assert_array_equal(out, x0)
+    if schedule.alphas_cumprod[-1] > 0:  # ε-prediction needs ᾱ > 0 to recover x₀
+        oracle = point_mass_oracle(schedule, x0)
+        out = ddim_sample(oracle, respaced, x0.shape, steps=respaced.T, rng=np.random.default_rng(1))
+        np.testing.assert_allclose(out, x0, atol=1e-6)
+
+
+@given(schedules(), st.data(), st.floats(0.0, 1.0))
+def test_ddim_step_with_the_true_x0_preserves_the_marginal_for_any_eta(schedule, data, eta):
+    # x_t ~ q(x_t | x₀) and the exact (x₀, ε) must give x_{t−1} ~ q(x_{t−1} | x₀) for every η.
+    t = data.draw(st.integers(0, schedule.T - 1))
+    n, x0_value = 20_000, 0.4
+    x0 = np.full((n,), x0_value)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x_t = q_sample(schedule, x0, np.full(n, t), rng.standard_normal(n))
+    x_prev, _ = ddim_step(lambda *_: x0, schedule, x_t, t, rng, eta=eta, prediction="x0", clip_denoised=False)
+    mean = math.sqrt(schedule.alphas_cumprod_prev[t]) * x0_value
+    variance = 1 - schedule.alphas_cumprod_prev[t]
+    assert abs(x_prev.mean() - mean) <= 5 * math.sqrt(variance / n) + 1e-12
+    assert abs(x_prev.var() - variance) <= 5 * variance * math.sqrt(2 / n) + 1e-12
+
+
+# Whole samplers: reproducibility, trajectories, respacing ------------------------------------------------
+
+SAMPLERS = {
+    "ddpm": lambda model, schedule, shape, **kw: ddpm_sample(model, schedule, shape, **kw),
+    "ddim": lambda model, schedule, shape, **kw: ddim_sample(model, schedule, shape, steps=7, eta=0.5, **kw),
+    "dpm_solver_pp": lambda model, schedule, shape, **kw: dpm_solver_pp_sample(model, schedule, shape, steps=7, **kw),
+}
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_samplers_are_reproducible_from_the_rng(name):
+    schedule = NoiseSchedule.cosine(20)
+    model = gaussian_oracle(schedule, 0.2, 0.5)
+    sample = SAMPLERS[name]
+    a = sample(model, schedule, (4, 3), rng=np.random.default_rng(5))
+    b = sample(model, schedule, (4, 3), rng=np.random.default_rng(5))
+    c = sample(model, schedule, (4, 3), rng=np.random.default_rng(6))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_callback_and_trajectory_expose_each_step(name):
+    schedule = NoiseSchedule.cosine(20)
+    model_calls, callbacks = [], []
+
+    def model(x_t, t):
+        model_calls.append(t.copy())
+        return np.zeros_like(x_t)
+
+    x_T = np.random.default_rng(0).standard_normal((2, 3))
+    out, trajectory = SAMPLERS[name](
+        model, schedule, x_T.shape, x_T=x_T, rng=np.random.default_rng(1), return_trajectory=True,
+        callback=lambda *args: callbacks.append(args),
+    )
+    assert len(trajectory) == len(callbacks) == len(model_calls)
+    np.testing.assert_array_equal(trajectory[0].x_t, x_T)
+    for step, (index, t, x_t, x0_hat), t_batch in zip(trajectory, callbacks, model_calls):
+        assert step.index == index and step.t == t
+        assert step.x_t is x_t and step.x0_hat is x0_hat
+        np.testing.assert_array_equal(t_batch, np.full(2, t))
+    ts = [step.t for step in trajectory]
+    assert ts == sorted(ts, reverse=True) and ts[0] == 19 and ts[-1] == 0
+    assert [step.index for step in trajectory] == list(range(len(trajectory)))
+
+
+def test_respaced_ddpm_calls_the_model_with_original_timesteps():
+    schedule = NoiseSchedule.linear(100).respace(space_timesteps(100, 5))
+    seen = []
+    ddpm_sample(lambda x, t: seen.append(int(t[0])) or np.zeros_like(x), schedule, (1,), rng=np.random.default_rng(0))
+    assert seen == [99, 74, 50, 25, 0]
+
+
+def test_clipping_and_dynamic_thresholding_bound_x0_hat():
+    schedule = NoiseSchedule.cosine(10)
+
+    def wild(x_t, t):
+        return 5 * np.ones_like(x_t)
+
+    _, trajectory = ddpm_sample(wild, schedule, (3, 8), prediction="x0", rng=np.random.default_rng(0), return_trajectory=True)
+    assert all(np.abs(step.x0_hat).max() <= 1 for step in trajectory)
+    _, trajectory = ddim_sample(
+        lambda x_t, t: np.linspace(-4, 4, 8) * np.ones_like(x_t), schedule, (3, 8), steps=3, prediction="x0",
+        dynamic_threshold=0.9, rng=np.random.default_rng(0), return_trajectory=True,
+    )
+    for step in trajectory:
+        assert np.abs(step.x0_hat).max() <= 1 + 1e-12
+        # Dynamic thresholding rescales rather than saturates: the ordering survives.
+        assert np.all(np.diff(step.x0_hat, axis=1) > 0)
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_x0_and_v_models_sample_like_the_equivalent_eps_model(prediction):
+    schedule = NoiseSchedule.cosine(30)
+    eps_model = gaussian_oracle(schedule, 0.2, 0.5)
+
+    def converted(x_t, t):
+        eps = eps_model(x_t, t)
+        alpha_bar = schedule.alphas_cumprod[t]
+        x0 = (x_t - np.sqrt(1 - alpha_bar) * eps) / np.sqrt(alpha_bar)
+        return x0 if prediction == "x0" else predict_v(schedule, x0, t, eps)
+
+    for sample in SAMPLERS.values():
+        a = sample(eps_model, schedule, (6,), rng=np.random.default_rng(2), clip_denoised=False)
+        b = sample(converted, schedule, (6,), rng=np.random.default_rng(2), clip_denoised=False, prediction=prediction)
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-8)
+
+
+def test_zero_terminal_snr_samples_with_v_prediction():
+    schedule = NoiseSchedule.cosine(50).rescale_zero_terminal_snr()
+    model = gaussian_oracle(schedule, 0.2, 0.5)
+
+    def v_model(x_t, t):
+        eps = model(x_t, t)
+        x0 = 0.2 + 0.25 * np.sqrt(schedule.alphas_cumprod[t]) * (x_t - np.sqrt(schedule.alphas_cumprod[t]) * 0.2) / (
+            0.25 * schedule.alphas_cumprod[t] + 1 - schedule.alphas_cumprod[t]
+        )
+        return predict_v(schedule, x0, t, eps)
+
+    for sample in SAMPLERS.values():
+        assert np.all(np.isfinite(sample(v_model, schedule, (8,), prediction="v", rng=np.random.default_rng(0))))
+    with pytest.raises(ValueError, match="prediction='eps' cannot recover x0"):
+        ddim_sample(model, schedule, (8,), steps=5, rng=np.random.default_rng(0))
+
+
+def test_ddim_encode_then_decode_reconstructs_x0():
+    schedule = NoiseSchedule.linear(1000)
+    model = gaussian_oracle(schedule, 0.1, 0.5)
+    x0 = np.random.default_rng(0).normal(0.1, 0.5, 200)
+    errors = []
+    for steps in (20, 200):
+        x_T = ddim_encode(model, schedule, x0, steps=steps)
+        assert abs(x_T.std() - 1) < 0.2  # encoded into (roughly) the prior
+        back = ddim_sample(model, schedule, x0.shape, steps=steps, x_T=x_T, clip_denoised=False)
+        errors.append(np.abs(back - x0).max())
+    assert errors[1] < errors[0] / 5 and errors[1] < 0.05
+
+
+# Bad input -------------------------------------------------------------------------------------------------
+
+
+def test_bad_sampler_arguments_are_refused():
+    schedule = NoiseSchedule.linear(10)
+    model = gaussian_oracle(schedule, 0.0, 1.0)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="eta must be >= 0, got eta=-0.1"):
+        ddim_sample(model, schedule, (2,), steps=5, eta=-0.1, rng=rng)
+    with pytest.raises(ValueError, match="eta=3.0 is too large"):
+        ddim_sample(model, schedule, (2,), steps=5, eta=3.0, rng=rng)
+    for steps in (0, 11):
+        with pytest.raises(ValueError, match=rf"\[1, 10\], got {steps}"):
+            ddim_sample(model, schedule, (2,), steps=steps, rng=rng)
+        with pytest.raises(ValueError, match=rf"\[1, 10\], got {steps}"):
+            dpm_solver_pp_sample(model, schedule, (2,), steps=steps, rng=rng)
+    with pytest.raises(ValueError, match="unknown variance 'learned'"):
+        ddpm_sample(model, schedule, (2,), variance="learned", rng=rng)
+    with pytest.raises(ValueError, match="unknown prediction 'score'"):
+        ddpm_sample(model, schedule, (2,), prediction="score", rng=rng)
+    with pytest.raises(ValueError, match="unknown spacing 'log'"):
+        ddim_sample(model, schedule, (2,), steps=5, spacing="log", rng=rng)
+    with pytest.raises(ValueError, match=r"x_T has shape \(3,\), expected \(2,\)"):
+        ddpm_sample(model, schedule, (2,), x_T=np.zeros(3), rng=rng)
+    with pytest.raises(ValueError, match=r"t=10 is outside \[0, 10\)"):
+        p_sample(model, schedule, np.zeros(2), 10, rng)
+
+
+# Analytic end-to-end: Gaussian data ---------------------------------------------------------------------------
+
+MU, S, N = 0.3, 0.5, 4000
+END_TO_END = {
+    "ddpm fixed_small": lambda m, sch, rng: ddpm_sample(m, sch, (N,), rng=rng, clip_denoised=False),
+    "ddpm fixed_large": lambda m, sch, rng: ddpm_sample(m, sch, (N,), rng=rng, variance="fixed_large", clip_denoised=False),
+    # Few-step DDIM is biased for N(μ, s²) data (see the convergence test); these step
+    # counts keep the bias below the sampling error.
+    "ddim eta=0": lambda m, sch, rng: ddim_sample(m, sch, (N,), steps=100, spacing="quadratic", rng=rng, clip_denoised=False),
+    "ddim eta=1": lambda m, sch, rng: ddim_sample(
+        m, sch, (N,), steps=250, eta=1.0, spacing="quadratic", rng=rng, clip_denoised=False
+    ),
+    "dpm_solver_pp": lambda m, sch, rng: dpm_solver_pp_sample(
+        m, sch, (N,), steps=25, spacing="quadratic", rng=rng, clip_denoised=False
+    ),
+}
+
+
+@pytest.mark.parametrize("name", END_TO_END)
+def test_samplers_reproduce_gaussian_data_from_the_optimal_denoiser(name):
+    schedule = NoiseSchedule.linear(1000)
+    samples = END_TO_END[name](gaussian_oracle(schedule, MU, S), schedule, np.random.default_rng(0))
+    mean_se, var_se = S / math.sqrt(N), S**2 * math.sqrt(2 / (N - 1))
+    assert abs(samples.mean() - MU) < 4 * mean_se
+    assert abs(samples.var(ddof=1) - S**2) < 4 * var_se
+
+
+def test_deterministic_samplers_converge_at_their_order():
+    # With one x_T, the error against a 1000-step run isolates the discretisation error:
+    # first order for DDIM (Song et al. 2021, Eq. 14 is Euler), second for DPM-Solver++(2M).
+    schedule = NoiseSchedule.linear(1000)
+    model = gaussian_oracle(schedule, MU, S)
+    x_T = np.random.default_rng(0).standard_normal(2000)
+
+    def error(sampler, steps):
+        kwargs = dict(x_T=x_T, spacing="quadratic", clip_denoised=False)
+        reference = sampler(model, schedule, x_T.shape, steps=1000, **kwargs)
+        return np.abs(sampler(model, schedule, x_T.shape, steps=steps, **kwargs) - reference).max()
+
+    ddim_ratio = error(ddim_sample, 20) / error(ddim_sample, 80)
+    dpm_ratio = error(dpm_solver_pp_sample, 20) / error(dpm_solver_pp_sample, 80)
+    assert 2.5 < ddim_ratio < 6  # ≈ 4 for first order
+    assert dpm_ratio > 10  # ≈ 16 for second order
+    assert error(dpm_solver_pp_sample, 20) < error(ddim_sample, 20) / 3
