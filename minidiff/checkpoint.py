@@ -1,0 +1,228 @@
+"""Checkpoints of training runs: one ``.npz`` file holding everything needed to resume a run
+exactly or to sample from it, and the functions that rebuild the model and schedule it describes.
+
+Layout of ``checkpoint.npz`` (flat names, plain arrays, no pickles)::
+
+    format_version          1
+    config                  JSON text: the run's configuration, its model config under "model"
+    step                    optimiser steps completed
+    elapsed_s               training wall time so far, in seconds
+    model.<param name>      the live weights               (Module.state_dict)
+    ema.num_updates         EMA of the weights              (optim.EMA.state_dict)
+    ema.shadow.<param name>
+    optimizer.<key>         Adam hyperparameters and moments (optim.Adam.state_dict)
+    batcher.<key>           data order: permutation, position, epoch, RNG (data.Batcher.state_dict)
+    rng.<name>              JSON text of a NumPy Generator's state ("train": t, noise and flips;
+                            "model": the initialisation generator that dropout keeps drawing from)
+
+Every array is a NumPy copy, so a checkpoint written on the GPU loads on a CPU-only machine.
+The file is written beside its destination and renamed over it (:func:`minidiff.nn.save_state_dict`),
+so an interrupted save never destroys the previous checkpoint.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from .nn import load_state_dict_file, save_state_dict
+from .schedule import NoiseSchedule
+from .unet import PRESETS, UNet
+
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.npz"
+SECTIONS = ("model", "ema", "optimizer", "batcher", "rng")
+# The entries of a run's config that decide what its network computes: a checkpoint is refused
+# where one of them differs, since its weights would be loaded into the wrong model or sampled
+# with the wrong noise schedule. Everything in config["model"] is compared as well.
+IDENTITY_KEYS = ("preset", "schedule", "timesteps", "prediction")
+SCHEDULES = ("linear", "cosine", "sigmoid")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, incomplete, or belongs to another model."""
+
+
+def checkpoint_path(path) -> Path:
+    """The checkpoint file named by ``path``: the file itself, or ``<run folder>/checkpoint.npz``."""
+    path = Path(path)
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read back by :func:`load_checkpoint`: its config, step and state sections."""
+
+    path: Path
+    config: dict
+    step: int
+    elapsed_s: float
+    sections: dict  # section name -> {key: array}
+
+    def model_weights(self, ema: bool = True) -> dict:
+        """Parameter name → array: the EMA weights (what samples are drawn with) or the live ones."""
+        if not ema:
+            return self.sections["model"]
+        prefix = "shadow."
+        return {key[len(prefix):]: value for key, value in self.sections["ema"].items() if key.startswith(prefix)}
+
+    def rng_state(self, name: str) -> dict:
+        """The state of the Generator saved under ``rng.<name>``, ready for ``bit_generator.state``."""
+        return json.loads(str(self.sections["rng"][name]))
+
+    def restore(self, target, section: str, state=None):
+        """``target.load_state_dict(state or this section)``, its complaint raised as a CheckpointError."""
+        try:
+            target.load_state_dict(self.sections[section] if state is None else state)
+        except (ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {self.path} does not fit: {exc}") from exc
+
+    def check_config(self, expected: dict) -> None:
+        """Refuse this checkpoint when it describes another model than the run config ``expected``:
+        any of :data:`IDENTITY_KEYS` present in ``expected``, or any entry of its ``"model"`` dict,
+        that differs is named."""
+        # A JSON round trip turns tuples into lists, as they are in a checkpoint's config.
+        expected = json.loads(json.dumps(expected))
+        keys = [key for key in IDENTITY_KEYS if key in expected and self.config.get(key) != expected[key]]
+        found_model, expected_model = self.config.get("model", {}), expected.get("model", {})
+        model_keys = [key for key in expected_model if found_model.get(key) != expected_model[key]]
+        if not keys and not model_keys:
+            return
+        keys = keys or ["preset"]  # the preset anchors the message even when only a model entry differs
+
+        def describe(config, model):
+            head = ", ".join(f"{key} {config.get(key)!r}" for key in keys)
+            if not model_keys:
+                return head
+            return head + " (" + ", ".join(f"{key} {_show(model.get(key))}" for key in model_keys) + ")"
+
+        raise CheckpointError(
+            f"checkpoint {self.path} is for {describe(self.config, found_model)}, "
+            f"not {describe(expected, expected_model)}"
+        )
+
+
+def save_checkpoint(path, *, config: dict, step: int, elapsed_s: float = 0.0, **sections) -> Path:
+    """Write a checkpoint to ``path`` atomically; ``sections`` are the state dicts of :data:`SECTIONS`.
+
+    ``rng`` maps a name to a NumPy Generator, saved as the JSON text of its state.
+    """
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"save_checkpoint: unknown sections {sorted(unknown)}; expected {', '.join(SECTIONS)}")
+    sections = dict(sections)
+    if "rng" in sections:
+        sections["rng"] = {name: json.dumps(gen.bit_generator.state) for name, gen in sections["rng"].items()}
+    flat = {"format_version": FORMAT_VERSION, "config": json.dumps(config), "step": step, "elapsed_s": elapsed_s}
+    for section, state in sections.items():
+        flat.update((f"{section}.{key}", value) for key, value in state.items())
+    save_state_dict(flat, path)
+    return Path(path)
+
+
+def load_checkpoint(path, expect_config: dict | None = None) -> Checkpoint:
+    """Read the checkpoint at ``path`` (a file or a run folder), refusing a bad one.
+
+    Raises :class:`CheckpointError` — one line naming the file — when it does not exist, is not
+    an ``.npz`` archive or is truncated, lacks one of its parts, or, given ``expect_config``
+    (a run config), was written for another model (:meth:`Checkpoint.check_config`).
+    """
+    path = checkpoint_path(path)
+    if not path.exists():
+        where = f"no {CHECKPOINT_NAME} in run folder {path.parent}" if path.name == CHECKPOINT_NAME else None
+        raise CheckpointError(where or f"checkpoint {path} does not exist")
+    try:
+        flat = load_state_dict_file(path)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable .npz archive: it is truncated, corrupt or another kind of file"
+        ) from exc
+
+    missing = [key for key in ("format_version", "config", "step", "elapsed_s") if key not in flat]
+    sections = {name: {} for name in SECTIONS}
+    for key, value in flat.items():
+        section, _, rest = key.partition(".")
+        if section in sections and rest:
+            sections[section][rest] = value
+    missing += [f"{name}.*" for name, entries in sections.items() if not entries]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+    if int(flat["format_version"]) != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {int(flat['format_version'])}; this minidiff reads {FORMAT_VERSION}"
+        )
+    try:
+        config = json.loads(str(flat["config"]))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint {path}: its config is not valid JSON ({exc})") from exc
+
+    checkpoint = Checkpoint(path, config, int(flat["step"]), float(flat["elapsed_s"]), sections)
+    if expect_config is not None:
+        checkpoint.check_config(expect_config)
+    return checkpoint
+
+
+def _show(value) -> str:
+    return "none" if value is None else str(tuple(value) if isinstance(value, list) else value)
+
+
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split())
+
+
+# --------------------------------------------------------------------- what a config describes
+def model_config(preset: str, **overrides) -> dict:
+    """The UNet constructor arguments of ``preset`` with ``overrides`` (e.g. dropout, num_classes)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return {**PRESETS[preset], "num_classes": None, **overrides}
+
+
+def build_model(config: dict, rng=None) -> UNet:
+    """The UNet of a run config (its ``"model"`` entry), freshly initialised from ``rng``."""
+    return UNet(**config["model"], rng=rng)
+
+
+def build_schedule(config: dict) -> NoiseSchedule:
+    """The noise schedule of a run config (``schedule``, ``timesteps``).
+
+    The linear schedule is scaled by 1000/T (Nichol & Dhariwal 2021, improved-diffusion), so a
+    short chain, e.g. T = 50 for a quick test, still ends in nearly pure noise.
+    """
+    name, T = config["schedule"], config["timesteps"]
+    if name == "linear":
+        schedule = NoiseSchedule.linear(T, scale_to_T=True)
+    elif name in ("cosine", "sigmoid"):
+        schedule = getattr(NoiseSchedule, name)(T)
+    else:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    if schedule.alphas_cumprod[-1] == 0 and config.get("prediction", "eps") == "eps":
+        # ε-prediction cannot recover x₀ where ᾱ = 0; better to say so before training than after.
+        raise ValueError(
+            f"schedule {name!r} with {T} timesteps reaches alphas_cumprod = 0 at the last step, where an "
+            "eps-predicting model cannot recover x0; use more timesteps or another schedule"
+        )
+    return schedule
+
+
+def load_model(path, ema: bool = True, device: str = "cpu"):
+    """(model in eval mode on ``device``, its noise schedule, the run config) from a checkpoint.
+
+    ``ema=True`` loads the exponential moving average of the weights, which DDPM samples with
+    (Ho et al. 2020, App. B); ``ema=False`` the live weights.
+    """
+    checkpoint = path if isinstance(path, Checkpoint) else load_checkpoint(path)
+    try:
+        model = build_model(checkpoint.config)
+        schedule = build_schedule(checkpoint.config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {checkpoint.path} has an unusable config: {_one_line(exc)}") from exc
+    checkpoint.restore(model, "model", checkpoint.model_weights(ema))
+    return model.to(device).eval(), schedule, checkpoint.config
+
+
+__all__ = [
+    "CheckpointError", "Checkpoint", "CHECKPOINT_NAME", "checkpoint_path", "save_checkpoint",
+    "load_checkpoint", "model_config", "build_model", "build_schedule", "load_model",
+]

@@ -1,0 +1,177 @@
+"""Drawing images from a trained model, and the ``python -m minidiff sample`` command.
+
+:mod:`minidiff.sampling` holds the samplers, which work on any ``model(x_t, t)`` callable;
+this module puts a trained U-Net in front of them: it picks the sampler by name, fixes the
+class labels, draws x_T from a seed, reports progress, and records the "noise becomes a digit"
+trajectory picture. Training uses :func:`generate` for its preview grids.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from .backend import check_device, device_of, to_device
+from .checkpoint import checkpoint_path, load_checkpoint, load_model
+from .data import atomic_write
+from .images import save_image_grid
+from .sampling import ddim_sample, ddpm_sample, dpm_solver_pp_sample
+from .schedule import space_timesteps
+from .unet import as_denoiser
+
+SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
+# Steps when none are asked for: the full chain for ancestral sampling (Ho et al. 2020,
+# Algorithm 2), 50 for DDIM (Song et al. 2021, §5) and 20 for DPM-Solver++ (Lu et al. 2022, §6).
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20}
+GRID_SCALE = 2  # 28-pixel digits are too small to judge at 1:1
+
+
+def sampler_steps(sampler: str, steps: int | None, T: int) -> int:
+    """The number of denoising steps ``sampler`` will take on a T-step schedule."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if steps is not None:
+        return steps  # the samplers refuse a count outside [1, T]
+    default = DEFAULT_STEPS[sampler]
+    return T if default is None else min(default, T)
+
+
+def class_labels(n: int, num_classes: int | None, label: int | None = None):
+    """Labels for ``n`` samples: ``label`` for all, or 0, 1, …, K−1, 0, … (None when unconditional)."""
+    if num_classes is None:
+        if label is not None:
+            raise ValueError("--label needs a class-conditional checkpoint (one trained with --num-classes)")
+        return None
+    if label is None:
+        return np.arange(n) % num_classes
+    if not 0 <= label < num_classes:
+        raise ValueError(f"--label {label} is outside the checkpoint's classes 0..{num_classes - 1}")
+    return np.full(n, label)
+
+
+def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None = None, eta: float = 0.0,
+             seed: int = 0, labels=None, prediction: str = "eps", callback=None, progress: bool = False):
+    """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device.
+
+    ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
+    steps or the full chain), ``"ddim"`` (Song et al. 2021, with ``eta``) or ``"dpm-solver++"``
+    (Lu et al. 2022). ``seed`` fixes x_T and every noise draw. ``labels`` (n,) condition a
+    class-conditional model. ``callback(index, t, x_t, x0_hat)`` sees every step.
+    """
+    num_steps = sampler_steps(sampler, steps, schedule.T)
+    if eta and sampler != "ddim":
+        raise ValueError(f"eta applies to the ddim sampler only, not {sampler}")
+    config = model.config
+    shape = (n, config["in_channels"], config["image_size"], config["image_size"])
+    rng = np.random.default_rng(seed)
+    # x_T is drawn on the host, so one seed gives the same samples on CPU and GPU.
+    device = device_of(next(model.parameters()).data)
+    x_T = to_device(rng.standard_normal(shape).astype(np.float32), device)
+    denoiser = as_denoiser(model, labels)
+    options = dict(rng=rng, prediction=prediction, x_T=x_T, callback=_with_progress(callback, num_steps, progress))
+    if sampler == "ddpm":
+        respaced = schedule if num_steps == schedule.T else schedule.respace(space_timesteps(schedule.T, num_steps))
+        samples = ddpm_sample(denoiser, respaced, shape, **options)
+    elif sampler == "ddim":
+        samples = ddim_sample(denoiser, schedule, shape, steps=num_steps, eta=eta, **options)
+    else:
+        samples = dpm_solver_pp_sample(denoiser, schedule, shape, steps=num_steps, **options)
+    return np.asarray(to_device(samples, "cpu"), dtype=np.float32)
+
+
+def _with_progress(callback, total: int, progress: bool):
+    """``callback`` wrapped so that each step also advances a tqdm bar (closed after the last step)."""
+    if not progress:
+        return callback
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="sampling", unit="step", leave=False, dynamic_ncols=True)
+
+    def step(index, t, x_t, x0_hat):
+        if callback is not None:
+            callback(index, t, x_t, x0_hat)
+        bar.update(1)
+        if index == total - 1:
+            bar.close()
+
+    return step
+
+
+class TrajectoryRecorder:
+    """A sampler callback keeping x_t and x̂₀ of the first ``rows`` samples at ``columns`` steps.
+
+    :meth:`picture` lays them out as one grid: a row per sample, and for each chosen step a pair
+    of columns x_t | x̂₀, from pure noise on the left to the final digit on the right. Only the
+    chosen steps are kept, so even a 1000-step DDPM run costs a few images of memory.
+    """
+
+    def __init__(self, num_steps: int, columns: int = 8, rows: int = 4):
+        self.keep = set(np.unique(np.round(np.linspace(0, num_steps - 1, min(columns, num_steps))).astype(int)).tolist())
+        self.rows = rows
+        self.frames = []  # (x_t, x̂₀) pairs, each (rows, C, H, W)
+
+    def __call__(self, index, t, x_t, x0_hat):
+        if index in self.keep:
+            self.frames.append((to_device(x_t[: self.rows], "cpu"), to_device(x0_hat[: self.rows], "cpu")))
+
+    def picture(self) -> np.ndarray:
+        """(rows·2·steps, C, H, W) in row-major order, for ``save_image_grid(nrow=2·steps)``."""
+        columns = [image for pair in self.frames for image in pair]  # x_t, x̂₀, x_t, x̂₀, …
+        return np.stack(columns, axis=1).reshape((-1,) + columns[0].shape[1:])
+
+    def save(self, path) -> Path:
+        return save_image_grid(self.picture(), path, nrow=2 * len(self.frames), scale=GRID_SCALE)
+
+
+def save_npy(array: np.ndarray, path) -> Path:
+    """``np.save`` written atomically, so a reader never finds half an array."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        np.save(f, array)
+    return path
+
+
+# --------------------------------------------------------------------- command line
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint .npz or a run folder holding checkpoint.npz")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default: %(default)s")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps (default: the full chain for ddpm, 50 for ddim, 20 for dpm-solver++)")
+    parser.add_argument("--eta", type=float, default=None, help="DDIM noise scale η: 0 deterministic, 1 DDPM-like (default: 0)")
+    parser.add_argument("--n", type=int, default=16, help="number of samples (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument("--label", type=int, default=None,
+                        help="class to draw, for class-conditional checkpoints (default: cycle through 0..K-1)")
+    parser.add_argument("--no-ema", action="store_true", help="sample with the live weights, not their EMA")
+    parser.add_argument("--out", default=None, help="PNG grid of the samples (default: <run folder>/samples.png)")
+    parser.add_argument("--npy", default=None, help="also save the samples, float32 in [-1, 1], as .npy")
+    parser.add_argument("--trajectory", default=None,
+                        help="also save a PNG of x_t and the predicted x0 at 8 steps for the first samples")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+
+
+def run(args) -> int:
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    device = check_device(args.device)
+    checkpoint = load_checkpoint(args.checkpoint)
+    model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
+    labels = class_labels(args.n, model.num_classes, args.label)
+    num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
+    recorder = TrajectoryRecorder(num_steps) if args.trajectory else None
+    samples = generate(model, schedule, args.n, args.sampler, num_steps, eta=args.eta or 0.0, seed=args.seed,
+                       labels=labels, prediction=config["prediction"], callback=recorder, progress=True)
+    out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent / "samples.png"
+    # One class per column when the labels cycle through all of them.
+    nrow = model.num_classes if labels is not None and args.label is None and args.n >= model.num_classes else None
+    written = [save_image_grid(samples, out, nrow=nrow, scale=GRID_SCALE)]
+    if args.npy:
+        written.append(save_npy(samples, args.npy))
+    if recorder is not None:
+        written.append(recorder.save(args.trajectory))
+    weights = "live" if args.no_ema else "EMA"
+    print(f"{args.n} samples from {checkpoint.path} (step {checkpoint.step}, {weights} weights, "
+          f"{args.sampler}, {num_steps} steps): " + ", ".join(map(str, written)))
+    return 0
