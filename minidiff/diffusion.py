@@ -286,7 +286,9 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     The closed form that makes each L_{t−1} of Ho et al. 2020, Eq. 5 computable.
     """
     xp = array_module(mean1 - mean2)
-    return 0.5 * (-1.0 + logvar2 - logvar1 + xp.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * xp.exp(-logvar2))
+    log_ratio = logvar1 - logvar2
+    # e^r − 1 − r via expm1 is exactly 0 at r = 0 and never rounds below 0.
+    return 0.5 * (xp.expm1(log_ratio) - log_ratio + (mean1 - mean2) ** 2 * xp.exp(-logvar2))
 
 
 def approx_standard_normal_cdf(x):
