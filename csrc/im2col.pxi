@@ -1,6 +1,8 @@
 # im2col / col2im: the memory-bound halves of conv2d (reference: kernels/reference.py).
 # Parallel over (image, channel) planes: every plane writes rows / pixels no other plane
 # touches, so no atomics are needed and the result does not depend on the thread count.
+# Each output row splits into a zero border and a valid run; for stride 1 the run is a
+# contiguous copy (or add) that the compiler vectorises, so no branch is taken per element.
 from cython.parallel cimport prange
 
 ctypedef fused real:
@@ -8,52 +10,92 @@ ctypedef fused real:
     double
 
 
+cdef inline Py_ssize_t _first_valid(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:
+    """Smallest o ≥ 0 with o·stride + offset ≥ 0."""
+    if offset >= 0:
+        return 0
+    return (-offset + stride - 1) // stride
+
+
+cdef inline Py_ssize_t _end_valid(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size, Py_ssize_t count) noexcept nogil:
+    """One past the largest o < count with o·stride + offset < size."""
+    cdef Py_ssize_t end
+    if size - offset <= 0:
+        return 0
+    end = (size - offset + stride - 1) // stride
+    return end if end < count else count
+
+
 def im2col(const real[:, :, :, ::1] x, int kh, int kw, int stride, int padding,
            int ho, int wo, real[:, ::1] cols):
     """cols[(c·kh + i)·kw + j, (n·ho + oy)·wo + ox] = x[n, c, oy·stride − padding + i, ox·stride − padding + j] (0 outside)."""
     cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1], h = x.shape[2], w = x.shape[3]
-    cdef Py_ssize_t plane, n, c, i, j, oy, ox, iy, ix, row
+    cdef Py_ssize_t plane, n, c, i, j, oy, ox, iy, ox_lo, ox_hi, offset_x
+    cdef const real* src
+    cdef real* dst
+    cdef real* row
     with nogil:
         for plane in prange(n_images * channels, schedule="static"):
             n = plane // channels
             c = plane % channels
             for i in range(kh):
                 for j in range(kw):
-                    row = (c * kh + i) * kw + j
+                    offset_x = j - padding
+                    ox_lo = _first_valid(offset_x, stride)
+                    ox_hi = _end_valid(offset_x, stride, w, wo)
+                    if ox_hi < ox_lo:
+                        ox_hi = ox_lo
+                    row = &cols[(c * kh + i) * kw + j, n * ho * wo]
                     for oy in range(ho):
+                        dst = row + oy * wo  # (no `+=`: prange would take it for a reduction)
                         iy = oy * stride - padding + i
                         if iy < 0 or iy >= h:
                             for ox in range(wo):
-                                cols[row, (n * ho + oy) * wo + ox] = 0
-                            continue
-                        for ox in range(wo):
-                            ix = ox * stride - padding + j
-                            if ix < 0 or ix >= w:
-                                cols[row, (n * ho + oy) * wo + ox] = 0
+                                dst[ox] = 0
+                        else:
+                            src = &x[n, c, iy, 0]
+                            for ox in range(ox_lo):
+                                dst[ox] = 0
+                            if stride == 1:
+                                for ox in range(ox_lo, ox_hi):
+                                    dst[ox] = src[ox + offset_x]
                             else:
-                                cols[row, (n * ho + oy) * wo + ox] = x[n, c, iy, ix]
+                                for ox in range(ox_lo, ox_hi):
+                                    dst[ox] = src[ox * stride + offset_x]
+                            for ox in range(ox_hi, wo):
+                                dst[ox] = 0
 
 
 def col2im(const real[:, ::1] cols, int kh, int kw, int stride, int padding,
            int ho, int wo, real[:, :, :, ::1] x):
     """The adjoint of im2col: x[n, c, iy, ix] = Σ over (i, j) in order of the columns that read it."""
     cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1], h = x.shape[2], w = x.shape[3]
-    cdef Py_ssize_t plane, n, c, i, j, oy, ox, iy, ix, row
+    cdef Py_ssize_t plane, n, c, i, j, oy, ox, iy, ox_lo, ox_hi, offset_x, k
+    cdef const real* src
+    cdef const real* row
+    cdef real* dst
+    cdef real* image
     with nogil:
         for plane in prange(n_images * channels, schedule="static"):
             n = plane // channels
             c = plane % channels
-            for iy in range(h):
-                for ix in range(w):
-                    x[n, c, iy, ix] = 0
+            image = &x[n, c, 0, 0]
+            for k in range(h * w):
+                image[k] = 0
             for i in range(kh):
                 for j in range(kw):
-                    row = (c * kh + i) * kw + j
+                    offset_x = j - padding
+                    ox_lo = _first_valid(offset_x, stride)
+                    ox_hi = _end_valid(offset_x, stride, w, wo)
+                    row = &cols[(c * kh + i) * kw + j, n * ho * wo]
                     for oy in range(ho):
+                        src = row + oy * wo
                         iy = oy * stride - padding + i
-                        if iy < 0 or iy >= h:
-                            continue
-                        for ox in range(wo):
-                            ix = ox * stride - padding + j
-                            if ix >= 0 and ix < w:
-                                x[n, c, iy, ix] += cols[row, (n * ho + oy) * wo + ox]
+                        if iy >= 0 and iy < h:
+                            dst = image + iy * w
+                            if stride == 1:
+                                for ox in range(ox_lo, ox_hi):
+                                    dst[ox + offset_x] += src[ox]
+                            else:
+                                for ox in range(ox_lo, ox_hi):
+                                    dst[ox * stride + offset_x] += src[ox]

@@ -6,6 +6,8 @@ a GPU version replaces the NumPy reference without touching this file.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..autograd import Function
 from ..backend import get_array_module
 from ..kernels import kernel
@@ -14,13 +16,32 @@ from ..kernels.reference import conv_output_size
 __all__ = ["conv2d", "linear"]
 
 
+# Columns for this many bytes at a time: small enough to stay in cache between im2col and
+# the GEMM that reads them, large enough that each GEMM is still big.
+COLUMN_CHUNK_BYTES = 8 << 20
+
+
+def image_chunks(x_shape, kh: int, kw: int, output_positions: int, itemsize: int, on_gpu: bool):
+    """Slices of the batch whose columns (C·kh·kw × chunk·Ho·Wo) fit in COLUMN_CHUNK_BYTES.
+
+    A GPU has the memory bandwidth to take the whole batch at once.
+    """
+    n, c = x_shape[:2]
+    per_image = c * kh * kw * output_positions * itemsize
+    size = n if on_gpu else max(1, min(n, COLUMN_CHUNK_BYTES // max(per_image, 1)))
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
 class Conv2d(Function):
     r"""y[n] = W · im2col(x)[n] + b, with W flattened to (C_out, C·kh·kw).
 
-    Only ``x`` and ``w`` are saved, not the columns: im2col(x) is kh·kw times the size of x
-    (9× for a 3×3 conv), and a U-Net keeps every layer's saved arrays alive until its backward
-    runs, so saving columns would dominate the peak memory of a training step. Recomputing them
-    in the backward is one memory-bound pass, cheap next to the GEMMs.
+    The batch is processed a few images at a time (:func:`image_chunks`): the columns of a
+    chunk are written and read back while they are still in cache, which is what makes a
+    3×3 convolution's 9× larger column matrix affordable on a CPU.
+
+    Only ``x`` and ``w`` are saved, not the columns: a U-Net keeps every layer's saved arrays
+    alive until its backward runs, so saving columns would dominate the peak memory of a
+    training step. Recomputing them in the backward is one memory-bound pass per chunk.
     """
 
     def forward(self, x, w, b, stride, padding):
@@ -29,29 +50,38 @@ class Conv2d(Function):
         c_out, _, kh, kw = w.shape
         ho = conv_output_size(x.shape[2], kh, stride, padding)
         wo = conv_output_size(x.shape[3], kw, stride, padding)
-        cols = kernel("im2col", x)(x, kh, kw, stride, padding)  # (C·kh·kw, N·Ho·Wo)
-        out = w.reshape(c_out, -1) @ cols  # one GEMM for the whole batch: (C_out, N·Ho·Wo)
+        im2col = kernel("im2col", x)
+        w_matrix = w.reshape(c_out, -1)  # (C_out, C·kh·kw)
+        out = xp.empty((n, c_out, ho * wo), dtype=x.dtype)
+        for chunk in image_chunks(x.shape, kh, kw, ho * wo, x.itemsize, xp is not np):
+            cols = im2col(x[chunk], kh, kw, stride, padding)  # (C·kh·kw, chunk·Ho·Wo)
+            y = (w_matrix @ cols).reshape(c_out, -1, ho * wo)  # (C_out, chunk, Ho·Wo)
+            out[chunk] = y.transpose(1, 0, 2)
         if b is not None:
             out += b[:, None]
-        self.x_shape, self.conv = x.shape, (kh, kw, stride, padding)
-        self.save_for_backward(x if self.needs_input_grad[1] else None, w if self.needs_input_grad[0] else None)
-        return xp.ascontiguousarray(out.reshape(c_out, n, ho, wo).transpose(1, 0, 2, 3))  # (N, C_out, Ho, Wo)
+        self.conv = (kh, kw, stride, padding)
+        self.save_for_backward(x, w if self.needs_input_grad[0] else None)
+        return out.reshape(n, c_out, ho, wo)
 
     def backward(self, grad):
         x, w = self.saved
         xp = get_array_module(grad)
-        c_out = grad.shape[1]
-        grad = xp.ascontiguousarray(grad.transpose(1, 0, 2, 3)).reshape(c_out, -1)  # dY: (C_out, N·Ho·Wo)
-        grad_x = grad_w = grad_b = None
-        if self.needs_input_grad[0]:
-            grad_cols = w.reshape(c_out, -1).T @ grad  # ∂y/∂cols = Wᵀ: (C·kh·kw, N·Ho·Wo)
-            grad_x = kernel("col2im", grad_cols)(grad_cols, self.x_shape, *self.conv)  # ∂cols/∂x = col2im (adjoint of im2col)
-        if self.needs_input_grad[1]:
-            cols = kernel("im2col", x)(x, *self.conv)  # recomputed, see the class docstring
-            grad_w = (grad @ cols.T).reshape(self.inputs[1].shape)  # ∂y/∂W = dY·colsᵀ: (C_out, C, kh, kw)
-        if self.needs_input_grad[2]:
-            grad_b = grad.sum(axis=1)  # ∂y/∂b = 1, summed over images and positions
-        return grad_x, grad_w, grad_b
+        n, c_out = grad.shape[:2]
+        kh, kw = self.conv[:2]
+        grad = grad.reshape(n, c_out, -1)  # dY: (N, C_out, Ho·Wo)
+        grad_x = xp.empty_like(x) if self.needs_input_grad[0] else None
+        grad_w = xp.zeros((c_out, x.shape[1] * kh * kw), dtype=grad.dtype) if self.needs_input_grad[1] else None
+        im2col, col2im = kernel("im2col", x), kernel("col2im", x)
+        for chunk in image_chunks(x.shape, kh, kw, grad.shape[2], x.itemsize, xp is not np):
+            grad_chunk = xp.ascontiguousarray(grad[chunk].transpose(1, 0, 2)).reshape(c_out, -1)  # (C_out, chunk·Ho·Wo)
+            if grad_x is not None:
+                grad_cols = w.reshape(c_out, -1).T @ grad_chunk  # ∂y/∂cols = Wᵀ: (C·kh·kw, chunk·Ho·Wo)
+                grad_x[chunk] = col2im(grad_cols, x[chunk].shape, *self.conv)  # ∂cols/∂x = col2im, im2col's adjoint
+            if grad_w is not None:
+                cols = im2col(x[chunk], *self.conv)  # recomputed, see the class docstring
+                grad_w += grad_chunk @ cols.T  # ∂y/∂W = dY·colsᵀ, summed over chunks
+        grad_b = grad.sum(axis=(0, 2)) if self.needs_input_grad[2] else None  # ∂y/∂b = 1, over images and positions
+        return grad_x, None if grad_w is None else grad_w.reshape(self.inputs[1].shape), grad_b
 
 
 def conv2d(x, w, b=None, stride: int = 1, padding: int = 0):
