@@ -62,6 +62,9 @@ def main(argv=None) -> int:
             return args.run(args)
         except USER_ERRORS as exc:
             args.parser.error(exc)  # exits with status 2
+        except KeyboardInterrupt:
+            print(f"{args.parser.prog}: interrupted", file=sys.stderr)
+            return 130  # the conventional status of a process stopped by SIGINT
 
 
 if __name__ == "__main__":

@@ -414,9 +414,6 @@ def run(args) -> int:
     checkpoint = load_checkpoint(resume) if resume else None
     config = TrainConfig.from_checkpoint(checkpoint, **explicit) if checkpoint else TrainConfig(**explicit)
     trainer = Trainer(config, resume=checkpoint)
-    try:
-        path = trainer.fit()
-    except KeyboardInterrupt:
-        return 130  # the conventional status of a process stopped by SIGINT
+    path = trainer.fit()  # on Ctrl-C it saves, says how to resume, and re-raises
     print(f"trained to step {trainer.step} in {trainer.elapsed_s:.0f} s; checkpoint {path}")
     return 0

@@ -1,8 +1,10 @@
 """``python -m minidiff train|sample`` end to end on tiny settings: the tiny U-Net, a 20-step
 cosine chain, batches of 4, the first 64 MNIST t10k digits; and every user error as one line."""
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +196,26 @@ def test_errors_in_a_real_process_have_no_traceback(run, argv, message):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_real_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
+    """SIGINT to a real training process: exit status 130, a message, a checkpoint at a whole step."""
+    process = subprocess.Popen([sys.executable, "-m", "minidiff", "train", *TINY, "--out", str(tmp_path),
+                                "--steps", "10000", "--sample-every", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "log.jsonl"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and f"--resume {tmp_path}" in err
+    step = load_checkpoint(tmp_path).step
+    assert step >= 2 and len(losses(tmp_path)) == step  # logged up to the checkpoint, no further
+
+    assert main(["train", "--resume", str(tmp_path), "--steps", str(step + 2)]) == 0
+    straight = tmp_path / "straight"
+    assert train(straight, "--steps", str(step + 2), "--sample-every", "0") == 0
+    assert losses(tmp_path) == losses(straight)
