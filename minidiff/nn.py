@@ -304,8 +304,9 @@ class GroupNorm(Module):
     """Group normalisation (Wu & He 2018) with a per-channel affine map initialised to identity."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
-                 dtype=DEFAULT_DTYPE):
+                 silu: bool = False, dtype=DEFAULT_DTYPE):
         super().__init__()
+        self.silu = silu  # apply SiLU to the output, fused into the same pass (F.group_norm_silu)
         if num_channels % num_groups:
             raise ValueError(f"GroupNorm: num_channels={num_channels} is not divisible by num_groups={num_groups}")
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
@@ -313,10 +314,11 @@ class GroupNorm(Module):
         self.bias = Parameter(np.zeros(num_channels), dtype=dtype) if affine else None
 
     def forward(self, x):
-        return F.group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
+        norm = F.group_norm_silu if self.silu else F.group_norm
+        return norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
 
     def extra_repr(self):
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.weight is not None}"
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.weight is not None}, silu={self.silu}"
 
 
 class SiLU(Module):

@@ -80,24 +80,25 @@ class ResBlock(nn.Module):
     h = conv3×3(SiLU(GroupNorm(x))) + Linear(SiLU(temb)) per channel;
     h = conv3×3(dropout(SiLU(GroupNorm(h)))); out = skip(x) + h, with skip a 1×1 conv when the
     channel count changes (the identity otherwise). The second conv starts at zero (module docstring).
+    Each SiLU(GroupNorm(·)) is one fused op (``nn.GroupNorm(..., silu=True)``).
     """
 
     def __init__(self, cin: int, cout: int, temb_dim: int, num_groups: int, dropout: float = 0.0,
                  rng=None, dtype=DEFAULT_DTYPE):
         super().__init__()
-        self.norm1 = nn.GroupNorm(num_groups, cin, dtype=dtype)
+        self.norm1 = nn.GroupNorm(num_groups, cin, silu=True, dtype=dtype)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, rng=rng, dtype=dtype)
         self.temb_proj = nn.Linear(temb_dim, cout, rng=rng, dtype=dtype)
-        self.norm2 = nn.GroupNorm(num_groups, cout, dtype=dtype)
+        self.norm2 = nn.GroupNorm(num_groups, cout, silu=True, dtype=dtype)
         self.dropout = nn.Dropout(dropout, rng=rng)
         self.conv2 = _zero_init(nn.Conv2d(cout, cout, 3, padding=1, rng=rng, dtype=dtype))
         self.skip = nn.Conv2d(cin, cout, 1, rng=rng, dtype=dtype) if cin != cout else nn.Identity()
 
     def forward(self, x, temb):
-        h = self.conv1(F.silu(self.norm1(x)))  # (N, cout, H, W)
+        h = self.conv1(self.norm1(x))  # (N, cout, H, W)
         t = self.temb_proj(F.silu(temb))  # (N, cout)
         h = h + t.reshape(t.shape + (1, 1))  # the same shift at every pixel of a channel
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv2(self.dropout(self.norm2(h)))
         return self.skip(x) + h
 
 
@@ -265,7 +266,7 @@ class UNet(nn.Module):
                 self.output_blocks.append(block)
 
         self.out = nn.Sequential(
-            nn.GroupNorm(num_groups, ch, dtype=dtype), nn.SiLU(),
+            nn.GroupNorm(num_groups, ch, silu=True, dtype=dtype),
             _zero_init(nn.Conv2d(ch, in_channels, 3, padding=1, **layer)),
         )
 

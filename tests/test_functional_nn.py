@@ -115,6 +115,15 @@ def test_group_norm_gradcheck(groups, affine):
         assert gradcheck(lambda x: F.group_norm(x, groups), x)
 
 
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_group_norm_silu_gradcheck_and_equals_the_composition(groups):
+    x, w, b = randn(2, 4, 3, 3), randn(4), randn(4)
+    assert gradcheck(lambda x, w, b: F.group_norm_silu(x, groups, w, b), x, w, b)
+    fused = F.group_norm_silu(Tensor(x), groups, Tensor(w), Tensor(b)).data
+    composed = F.silu(F.group_norm(Tensor(x), groups, Tensor(w), Tensor(b))).data
+    np.testing.assert_allclose(fused, composed, rtol=1e-12, atol=1e-12)
+
+
 def test_group_norm_gradcheck_on_sequences():
     assert gradcheck(lambda x, w: F.group_norm(x, 2, w), randn(2, 4, 5), randn(4))
 

@@ -129,7 +129,7 @@ def test_parameter_gradients_match_central_differences():
         "input_blocks.3.1.qkv.weight",  # attention at 4×4
         "middle_block.1.proj.weight",  # a zero-initialised projection
         "output_blocks.1.2.conv.weight",  # the Upsample conv
-        "out.2.weight",  # the final conv
+        "out.1.weight",  # the final conv
     ]
     eps = 1e-6
     for name in checked:

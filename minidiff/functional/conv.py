@@ -10,6 +10,7 @@ import numpy as np
 
 from ..autograd import Function
 from ..backend import get_array_module
+from ..flops import add_flops
 from ..kernels import kernel
 from ..kernels.reference import conv_output_size
 
@@ -59,6 +60,7 @@ class Conv2d(Function):
             out[chunk] = y.transpose(1, 0, 2)
         if b is not None:
             out += b[:, None]
+        add_flops(2 * out.size * w_matrix.shape[1])
         self.conv = (kh, kw, stride, padding)
         self.save_for_backward(x, w if self.needs_input_grad[0] else None)
         return out.reshape(n, c_out, ho, wo)
@@ -118,6 +120,7 @@ class Linear(Function):
     def forward(self, x, w, b):
         self.save_for_backward(x if self.needs_input_grad[1] else None, w if self.needs_input_grad[0] else None)
         out = x @ w.T  # (..., out)
+        add_flops(2 * out.size * w.shape[1])
         return out if b is None else out + b
 
     def backward(self, grad):

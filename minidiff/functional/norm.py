@@ -1,58 +1,70 @@
-"""Group normalisation (Wu & He 2018), the normaliser of the DDPM U-Net.
+"""Group normalisation (Wu & He 2018), the normaliser of the DDPM U-Net, optionally fused with
+the SiLU that follows it in every ResBlock.
 
-One Function with the closed-form backward; the per-group statistics and their gradient are
-the named kernels ``group_norm_forward`` / ``group_norm_backward`` (kernels/reference.py).
+One Function with the closed-form backward; the arithmetic lives in the named kernels
+``group_norm_forward`` / ``group_norm_backward`` (kernels/reference.py is their specification).
+Fusing SiLU saves a full pass over the activations each way and the array SiLU would keep for
+its backward.
 """
 from __future__ import annotations
 
 from ..autograd import Function
+from ..backend import get_array_module
 from ..kernels import kernel
 
-__all__ = ["group_norm"]
+__all__ = ["group_norm", "group_norm_silu"]
 
 
 class GroupNorm(Function):
-    r"""y = γ·x̂ + β with x̂ = (x − μ_g)/√(σ²_g + eps), μ_g and σ²_g taken over each group of
-    C/G channels and all spatial positions of one image; γ, β are per channel."""
+    r"""y = γ·x̂ + β (then SiLU if ``silu``) with x̂ = (x − μ_g)/√(σ²_g + eps), μ_g and σ²_g taken
+    over each group of C/G channels and all positions of one image; γ, β are per channel."""
 
-    def forward(self, x, weight, bias, num_groups, eps):
+    def forward(self, x, weight, bias, num_groups, eps, silu):
+        xp = get_array_module(x)
         n, c = x.shape[:2]
-        x_hat, rstd = kernel("group_norm_forward", x)(x.reshape(n, num_groups, -1), eps)  # (N, G, C/G·H·W), (N, G)
-        x_hat = x_hat.reshape(x.shape)  # (N, C, H, W)
-        self.save_for_backward(x_hat, rstd, weight)
-        self.affine_shape = (1, c) + (1,) * (x.ndim - 2)  # γ, β broadcast over N and space
-        out = x_hat if weight is None else x_hat * weight.reshape(self.affine_shape)
-        return out if bias is None else out + bias.reshape(self.affine_shape)
+        weight = xp.ones(c, dtype=x.dtype) if weight is None else weight
+        bias = xp.zeros(c, dtype=x.dtype) if bias is None else bias
+        y, x_hat, rstd = kernel("group_norm_forward", x)(x.reshape(n, c, -1), num_groups, weight, bias, eps, silu)  # (N, C, M)
+        self.silu = silu
+        self.save_for_backward(x_hat, rstd, weight, bias)
+        return y.reshape(x.shape)
 
     def backward(self, grad):
-        x_hat, rstd, weight = self.saved
-        n, num_groups = rstd.shape
-        per_channel = (0,) + tuple(range(2, grad.ndim))  # sum over images and positions
-        grad_x = grad_weight = grad_bias = None
-        if self.needs_input_grad[0]:
-            grad_xhat = grad if weight is None else grad * weight.reshape(self.affine_shape)  # ∂y/∂x̂ = γ
-            grad_x = kernel("group_norm_backward", grad_xhat)(
-                grad_xhat.reshape(n, num_groups, -1), x_hat.reshape(n, num_groups, -1), rstd
-            )  # ∂x̂/∂x: (1/σ)(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) per group: (N, G, C/G·H·W)
-            grad_x = grad_x.reshape(grad.shape)
-        if self.needs_input_grad[1]:
-            grad_weight = (grad * x_hat).sum(axis=per_channel)  # ∂y/∂γ = x̂
-        if self.needs_input_grad[2]:
-            grad_bias = grad.sum(axis=per_channel)  # ∂y/∂β = 1
-        return grad_x, grad_weight, grad_bias
+        x_hat, rstd, weight, bias = self.saved
+        n, c = grad.shape[:2]
+        # through SiLU (∂(aσ(a))/∂a), the affine map (∂a/∂x̂ = γ, ∂a/∂γ = x̂, ∂a/∂β = 1) and the
+        # normalisation (∂x̂/∂x = (1/σ)(I − 1/M − x̂x̂ᵀ/M) per group): see the kernel
+        grad_x, grad_weight, grad_bias = kernel("group_norm_backward", grad)(
+            grad.reshape(n, c, -1), x_hat, rstd, weight, bias, self.silu
+        )
+        return (
+            grad_x.reshape(grad.shape) if self.needs_input_grad[0] else None,
+            grad_weight if self.needs_input_grad[1] else None,
+            grad_bias if self.needs_input_grad[2] else None,
+        )
+
+
+def _check(name, x, num_groups, weight, bias):
+    if len(x.shape) < 2:
+        raise ValueError(f"{name}: expected an input (N, C, *), got shape {tuple(x.shape)}")
+    channels = x.shape[1]
+    if num_groups < 1 or channels % num_groups:
+        raise ValueError(
+            f"{name}: num_groups={num_groups} does not divide the C={channels} channels "
+            f"(input shape {tuple(x.shape)})"
+        )
+    for param_name, param in (("weight", weight), ("bias", bias)):
+        if param is not None and tuple(param.shape) != (channels,):
+            raise ValueError(f"{name}: {param_name} of shape {tuple(param.shape)} for C={channels} channels")
 
 
 def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
     """``torch.nn.functional.group_norm``: x (N, C, *), weight and bias (C,) or None."""
-    if len(x.shape) < 2:
-        raise ValueError(f"group_norm: expected an input (N, C, *), got shape {tuple(x.shape)}")
-    channels = x.shape[1]
-    if num_groups < 1 or channels % num_groups:
-        raise ValueError(
-            f"group_norm: num_groups={num_groups} does not divide the C={channels} channels "
-            f"(input shape {tuple(x.shape)})"
-        )
-    for name, param in (("weight", weight), ("bias", bias)):
-        if param is not None and tuple(param.shape) != (channels,):
-            raise ValueError(f"group_norm: {name} of shape {tuple(param.shape)} for C={channels} channels")
-    return GroupNorm.apply(x, weight, bias, num_groups=int(num_groups), eps=float(eps))
+    _check("group_norm", x, num_groups, weight, bias)
+    return GroupNorm.apply(x, weight, bias, num_groups=int(num_groups), eps=float(eps), silu=False)
+
+
+def group_norm_silu(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
+    """``silu(group_norm(x, …))`` in one fused op (same values and gradients, one pass)."""
+    _check("group_norm_silu", x, num_groups, weight, bias)
+    return GroupNorm.apply(x, weight, bias, num_groups=int(num_groups), eps=float(eps), silu=True)

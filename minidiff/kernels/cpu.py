@@ -29,25 +29,27 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int):
     return x
 
 
-def group_norm_forward(x, eps: float):
-    n, g, m = x.shape
+def group_norm_forward(x, num_groups: int, weight, bias, eps: float, silu: bool):
+    n, c, m = x.shape
     x = np.ascontiguousarray(x)
-    x_hat, rstd = np.empty_like(x), np.empty((n, g), dtype=x.dtype)  # (N, G, M), (N, G)
-    _C.group_norm_forward(x.reshape(n * g, m), eps, x_hat.reshape(n * g, m), rstd.reshape(n * g))
-    return x_hat, rstd
+    y, x_hat, rstd = np.empty_like(x), np.empty_like(x), np.empty((n, num_groups), dtype=x.dtype)  # (N, C, M) ×2, (N, G)
+    _C.group_norm_forward(x, num_groups, _vector(weight, x.dtype), _vector(bias, x.dtype), eps, silu, y, x_hat, rstd)
+    return y, x_hat, rstd
 
 
-def group_norm_backward(grad_xhat, x_hat, rstd):
-    n, g, m = x_hat.shape
-    grad_xhat = np.ascontiguousarray(grad_xhat, dtype=x_hat.dtype)
-    grad_x = np.empty_like(grad_xhat)  # (N, G, M)
+def group_norm_backward(grad_y, x_hat, rstd, weight, bias, silu: bool):
+    n, c, m = x_hat.shape
+    grad_x = np.empty_like(x_hat)  # (N, C, M)
+    grad_weight, grad_bias = np.empty((n, c)), np.empty((n, c))  # per image, summed below in float64
     _C.group_norm_backward(
-        grad_xhat.reshape(n * g, m),
-        np.ascontiguousarray(x_hat).reshape(n * g, m),
-        np.ascontiguousarray(rstd).reshape(n * g),
-        grad_x.reshape(n * g, m),
+        np.ascontiguousarray(grad_y, dtype=x_hat.dtype), np.ascontiguousarray(x_hat), np.ascontiguousarray(rstd),
+        _vector(weight, x_hat.dtype), _vector(bias, x_hat.dtype), silu, grad_x, grad_weight, grad_bias,
     )
-    return grad_x
+    return grad_x, grad_weight.sum(axis=0).astype(x_hat.dtype), grad_bias.sum(axis=0).astype(x_hat.dtype)
+
+
+def _vector(v, dtype):
+    return np.ascontiguousarray(v, dtype=dtype)
 
 
 if _C is None:  # the dispatcher then uses the reference for every name

@@ -50,25 +50,45 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int):
     return padded[:, :, padding : padding + h, padding : padding + w].copy() if padding else padded
 
 
-def group_norm_forward(x, eps: float):
-    """Normalise each group to zero mean and unit variance.
+def sigmoid(x):
+    """σ(x) = (1 + tanh(x/2))/2: exact, and never overflows the way 1/(1 + e⁻ˣ) does for x ≪ 0."""
+    return 0.5 * (1 + get_array_module(x).tanh(0.5 * x))
 
-    x: (N, G, M), one row per (image, group) → (x̂ (N, G, M), rstd (N, G)) with
-    x̂ = (x − μ)·rstd and rstd = 1/√(σ² + eps). Two-pass variance σ² = mean((x − μ)²): it
-    never subtracts two large nearly equal numbers, unlike E[x²] − μ².
+
+def group_norm_forward(x, num_groups: int, weight, bias, eps: float, silu: bool):
+    """Group normalisation (Wu & He 2018, Eq. 1–3), then the per-channel affine map, then
+    optionally SiLU -- the GroupNorm → SiLU pair every DDPM ResBlock starts with, in one pass.
+
+    x: (N, C, M); weight, bias: (C,) → (y (N, C, M), x̂ (N, C, M), rstd (N, G)) with
+    x̂ = (x − μ_g)·rstd, rstd = 1/√(σ²_g + eps) over each group of C/G channels, a = γ·x̂ + β and
+    y = a·σ(a) if ``silu`` else a. Two-pass variance σ² = mean((x − μ)²): it never subtracts two
+    large nearly equal numbers, unlike E[x²] − μ².
     """
     xp = get_array_module(x)
-    mean = x.mean(axis=-1, keepdims=True)  # μ: (N, G, 1)
-    centered = x - mean
+    n, c, m = x.shape
+    groups = x.reshape(n, num_groups, -1)  # (N, G, C/G·M)
+    mean = groups.mean(axis=-1, keepdims=True)  # μ: (N, G, 1)
+    centered = groups - mean
     rstd = 1 / xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)  # 1/σ: (N, G, 1)
-    return centered * rstd, rstd[..., 0]
+    x_hat = (centered * rstd).reshape(n, c, m)
+    a = x_hat * weight[:, None] + bias[:, None]
+    return (a * sigmoid(a) if silu else a), x_hat, rstd[..., 0]
 
 
-def group_norm_backward(grad_xhat, x_hat, rstd):
-    """The gradient through x̂ = (x − μ)/σ, per group: dx = (1/σ)(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)).
-
-    grad_xhat, x_hat: (N, G, M); rstd: (N, G) → dx: (N, G, M).
-    """
+def group_norm_backward(grad_y, x_hat, rstd, weight, bias, silu: bool):
+    """The gradient of :func:`group_norm_forward` → (dx (N, C, M), dγ (C,), dβ (C,))."""
+    n, c, m = x_hat.shape
+    num_groups = rstd.shape[1]
+    grad_a = grad_y
+    if silu:
+        a = x_hat * weight[:, None] + bias[:, None]
+        s = sigmoid(a)
+        grad_a = grad_y * s * (1 + a * (1 - s))  # ∂(a·σ(a))/∂a = σ(a)(1 + a(1 − σ(a)))
+    grad_weight = (grad_a * x_hat).sum(axis=(0, 2))  # ∂a/∂γ = x̂
+    grad_bias = grad_a.sum(axis=(0, 2))  # ∂a/∂β = 1
+    grad_xhat = (grad_a * weight[:, None]).reshape(n, num_groups, -1)  # ∂a/∂x̂ = γ: (N, G, C/G·M)
+    x_hat = x_hat.reshape(n, num_groups, -1)
     mean_grad = grad_xhat.mean(axis=-1, keepdims=True)  # through μ
     mean_grad_xhat = (grad_xhat * x_hat).mean(axis=-1, keepdims=True)  # through σ
-    return rstd[..., None] * (grad_xhat - mean_grad - x_hat * mean_grad_xhat)
+    grad_x = rstd[..., None] * (grad_xhat - mean_grad - x_hat * mean_grad_xhat)  # ∂x̂/∂x = (1/σ)(I − 1/M − x̂x̂ᵀ/M)
+    return grad_x.reshape(n, c, m), grad_weight, grad_bias

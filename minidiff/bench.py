@@ -1,0 +1,189 @@
+"""``python -m minidiff bench``: time the reference U-Net's training step and forward pass.
+
+Prints one JSON object per kernel family: seconds per step (median over ``--steps``),
+images/s, GFLOP/s (the matrix products counted by :mod:`minidiff.flops`; a training step is
+three forward passes) and the peak memory a training step allocates. With several
+``--kernels`` the families run alternately, step by step, so that a busy machine slows them
+alike and their ratio stays honest. ``--profile`` adds the per-op time breakdown of one step.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import statistics
+import time
+import tracemalloc
+
+import numpy as np
+
+from . import backend, functional as F, no_grad
+from .autograd import Function, Tensor
+from .flops import count_flops
+from .optim import Adam
+from .unet import PRESETS, UNet
+
+KERNEL_CHOICES = ("cpu", "reference")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=list(PRESETS), default="mnist", help="U-Net to time (default: mnist)")
+    parser.add_argument("--batch", type=int, default=64, help="images per step (default: 64)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default: 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
+    parser.add_argument("--mode", choices=("train", "forward", "both"), default="both", help="what to time (default: both)")
+    parser.add_argument("--kernels", default="cpu",
+                        help="comma-separated kernel families to compare: cpu, reference (default: cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="also print the per-op time breakdown of one training step")
+
+
+def run(args) -> int:
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    unknown = [k for k in kernels if k not in KERNEL_CHOICES]
+    if unknown or not kernels:
+        raise ValueError(f"--kernels {args.kernels!r}: expected a comma-separated list of {', '.join(KERNEL_CHOICES)}")
+    for name, value in (("--batch", args.batch), ("--steps", args.steps)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be at least 0, got {args.warmup}")
+    device = backend.check_device(args.device)
+    bench = Benchmark(args.preset, args.batch, device, args.seed)
+    modes = ("train", "forward") if args.mode == "both" else (args.mode,)
+    results = bench.measure_alternately(kernels, modes, args.steps, args.warmup)
+    for kernel_family, timings in results.items():
+        print(json.dumps(bench.report(kernel_family, timings)))
+    if args.profile:
+        with kernel_env(kernels[0]):
+            print_profile(bench)
+    return 0
+
+
+class kernel_env:
+    """Select a kernel family for the block through ``MINIDIFF_KERNELS``."""
+
+    def __init__(self, family: str):
+        self.family = family
+
+    def __enter__(self):
+        self.previous = os.environ.get("MINIDIFF_KERNELS")
+        os.environ["MINIDIFF_KERNELS"] = self.family
+
+    def __exit__(self, *exc_info):
+        if self.previous is None:
+            os.environ.pop("MINIDIFF_KERNELS", None)
+        else:
+            os.environ["MINIDIFF_KERNELS"] = self.previous
+
+
+class Benchmark:
+    """The model, a fixed random batch and one Adam optimizer, as a training loop has them."""
+
+    def __init__(self, preset: str, batch: int, device: str, seed: int):
+        rng = np.random.default_rng(seed)
+        self.preset, self.batch, self.device = preset, batch, device
+        self.model = UNet.from_preset(preset, rng=rng).to(device)
+        self.optimizer = Adam(self.model.parameters(), lr=1e-4)
+        shape = (batch, self.model.config["in_channels"], self.model.config["image_size"], self.model.config["image_size"])
+        self.x = Tensor(rng.standard_normal(shape).astype(np.float32)).to(device)
+        self.noise = Tensor(rng.standard_normal(shape).astype(np.float32)).to(device)
+        self.t = rng.integers(0, 1000, size=batch)
+        with no_grad(), count_flops() as counter:
+            self.model(self.x, self.t)
+        self.forward_flops = counter.total
+
+    def train_step(self):
+        self.optimizer.zero_grad()
+        loss = F.mse_loss(self.model(self.x, self.t), self.noise)
+        loss.backward()
+        self.optimizer.step()
+        loss.item()  # waits for the device, so the step is really over
+
+    def forward(self):
+        with no_grad():
+            self.model(self.x, self.t).numpy()
+
+    def measure_alternately(self, families, modes, steps, warmup):
+        timings = {f: {m: [] for m in modes} for f in families}
+        for mode in modes:
+            step = self.train_step if mode == "train" else self.forward
+            for i in range(warmup + steps):
+                for family in families:
+                    with kernel_env(family):
+                        start = time.perf_counter()
+                        step()
+                        elapsed = time.perf_counter() - start
+                    if i >= warmup:
+                        timings[family][mode].append(elapsed)
+        for family in families:
+            with kernel_env(family):
+                timings[family]["peak_memory_mib"] = self.peak_training_memory() if "train" in modes else None
+        return timings
+
+    def peak_training_memory(self) -> float:
+        """MiB allocated at the peak of one training step (NumPy reports its buffers to tracemalloc)."""
+        tracemalloc.start()
+        try:
+            self.train_step()
+            return tracemalloc.get_traced_memory()[1] / 2**20
+        finally:
+            tracemalloc.stop()
+
+    def report(self, family, timings) -> dict:
+        out = {
+            "preset": self.preset, "params": self.model.num_parameters(), "batch": self.batch,
+            "device": self.device, "kernels": family if self.device == "cpu" else "cuda",
+            "threads": os.cpu_count(), "gflop_per_image_forward": round(self.forward_flops / self.batch / 1e9, 4),
+        }
+        for mode, flops in (("train", 3 * self.forward_flops), ("forward", self.forward_flops)):
+            if mode in timings:
+                seconds = statistics.median(timings[mode])
+                out[f"{mode}_step_s"] = round(seconds, 4)
+                out[f"{mode}_images_per_s"] = round(self.batch / seconds, 2)
+                out[f"{mode}_gflops"] = round(flops / seconds / 1e9, 2)
+        if timings.get("peak_memory_mib") is not None:
+            out["train_peak_memory_mib"] = round(timings["peak_memory_mib"], 1)
+        out["machine"] = platform.processor() or platform.machine()
+        return out
+
+
+def print_profile(bench: Benchmark, top: int = 20):
+    """Time per op (forward and backward apart) and per kernel over one training step."""
+    bench.train_step()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    bench.train_step()
+    profiler.disable()
+    names = _qualified_names()
+    stats = pstats.Stats(profiler).stats
+    total = sum(entry[2] for entry in stats.values())
+    rows = sorted(((entry[2], names.get(key[:2], f"{os.path.basename(key[0])}:{key[2]}")) for key, entry in stats.items()), reverse=True)
+    print(json.dumps({"profile_total_s": round(total, 4),
+                      "by_op_s": {name: round(seconds, 4) for seconds, name in rows[:top]}}))
+
+
+def _qualified_names() -> dict:
+    """(file, first line) → 'Conv2d.backward' etc., for every op's forward/backward and every kernel."""
+    from .kernels import cpu, reference
+
+    names = {}
+    functions = [getattr(m, n) for m in (cpu, reference) for n in dir(m) if callable(getattr(m, n))]
+    for cls in _subclasses(Function):
+        functions += [cls.forward, cls.backward]
+    for fn in functions:
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            kernel_family = fn.__module__.rsplit(".", 1)[-1] + "." if fn.__module__.startswith("minidiff.kernels") else ""
+            names[(code.co_filename, code.co_firstlineno)] = kernel_family + code.co_qualname
+    return names
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
