@@ -14,12 +14,13 @@ import argparse
 import sys
 import warnings
 
-from . import sample, train
+from . import bench, sample, train
 from .backend import DeviceError
 
 COMMANDS = [
     ("train", train, "train a diffusion model (Ho et al. 2020, Algorithm 1)"),
     ("sample", sample, "draw images from a trained checkpoint"),
+    ("bench", bench, "time the U-Net's training step and forward pass (JSON)"),
 ]
 
 # The library's own errors carry messages meant for the user: DataError and CheckpointError are
