@@ -14,12 +14,13 @@ import argparse
 import sys
 import warnings
 
-from . import bench, sample, train
+from . import bench, evaluate, sample, train
 from .backend import DeviceError
 
 COMMANDS = [
     ("train", train, "train a diffusion model (Ho et al. 2020, Algorithm 1)"),
     ("sample", sample, "draw images from a trained checkpoint"),
+    ("eval", evaluate, "score samples of a checkpoint: FID, Inception Score, precision/recall"),
     ("bench", bench, "time the U-Net's training step and forward pass (JSON)"),
 ]
 

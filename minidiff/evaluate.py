@@ -1,0 +1,105 @@
+"""The ``python -m minidiff eval`` command: a checkpoint (or saved samples) in, one JSON line of
+scores out — FID, Inception Score, precision/recall and the class histogram of
+:mod:`minidiff.metrics`, measured on the feature classifier of the checkpoint's dataset.
+
+Samples are drawn with :func:`minidiff.sample.generate`, exactly as ``sample`` draws them, so
+``eval --seed S`` scores the images that ``sample --seed S --n N`` shows. The real reference
+images are the first ``--n`` of the same dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .backend import check_device
+from .checkpoint import load_checkpoint, load_model
+from .data import DATASETS, atomic_write, load_dataset
+from .metrics import TRAIN_STEPS, evaluate_samples, feature_classifier
+from .sample import SAMPLERS, class_labels, generate, sampler_steps
+
+IMAGE_SHAPE = (1, 28, 28)  # what the feature classifier reads
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", nargs="?", default=None,
+                        help="a checkpoint .npz or a run folder holding checkpoint.npz (optional with --samples)")
+    parser.add_argument("--samples", default=None,
+                        help="score these samples (.npy, float32 in [-1, 1], from `sample --npy`) "
+                             "instead of drawing new ones")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default: %(default)s")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps (default: the full chain for ddpm, 50 for ddim, 20 for dpm-solver++)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale η (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=1000,
+                        help="samples to draw; as many real images are compared with (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument("--no-ema", action="store_true", help="sample with the live weights, not their EMA")
+    parser.add_argument("--dataset", choices=list(DATASETS), default=None,
+                        help="the real images and the classifier (default: the checkpoint's dataset, else mnist)")
+    parser.add_argument("--data-dir", default=None,
+                        help="where the dataset is (default: the checkpoint's, else the usual search)")
+    parser.add_argument("--classifier-steps", type=int, default=TRAIN_STEPS,
+                        help="training steps of the feature classifier, when it is not cached yet (default: %(default)s)")
+    parser.add_argument("--json", default=None, help="also write the scores to this file")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+
+
+def run(args) -> int:
+    if args.n < 2:
+        raise ValueError(f"--n must be at least 2 (FID needs a covariance), got {args.n}")
+    if args.checkpoint is None and args.samples is None:
+        raise ValueError("give a checkpoint (or run folder) to sample from, or --samples samples.npy")
+    device = check_device(args.device)
+    checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    config = checkpoint.config if checkpoint else {}
+    dataset = args.dataset or config.get("dataset", "mnist")
+    data_dir = args.data_dir or config.get("data_dir")
+
+    report = {"checkpoint": str(checkpoint.path), "step": checkpoint.step} if checkpoint else {}
+    if args.samples:
+        samples = _load_samples(args.samples)
+        report["samples"] = args.samples
+    else:
+        samples, drawn_with = _draw(checkpoint, args, device)
+        report.update(drawn_with)
+
+    classifier = feature_classifier(dataset, data_dir, train_steps=args.classifier_steps, progress=True).to(device)
+    real_images, _ = load_dataset(dataset, "auto", data_dir)
+    scores = evaluate_samples(samples, classifier, real_images[: len(samples)], progress=True)
+    report = {**scores, "dataset": dataset, **report}
+    line = json.dumps(report)
+    print(line)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(args.json) as f:
+            f.write((line + "\n").encode())
+    return 0
+
+
+def _draw(checkpoint, args, device):
+    """``--n`` samples of the checkpoint's model, and the settings they were drawn with."""
+    model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
+    channels, size = model.config["in_channels"], model.config["image_size"]
+    if (channels, size, size) != IMAGE_SHAPE:
+        raise ValueError(f"checkpoint {checkpoint.path} makes {channels}-channel {size}×{size} images; "
+                         "eval scores 1-channel 28×28 digits only")
+    num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
+    samples = generate(model, schedule, args.n, args.sampler, num_steps, eta=args.eta, seed=args.seed,
+                       labels=class_labels(args.n, model.num_classes), prediction=config["prediction"], progress=True)
+    return samples, {"sampler": args.sampler, "steps": num_steps, "seed": args.seed, "ema": not args.no_ema}
+
+
+def _load_samples(path) -> np.ndarray:
+    """The array saved by ``sample --npy``, refused in one line unless it is (N, 1, 28, 28)."""
+    try:
+        samples = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--samples {path}: cannot read it as .npy ({' '.join(str(exc).split())})") from exc
+    if not isinstance(samples, np.ndarray):
+        raise ValueError(f"--samples {path} is an .npz archive; expected the .npy of `sample --npy`")
+    if samples.ndim != 4 or samples.shape[1:] != IMAGE_SHAPE or len(samples) < 2:
+        raise ValueError(f"--samples {path} holds an array of shape {samples.shape}; expected (N, 1, 28, 28) with N ≥ 2")
+    return samples

@@ -1,0 +1,275 @@
+"""Sample quality: a small digit classifier trained with minidiff itself, and the scores read
+off its features — Fréchet distance (FID), Inception Score, and k-NN precision/recall.
+
+The published scores use an ImageNet Inception-v3; 28×28 digits are scored here with
+:class:`DigitClassifier` instead (two strided convolutions and a 128-wide feature layer),
+trained on the dataset the diffusion model learnt. The numbers are therefore comparable
+between runs scored with the same classifier — same dataset, training steps and seed — not
+with FIDs published for other networks.
+
+The classifier is trained once (a few seconds to a minute on a CPU) and cached in
+``$XDG_CACHE_HOME/minidiff/classifier-<dataset>.npz`` (by default ``~/.cache/minidiff``),
+together with the settings it was trained with and its held-out accuracy. A cache file trained
+with other settings is replaced; an unreadable one too, with a warning naming it: a cache holds
+nothing that retraining cannot rebuild.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import functional as F
+from . import nn
+from .autograd import Tensor, no_grad
+from .backend import device_of, to_device
+from .data import Batcher, load_dataset
+from .optim import Adam
+
+NUM_CLASSES = 10  # MNIST digits and Fashion-MNIST garments alike
+FEATURE_DIM = 128
+HELD_OUT = 1000  # the last images of the dataset, never trained on, measure the accuracy
+TRAIN_STEPS = 500
+BATCH_SIZE = 128
+LEARNING_RATE = 3e-3
+
+
+class DigitClassifier(nn.Module):
+    """conv 3×3/2 (1→16) → ReLU → conv 3×3/2 (16→32) → ReLU → linear 1568→128 → ReLU → linear 128→10.
+
+    The 128 post-ReLU activations before the last layer are the features the scores compare,
+    as FID takes Inception's last pooling layer (Heusel et al. 2017, §3).
+    """
+
+    def __init__(self, rng=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, stride=2, padding=1, rng=rng)  # 28 → 14
+        self.conv2 = nn.Conv2d(16, 32, 3, stride=2, padding=1, rng=rng)  # 14 → 7
+        self.fc = nn.Linear(32 * 7 * 7, FEATURE_DIM, rng=rng)
+        self.head = nn.Linear(FEATURE_DIM, NUM_CLASSES, rng=rng)
+        self.accuracy = None  # on the held-out images, set by feature_classifier
+
+    def features(self, x):
+        h = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return F.relu(self.fc(F.flatten(h, 1)))
+
+    def forward(self, x):
+        """Class logits."""
+        return self.head(self.features(x))
+
+    def embed(self, images, batch_size: int = 500, progress: bool = False):
+        """(features (N, 128), class probabilities (N, 10)), float64 NumPy, of images (N, 1, 28, 28) in [−1, 1]."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != (1, 28, 28):
+            raise ValueError(f"the feature classifier takes images of shape (N, 1, 28, 28), got {images.shape}")
+        device = device_of(self.fc.weight.data)
+        starts = range(0, len(images), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="features", unit="batch", leave=False, dynamic_ncols=True)
+        features, probs = [], []
+        with no_grad():
+            for start in starts:
+                x = to_device(images[start : start + batch_size].astype(np.float32), device)
+                h = self.features(Tensor(x))
+                features.append(h.numpy().astype(np.float64))
+                probs.append(F.softmax(self.head(h), axis=-1).numpy().astype(np.float64))
+        return np.concatenate(features), np.concatenate(probs)
+
+
+def train_classifier(images, labels, steps: int = TRAIN_STEPS, seed: int = 0, progress: bool = False) -> DigitClassifier:
+    """A :class:`DigitClassifier` trained for ``steps`` Adam steps of cross-entropy on batches of 128."""
+    rng = np.random.default_rng(seed)
+    model = DigitClassifier(rng=rng)
+    optimizer = Adam(model, lr=LEARNING_RATE)
+    batches = Batcher(images, labels, batch_size=min(BATCH_SIZE, len(images)), rng=rng)
+    steps_iter = range(steps)
+    if progress:
+        from tqdm import tqdm
+
+        steps_iter = tqdm(steps_iter, desc="training classifier", unit="step", leave=False, dynamic_ncols=True)
+    for _ in steps_iter:
+        x, y = next(batches)
+        loss = F.cross_entropy(model(Tensor(x)), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def classifier_accuracy(classifier: DigitClassifier, images, labels) -> float:
+    """The fraction of ``images`` whose most probable class is their label."""
+    _, probs = classifier.embed(images)
+    return float(np.mean(probs.argmax(axis=1) == labels))
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/minidiff``, by default ``~/.cache/minidiff`` (where data.py downloads datasets)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minidiff"
+
+
+def feature_classifier(dataset: str = "mnist", data_dir=None, cache_dir=None, train_steps: int = TRAIN_STEPS,
+                       seed: int = 0, progress: bool = False) -> DigitClassifier:
+    """The :class:`DigitClassifier` of ``dataset``: from the cache, else trained and cached.
+
+    It trains on the images of ``load_dataset(dataset, "auto", data_dir)`` but the last
+    :data:`HELD_OUT`, and its ``.accuracy`` is measured on those. The cache file
+    ``<cache_dir>/classifier-<dataset>.npz`` is written atomically; it is used only when it was
+    trained with the same ``train_steps`` and ``seed``, and retrained with a warning when unreadable.
+    """
+    path = Path(cache_dir or default_cache_dir()) / f"classifier-{dataset}.npz"
+    settings = {"dataset": dataset, "train_steps": train_steps, "seed": seed}
+    if path.exists():
+        try:
+            return _load_classifier(path, settings)
+        except _OtherSettings:
+            pass
+        except (ValueError, KeyError, RuntimeError):  # not an .npz, no settings, other layer shapes
+            warnings.warn(f"classifier cache {path} is unreadable or of another classifier; retraining it")
+    images, labels = load_dataset(dataset, "auto", data_dir)
+    if len(images) <= HELD_OUT:
+        raise ValueError(f"{dataset} has {len(images)} images; the feature classifier needs more than {HELD_OUT}")
+    classifier = train_classifier(images[:-HELD_OUT], labels[:-HELD_OUT], train_steps, seed, progress)
+    classifier.accuracy = classifier_accuracy(classifier, images[-HELD_OUT:], labels[-HELD_OUT:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nn.save_state_dict({**classifier.state_dict(), "settings": json.dumps({**settings, "accuracy": classifier.accuracy})},
+                       path)
+    return classifier
+
+
+class _OtherSettings(Exception):
+    """A readable cache file trained with other settings than those asked for."""
+
+
+def _load_classifier(path: Path, settings: dict) -> DigitClassifier:
+    state = nn.load_state_dict_file(path)  # ValueError naming the file when it is not an .npz
+    saved = json.loads(str(state.pop("settings")))
+    if any(saved.get(key) != value for key, value in settings.items()):
+        raise _OtherSettings
+    classifier = DigitClassifier()
+    classifier.load_state_dict(state)
+    classifier.accuracy = float(saved["accuracy"])
+    return classifier.eval()
+
+
+# --------------------------------------------------------------------- scores
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a positive semi-definite matrix, by eigendecomposition."""
+    w, v = np.linalg.eigh((sigma + sigma.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance between N(μ1, Σ1) and N(μ2, Σ2) (Heusel et al. 2017, Eq. 2):
+
+    .. math:: d^2 = \\lVert μ_1 − μ_2 \\rVert^2 + \\mathrm{Tr}\\big(Σ_1 + Σ_2 − 2 (Σ_1 Σ_2)^{1/2}\\big)
+
+    Σ1Σ2 is not symmetric, but it has the eigenvalues of the symmetric PSD matrix √Σ1 Σ2 √Σ1
+    (AB and BA share them, with A = √Σ1, B = √Σ1 Σ2), so Tr (Σ1Σ2)^{1/2} is the sum of the square
+    roots of that matrix's eigenvalues: two ``eigh`` calls, no general matrix square root.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    root1 = _psd_sqrt(sigma1)
+    product = root1 @ sigma2 @ root1
+    eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)
+    trace_sqrt = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
+    diff = mu1 - mu2
+    distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt
+    return float(max(distance, 0.0))  # rounding must not turn a distance of 0 negative
+
+
+def fid_from_features(a, b) -> float:
+    """FID: the Fréchet distance of Gaussians fitted (mean, unbiased covariance) to the rows of ``a`` and ``b``."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"FID needs at least 2 feature vectors on each side, got {len(a)} and {len(b)}")
+    return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+def inception_score(probs, splits: int = 1) -> float:
+    """IS = exp(E_x KL(p(y|x) ‖ p(y))) (Salimans et al. 2016, §4), averaged over ``splits`` equal parts.
+
+    ``probs`` (N, K) are the classifier's p(y|x); p(y) is their mean over each part. It lies in
+    [1, K]: K for confident predictions spread evenly over the K classes, 1 when all agree.
+    """
+    probs = np.asarray(probs, np.float64)
+    scores = []
+    for part in np.array_split(probs, splits):
+        marginal = part.mean(axis=0, keepdims=True)
+        # 0·log 0 = 0; where p(y|x) > 0, p(y) > 0 too
+        log_ratio = np.log(np.where(part > 0, part, 1)) - np.log(np.where(part > 0, marginal, 1))
+        scores.append(np.exp(np.mean(np.sum(part * log_ratio, axis=1))))
+    return float(np.mean(scores))
+
+
+def _distance_chunks(a: np.ndarray, b: np.ndarray, chunk: int):
+    """Euclidean distances from ``chunk`` rows of ``a`` at a time to all of ``b``: (start, (rows, len(b)))."""
+    b_sq = np.sum(b * b, axis=1)
+    for start in range(0, len(a), chunk):
+        rows = a[start : start + chunk]
+        squared = np.sum(rows * rows, axis=1)[:, None] + b_sq[None, :] - 2 * rows @ b.T
+        yield start, np.sqrt(np.clip(squared, 0, None))
+
+
+def _knn_radii(feats: np.ndarray, k: int, chunk: int) -> np.ndarray:
+    """Distance from each row to its k-th nearest other row (position k, as position 0 is itself)."""
+    radii = np.empty(len(feats))
+    for start, d in _distance_chunks(feats, feats, chunk):
+        radii[start : start + len(d)] = np.partition(d, k, axis=1)[:, k]
+    return radii
+
+
+def _in_manifold(queries: np.ndarray, feats: np.ndarray, radii: np.ndarray, chunk: int) -> np.ndarray:
+    """For each query, whether it lies in some ball B(φ, radius(φ)) around a row φ of ``feats``."""
+    inside = np.empty(len(queries), dtype=bool)
+    for start, d in _distance_chunks(queries, feats, chunk):
+        inside[start : start + len(d)] = (d <= radii[None, :]).any(axis=1)
+    return inside
+
+
+def precision_recall(real_feats, fake_feats, k: int = 3, chunk: int = 1000) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019, Eqs. 1–2).
+
+    Each set's manifold is the union of balls around its points, each reaching that point's
+    k-th nearest neighbour in the set. Precision is the fraction of fake samples inside the real
+    manifold (quality), recall the fraction of real samples inside the fake one (coverage).
+    Distances are computed ``chunk`` rows at a time, so memory stays O(chunk · N).
+    """
+    real, fake = np.asarray(real_feats, np.float64), np.asarray(fake_feats, np.float64)
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, "
+                         f"got {len(real)} and {len(fake)}")
+    precision = _in_manifold(fake, real, _knn_radii(real, k, chunk), chunk).mean()
+    recall = _in_manifold(real, fake, _knn_radii(fake, k, chunk), chunk).mean()
+    return float(precision), float(recall)
+
+
+def evaluate_samples(images, classifier: DigitClassifier, real_images, k: int = 3, progress: bool = False) -> dict:
+    """Every score of ``images`` against ``real_images`` (both (N, 1, 28, 28) in [−1, 1]), as a JSON-ready dict.
+
+    ``class_histogram`` counts the samples the classifier puts in each class: a mode-dropping
+    model shows empty classes there before its FID says why.
+    """
+    fake_feats, fake_probs = classifier.embed(images, progress=progress)
+    real_feats, _ = classifier.embed(real_images, progress=progress)
+    precision, recall = precision_recall(real_feats, fake_feats, k=k)
+    return {
+        "fid": fid_from_features(real_feats, fake_feats),
+        "inception_score": inception_score(fake_probs),
+        "precision": precision,
+        "recall": recall,
+        "class_histogram": np.bincount(fake_probs.argmax(axis=1), minlength=NUM_CLASSES).tolist(),
+        "classifier_accuracy": classifier.accuracy,
+        "n": len(fake_feats),
+    }
+
+
+__all__ = [
+    "DigitClassifier", "train_classifier", "classifier_accuracy", "default_cache_dir", "feature_classifier",
+    "frechet_distance", "fid_from_features", "inception_score", "precision_recall", "evaluate_samples",
+]
