@@ -21,6 +21,7 @@ from .metrics import TRAIN_STEPS, evaluate_samples, feature_classifier
 from .sample import SAMPLERS, class_labels, generate, sampler_steps
 
 IMAGE_SHAPE = (1, 28, 28)  # what the feature classifier reads
+MIN_N = 4  # precision/recall (k = 3) needs more than 3 samples, FID at least 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    if args.n < 2:
-        raise ValueError(f"--n must be at least 2 (FID needs a covariance), got {args.n}")
+    if args.n < MIN_N:
+        raise ValueError(f"--n must be at least {MIN_N}, got {args.n}")
+    if args.classifier_steps < 1:
+        raise ValueError(f"--classifier-steps must be at least 1, got {args.classifier_steps}")
     if args.checkpoint is None and args.samples is None:
         raise ValueError("give a checkpoint (or run folder) to sample from, or --samples samples.npy")
     device = check_device(args.device)
@@ -100,6 +103,7 @@ def _load_samples(path) -> np.ndarray:
         raise ValueError(f"--samples {path}: cannot read it as .npy ({' '.join(str(exc).split())})") from exc
     if not isinstance(samples, np.ndarray):
         raise ValueError(f"--samples {path} is an .npz archive; expected the .npy of `sample --npy`")
-    if samples.ndim != 4 or samples.shape[1:] != IMAGE_SHAPE or len(samples) < 2:
-        raise ValueError(f"--samples {path} holds an array of shape {samples.shape}; expected (N, 1, 28, 28) with N ≥ 2")
+    if samples.ndim != 4 or samples.shape[1:] != IMAGE_SHAPE or len(samples) < MIN_N:
+        raise ValueError(f"--samples {path} holds an array of shape {samples.shape}; "
+                         f"expected (N, 1, 28, 28) with N ≥ {MIN_N}")
     return samples

@@ -41,7 +41,7 @@ class DigitClassifier(nn.Module):
     """conv 3×3/2 (1→16) → ReLU → conv 3×3/2 (16→32) → ReLU → linear 1568→128 → ReLU → linear 128→10.
 
     The 128 post-ReLU activations before the last layer are the features the scores compare,
-    as FID takes Inception's last pooling layer (Heusel et al. 2017, §3).
+    as FID takes the last pooling layer of Inception-v3 (Heusel et al. 2017).
     """
 
     def __init__(self, rng=None):

@@ -143,7 +143,7 @@ def test_scores_of_real_digits_beat_those_of_noise(classifier):
     assert real_vs_real["fid"] * 10 < noise_vs_real["fid"]
     assert real_vs_real["inception_score"] > 5 and real_vs_real["precision"] > 0.5 and real_vs_real["recall"] > 0.5
     # noise covers none of the digits; its precision is no test, as noise features bunch up
-    # inside the wide k-NN balls of a few outlying real digits (Kynkäänniemi et al. 2019, §5)
+    # inside the wide k-NN balls of a few outlying real digits
     assert noise_vs_real["recall"] < 0.05 and noise_vs_real["inception_score"] < 2
     assert sum(real_vs_real["class_histogram"]) == real_vs_real["n"] == 500
 
@@ -205,4 +205,6 @@ def test_eval_refuses_bad_arguments_and_samples(tmp_path, capsys):
     expect_error(capsys, ["eval"], "give a checkpoint")
     expect_error(capsys, ["eval", "--samples", str(tmp_path / "rgb.npy")], "rgb.npy holds an array of shape (4, 3, 28, 28)")
     expect_error(capsys, ["eval", "--samples", str(tmp_path / "missing.npy")], "missing.npy: cannot read it")
-    expect_error(capsys, ["eval", "--samples", str(tmp_path / "rgb.npy"), "--n", "1"], "--n must be at least 2")
+    expect_error(capsys, ["eval", "--samples", str(tmp_path / "rgb.npy"), "--n", "1"], "--n must be at least 4")
+    expect_error(capsys, ["eval", "--samples", str(tmp_path / "rgb.npy"), "--classifier-steps", "0"],
+                 "--classifier-steps must be at least 1")
