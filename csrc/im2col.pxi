@@ -1,6 +1,7 @@
 # im2col / col2im: the memory-bound halves of conv2d (reference: kernels/reference.py).
-# Parallel over (image, channel) planes: every plane writes rows / pixels no other plane
-# touches, so no atomics are needed and the result does not depend on the thread count.
+# im2col runs in parallel over rows of the column matrix, col2im over (image, channel) planes:
+# every thread writes elements no other thread touches, so no atomics are needed and the
+# result does not depend on the thread count.
 # Each output row splits into a zero border and a valid run; for stride 1 the run is a
 # contiguous copy (or add) that the compiler vectorises, so no branch is taken per element.
 from cython.parallel cimport prange
@@ -28,42 +29,44 @@ cdef inline Py_ssize_t _end_valid(Py_ssize_t offset, Py_ssize_t stride, Py_ssize
 
 def im2col(const real[:, :, :, ::1] x, int kh, int kw, int stride, int padding,
            int ho, int wo, real[:, ::1] cols):
-    """cols[(c·kh + i)·kw + j, (n·ho + oy)·wo + ox] = x[n, c, oy·stride − padding + i, ox·stride − padding + j] (0 outside)."""
+    """cols[(c·kh + i)·kw + j, (n·ho + oy)·wo + ox] = x[n, c, oy·stride − padding + i, ox·stride − padding + j] (0 outside).
+
+    Parallel over the rows of cols: each thread writes whole rows front to back, which keeps
+    the stores streaming even when a row segment per image is short (7×7 maps).
+    """
     cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1], h = x.shape[2], w = x.shape[3]
-    cdef Py_ssize_t plane, n, c, i, j, oy, ox, iy, ox_lo, ox_hi, offset_x
+    cdef Py_ssize_t row, n, c, i, j, oy, ox, iy, ox_lo, ox_hi, offset_x
     cdef const real* src
     cdef real* dst
-    cdef real* row
     with nogil:
-        for plane in prange(n_images * channels, schedule="static"):
-            n = plane // channels
-            c = plane % channels
-            for i in range(kh):
-                for j in range(kw):
-                    offset_x = j - padding
-                    ox_lo = _first_valid(offset_x, stride)
-                    ox_hi = _end_valid(offset_x, stride, w, wo)
-                    if ox_hi < ox_lo:
-                        ox_hi = ox_lo
-                    row = &cols[(c * kh + i) * kw + j, n * ho * wo]
-                    for oy in range(ho):
-                        dst = row + oy * wo  # (no `+=`: prange would take it for a reduction)
-                        iy = oy * stride - padding + i
-                        if iy < 0 or iy >= h:
-                            for ox in range(wo):
-                                dst[ox] = 0
-                        else:
-                            src = &x[n, c, iy, 0]
-                            for ox in range(ox_lo):
-                                dst[ox] = 0
-                            if stride == 1:
-                                for ox in range(ox_lo, ox_hi):
-                                    dst[ox] = src[ox + offset_x]
-                            else:
-                                for ox in range(ox_lo, ox_hi):
-                                    dst[ox] = src[ox * stride + offset_x]
-                            for ox in range(ox_hi, wo):
-                                dst[ox] = 0
+        for row in prange(channels * kh * kw, schedule="static"):
+            c = row // (kh * kw)
+            i = (row // kw) % kh
+            j = row % kw
+            offset_x = j - padding
+            ox_lo = _first_valid(offset_x, stride)
+            ox_hi = _end_valid(offset_x, stride, w, wo)
+            if ox_hi < ox_lo:
+                ox_hi = ox_lo
+            for n in range(n_images):
+                for oy in range(ho):
+                    dst = &cols[row, (n * ho + oy) * wo]
+                    iy = oy * stride - padding + i
+                    if iy < 0 or iy >= h:
+                        for ox in range(wo):
+                            dst[ox] = 0
+                        continue
+                    src = &x[n, c, iy, 0]
+                    for ox in range(ox_lo):
+                        dst[ox] = 0
+                    if stride == 1:
+                        for ox in range(ox_lo, ox_hi):
+                            dst[ox] = src[ox + offset_x]
+                    else:
+                        for ox in range(ox_lo, ox_hi):
+                            dst[ox] = src[ox * stride + offset_x]
+                    for ox in range(ox_hi, wo):
+                        dst[ox] = 0
 
 
 def col2im(const real[:, ::1] cols, int kh, int kw, int stride, int padding,

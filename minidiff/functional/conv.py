@@ -21,6 +21,23 @@ __all__ = ["conv2d", "linear"]
 # the GEMM that reads them, large enough that each GEMM is still big.
 COLUMN_CHUNK_BYTES = 8 << 20
 
+_scratch: dict = {}
+
+
+def scratch(name: str, shape, dtype, xp):
+    """A reusable buffer of ``shape`` for column matrices, kept between calls.
+
+    Every conv needs a fresh column matrix of a few MB; allocating it each time costs a page
+    fault per 4 KB (the allocator hands large blocks back to the OS), about as much as filling
+    it. The columns never outlive the call that fills them, so one buffer per name serves all.
+    """
+    size = int(np.prod(shape))
+    key = (name, np.dtype(dtype).str, xp.__name__)
+    buffer = _scratch.get(key)
+    if buffer is None or buffer.size < size:
+        buffer = _scratch[key] = xp.empty(size, dtype=dtype)
+    return buffer[:size].reshape(shape)
+
 
 def image_chunks(x_shape, kh: int, kw: int, output_positions: int, itemsize: int, on_gpu: bool):
     """Slices of the batch whose columns (C·kh·kw × chunk·Ho·Wo) fit in COLUMN_CHUNK_BYTES.
@@ -55,7 +72,7 @@ class Conv2d(Function):
         w_matrix = w.reshape(c_out, -1)  # (C_out, C·kh·kw)
         out = xp.empty((n, c_out, ho * wo), dtype=x.dtype)
         for chunk in image_chunks(x.shape, kh, kw, ho * wo, x.itemsize, xp is not np):
-            cols = im2col(x[chunk], kh, kw, stride, padding)  # (C·kh·kw, chunk·Ho·Wo)
+            cols = im2col(x[chunk], kh, kw, stride, padding, out=columns_buffer(x, chunk, w_matrix.shape[1], ho * wo))
             y = (w_matrix @ cols).reshape(c_out, -1, ho * wo)  # (C_out, chunk, Ho·Wo)
             out[chunk] = y.transpose(1, 0, 2)
         if b is not None:
@@ -71,19 +88,25 @@ class Conv2d(Function):
         n, c_out = grad.shape[:2]
         kh, kw = self.conv[:2]
         grad = grad.reshape(n, c_out, -1)  # dY: (N, C_out, Ho·Wo)
-        grad_x = xp.empty_like(x) if self.needs_input_grad[0] else None
-        grad_w = xp.zeros((c_out, x.shape[1] * kh * kw), dtype=grad.dtype) if self.needs_input_grad[1] else None
+        k, positions = x.shape[1] * kh * kw, grad.shape[2]
+        grad_x = xp.empty(x.shape, dtype=x.dtype) if self.needs_input_grad[0] else None
+        grad_w = xp.zeros((c_out, k), dtype=grad.dtype) if self.needs_input_grad[1] else None
         im2col, col2im = kernel("im2col", x), kernel("col2im", x)
-        for chunk in image_chunks(x.shape, kh, kw, grad.shape[2], x.itemsize, xp is not np):
+        for chunk in image_chunks(x.shape, kh, kw, positions, x.itemsize, xp is not np):
             grad_chunk = xp.ascontiguousarray(grad[chunk].transpose(1, 0, 2)).reshape(c_out, -1)  # (C_out, chunk·Ho·Wo)
             if grad_x is not None:
-                grad_cols = w.reshape(c_out, -1).T @ grad_chunk  # ∂y/∂cols = Wᵀ: (C·kh·kw, chunk·Ho·Wo)
-                grad_x[chunk] = col2im(grad_cols, x[chunk].shape, *self.conv)  # ∂cols/∂x = col2im, im2col's adjoint
+                grad_cols = xp.matmul(w.reshape(c_out, -1).T, grad_chunk, out=columns_buffer(x, chunk, k, positions))  # ∂y/∂cols = Wᵀ
+                col2im(grad_cols, x[chunk].shape, *self.conv, out=grad_x[chunk])  # ∂cols/∂x = col2im, im2col's adjoint
             if grad_w is not None:
-                cols = im2col(x[chunk], *self.conv)  # recomputed, see the class docstring
+                cols = im2col(x[chunk], *self.conv, out=columns_buffer(x, chunk, k, positions))  # recomputed, see the class docstring
                 grad_w += grad_chunk @ cols.T  # ∂y/∂W = dY·colsᵀ, summed over chunks
         grad_b = grad.sum(axis=(0, 2)) if self.needs_input_grad[2] else None  # ∂y/∂b = 1, over images and positions
         return grad_x, None if grad_w is None else grad_w.reshape(self.inputs[1].shape), grad_b
+
+
+def columns_buffer(x, chunk: slice, rows: int, positions: int):
+    """The scratch column matrix for the images ``x[chunk]``: (C·kh·kw, chunk·Ho·Wo)."""
+    return scratch("columns", (rows, (chunk.stop - chunk.start) * positions), x.dtype, get_array_module(x))
 
 
 def conv2d(x, w, b=None, stride: int = 1, padding: int = 0):

@@ -13,18 +13,18 @@ from .reference import conv_output_size
 _C = backend.extension()
 
 
-def im2col(x, kh: int, kw: int, stride: int, padding: int):
+def im2col(x, kh: int, kw: int, stride: int, padding: int, out=None):
     n, c, h, w = x.shape
     ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
-    cols = np.empty((c * kh * kw, n * ho * wo), dtype=x.dtype)  # (C·kh·kw, N·Ho·Wo)
+    cols = np.empty((c * kh * kw, n * ho * wo), dtype=x.dtype) if out is None else out  # (C·kh·kw, N·Ho·Wo)
     _C.im2col(np.ascontiguousarray(x), kh, kw, stride, padding, ho, wo, cols)
     return cols
 
 
-def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int):
+def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int, out=None):
     n, c, h, w = x_shape
     ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
-    x = np.empty((n, c, h, w), dtype=cols.dtype)  # (N, C, H, W)
+    x = np.empty((n, c, h, w), dtype=cols.dtype) if out is None else out  # (N, C, H, W)
     _C.col2im(np.ascontiguousarray(cols).reshape(c * kh * kw, n * ho * wo), kh, kw, stride, padding, ho, wo, x)
     return x
 

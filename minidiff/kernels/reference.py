@@ -13,18 +13,19 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def im2col(x, kh: int, kw: int, stride: int, padding: int):
+def im2col(x, kh: int, kw: int, stride: int, padding: int, out=None):
     """Unfold every kh×kw patch of ``x`` into a column, so a convolution becomes one GEMM.
 
     x: (N, C, H, W) → cols: (C·kh·kw, N·Ho·Wo). Rows are ordered (c, i, j) like a flattened
     (C, kh, kw) weight; columns run over every output position of every image, so the whole
     batch is a single matrix product W·cols rather than N small ones. Padding is zeros.
+    ``out``, if given, is a C-contiguous array of that shape and dtype to write into.
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
     ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
     padded = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))) if padding else x
-    cols = xp.empty((c, kh, kw, n, ho, wo), dtype=x.dtype)
+    cols = xp.empty((c, kh, kw, n, ho, wo), dtype=x.dtype) if out is None else out.reshape(c, kh, kw, n, ho, wo)
     for i in range(kh):
         for j in range(kw):
             patch = padded[:, :, i : i + stride * ho : stride, j : j + stride * wo : stride]  # (N, C, Ho, Wo)
@@ -32,12 +33,13 @@ def im2col(x, kh: int, kw: int, stride: int, padding: int):
     return cols.reshape(c * kh * kw, n * ho * wo)
 
 
-def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int):
+def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int, out=None):
     """The adjoint of :func:`im2col`: scatter-add every column back onto its patch.
 
     cols: (C·kh·kw, N·Ho·Wo) → (N, C, H, W). Overlapping patches add up, which is exactly the
     gradient of im2col; contributions reach a pixel in (i, j) order, which the fast kernels
-    follow so that they agree bit for bit.
+    follow so that they agree bit for bit. ``out``, if given, is a C-contiguous array of
+    ``x_shape`` to write into.
     """
     xp = get_array_module(cols)
     n, c, h, w = x_shape
@@ -47,7 +49,11 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int):
     for i in range(kh):
         for j in range(kw):
             padded[:, :, i : i + stride * ho : stride, j : j + stride * wo : stride] += cols[:, i, j].transpose(1, 0, 2, 3)
-    return padded[:, :, padding : padding + h, padding : padding + w].copy() if padding else padded
+    image = padded[:, :, padding : padding + h, padding : padding + w]
+    if out is None:
+        return image.copy() if padding else image
+    out[...] = image
+    return out
 
 
 def sigmoid(x):
