@@ -249,7 +249,7 @@ def main(argv=None):
                 model(x, t)
 
         s = _time(forward, args.warmup, args.steps, device)
-        result["forward_s"] = round(s, 6)
+        result["forward_step_s"] = round(s, 6)
         result["forward_images_per_s"] = round(n / s, 2)
 
     result["params"] = params
