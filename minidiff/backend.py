@@ -91,6 +91,15 @@ def cupy():
     return cp
 
 
+def cuda_available() -> bool:
+    """Whether ``device="cuda"`` would work here: CuPy imports and a CUDA device answers."""
+    try:
+        cupy()
+    except DeviceError:
+        return False
+    return True
+
+
 def is_cupy_array(array) -> bool:
     return type(array).__module__.startswith("cupy")
 
@@ -128,6 +137,11 @@ def to_device(array, device: str):
     if device == "cuda":
         return cupy().asarray(array)
     return array.get()
+
+
+def to_numpy(array) -> np.ndarray:
+    """``array`` as a NumPy array, copied off the GPU when it is a CuPy array."""
+    return array.get() if is_cupy_array(array) else np.asarray(array)
 
 
 def same_device(*arrays) -> str:

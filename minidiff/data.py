@@ -242,9 +242,13 @@ def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Pa
     dirs = []
     if os.environ.get("MINIDIFF_DATA"):
         dirs.append(Path(os.environ["MINIDIFF_DATA"]).expanduser() / name)
-    cache_root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    dirs.append(Path(cache_root) / "minidiff" / name)
+    dirs.append(cache_dir() / name)
     return dirs + list(info.system_dirs)
+
+
+def cache_dir() -> Path:
+    """minidiff's cache folder: ``$XDG_CACHE_HOME/minidiff``, by default ``~/.cache/minidiff``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minidiff"
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ import math
 
 import numpy as np
 
-from .schedule import array_module, extract, gather, standard_normal, to_numpy
+from .backend import get_array_module, to_numpy
+from .schedule import extract, gather, standard_normal
 
 PREDICTIONS = ("eps", "x0", "v")
 VARIANCES = ("fixed_small", "fixed_large")
@@ -137,7 +138,7 @@ def dynamic_thresholding(x0_hat, percentile=0.995):
     """
     if not 0 < percentile <= 1:
         raise ValueError(f"dynamic threshold percentile must lie in (0, 1], got {percentile}")
-    xp = array_module(x0_hat)
+    xp = get_array_module(x0_hat)
     s = xp.quantile(xp.abs(x0_hat).reshape(len(x0_hat), -1), percentile, axis=1)
     s = xp.maximum(s, 1.0).astype(x0_hat.dtype).reshape((-1,) + (1,) * (x0_hat.ndim - 1))
     return xp.clip(x0_hat, -s, s) / s
@@ -149,7 +150,7 @@ def call_model(model, schedule, x_t, t):
     A respaced schedule indexes a subset of the training chain; the model must see the
     original t it was trained with (Nichol & Dhariwal 2021, §4).
     """
-    xp = array_module(x_t)
+    xp = get_array_module(x_t)
     return model(x_t, xp.asarray(gather(schedule.timesteps, t)))
 
 
@@ -164,7 +165,7 @@ def denoise(model, schedule, x_t, t, prediction="eps", clip_denoised=False, dyna
     if dynamic_threshold is not None:
         x0_hat = dynamic_thresholding(x0_hat, dynamic_threshold)
     elif clip_denoised:
-        x0_hat = array_module(x0_hat).clip(x0_hat, -1.0, 1.0)
+        x0_hat = get_array_module(x0_hat).clip(x0_hat, -1.0, 1.0)
     return x0_hat, predict_eps_from_x0(schedule, x_t, t, x0_hat)
 
 
@@ -215,7 +216,7 @@ def training_losses(model, schedule, x0, t, noise, prediction="eps", min_snr_gam
     x_t = q_sample(schedule, x0, t, noise)
     target = training_target(schedule, x0, t, noise, prediction)
     mse = mean_flat((target - call_model(model, schedule, x_t, t)) ** 2)
-    weight = array_module(mse).asarray(snr_loss_weight(schedule, t, prediction, min_snr_gamma))
+    weight = get_array_module(mse).asarray(snr_loss_weight(schedule, t, prediction, min_snr_gamma))
     return weight.astype(mse.dtype) * mse
 
 
@@ -285,7 +286,7 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
 
     The closed form that makes each L_{t−1} of Ho et al. 2020, Eq. 5 computable.
     """
-    xp = array_module(mean1 - mean2)
+    xp = get_array_module(mean1 - mean2)
     log_ratio = logvar1 - logvar2
     # e^r − 1 − r via expm1 is exactly 0 at r = 0 and never rounds below 0.
     return 0.5 * (xp.expm1(log_ratio) - log_ratio + (mean1 - mean2) ** 2 * xp.exp(-logvar2))
@@ -297,7 +298,7 @@ def approx_standard_normal_cdf(x):
     NumPy has no vectorised erf; this tanh approximation (Page 1977) is the one
     improved-diffusion uses for the decoder of Ho et al. 2020, Eq. 13.
     """
-    xp = array_module(x)
+    xp = get_array_module(x)
     return 0.5 * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
@@ -307,7 +308,7 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
     Ho et al. 2020, Eq. 13: bins of width 2/255 around x, with the outermost bins extended
     to ±∞ so the 256 probabilities sum to 1. Probabilities are floored at 10⁻¹² before the log.
     """
-    xp = array_module(x)
+    xp = get_array_module(x)
     centered = x - means
     inv_stdv = xp.exp(-log_scales)
     cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered + BIN_WIDTH / 2))
@@ -338,7 +339,7 @@ def p_mean_variance(schedule, x_t, t, x0_hat, variance="fixed_small"):
     """
     mean, _, _ = q_posterior_mean_variance(schedule, x0_hat, x_t, t)
     log_variance = extract(model_log_variances(schedule, variance), t, x_t)
-    return mean, array_module(x_t).exp(log_variance), log_variance
+    return mean, get_array_module(x_t).exp(log_variance), log_variance
 
 
 def vb_terms_bpd(schedule, x0, x_t, t, x0_hat, variance="fixed_small"):
@@ -353,13 +354,13 @@ def vb_terms_bpd(schedule, x0, x_t, t, x0_hat, variance="fixed_small"):
     decoder_nll = -mean_flat(
         discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_variance)
     ) / math.log(2.0)
-    xp = array_module(kl)
+    xp = get_array_module(kl)
     return xp.where(xp.asarray(t) == 0, decoder_nll, kl)
 
 
 def prior_bpd(schedule, x0):
     """L_T = KL(q(x_{T−1} | x₀) ‖ N(0, I)) per example, in bits per dimension (Ho et al. 2020, Eq. 5)."""
-    xp = array_module(x0)
+    xp = get_array_module(x0)
     t = xp.full(len(x0), schedule.T - 1, dtype=xp.int64)
     mean, _, log_variance = q_mean_variance(schedule, x0, t)
     return mean_flat(normal_kl(mean, log_variance, 0.0, 0.0)) / math.log(2.0)
@@ -374,7 +375,7 @@ def calc_bpd_loop(model, schedule, x0, rng=None, prediction="eps", variance="fix
     shapes (N,), (N,) and (N, T).
     """
     rng = np.random.default_rng() if rng is None else rng
-    xp = array_module(x0)
+    xp = get_array_module(x0)
     terms = []
     for step in range(schedule.T):
         t = xp.full(len(x0), step, dtype=xp.int64)

@@ -16,7 +16,6 @@ nothing that retraining cannot rebuild.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from . import nn
 from .autograd import Tensor, no_grad
 from .backend import device_of, to_device
 from .data import Batcher, load_dataset
+from .data import cache_dir as default_cache_dir
 from .optim import Adam
 
 NUM_CLASSES = 10  # MNIST digits and Fashion-MNIST garments alike
@@ -105,11 +105,6 @@ def classifier_accuracy(classifier: DigitClassifier, images, labels) -> float:
     """The fraction of ``images`` whose most probable class is their label."""
     _, probs = classifier.embed(images)
     return float(np.mean(probs.argmax(axis=1) == labels))
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/minidiff``, by default ``~/.cache/minidiff`` (where data.py downloads datasets)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minidiff"
 
 
 def feature_classifier(dataset: str = "mnist", data_dir=None, cache_dir=None, train_steps: int = TRAIN_STEPS,
@@ -270,6 +265,6 @@ def evaluate_samples(images, classifier: DigitClassifier, real_images, k: int = 
 
 
 __all__ = [
-    "DigitClassifier", "train_classifier", "classifier_accuracy", "default_cache_dir", "feature_classifier",
+    "DigitClassifier", "train_classifier", "classifier_accuracy", "feature_classifier",
     "frechet_distance", "fid_from_features", "inception_score", "precision_recall", "evaluate_samples",
 ]

@@ -29,14 +29,15 @@ from collections import namedtuple
 import numpy as np
 
 from .diffusion import denoise, p_mean_variance, predict_eps_from_x0
-from .schedule import array_module, extract, space_timesteps, standard_normal
+from .backend import get_array_module
+from .schedule import extract, space_timesteps, standard_normal
 
 TrajectoryStep = namedtuple("TrajectoryStep", "index t x_t x0_hat")
 TrajectoryStep.__doc__ = "One sampler step: its index, the model timestep t, the input x_t and the model's x̂₀."
 
 
 def _timestep_batch(t, x):
-    xp = array_module(x)
+    xp = get_array_module(x)
     return xp.full(len(x), t, dtype=xp.int64)
 
 
@@ -81,7 +82,7 @@ def p_sample(model, schedule, x_t, t, rng, variance="fixed_small", prediction="e
     mean, _, log_variance = p_mean_variance(schedule, x_t, t_batch, x0_hat, variance)
     if t == 0:
         return mean, x0_hat
-    return mean + array_module(x_t).exp(0.5 * log_variance) * standard_normal(rng, x_t), x0_hat
+    return mean + get_array_module(x_t).exp(0.5 * log_variance) * standard_normal(rng, x_t), x0_hat
 
 
 def ddpm_sample(model, schedule, shape, rng=None, variance="fixed_small", prediction="eps", clip_denoised=True,
@@ -120,7 +121,7 @@ def ddim_variance(schedule, eta):
 
 def _ddim_combine(x0_hat, eps_hat, alphas_cumprod_to, variance):
     """√ᾱ_to x̂₀ + √(1 − ᾱ_to − σ²) ε̂: the deterministic part of Song et al. 2021, Eq. 12."""
-    xp = array_module(x0_hat)
+    xp = get_array_module(x0_hat)
     # At η = 1 rounding can leave 1 − ᾱ − σ² a hair below zero.
     direction = xp.sqrt(xp.maximum(1.0 - alphas_cumprod_to - variance, 0.0))
     return xp.sqrt(alphas_cumprod_to) * x0_hat + direction * eps_hat
@@ -138,7 +139,7 @@ def ddim_step(model, schedule, x_t, t, rng=None, eta=0.0, prediction="eps", clip
     variance = extract(ddim_variance(schedule, eta), t_batch, x_t)
     x_prev = _ddim_combine(x0_hat, eps_hat, extract(schedule.alphas_cumprod_prev, t_batch, x_t), variance)
     if eta > 0:
-        x_prev = x_prev + array_module(x_t).sqrt(variance) * standard_normal(rng, x_t)
+        x_prev = x_prev + get_array_module(x_t).sqrt(variance) * standard_normal(rng, x_t)
     return x_prev, x0_hat
 
 

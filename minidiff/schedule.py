@@ -28,17 +28,7 @@ import math
 
 import numpy as np
 
-
-def array_module(x):
-    """The array module (``numpy`` or ``cupy``) that owns ``x``.
-
-    CuPy is imported only when a CuPy array is seen, so NumPy-only installs never need it.
-    """
-    if type(x).__module__.startswith("cupy"):
-        import cupy
-
-        return cupy
-    return np
+from .backend import get_array_module, to_numpy
 
 
 def standard_normal(rng, like):
@@ -48,13 +38,7 @@ def standard_normal(rng, like):
     CPU and GPU.
     """
     noise = rng.standard_normal(like.shape).astype(like.dtype, copy=False)
-    return array_module(like).asarray(noise)
-
-
-def to_numpy(x):
-    """``x`` as a NumPy array, copying it off the GPU when it is a CuPy array."""
-    xp = array_module(x)
-    return xp.asnumpy(x) if xp is not np else np.asarray(x)
+    return get_array_module(like).asarray(noise)
 
 
 def gather(coefficients, t):
@@ -63,7 +47,7 @@ def gather(coefficients, t):
     Refuses timesteps outside ``[0, T)``, ``T = len(coefficients)``, instead of letting
     negative indices silently wrap around.
     """
-    xp = array_module(t)
+    xp = get_array_module(t)
     t = xp.asarray(t)
     if not xp.issubdtype(t.dtype, xp.integer):
         raise ValueError(f"timesteps t must be integers, got dtype {t.dtype}")
@@ -80,7 +64,7 @@ def extract(coefficients, t, x):
     The values come in ``x``'s array module and dtype so that a float64 schedule does not
     silently upcast float32 tensors (improved-diffusion's ``_extract_into_tensor``).
     """
-    xp = array_module(x)
+    xp = get_array_module(x)
     values = xp.asarray(gather(coefficients, t)).astype(x.dtype, copy=False)
     return values.reshape((-1,) + (1,) * (x.ndim - 1))
 

@@ -132,15 +132,8 @@ def test_to_cpu_keeps_parameter_objects_and_returns_self():
         net.to("tpu")
 
 
-def has_cuda():
-    try:
-        return backend.check_device("cuda") == "cuda"
-    except backend.DeviceError:
-        return False
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not has_cuda(), reason="needs CuPy and a CUDA device")
+@pytest.mark.skipif(not backend.cuda_available(), reason="needs CuPy and a CUDA device")
 def test_to_cuda_moves_parameters_in_place_and_state_dict_comes_back_as_numpy():
     net = Net()
     reference = net.state_dict()

@@ -268,15 +268,8 @@ def test_adam_with_clipping_and_ema_fits_a_linear_regression():
         np.testing.assert_allclose(model.weight.data, [[1.0, -2.0, 0.5]], atol=1e-2)
 
 
-def has_cuda():
-    try:
-        return backend.check_device("cuda") == "cuda"
-    except backend.DeviceError:
-        return False
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not has_cuda(), reason="needs CuPy and a CUDA device")
+@pytest.mark.skipif(not backend.cuda_available(), reason="needs CuPy and a CUDA device")
 def test_adam_clipping_and_ema_on_cuda_match_cpu():
     def train(device):
         model = nn.Linear(3, 2, rng=np.random.default_rng(0), dtype=np.float64).to(device)
