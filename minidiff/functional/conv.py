@@ -39,13 +39,10 @@ def scratch(name: str, shape, dtype, xp):
     return buffer[:size].reshape(shape)
 
 
-def image_chunks(x_shape, kh: int, kw: int, output_positions: int, itemsize: int, on_gpu: bool):
-    """Slices of the batch whose columns (C·kh·kw × chunk·Ho·Wo) fit in COLUMN_CHUNK_BYTES.
-
-    A GPU has the memory bandwidth to take the whole batch at once.
-    """
-    n, c = x_shape[:2]
-    per_image = c * kh * kw * output_positions * itemsize
+def image_chunks(n: int, column_rows: int, positions: int, itemsize: int, on_gpu: bool):
+    """Slices of a batch of ``n`` images whose column matrices (column_rows × chunk·positions)
+    fit in COLUMN_CHUNK_BYTES. A GPU has the memory bandwidth to take the whole batch at once."""
+    per_image = column_rows * positions * itemsize
     size = n if on_gpu else max(1, min(n, COLUMN_CHUNK_BYTES // max(per_image, 1)))
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
@@ -71,7 +68,7 @@ class Conv2d(Function):
         im2col = kernel("im2col", x)
         w_matrix = w.reshape(c_out, -1)  # (C_out, C·kh·kw)
         out = xp.empty((n, c_out, ho * wo), dtype=x.dtype)
-        for chunk in image_chunks(x.shape, kh, kw, ho * wo, x.itemsize, xp is not np):
+        for chunk in image_chunks(n, w_matrix.shape[1], ho * wo, x.itemsize, xp is not np):
             cols = im2col(x[chunk], kh, kw, stride, padding, out=columns_buffer(x, chunk, w_matrix.shape[1], ho * wo))
             y = (w_matrix @ cols).reshape(c_out, -1, ho * wo)  # (C_out, chunk, Ho·Wo)
             out[chunk] = y.transpose(1, 0, 2)
@@ -86,27 +83,36 @@ class Conv2d(Function):
         x, w = self.saved
         xp = get_array_module(grad)
         n, c_out = grad.shape[:2]
-        kh, kw = self.conv[:2]
-        grad = grad.reshape(n, c_out, -1)  # dY: (N, C_out, Ho·Wo)
-        k, positions = x.shape[1] * kh * kw, grad.shape[2]
+        kh, kw, stride, padding = self.conv
+        c = x.shape[1]
+        k, positions = c * kh * kw, grad.shape[2] * grad.shape[3]
         grad_x = xp.empty(x.shape, dtype=x.dtype) if self.needs_input_grad[0] else None
         grad_w = xp.zeros((c_out, k), dtype=grad.dtype) if self.needs_input_grad[1] else None
+        # A stride-1 "same" conv's input gradient is itself a "same" conv: of dY with the kernel
+        # flipped in space and transposed in channels. As a GEMM over columns of dY its inner
+        # dimension is C_out·kh·kw, not C_out, and no scatter-add (col2im) is needed.
+        same = stride == 1 and kh == kw == 2 * padding + 1
+        w_flipped = xp.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(c, -1) if same and grad_x is not None else None
         im2col, col2im = kernel("im2col", x), kernel("col2im", x)
-        for chunk in image_chunks(x.shape, kh, kw, positions, x.itemsize, xp is not np):
-            grad_chunk = xp.ascontiguousarray(grad[chunk].transpose(1, 0, 2)).reshape(c_out, -1)  # (C_out, chunk·Ho·Wo)
-            if grad_x is not None:
-                grad_cols = xp.matmul(w.reshape(c_out, -1).T, grad_chunk, out=columns_buffer(x, chunk, k, positions))  # ∂y/∂cols = Wᵀ
+        for chunk in image_chunks(n, max(k, c_out * kh * kw), positions, x.itemsize, xp is not np):
+            grad_chunk = xp.ascontiguousarray(grad[chunk].transpose(1, 0, 2, 3)).reshape(c_out, -1)  # dY: (C_out, chunk·Ho·Wo)
+            if grad_x is not None and same:
+                grad_cols = im2col(grad[chunk], kh, kw, 1, padding, out=columns_buffer(x, chunk, c_out * kh * kw, positions, "grad"))
+                grad_x_chunk = (w_flipped @ grad_cols).reshape(c, -1, positions)  # ∂y/∂x: dY ⋆ flip(W)ᵀ, (C, chunk, H·W)
+                grad_x[chunk] = grad_x_chunk.transpose(1, 0, 2).reshape(grad_x[chunk].shape)
+            elif grad_x is not None:
+                grad_cols = xp.matmul(w.reshape(c_out, -1).T, grad_chunk, out=columns_buffer(x, chunk, k, positions, "grad"))  # ∂y/∂cols = Wᵀ
                 col2im(grad_cols, x[chunk].shape, *self.conv, out=grad_x[chunk])  # ∂cols/∂x = col2im, im2col's adjoint
             if grad_w is not None:
                 cols = im2col(x[chunk], *self.conv, out=columns_buffer(x, chunk, k, positions))  # recomputed, see the class docstring
                 grad_w += grad_chunk @ cols.T  # ∂y/∂W = dY·colsᵀ, summed over chunks
-        grad_b = grad.sum(axis=(0, 2)) if self.needs_input_grad[2] else None  # ∂y/∂b = 1, over images and positions
+        grad_b = grad.sum(axis=(0, 2, 3)) if self.needs_input_grad[2] else None  # ∂y/∂b = 1, over images and positions
         return grad_x, None if grad_w is None else grad_w.reshape(self.inputs[1].shape), grad_b
 
 
-def columns_buffer(x, chunk: slice, rows: int, positions: int):
-    """The scratch column matrix for the images ``x[chunk]``: (C·kh·kw, chunk·Ho·Wo)."""
-    return scratch("columns", (rows, (chunk.stop - chunk.start) * positions), x.dtype, get_array_module(x))
+def columns_buffer(x, chunk: slice, rows: int, positions: int, name: str = "columns"):
+    """A scratch column matrix for the images ``x[chunk]``: (rows, chunk·positions)."""
+    return scratch(name, (rows, (chunk.stop - chunk.start) * positions), x.dtype, get_array_module(x))
 
 
 def conv2d(x, w, b=None, stride: int = 1, padding: int = 0):
