@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import device_of, get_array_module, same_device, to_device
+from .backend import device_of, get_array_module, same_device, to_device, to_numpy
 
 DEFAULT_DTYPE = np.float32
 
@@ -84,7 +84,7 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         """The data as a NumPy array (copied back from the GPU when needed)."""
-        return to_device(self.data, "cpu")
+        return to_numpy(self.data)
 
     def item(self) -> float:
         return self.data.item()

@@ -138,7 +138,7 @@ class Benchmark:
         out = {
             "preset": self.preset, "params": self.model.num_parameters(), "batch": self.batch,
             "device": self.device, "kernels": family if self.device == "cpu" else "cuda",
-            "threads": os.cpu_count(), "gflop_per_image_forward": round(self.forward_flops / self.batch / 1e9, 4),
+            "cpu_count": os.cpu_count(), "gflop_per_image_forward": round(self.forward_flops / self.batch / 1e9, 4),
         }
         for mode, flops in (("train", 3 * self.forward_flops), ("forward", self.forward_flops)):
             if mode in timings:

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from minidiff import backend
+import minidiff.functional as F
+from minidiff import Tensor, backend
 from minidiff.kernels import cpu, kernel, reference
 from minidiff.kernels.reference import conv_output_size
 
@@ -110,7 +111,9 @@ CONV_STEP = textwrap.dedent(
     x = Tensor(rng.standard_normal((4, 6, 13, 11)).astype(np.float32), requires_grad=True)
     w = Tensor(rng.standard_normal((8, 6, 3, 3)).astype(np.float32), requires_grad=True)
     b = Tensor(rng.standard_normal(8).astype(np.float32), requires_grad=True)
-    y = F.group_norm(F.conv2d(x, w, b, stride=2, padding=1), 2)
+    w2 = Tensor(rng.standard_normal((8, 8, 3, 3)).astype(np.float32), requires_grad=True)
+    h = F.group_norm_silu(F.conv2d(x, w, b, stride=2, padding=1), 2)  # strided: col2im backward
+    y = F.group_norm(F.conv2d(h, w2, padding=1), 4)  # stride-1 "same": flipped-kernel backward
     y.backward(rng.standard_normal(y.shape).astype(np.float32))
     np.savez(sys.argv[1], y=y.data, dx=x.grad, dw=w.grad, db=b.grad)
     """
@@ -129,3 +132,22 @@ def test_conv_step_is_bitwise_the_same_with_one_thread(tmp_path):
     one, many = np.load(tmp_path / "one.npz"), np.load(tmp_path / "many.npz")
     for name in one.files:
         assert one[name].tobytes() == many[name].tobytes(), name
+
+
+@needs_ext
+@pytest.mark.parametrize("stride, padding, size", [(1, 1, 3), (2, 1, 3), (1, 0, 1), (1, 0, 3)])
+def test_conv2d_with_cython_kernels_matches_the_reference_kernels(monkeypatch, stride, padding, size):
+    """The whole conv2d (chunks, scratch buffers, the flipped-kernel input gradient) gives the
+    reference kernels' values and gradients with the Cython ones."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 6, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((4, 6, size, size)).astype(np.float32)
+    results = []
+    for mode in ("reference", "cpu"):
+        monkeypatch.setenv("MINIDIFF_KERNELS", mode)
+        xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+        y = F.conv2d(xt, wt, stride=stride, padding=padding)
+        y.backward(np.ones(y.shape, np.float32))
+        results.append((y.data, xt.grad, wt.grad))
+    for ref, fast in zip(*results):
+        np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5)

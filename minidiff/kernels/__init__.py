@@ -2,8 +2,8 @@
 
 ``kernel(name, array)`` returns the implementation of ``name`` to use for ``array``:
 
-* a CuPy array gets the CUDA kernel when one exists, else the reference (written with the
-  array module of its inputs, so it runs on CuPy too);
+* a CuPy array gets the reference, which is written with the array module of its inputs and
+  so runs on CuPy too (there are no CUDA kernels yet);
 * a NumPy array gets the Cython kernel when ``backend.kernel_mode()`` is ``"cpu"`` and the
   extension provides it, else the reference.
 
