@@ -4,3 +4,12 @@ minidiff/kernels/reference.py and is tested against it."""
 
 include "im2col.pxi"
 include "groupnorm.pxi"
+include "winograd.pxi"
+
+
+cimport openmp
+
+
+def set_num_threads(int n):
+    """OpenMP threads for the kernels this (Python) thread calls; other threads keep their own setting."""
+    openmp.omp_set_num_threads(n)

@@ -11,6 +11,16 @@ Kernel selection (``MINIDIFF_KERNELS``):
 * ``reference`` -- always the plain NumPy reference, the specification a student can step through;
 * ``cpu`` -- the Cython kernels, or an error if they are not built.
 
+Convolution algorithm (``MINIDIFF_CONV``): ``auto`` (default) computes 3×3 stride-1
+convolutions by Winograd's F(2×2, 3×3) and the others by im2col + GEMM; ``im2col`` uses im2col
+for all of them (the textbook formulation, and the baseline the benchmark compares with).
+
+Threads (``MINIDIFF_NUM_THREADS``, else ``OMP_NUM_THREADS``, else every CPU this process may
+use): the convolutions run their image chunks side by side on that many worker threads, each
+chunk's kernels and GEMMs on one core. NumPy's BLAS is therefore limited to one thread when
+minidiff is imported (this applies to the whole process); two pools of threads, BLAS's and
+OpenMP's, taking turns on the same cores made every hand-over cost a wake-up and a spin.
+
 ``MINIDIFF_REQUIRE_EXT=1`` turns the missing-extension warning into an error (CI sets it).
 """
 from __future__ import annotations
@@ -22,6 +32,7 @@ import warnings
 import numpy as np
 
 KERNEL_MODES = ("auto", "reference", "cpu")
+CONV_ALGORITHMS = ("auto", "im2col")
 DEVICES = ("cpu", "cuda")
 
 
@@ -54,6 +65,28 @@ def _load_extension():
 _extension = _load_extension()
 
 
+def num_threads() -> int:
+    """Worker threads for the convolutions: ``MINIDIFF_NUM_THREADS``, else ``OMP_NUM_THREADS``,
+    else the CPUs this process may run on. Read at every call."""
+    for name in ("MINIDIFF_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{name}={value!r}: expected a positive integer")
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _single_blas_thread():
+    # threadpoolctl finds the BLAS NumPy loaded (OpenBLAS, MKL, …) and calls its set-threads entry.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
+
+
+_single_blas_thread()
+
+
 def extension():
     """The compiled Cython module ``minidiff._C``, or ``None`` when it is not built."""
     return _extension
@@ -72,6 +105,14 @@ def kernel_mode() -> str:
     if mode == "cpu" and _extension is None:
         raise ImportError("MINIDIFF_KERNELS=cpu but minidiff._C is not built; run `pip install -e .`")
     return mode
+
+
+def conv_algorithm() -> str:
+    """The convolution algorithm in force, from ``MINIDIFF_CONV``: ``"auto"`` or ``"im2col"``."""
+    algorithm = os.environ.get("MINIDIFF_CONV", "auto").strip().lower() or "auto"
+    if algorithm not in CONV_ALGORITHMS:
+        raise ValueError(f"MINIDIFF_CONV={algorithm!r}: expected one of {', '.join(CONV_ALGORITHMS)}")
+    return algorithm
 
 
 def cupy():

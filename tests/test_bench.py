@@ -49,7 +49,8 @@ def test_bench_prints_one_json_line_per_kernel_family(capsys):
 def test_bench_profile_names_the_ops(capsys):
     assert main(["bench", "--preset", "tiny", "--batch", "2", "--steps", "1", "--mode", "train", "--profile"]) == 0
     profile = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert "Conv2d.backward" in profile["by_op_s"]
+    assert profile["profile_chunk_threads"] == 1
+    assert "WinogradConv2d.backward" in profile["by_op_s"] and "cpu.winograd_input_transform" in profile["by_op_s"]
 
 
 @pytest.mark.parametrize("argv, message", [

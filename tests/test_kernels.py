@@ -84,7 +84,10 @@ def test_cython_group_norm_matches_the_reference(dtype, tol, shape, groups, silu
         np.testing.assert_allclose(f, r, rtol=tol * 10, atol=tol * 10)
 
 
-KERNEL_NAMES = ["im2col", "col2im", "group_norm_forward", "group_norm_backward"]
+KERNEL_NAMES = [
+    "im2col", "col2im", "group_norm_forward", "group_norm_backward", "winograd_input_transform",
+    "winograd_input_transform_adjoint", "winograd_output_transform", "winograd_output_transform_adjoint",
+]
 
 
 @pytest.mark.parametrize("name", KERNEL_NAMES)
@@ -106,14 +109,17 @@ CONV_STEP = textwrap.dedent(
     import numpy as np
     import minidiff.functional as F
     from minidiff import Tensor
+    from minidiff.functional import chunking
 
+    chunking.COLUMN_CHUNK_BYTES = 4096  # several chunks, so several workers share the batch
     rng = np.random.default_rng(0)
     x = Tensor(rng.standard_normal((4, 6, 13, 11)).astype(np.float32), requires_grad=True)
     w = Tensor(rng.standard_normal((8, 6, 3, 3)).astype(np.float32), requires_grad=True)
     b = Tensor(rng.standard_normal(8).astype(np.float32), requires_grad=True)
     w2 = Tensor(rng.standard_normal((8, 8, 3, 3)).astype(np.float32), requires_grad=True)
     h = F.group_norm_silu(F.conv2d(x, w, b, stride=2, padding=1), 2)  # strided: col2im backward
-    y = F.group_norm(F.conv2d(h, w2, padding=1), 4)  # stride-1 "same": flipped-kernel backward
+    y = F.conv2d(h, w2, padding=1) + F.conv2d(h, w2, padding=1, algorithm="im2col")  # Winograd; flipped-kernel backward
+    y = F.group_norm(y, 4)
     y.backward(rng.standard_normal(y.shape).astype(np.float32))
     np.savez(sys.argv[1], y=y.data, dx=x.grad, dw=w.grad, db=b.grad)
     """
@@ -122,8 +128,8 @@ CONV_STEP = textwrap.dedent(
 
 @needs_ext
 def test_conv_step_is_bitwise_the_same_with_one_thread(tmp_path):
-    """A conv + group norm forward and backward in this process (all threads) and in a
-    subprocess with OMP_NUM_THREADS=1 give identical bytes: no kernel depends on the thread count."""
+    """Convs (both algorithms) and group norms, forward and backward, give identical bytes with
+    one thread and with four (OpenMP threads and chunk workers): nothing depends on the thread count."""
     script = tmp_path / "conv_step.py"
     script.write_text(CONV_STEP)
     env = dict(os.environ, OMP_NUM_THREADS="1", MINIDIFF_KERNELS="cpu")

@@ -9,42 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import Function
+from .. import backend
 from ..backend import get_array_module
 from ..flops import add_flops
 from ..kernels import kernel
 from ..kernels.reference import conv_output_size
+from .chunking import image_chunks, map_chunks, scratch
+from .winograd import WinogradConv2d
 
 __all__ = ["conv2d", "linear"]
-
-
-# Columns for this many bytes at a time: small enough to stay in cache between im2col and
-# the GEMM that reads them, large enough that each GEMM is still big.
-COLUMN_CHUNK_BYTES = 8 << 20
-
-_scratch: dict = {}
-
-
-def scratch(name: str, shape, dtype, xp):
-    """A reusable buffer of ``shape`` for column matrices, kept between calls.
-
-    Every conv needs a fresh column matrix of a few MB; allocating it each time costs a page
-    fault per 4 KB (the allocator hands large blocks back to the OS), about as much as filling
-    it. The columns never outlive the call that fills them, so one buffer per name serves all.
-    """
-    size = int(np.prod(shape))
-    key = (name, np.dtype(dtype).str, xp.__name__)
-    buffer = _scratch.get(key)
-    if buffer is None or buffer.size < size:
-        buffer = _scratch[key] = xp.empty(size, dtype=dtype)
-    return buffer[:size].reshape(shape)
-
-
-def image_chunks(n: int, column_rows: int, positions: int, itemsize: int, on_gpu: bool):
-    """Slices of a batch of ``n`` images whose column matrices (column_rows × chunk·positions)
-    fit in COLUMN_CHUNK_BYTES. A GPU has the memory bandwidth to take the whole batch at once."""
-    per_image = column_rows * positions * itemsize
-    size = n if on_gpu else max(1, min(n, COLUMN_CHUNK_BYTES // max(per_image, 1)))
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 class Conv2d(Function):
@@ -68,12 +41,15 @@ class Conv2d(Function):
         im2col = kernel("im2col", x)
         w_matrix = w.reshape(c_out, -1)  # (C_out, C·kh·kw)
         out = xp.empty((n, c_out, ho * wo), dtype=x.dtype)
-        for chunk in image_chunks(n, w_matrix.shape[1], ho * wo, x.itemsize, xp is not np):
+
+        def forward_chunk(chunk):
             cols = im2col(x[chunk], kh, kw, stride, padding, out=columns_buffer(x, chunk, w_matrix.shape[1], ho * wo))
-            y = (w_matrix @ cols).reshape(c_out, -1, ho * wo)  # (C_out, chunk, Ho·Wo)
-            out[chunk] = y.transpose(1, 0, 2)
-        if b is not None:
-            out += b[:, None]
+            y = xp.matmul(w_matrix, cols, out=columns_buffer(x, chunk, c_out, ho * wo, "output"))
+            out[chunk] = y.reshape(c_out, -1, ho * wo).transpose(1, 0, 2)  # (C_out, chunk, Ho·Wo) → (chunk, C_out, Ho·Wo)
+            if b is not None:
+                out[chunk] += b[:, None]
+
+        map_chunks(forward_chunk, image_chunks(n, w_matrix.shape[1], ho * wo, x.itemsize, xp is not np), xp)
         add_flops(2 * out.size * w_matrix.shape[1])
         self.conv = (kh, kw, stride, padding)
         self.save_for_backward(x, w if self.needs_input_grad[0] else None)
@@ -87,27 +63,31 @@ class Conv2d(Function):
         c = x.shape[1]
         k, positions = c * kh * kw, grad.shape[2] * grad.shape[3]
         grad_x = xp.empty(x.shape, dtype=x.dtype) if self.needs_input_grad[0] else None
-        grad_w = xp.zeros((c_out, k), dtype=grad.dtype) if self.needs_input_grad[1] else None
         # A stride-1 "same" conv's input gradient is itself a "same" conv: of dY with the kernel
         # flipped in space and transposed in channels. As a GEMM over columns of dY its inner
         # dimension is C_out·kh·kw, not C_out, and no scatter-add (col2im) is needed.
         same = stride == 1 and kh == kw == 2 * padding + 1
         w_flipped = xp.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(c, -1) if same and grad_x is not None else None
         im2col, col2im = kernel("im2col", x), kernel("col2im", x)
-        for chunk in image_chunks(n, max(k, c_out * kh * kw), positions, x.itemsize, xp is not np):
+
+        def backward_chunk(chunk):
             grad_chunk = xp.ascontiguousarray(grad[chunk].transpose(1, 0, 2, 3)).reshape(c_out, -1)  # dY: (C_out, chunk·Ho·Wo)
             if grad_x is not None and same:
                 grad_cols = im2col(grad[chunk], kh, kw, 1, padding, out=columns_buffer(x, chunk, c_out * kh * kw, positions, "grad"))
-                grad_x_chunk = (w_flipped @ grad_cols).reshape(c, -1, positions)  # ∂y/∂x: dY ⋆ flip(W)ᵀ, (C, chunk, H·W)
-                grad_x[chunk] = grad_x_chunk.transpose(1, 0, 2).reshape(grad_x[chunk].shape)
+                grad_x_chunk = xp.matmul(w_flipped, grad_cols, out=columns_buffer(x, chunk, c, positions, "output"))  # ∂y/∂x: dY ⋆ flip(W)ᵀ
+                grad_x[chunk] = grad_x_chunk.reshape(c, -1, positions).transpose(1, 0, 2).reshape(grad_x[chunk].shape)
             elif grad_x is not None:
                 grad_cols = xp.matmul(w.reshape(c_out, -1).T, grad_chunk, out=columns_buffer(x, chunk, k, positions, "grad"))  # ∂y/∂cols = Wᵀ
                 col2im(grad_cols, x[chunk].shape, *self.conv, out=grad_x[chunk])  # ∂cols/∂x = col2im, im2col's adjoint
-            if grad_w is not None:
+            if self.needs_input_grad[1]:
                 cols = im2col(x[chunk], *self.conv, out=columns_buffer(x, chunk, k, positions))  # recomputed, see the class docstring
-                grad_w += grad_chunk @ cols.T  # ∂y/∂W = dY·colsᵀ, summed over chunks
+                return grad_chunk @ cols.T  # ∂y/∂W = dY·colsᵀ, this chunk's share
+            return None
+
+        shares = map_chunks(backward_chunk, image_chunks(n, max(k, c_out * kh * kw), positions, x.itemsize, xp is not np), xp)
+        grad_w = sum(shares[1:], shares[0]).reshape(self.inputs[1].shape) if self.needs_input_grad[1] else None
         grad_b = grad.sum(axis=(0, 2, 3)) if self.needs_input_grad[2] else None  # ∂y/∂b = 1, over images and positions
-        return grad_x, None if grad_w is None else grad_w.reshape(self.inputs[1].shape), grad_b
+        return grad_x, grad_w, grad_b
 
 
 def columns_buffer(x, chunk: slice, rows: int, positions: int, name: str = "columns"):
@@ -115,11 +95,15 @@ def columns_buffer(x, chunk: slice, rows: int, positions: int, name: str = "colu
     return scratch(name, (rows, (chunk.stop - chunk.start) * positions), x.dtype, get_array_module(x))
 
 
-def conv2d(x, w, b=None, stride: int = 1, padding: int = 0):
+def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, algorithm: str | None = None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d`` (integer stride and zero padding).
 
     x: (N, C, H, W), w: (C_out, C, kh, kw), b: (C_out,) or None → (N, C_out, Ho, Wo) with
     Ho = ⌊(H + 2·padding − kh)/stride⌋ + 1 (likewise Wo).
+
+    ``algorithm``: ``"im2col"`` (one GEMM over unfolded patches, :class:`Conv2d`), ``"winograd"``
+    (3×3 stride-1 kernels only, :mod:`~minidiff.functional.winograd`), or ``"auto"``: Winograd
+    where it applies, else im2col. ``None`` takes it from ``MINIDIFF_CONV`` (default ``"auto"``).
     """
     if len(x.shape) != 4:
         raise ValueError(f"conv2d: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
@@ -140,6 +124,14 @@ def conv2d(x, w, b=None, stride: int = 1, padding: int = 0):
             f"conv2d: kernel {tuple(w.shape[2:])} is larger than the padded input {padded} "
             f"(input shape {tuple(x.shape)}, padding={padding})"
         )
+    algorithm = backend.conv_algorithm() if algorithm is None else algorithm
+    winograd_applies = tuple(w.shape[2:]) == (3, 3) and stride == 1
+    if algorithm == "winograd" and not winograd_applies:
+        raise ValueError(f"conv2d: algorithm='winograd' needs a 3×3 kernel and stride 1, got kernel {tuple(w.shape[2:])}, stride={stride}")
+    if algorithm not in ("auto", "im2col", "winograd"):
+        raise ValueError(f"conv2d: algorithm must be 'auto', 'im2col' or 'winograd', got {algorithm!r}")
+    if algorithm != "im2col" and winograd_applies:
+        return WinogradConv2d.apply(x, w, b, padding=int(padding))
     return Conv2d.apply(x, w, b, stride=int(stride), padding=int(padding))
 
 

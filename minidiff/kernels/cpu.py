@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from .reference import conv_output_size
+from .reference import conv_output_size, winograd_tiles
 
 _C = backend.extension()
 
@@ -48,9 +48,41 @@ def group_norm_backward(grad_y, x_hat, rstd, weight, bias, silu: bool):
     return grad_x, grad_weight.sum(axis=0).astype(x_hat.dtype), grad_bias.sum(axis=0).astype(x_hat.dtype)
 
 
+def winograd_input_transform(x, padding: int, out=None):
+    n, c, h, w = x.shape
+    th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)
+    v = np.empty((16, c, n * th * tw), dtype=x.dtype) if out is None else out  # (16, C, N·tH·tW)
+    _C.winograd_input_transform(np.ascontiguousarray(x), padding, th, tw, v)
+    return v
+
+
+def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None):
+    n, c, h, w = x_shape
+    th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)
+    grad_x = np.empty(x_shape, dtype=grad_v.dtype) if out is None else out  # (N, C, H, W)
+    _C.winograd_input_transform_adjoint(np.ascontiguousarray(grad_v), padding, th, tw, grad_x)
+    return grad_x
+
+
+def winograd_output_transform(m, out_shape, bias=None, out=None):
+    y = np.empty(out_shape, dtype=m.dtype) if out is None else out  # (N, C_out, Ho, Wo)
+    bias = np.empty(0, dtype=m.dtype) if bias is None else _vector(bias, m.dtype)
+    _C.winograd_output_transform(np.ascontiguousarray(m), bias, y)
+    return y
+
+
+def winograd_output_transform_adjoint(grad_y, out=None):
+    n, c_out, ho, wo = grad_y.shape
+    th, tw = winograd_tiles(ho, wo)
+    grad_m = np.empty((16, c_out, n * th * tw), dtype=grad_y.dtype) if out is None else out  # (16, C_out, N·tH·tW)
+    _C.winograd_output_transform_adjoint(np.ascontiguousarray(grad_y), grad_m)
+    return grad_m
+
+
 def _vector(v, dtype):
     return np.ascontiguousarray(v, dtype=dtype)
 
 
 if _C is None:  # the dispatcher then uses the reference for every name
     del im2col, col2im, group_norm_forward, group_norm_backward
+    del winograd_input_transform, winograd_input_transform_adjoint, winograd_output_transform, winograd_output_transform_adjoint

@@ -1,0 +1,206 @@
+# Winograd F(2×2, 3×3) tile transforms (reference: kernels/reference.py; Lavin & Gray 2016).
+# One (image, channel) plane is one task: its thread copies the plane into a zero-bordered
+# private buffer (so no tile needs a bounds check) and transforms its tiles alone, so no two
+# threads write the same element and the result does not depend on the thread count.
+# Transformed tiles are stored as T[4ξ + ν, channel, (image·tH + i)·tW + j]: 16 planes, each
+# contiguous along the tiles, which is what the 16 GEMMs read.
+from cython.parallel cimport parallel
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+
+
+# Every transform works on one row of tiles at a time, in two passes: along the rows, all
+# columns at once, then along the columns, all tiles at once. Each inner loop writes one
+# output stream from contiguous (or stride-2) inputs, so the compiler can prove it safe to
+# vectorise (with more streams per loop it gives up on the aliasing checks); tile by tile, 16
+# scattered stores per tile made the transform slower than the GEMMs it feeds.
+
+cdef inline void _bt_rows(const real* d, Py_ssize_t row, real* t, Py_ssize_t length) noexcept nogil:
+    """t[ξ·length + k] = (Bᵀ d)[ξ, k]: Bᵀ applied down the 4 rows of d (row stride ``row``), every column k."""
+    cdef Py_ssize_t k
+    for k in range(length):
+        t[k] = d[k] - d[2 * row + k]
+    for k in range(length):
+        t[length + k] = d[row + k] + d[2 * row + k]
+    for k in range(length):
+        t[2 * length + k] = d[2 * row + k] - d[row + k]
+    for k in range(length):
+        t[3 * length + k] = d[row + k] - d[3 * row + k]
+
+
+cdef inline void _bt_columns(const real* t, Py_ssize_t tiles, real* v, Py_ssize_t plane_stride) noexcept nogil:
+    """v[ν·plane_stride + j] = (t B)[ν] for columns 2j…2j+3 of the row t, every tile j."""
+    cdef Py_ssize_t j
+    for j in range(tiles):
+        v[j] = t[2 * j] - t[2 * j + 2]
+    for j in range(tiles):
+        v[plane_stride + j] = t[2 * j + 1] + t[2 * j + 2]
+    for j in range(tiles):
+        v[2 * plane_stride + j] = t[2 * j + 2] - t[2 * j + 1]
+    for j in range(tiles):
+        v[3 * plane_stride + j] = t[2 * j + 1] - t[2 * j + 3]
+
+
+cdef inline void _b_columns_add(const real* dv, Py_ssize_t plane_stride, Py_ssize_t tiles, real* e) noexcept nogil:
+    """e[2j + b] += (∂v Bᵀ)[b] for every tile j: the transpose of :func:`_bt_columns`, overlaps added.
+
+    Tiles j and j + 1 share two columns; within each loop below no two tiles touch the same one.
+    """
+    cdef Py_ssize_t j
+    for j in range(tiles):
+        e[2 * j] += dv[j]
+    for j in range(tiles):
+        e[2 * j + 1] += dv[plane_stride + j] - dv[2 * plane_stride + j] + dv[3 * plane_stride + j]
+    for j in range(tiles):
+        e[2 * j + 2] += dv[plane_stride + j] + dv[2 * plane_stride + j] - dv[j]
+    for j in range(tiles):
+        e[2 * j + 3] -= dv[3 * plane_stride + j]
+
+
+cdef inline void _b_rows_add(const real* e, Py_ssize_t length, real* dd, Py_ssize_t row) noexcept nogil:
+    """dd[a·row + k] += (B e)[a, k]: the transpose of :func:`_bt_rows`, added onto the 4 rows of dd."""
+    cdef Py_ssize_t k
+    for k in range(length):
+        dd[k] += e[k]
+    for k in range(length):
+        dd[row + k] += e[length + k] - e[2 * length + k] + e[3 * length + k]
+    for k in range(length):
+        dd[2 * row + k] += e[length + k] + e[2 * length + k] - e[k]
+    for k in range(length):
+        dd[3 * row + k] -= e[3 * length + k]
+
+
+cdef inline void _at_rows(const real* m, Py_ssize_t plane_stride, Py_ssize_t tiles, real* s) noexcept nogil:
+    """s[(4a + ν)·tiles + j] = (Aᵀ m)[a, ν] for every tile j of a row of tiles (m[4ξ + ν] at (4ξ + ν)·plane_stride)."""
+    cdef Py_ssize_t nu, j
+    cdef const real* m0
+    for nu in range(4):
+        m0 = m + nu * plane_stride
+        for j in range(tiles):
+            s[nu * tiles + j] = m0[j] + m0[4 * plane_stride + j] + m0[8 * plane_stride + j]
+        for j in range(tiles):
+            s[(4 + nu) * tiles + j] = m0[4 * plane_stride + j] - m0[8 * plane_stride + j] - m0[12 * plane_stride + j]
+
+
+cdef inline void _a_columns(const real* s, Py_ssize_t tiles, real* y, real bias) noexcept nogil:
+    """y[2j + b] = (s A)[b] + bias for every tile j, from the row s[ν·tiles + j] of Aᵀ m."""
+    cdef Py_ssize_t j
+    for j in range(tiles):
+        y[2 * j] = s[j] + s[tiles + j] + s[2 * tiles + j] + bias
+    for j in range(tiles):
+        y[2 * j + 1] = s[tiles + j] - s[2 * tiles + j] - s[3 * tiles + j] + bias
+
+
+cdef inline void _a_rows(const real* g, Py_ssize_t row, real* h, Py_ssize_t length) noexcept nogil:
+    """h[ξ·length + k] = (A g)[ξ, k]: the transpose of Aᵀ, down the 2 rows of g, every column k."""
+    cdef Py_ssize_t k
+    for k in range(length):
+        h[k] = g[k]
+    for k in range(length):
+        h[length + k] = g[k] + g[row + k]
+    for k in range(length):
+        h[2 * length + k] = g[k] - g[row + k]
+    for k in range(length):
+        h[3 * length + k] = -g[row + k]
+
+
+cdef inline void _at_columns(const real* h, Py_ssize_t tiles, real* dm, Py_ssize_t plane_stride) noexcept nogil:
+    """dm[ν·plane_stride + j] = (h Aᵀ)[ν] for columns 2j, 2j+1 of the row h, every tile j."""
+    cdef Py_ssize_t j
+    for j in range(tiles):
+        dm[j] = h[2 * j]
+    for j in range(tiles):
+        dm[plane_stride + j] = h[2 * j] + h[2 * j + 1]
+    for j in range(tiles):
+        dm[2 * plane_stride + j] = h[2 * j] - h[2 * j + 1]
+    for j in range(tiles):
+        dm[3 * plane_stride + j] = -h[2 * j + 1]
+
+
+cdef inline void _copy_plane(const real* src, Py_ssize_t src_row, real* dst, Py_ssize_t dst_row,
+                             Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    cdef Py_ssize_t r
+    for r in range(rows):
+        memcpy(dst + r * dst_row, src + r * src_row, cols * sizeof(real))
+
+
+def winograd_input_transform(const real[:, :, :, ::1] x, int padding, int th, int tw, real[:, :, ::1] v):
+    """v[4ξ + ν, c, (n·tH + i)·tW + j] = (Bᵀ d B)[ξ, ν], d = rows 2i…2i+3, columns 2j…2j+3 of x[n, c] zero-padded."""
+    cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1], h = x.shape[2], w = x.shape[3]
+    cdef Py_ssize_t ph = 2 * th + 2, pw = 2 * tw + 2, plane_stride = v.shape[1] * v.shape[2]
+    cdef Py_ssize_t plane, n, c, i, xi
+    cdef real* padded = NULL  # each thread mallocs its own: the zero-bordered plane, then 4 rows of Bᵀ d
+    with nogil, parallel():
+        padded = <real*> malloc((ph + 4) * pw * sizeof(real))
+        for plane in prange(n_images * channels, schedule="static"):
+            n = plane // channels
+            c = plane % channels
+            memset(padded, 0, ph * pw * sizeof(real))
+            _copy_plane(&x[n, c, 0, 0], w, padded + padding * pw + padding, pw, h, w)
+            for i in range(th):
+                _bt_rows(padded + 2 * i * pw, pw, padded + ph * pw, pw)
+                for xi in range(4):
+                    _bt_columns(padded + (ph + xi) * pw, tw, &v[4 * xi, c, (n * th + i) * tw], plane_stride)
+        free(padded)
+
+
+def winograd_input_transform_adjoint(const real[:, :, ::1] grad_v, int padding, int th, int tw, real[:, :, :, ::1] grad_x):
+    """grad_x[n, c] = the sum over tiles of B ∂V Bᵀ placed at (2i, 2j), with the padding cut off."""
+    cdef Py_ssize_t n_images = grad_x.shape[0], channels = grad_x.shape[1], h = grad_x.shape[2], w = grad_x.shape[3]
+    cdef Py_ssize_t ph = 2 * th + 2, pw = 2 * tw + 2, plane_stride = grad_v.shape[1] * grad_v.shape[2]
+    cdef Py_ssize_t plane, n, c, i, xi
+    cdef real* padded = NULL  # each thread mallocs its own: the zero-bordered plane, then 4 rows of ∂V Bᵀ
+    with nogil, parallel():
+        padded = <real*> malloc((ph + 4) * pw * sizeof(real))
+        for plane in prange(n_images * channels, schedule="static"):
+            n = plane // channels
+            c = plane % channels
+            memset(padded, 0, ph * pw * sizeof(real))
+            for i in range(th):
+                memset(padded + ph * pw, 0, 4 * pw * sizeof(real))
+                for xi in range(4):
+                    _b_columns_add(&grad_v[4 * xi, c, (n * th + i) * tw], plane_stride, tw, padded + (ph + xi) * pw)
+                _b_rows_add(padded + ph * pw, pw, padded + 2 * i * pw, pw)
+            _copy_plane(padded + padding * pw + padding, pw, &grad_x[n, c, 0, 0], w, h, w)
+        free(padded)
+
+
+def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, real[:, :, :, ::1] y):
+    """y[n, o] = the tiles Aᵀ M A + bias[o] side by side, cropped to (Hₒ, Wₒ); ``bias`` may be empty (zero)."""
+    cdef Py_ssize_t n_images = y.shape[0], channels = y.shape[1], ho = y.shape[2], wo = y.shape[3]
+    cdef Py_ssize_t th = (ho + 1) // 2, tw = (wo + 1) // 2, pw = 2 * tw, plane_stride = m.shape[1] * m.shape[2]
+    cdef Py_ssize_t plane, n, o, i, a
+    cdef real b
+    cdef real* tiled = NULL  # each thread mallocs its own: the uncropped output plane, then 8 rows of Aᵀ M
+    with nogil, parallel():
+        tiled = <real*> malloc((2 * th * pw + 8 * tw) * sizeof(real))
+        for plane in prange(n_images * channels, schedule="static"):
+            n = plane // channels
+            o = plane % channels
+            b = bias[o] if bias.shape[0] > 0 else 0
+            for i in range(th):
+                _at_rows(&m[0, o, (n * th + i) * tw], plane_stride, tw, tiled + 2 * th * pw)
+                for a in range(2):
+                    _a_columns(tiled + 2 * th * pw + 4 * a * tw, tw, tiled + (2 * i + a) * pw, b)
+            _copy_plane(tiled, pw, &y[n, o, 0, 0], wo, ho, wo)
+        free(tiled)
+
+
+def winograd_output_transform_adjoint(const real[:, :, :, ::1] grad_y, real[:, :, ::1] grad_m):
+    """grad_m[4ξ + ν, o, (n·tH + i)·tW + j] = (A ∂Y Aᵀ)[ξ, ν] for the 2×2 tile of grad_y[n, o] at (2i, 2j), zero-padded."""
+    cdef Py_ssize_t n_images = grad_y.shape[0], channels = grad_y.shape[1], ho = grad_y.shape[2], wo = grad_y.shape[3]
+    cdef Py_ssize_t th = (ho + 1) // 2, tw = (wo + 1) // 2, pw = 2 * tw, plane_stride = grad_m.shape[1] * grad_m.shape[2]
+    cdef Py_ssize_t plane, n, o, i, xi
+    cdef real* tiled = NULL  # each thread mallocs its own: the zero-padded ∂Y plane, then 4 rows of A ∂Y
+    with nogil, parallel():
+        tiled = <real*> malloc((2 * th + 4) * pw * sizeof(real))
+        for plane in prange(n_images * channels, schedule="static"):
+            n = plane // channels
+            o = plane % channels
+            memset(tiled, 0, 2 * th * pw * sizeof(real))
+            _copy_plane(&grad_y[n, o, 0, 0], wo, tiled, pw, ho, wo)
+            for i in range(th):
+                _a_rows(tiled + 2 * i * pw, pw, tiled + 2 * th * pw, pw)
+                for xi in range(4):
+                    _at_columns(tiled + (2 * th + xi) * pw, tw, &grad_m[4 * xi, o, (n * th + i) * tw], plane_stride)
+        free(tiled)

@@ -1,0 +1,113 @@
+"""3×3, stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray 2016).
+
+For one 4×4 input tile d, one 3×3 filter g and one 2×2 output tile (Lavin & Gray 2016, Eq. 8)
+
+    Y = Aᵀ [U ⊙ V] A,    U = G g Gᵀ,    V = Bᵀ d B,
+
+16 multiplications instead of 36. Summed over input channels, the elementwise product of each
+of the 16 positions ξ of the 4×4 tile is a matrix product over channels (Eq. 12):
+
+    M[ξ] = U[ξ] · V[ξ],    U[ξ]: (C_out, C),  V[ξ]: (C, tiles),  M[ξ]: (C_out, tiles),
+
+so a convolution is 16 GEMMs with 2.25× fewer FLOPs than im2col's one GEMM, and the input is
+expanded 4× (overlapping 4×4 tiles with stride 2) instead of 9×. Every step is linear, so the
+backward pass is each step's adjoint in reverse order:
+
+    ∂M = A ∂Y Aᵀ,   ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ,   ∂V[ξ] = U[ξ]ᵀ·∂M[ξ],   ∂g = Gᵀ ∂U G,   ∂d = B ∂V Bᵀ.
+
+The input and output transforms are named kernels (NumPy reference, Cython on the CPU); the
+filter transforms act on the small weight and stay in NumPy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd import Function
+from ..backend import get_array_module
+from ..flops import add_flops
+from ..kernels import kernel
+from ..kernels.reference import WINOGRAD_G, winograd_tiles
+from .chunking import image_chunks, map_chunks, scratch
+
+__all__ = ["winograd_filter_transform", "winograd_filter_transform_adjoint"]
+
+
+def winograd_filter_transform(w):
+    """U = G g Gᵀ for every (output, input) channel pair: w (C_out, C, 3, 3) → U (16, C_out, C)."""
+    xp = get_array_module(w)
+    g = xp.asarray(WINOGRAD_G, dtype=w.dtype)
+    return xp.einsum("xa,ocab,yb->xyoc", g, w, g).reshape(16, w.shape[0], w.shape[1])
+
+
+def winograd_filter_transform_adjoint(grad_u):
+    """∂g = Gᵀ ∂U G, the adjoint of :func:`winograd_filter_transform`: (16, C_out, C) → (C_out, C, 3, 3)."""
+    xp = get_array_module(grad_u)
+    g = xp.asarray(WINOGRAD_G, dtype=grad_u.dtype)
+    return xp.einsum("xa,xyoc,yb->ocab", g, grad_u.reshape(4, 4, *grad_u.shape[1:]), g)
+
+
+class WinogradConv2d(Function):
+    """y = conv2d(x, w, b, stride=1, padding) for a 3×3 kernel, via F(2×2, 3×3).
+
+    Like :class:`~minidiff.functional.conv.Conv2d`, a few images at a time so that a chunk's
+    transformed tiles are still in cache when their GEMMs read them, and only x and the
+    transformed filter are saved: V is recomputed in the backward pass (one memory-bound pass)
+    rather than kept alive, 4× the size of x, until then.
+    """
+
+    def forward(self, x, w, b, padding):
+        xp = get_array_module(x)
+        n, c, h, width = x.shape
+        c_out = w.shape[0]
+        ho, wo = h + 2 * padding - 2, width + 2 * padding - 2
+        tiles = tile_count(ho, wo)
+        u = winograd_filter_transform(w)  # (16, C_out, C)
+        input_transform, output_transform = kernel("winograd_input_transform", x), kernel("winograd_output_transform", x)
+        out = xp.empty((n, c_out, ho, wo), dtype=x.dtype)
+
+        def forward_chunk(chunk):
+            size = chunk.stop - chunk.start
+            v = input_transform(x[chunk], padding, out=scratch("winograd_v", (16, c, size * tiles), x.dtype, xp))  # Bᵀ d B
+            m = xp.matmul(u, v, out=scratch("winograd_m", (16, c_out, size * tiles), x.dtype, xp))  # M[ξ] = U[ξ]·V[ξ]
+            output_transform(m, out[chunk].shape, b, out=out[chunk])  # Aᵀ M A (+ b)
+
+        map_chunks(forward_chunk, image_chunks(n, 16 * max(c, c_out), tiles, x.itemsize, xp is not np), xp)
+        add_flops(2 * out.size * c * 9)  # the direct convolution's count, so GFLOP/s compare across algorithms
+        self.padding = padding
+        self.save_for_backward(x, u)
+        return out
+
+    def backward(self, grad):
+        x, u = self.saved
+        xp = get_array_module(grad)
+        n, c = x.shape[:2]
+        c_out = grad.shape[1]
+        tiles = tile_count(*grad.shape[2:])
+        input_transform = kernel("winograd_input_transform", x)
+        input_adjoint = kernel("winograd_input_transform_adjoint", x)
+        output_adjoint = kernel("winograd_output_transform_adjoint", x)
+        grad_x = xp.empty(x.shape, dtype=x.dtype) if self.needs_input_grad[0] else None
+        u_t = u.transpose(0, 2, 1)  # U[ξ]ᵀ: (16, C, C_out)
+        grad = xp.ascontiguousarray(grad)
+
+        def backward_chunk(chunk):
+            size = chunk.stop - chunk.start
+            grad_m = output_adjoint(grad[chunk], out=scratch("winograd_m", (16, c_out, size * tiles), x.dtype, xp))  # ∂M = A ∂Y Aᵀ
+            if grad_x is not None:
+                grad_v = xp.matmul(u_t, grad_m, out=scratch("winograd_v", (16, c, size * tiles), x.dtype, xp))  # ∂V[ξ] = U[ξ]ᵀ·∂M[ξ]
+                input_adjoint(grad_v, x[chunk].shape, self.padding, out=grad_x[chunk])  # ∂d = B ∂V Bᵀ, overlaps added
+            if self.needs_input_grad[1]:
+                v = input_transform(x[chunk], self.padding, out=scratch("winograd_v", (16, c, size * tiles), x.dtype, xp))  # recomputed
+                return xp.matmul(grad_m, v.transpose(0, 2, 1))  # ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ, this chunk's share
+            return None
+
+        shares = map_chunks(backward_chunk, image_chunks(n, 16 * max(c, c_out), tiles, x.itemsize, xp is not np), xp)
+        grad_w = winograd_filter_transform_adjoint(sum(shares[1:], shares[0])) if self.needs_input_grad[1] else None  # ∂g = Gᵀ ∂U G
+        grad_b = grad.sum(axis=(0, 2, 3)) if self.needs_input_grad[2] else None  # ∂y/∂b = 1
+        return grad_x, grad_w, grad_b
+
+
+def tile_count(ho: int, wo: int) -> int:
+    """Tiles tH·tW of one image's Hₒ×Wₒ output."""
+    th, tw = winograd_tiles(ho, wo)
+    return th * tw

@@ -1,0 +1,132 @@
+"""Winograd F(2×2, 3×3) convolution: the Cython transforms against the NumPy reference, each
+transform's adjoint, the whole conv against im2col, its float64 gradient check, and the
+algorithm switch."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minidiff.functional as F
+from minidiff import Tensor, backend
+from minidiff.functional.winograd import winograd_filter_transform, winograd_filter_transform_adjoint
+from minidiff.gradcheck import gradcheck
+from minidiff.kernels import cpu, reference
+from minidiff.kernels.reference import winograd_tiles
+
+IMPLEMENTATIONS = [reference] + ([cpu] if backend.extension() is not None else [])
+needs_ext = pytest.mark.skipif(backend.extension() is None, reason="minidiff._C (the Cython kernels) is not built")
+
+
+@st.composite
+def winograd_problems(draw):
+    """x (N, C, H, W) for a 3×3 stride-1 conv with padding 0–2: odd, even and non-square sizes."""
+    padding = draw(st.integers(0, 2))
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    h, w = draw(st.integers(max(1, 3 - 2 * padding), 12)), draw(st.integers(max(1, 3 - 2 * padding), 12))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    return rng.standard_normal((n, c, h, w)).astype(dtype), padding, rng
+
+
+def output_shape(x, padding, c_out):
+    n, _, h, w = x.shape
+    return n, c_out, h + 2 * padding - 2, w + 2 * padding - 2
+
+
+def tolerance(dtype):
+    return dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+
+@needs_ext
+@settings(max_examples=40, deadline=None)
+@given(winograd_problems())
+def test_cython_winograd_transforms_match_the_reference(problem):
+    x, padding, rng = problem
+    v = cpu.winograd_input_transform(x, padding)
+    assert v.dtype == x.dtype
+    np.testing.assert_allclose(v, reference.winograd_input_transform(x, padding), **tolerance(x.dtype))
+    grad_v = rng.standard_normal(v.shape).astype(x.dtype)
+    np.testing.assert_allclose(cpu.winograd_input_transform_adjoint(grad_v, x.shape, padding),
+                               reference.winograd_input_transform_adjoint(grad_v, x.shape, padding), **tolerance(x.dtype))
+    shape = output_shape(x, padding, c_out=3)
+    th, tw = winograd_tiles(*shape[2:])
+    m = rng.standard_normal((16, 3, shape[0] * th * tw)).astype(x.dtype)
+    bias = rng.standard_normal(3).astype(x.dtype)
+    for b in (None, bias):
+        np.testing.assert_allclose(cpu.winograd_output_transform(m, shape, b),
+                                   reference.winograd_output_transform(m, shape, b), **tolerance(x.dtype))
+    grad_y = rng.standard_normal(shape).astype(x.dtype)
+    np.testing.assert_allclose(cpu.winograd_output_transform_adjoint(grad_y),
+                               reference.winograd_output_transform_adjoint(grad_y), **tolerance(x.dtype))
+
+
+@settings(max_examples=30, deadline=None)
+@given(winograd_problems())
+def test_each_winograd_adjoint_is_the_transpose_of_its_transform(problem):
+    """⟨T(x), v⟩ = ⟨x, Tᵀ(v)⟩ for the input, output and filter transforms, in every implementation."""
+    x, padding, rng = problem
+    x = x.astype(np.float64)
+    shape = output_shape(x, padding, c_out=2)
+    th, tw = winograd_tiles(*shape[2:])
+    grad_v = rng.standard_normal((16, x.shape[1], x.shape[0] * th * tw))
+    m = rng.standard_normal((16, 2, x.shape[0] * th * tw))
+    grad_y = rng.standard_normal(shape)
+    for impl in IMPLEMENTATIONS:
+        lhs, rhs = np.vdot(impl.winograd_input_transform(x, padding), grad_v), np.vdot(x, impl.winograd_input_transform_adjoint(grad_v, x.shape, padding))
+        assert np.isclose(lhs, rhs, rtol=1e-12, atol=1e-10)
+        lhs, rhs = np.vdot(impl.winograd_output_transform(m, shape), grad_y), np.vdot(m, impl.winograd_output_transform_adjoint(grad_y))
+        assert np.isclose(lhs, rhs, rtol=1e-12, atol=1e-10)
+    w = rng.standard_normal((2, x.shape[1], 3, 3))
+    grad_u = rng.standard_normal((16, 2, x.shape[1]))
+    assert np.isclose(np.vdot(winograd_filter_transform(w), grad_u), np.vdot(w, winograd_filter_transform_adjoint(grad_u)), rtol=1e-12)
+
+
+def conv_and_grads(x, w, b, padding, algorithm):
+    xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
+    y = F.conv2d(xt, wt, bt, padding=padding, algorithm=algorithm)
+    y.backward(np.cos(np.arange(y.data.size)).reshape(y.shape).astype(x.dtype))
+    return y.data, xt.grad, wt.grad, bt.grad
+
+
+@pytest.mark.parametrize("kernels", ["reference"] + (["cpu"] if backend.extension() is not None else []))
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-11), (np.float32, 2e-4)])
+@pytest.mark.parametrize("shape, c_out, padding", [((2, 3, 7, 7), 4, 1), ((1, 2, 6, 9), 3, 1), ((2, 2, 5, 4), 2, 0), ((3, 5, 4, 5), 2, 2), ((1, 1, 28, 28), 2, 1)])
+def test_winograd_conv_equals_the_im2col_conv(monkeypatch, kernels, dtype, tol, shape, c_out, padding):
+    """Same output and gradients (x, w, b) as the textbook im2col formulation, odd sizes included."""
+    monkeypatch.setenv("MINIDIFF_KERNELS", kernels)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((c_out, shape[1], 3, 3)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    for winograd, im2col in zip(conv_and_grads(x, w, b, padding, "winograd"), conv_and_grads(x, w, b, padding, "im2col")):
+        assert winograd.dtype == dtype
+        np.testing.assert_allclose(winograd, im2col, rtol=tol, atol=tol * np.abs(im2col).max())
+
+
+def test_winograd_conv_passes_a_float64_gradient_check():
+    rng = np.random.default_rng(1)
+    x, w, b = rng.standard_normal((2, 2, 5, 6)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
+    assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, padding=1, algorithm="winograd"), x, w, b)
+
+
+def test_auto_picks_winograd_for_3x3_stride_1_only(monkeypatch):
+    from minidiff.functional.conv import Conv2d
+    from minidiff.functional.winograd import WinogradConv2d
+
+    x = Tensor(np.zeros((1, 2, 6, 6), np.float32))
+    for w_shape, stride, expected in [((2, 2, 3, 3), 1, WinogradConv2d), ((2, 2, 3, 3), 2, Conv2d), ((2, 2, 1, 1), 1, Conv2d)]:
+        y = F.conv2d(x, Tensor(np.zeros(w_shape, np.float32), requires_grad=True), stride=stride, padding=w_shape[2] // 2)
+        assert type(y._ctx) is expected
+    monkeypatch.setenv("MINIDIFF_CONV", "im2col")
+    assert type(F.conv2d(x, Tensor(np.zeros((2, 2, 3, 3), np.float32), requires_grad=True), padding=1)._ctx) is Conv2d
+
+
+def test_bad_algorithm_choices_are_refused_by_name(monkeypatch):
+    x, w = Tensor(np.zeros((1, 2, 6, 6))), Tensor(np.zeros((2, 2, 3, 3)))
+    with pytest.raises(ValueError, match="algorithm='winograd' needs a 3×3 kernel and stride 1.*stride=2"):
+        F.conv2d(x, w, stride=2, algorithm="winograd")
+    with pytest.raises(ValueError, match="algorithm must be 'auto', 'im2col' or 'winograd', got 'fft'"):
+        F.conv2d(x, w, algorithm="fft")
+    monkeypatch.setenv("MINIDIFF_CONV", "fast")
+    with pytest.raises(ValueError, match="MINIDIFF_CONV='fast'"):
+        F.conv2d(x, w)
