@@ -1,6 +1,6 @@
-"""Winograd F(2×2, 3×3) convolution: the Cython transforms against the NumPy reference, each
-transform's adjoint, the whole conv against im2col, its float64 gradient check, and the
-algorithm switch."""
+"""The convolution algorithms besides im2col. Winograd F(2×2, 3×3): the Cython transforms against the NumPy reference, each
+transform's adjoint, the whole conv against im2col, its float64 gradient check; the
+1×1 GEMM-per-image path; and the algorithm switch."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -109,12 +109,13 @@ def test_winograd_conv_passes_a_float64_gradient_check():
     assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, padding=1, algorithm="winograd"), x, w, b)
 
 
-def test_auto_picks_winograd_for_3x3_stride_1_only(monkeypatch):
-    from minidiff.functional.conv import Conv2d
+def test_auto_picks_winograd_for_3x3_stride_1_and_a_gemm_per_image_for_1x1(monkeypatch):
+    from minidiff.functional.conv import Conv2d, PointwiseConv2d
     from minidiff.functional.winograd import WinogradConv2d
 
     x = Tensor(np.zeros((1, 2, 6, 6), np.float32))
-    for w_shape, stride, expected in [((2, 2, 3, 3), 1, WinogradConv2d), ((2, 2, 3, 3), 2, Conv2d), ((2, 2, 1, 1), 1, Conv2d)]:
+    cases = [((2, 2, 3, 3), 1, WinogradConv2d), ((2, 2, 3, 3), 2, Conv2d), ((2, 2, 1, 1), 1, PointwiseConv2d), ((2, 2, 1, 1), 2, Conv2d)]
+    for w_shape, stride, expected in cases:
         y = F.conv2d(x, Tensor(np.zeros(w_shape, np.float32), requires_grad=True), stride=stride, padding=w_shape[2] // 2)
         assert type(y._ctx) is expected
     monkeypatch.setenv("MINIDIFF_CONV", "im2col")
@@ -130,3 +131,20 @@ def test_bad_algorithm_choices_are_refused_by_name(monkeypatch):
     monkeypatch.setenv("MINIDIFF_CONV", "fast")
     with pytest.raises(ValueError, match="MINIDIFF_CONV='fast'"):
         F.conv2d(x, w)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_pointwise_conv_equals_the_im2col_conv(dtype, tol):
+    """The auto path for 1×1 kernels (a GEMM per image) gives im2col's output and gradients."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 6, 7, 3)).astype(dtype)
+    w = rng.standard_normal((4, 6, 1, 1)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    for auto, im2col in zip(conv_and_grads(x, w, b, 0, "auto"), conv_and_grads(x, w, b, 0, "im2col")):
+        np.testing.assert_allclose(auto, im2col, rtol=tol, atol=tol)
+
+
+def test_pointwise_conv_passes_a_float64_gradient_check():
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 3, 1, 1)), rng.standard_normal(2)
+    assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, algorithm="auto"), x, w, b)

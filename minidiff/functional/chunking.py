@@ -48,6 +48,11 @@ def image_chunks(n: int, column_rows: int, positions: int, itemsize: int, on_gpu
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+def sum_shares(shares):
+    """Per-chunk tuples of partial sums (or ``None``s) → one tuple of totals, added in chunk order."""
+    return tuple(None if parts[0] is None else sum(parts[1:], parts[0]) for parts in zip(*shares))
+
+
 _pool: ThreadPoolExecutor | None = None
 
 

@@ -14,7 +14,7 @@ from ..backend import get_array_module
 from ..flops import add_flops
 from ..kernels import kernel
 from ..kernels.reference import conv_output_size
-from .chunking import image_chunks, map_chunks, scratch
+from .chunking import image_chunks, map_chunks, scratch, sum_shares
 from .winograd import WinogradConv2d
 
 __all__ = ["conv2d", "linear"]
@@ -71,6 +71,7 @@ class Conv2d(Function):
         im2col, col2im = kernel("im2col", x), kernel("col2im", x)
 
         def backward_chunk(chunk):
+            grad_b = grad[chunk].sum(axis=(0, 2, 3)) if self.needs_input_grad[2] else None  # ∂y/∂b = 1, this chunk's share
             grad_chunk = xp.ascontiguousarray(grad[chunk].transpose(1, 0, 2, 3)).reshape(c_out, -1)  # dY: (C_out, chunk·Ho·Wo)
             if grad_x is not None and same:
                 grad_cols = im2col(grad[chunk], kh, kw, 1, padding, out=columns_buffer(x, chunk, c_out * kh * kw, positions, "grad"))
@@ -81,13 +82,54 @@ class Conv2d(Function):
                 col2im(grad_cols, x[chunk].shape, *self.conv, out=grad_x[chunk])  # ∂cols/∂x = col2im, im2col's adjoint
             if self.needs_input_grad[1]:
                 cols = im2col(x[chunk], *self.conv, out=columns_buffer(x, chunk, k, positions))  # recomputed, see the class docstring
-                return grad_chunk @ cols.T  # ∂y/∂W = dY·colsᵀ, this chunk's share
-            return None
+                return grad_chunk @ cols.T, grad_b  # ∂y/∂W = dY·colsᵀ, this chunk's share
+            return None, grad_b
 
-        shares = map_chunks(backward_chunk, image_chunks(n, max(k, c_out * kh * kw), positions, x.itemsize, xp is not np), xp)
-        grad_w = sum(shares[1:], shares[0]).reshape(self.inputs[1].shape) if self.needs_input_grad[1] else None
-        grad_b = grad.sum(axis=(0, 2, 3)) if self.needs_input_grad[2] else None  # ∂y/∂b = 1, over images and positions
-        return grad_x, grad_w, grad_b
+        grad_w, grad_b = sum_shares(map_chunks(backward_chunk, image_chunks(n, max(k, c_out * kh * kw), positions, x.itemsize, xp is not np), xp))
+        return grad_x, None if grad_w is None else grad_w.reshape(self.inputs[1].shape), grad_b
+
+
+class PointwiseConv2d(Function):
+    """A 1×1 convolution, y[n] = W·x[n] + b for each image: one GEMM per image over its (C, H·W)
+    matrix, with no im2col copy and no transposes (NumPy's stacked matmul calls BLAS per image)."""
+
+    def forward(self, x, w, b):
+        xp = get_array_module(x)
+        n, c, h, width = x.shape
+        c_out = w.shape[0]
+        w_matrix = w.reshape(c_out, c)  # (C_out, C)
+        x_images = x.reshape(n, c, h * width)  # (N, C, H·W)
+        out = xp.empty((n, c_out, h * width), dtype=x.dtype)
+
+        def forward_chunk(chunk):
+            xp.matmul(w_matrix, x_images[chunk], out=out[chunk])
+            if b is not None:
+                out[chunk] += b[:, None]
+
+        map_chunks(forward_chunk, image_chunks(n, max(c, c_out), h * width, x.itemsize, xp is not np), xp)
+        add_flops(2 * out.size * c)
+        self.save_for_backward(x_images if self.needs_input_grad[1] else None, w_matrix if self.needs_input_grad[0] else None)
+        return out.reshape(n, c_out, h, width)
+
+    def backward(self, grad):
+        x_images, w_matrix = self.saved
+        xp = get_array_module(grad)
+        n, c_out, h, width = grad.shape
+        grad_images = xp.ascontiguousarray(grad).reshape(n, c_out, h * width)  # (N, C_out, H·W)
+        c = self.inputs[0].shape[1]
+        grad_x = xp.empty((n, c, h * width), dtype=grad.dtype) if self.needs_input_grad[0] else None
+
+        def backward_chunk(chunk):
+            grad_b = grad_images[chunk].sum(axis=(0, 2)) if self.needs_input_grad[2] else None  # ∂y/∂b = 1, this chunk's share
+            if grad_x is not None:
+                xp.matmul(w_matrix.T, grad_images[chunk], out=grad_x[chunk])  # ∂y/∂x = Wᵀ, image by image
+            if x_images is not None:
+                return xp.matmul(grad_images[chunk], x_images[chunk].transpose(0, 2, 1)).sum(axis=0), grad_b  # ∂y/∂W = Σₙ dY[n]·x[n]ᵀ
+            return None, grad_b
+
+        grad_w, grad_b = sum_shares(map_chunks(backward_chunk, image_chunks(n, max(c, c_out), h * width, grad.itemsize, xp is not np), xp))
+        return (None if grad_x is None else grad_x.reshape(self.inputs[0].shape),
+                None if grad_w is None else grad_w.reshape(self.inputs[1].shape), grad_b)
 
 
 def columns_buffer(x, chunk: slice, rows: int, positions: int, name: str = "columns"):
@@ -103,7 +145,8 @@ def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, algorithm: str | Non
 
     ``algorithm``: ``"im2col"`` (one GEMM over unfolded patches, :class:`Conv2d`), ``"winograd"``
     (3×3 stride-1 kernels only, :mod:`~minidiff.functional.winograd`), or ``"auto"``: Winograd
-    where it applies, else im2col. ``None`` takes it from ``MINIDIFF_CONV`` (default ``"auto"``).
+    where it applies, a GEMM per image for 1×1 kernels (:class:`PointwiseConv2d`), else im2col.
+    ``None`` takes it from ``MINIDIFF_CONV`` (default ``"auto"``).
     """
     if len(x.shape) != 4:
         raise ValueError(f"conv2d: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
@@ -125,13 +168,15 @@ def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, algorithm: str | Non
             f"(input shape {tuple(x.shape)}, padding={padding})"
         )
     algorithm = backend.conv_algorithm() if algorithm is None else algorithm
+    if algorithm not in ("auto", "im2col", "winograd"):
+        raise ValueError(f"conv2d: algorithm must be 'auto', 'im2col' or 'winograd', got {algorithm!r}")
     winograd_applies = tuple(w.shape[2:]) == (3, 3) and stride == 1
     if algorithm == "winograd" and not winograd_applies:
         raise ValueError(f"conv2d: algorithm='winograd' needs a 3×3 kernel and stride 1, got kernel {tuple(w.shape[2:])}, stride={stride}")
-    if algorithm not in ("auto", "im2col", "winograd"):
-        raise ValueError(f"conv2d: algorithm must be 'auto', 'im2col' or 'winograd', got {algorithm!r}")
     if algorithm != "im2col" and winograd_applies:
         return WinogradConv2d.apply(x, w, b, padding=int(padding))
+    if algorithm == "auto" and tuple(w.shape[2:]) == (1, 1) and stride == 1 and padding == 0:
+        return PointwiseConv2d.apply(x, w, b)
     return Conv2d.apply(x, w, b, stride=int(stride), padding=int(padding))
 
 

@@ -27,7 +27,7 @@ from ..backend import get_array_module
 from ..flops import add_flops
 from ..kernels import kernel
 from ..kernels.reference import WINOGRAD_G, winograd_tiles
-from .chunking import image_chunks, map_chunks, scratch
+from .chunking import image_chunks, map_chunks, scratch, sum_shares
 
 __all__ = ["winograd_filter_transform", "winograd_filter_transform_adjoint"]
 
@@ -36,14 +36,15 @@ def winograd_filter_transform(w):
     """U = G g Gᵀ for every (output, input) channel pair: w (C_out, C, 3, 3) → U (16, C_out, C)."""
     xp = get_array_module(w)
     g = xp.asarray(WINOGRAD_G, dtype=w.dtype)
-    return xp.einsum("xa,ocab,yb->xyoc", g, w, g).reshape(16, w.shape[0], w.shape[1])
+    u = g @ w @ g.T  # (C_out, C, 4, 4)
+    return xp.ascontiguousarray(u.reshape(*w.shape[:2], 16).transpose(2, 0, 1))
 
 
 def winograd_filter_transform_adjoint(grad_u):
     """∂g = Gᵀ ∂U G, the adjoint of :func:`winograd_filter_transform`: (16, C_out, C) → (C_out, C, 3, 3)."""
     xp = get_array_module(grad_u)
     g = xp.asarray(WINOGRAD_G, dtype=grad_u.dtype)
-    return xp.einsum("xa,xyoc,yb->ocab", g, grad_u.reshape(4, 4, *grad_u.shape[1:]), g)
+    return g.T @ grad_u.transpose(1, 2, 0).reshape(*grad_u.shape[1:], 4, 4) @ g
 
 
 class WinogradConv2d(Function):
@@ -92,18 +93,18 @@ class WinogradConv2d(Function):
 
         def backward_chunk(chunk):
             size = chunk.stop - chunk.start
+            grad_b = grad[chunk].sum(axis=(0, 2, 3)) if self.needs_input_grad[2] else None  # ∂y/∂b = 1, this chunk's share
             grad_m = output_adjoint(grad[chunk], out=scratch("winograd_m", (16, c_out, size * tiles), x.dtype, xp))  # ∂M = A ∂Y Aᵀ
             if grad_x is not None:
                 grad_v = xp.matmul(u_t, grad_m, out=scratch("winograd_v", (16, c, size * tiles), x.dtype, xp))  # ∂V[ξ] = U[ξ]ᵀ·∂M[ξ]
                 input_adjoint(grad_v, x[chunk].shape, self.padding, out=grad_x[chunk])  # ∂d = B ∂V Bᵀ, overlaps added
             if self.needs_input_grad[1]:
                 v = input_transform(x[chunk], self.padding, out=scratch("winograd_v", (16, c, size * tiles), x.dtype, xp))  # recomputed
-                return xp.matmul(grad_m, v.transpose(0, 2, 1))  # ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ, this chunk's share
-            return None
+                return xp.matmul(grad_m, v.transpose(0, 2, 1)), grad_b  # ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ, this chunk's share
+            return None, grad_b
 
-        shares = map_chunks(backward_chunk, image_chunks(n, 16 * max(c, c_out), tiles, x.itemsize, xp is not np), xp)
-        grad_w = winograd_filter_transform_adjoint(sum(shares[1:], shares[0])) if self.needs_input_grad[1] else None  # ∂g = Gᵀ ∂U G
-        grad_b = grad.sum(axis=(0, 2, 3)) if self.needs_input_grad[2] else None  # ∂y/∂b = 1
+        grad_u, grad_b = sum_shares(map_chunks(backward_chunk, image_chunks(n, 16 * max(c, c_out), tiles, x.itemsize, xp is not np), xp))
+        grad_w = None if grad_u is None else winograd_filter_transform_adjoint(grad_u)  # ∂g = Gᵀ ∂U G
         return grad_x, grad_w, grad_b
 
 
