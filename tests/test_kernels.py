@@ -143,7 +143,7 @@ def test_conv_step_is_bitwise_the_same_with_one_thread(tmp_path):
 @needs_ext
 @pytest.mark.parametrize("stride, padding, size", [(1, 1, 3), (2, 1, 3), (1, 0, 1), (1, 0, 3)])
 def test_conv2d_with_cython_kernels_matches_the_reference_kernels(monkeypatch, stride, padding, size):
-    """The whole conv2d (chunks, scratch buffers, the flipped-kernel input gradient) gives the
+    """The whole conv2d (chunks, scratch buffers, Winograd, 1×1 and im2col paths) gives the
     reference kernels' values and gradients with the Cython ones."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 6, 9, 7)).astype(np.float32)
@@ -156,4 +156,5 @@ def test_conv2d_with_cython_kernels_matches_the_reference_kernels(monkeypatch, s
         y.backward(np.ones(y.shape, np.float32))
         results.append((y.data, xt.grad, wt.grad))
     for ref, fast in zip(*results):
-        np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5)
+        # float32 Winograd sums differ in order between the two: absolute error ~1e-5 of the scale
+        np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

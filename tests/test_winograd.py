@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import minidiff.functional as F
 from minidiff import Tensor, backend
-from minidiff.functional.winograd import winograd_filter_transform, winograd_filter_transform_adjoint
+from minidiff.functional.winograd import TILE_ENTRIES, winograd_filter_transform, winograd_filter_transform_adjoint
 from minidiff.gradcheck import gradcheck
 from minidiff.kernels import cpu, reference
 from minidiff.kernels.reference import winograd_tiles
@@ -50,7 +50,7 @@ def test_cython_winograd_transforms_match_the_reference(problem):
                                reference.winograd_input_transform_adjoint(grad_v, x.shape, padding), **tolerance(x.dtype))
     shape = output_shape(x, padding, c_out=3)
     th, tw = winograd_tiles(*shape[2:])
-    m = rng.standard_normal((16, 3, shape[0] * th * tw)).astype(x.dtype)
+    m = rng.standard_normal((TILE_ENTRIES, 3, shape[0] * th * tw)).astype(x.dtype)
     bias = rng.standard_normal(3).astype(x.dtype)
     for b in (None, bias):
         np.testing.assert_allclose(cpu.winograd_output_transform(m, shape, b),
@@ -68,8 +68,8 @@ def test_each_winograd_adjoint_is_the_transpose_of_its_transform(problem):
     x = x.astype(np.float64)
     shape = output_shape(x, padding, c_out=2)
     th, tw = winograd_tiles(*shape[2:])
-    grad_v = rng.standard_normal((16, x.shape[1], x.shape[0] * th * tw))
-    m = rng.standard_normal((16, 2, x.shape[0] * th * tw))
+    grad_v = rng.standard_normal((TILE_ENTRIES, x.shape[1], x.shape[0] * th * tw))
+    m = rng.standard_normal((TILE_ENTRIES, 2, x.shape[0] * th * tw))
     grad_y = rng.standard_normal(shape)
     for impl in IMPLEMENTATIONS:
         lhs, rhs = np.vdot(impl.winograd_input_transform(x, padding), grad_v), np.vdot(x, impl.winograd_input_transform_adjoint(grad_v, x.shape, padding))
@@ -77,7 +77,7 @@ def test_each_winograd_adjoint_is_the_transpose_of_its_transform(problem):
         lhs, rhs = np.vdot(impl.winograd_output_transform(m, shape), grad_y), np.vdot(m, impl.winograd_output_transform_adjoint(grad_y))
         assert np.isclose(lhs, rhs, rtol=1e-12, atol=1e-10)
     w = rng.standard_normal((2, x.shape[1], 3, 3))
-    grad_u = rng.standard_normal((16, 2, x.shape[1]))
+    grad_u = rng.standard_normal((TILE_ENTRIES, 2, x.shape[1]))
     assert np.isclose(np.vdot(winograd_filter_transform(w), grad_u), np.vdot(w, winograd_filter_transform_adjoint(grad_u)), rtol=1e-12)
 
 

@@ -5,7 +5,7 @@ For one 4×4 input tile d, one 3×3 filter g and one 2×2 output tile (Lavin & G
     Y = Aᵀ [U ⊙ V] A,    U = G g Gᵀ,    V = Bᵀ d B,
 
 16 multiplications instead of 36. Summed over input channels, the elementwise product of each
-of the 16 positions ξ of the 4×4 tile is a matrix product over channels (Eq. 12):
+of the α² = 16 positions ξ of the 4×4 tile is a matrix product over channels (Eq. 12):
 
     M[ξ] = U[ξ] · V[ξ],    U[ξ]: (C_out, C),  V[ξ]: (C, tiles),  M[ξ]: (C_out, tiles),
 
@@ -26,25 +26,34 @@ from ..autograd import Function
 from ..backend import get_array_module
 from ..flops import add_flops
 from ..kernels import kernel
-from ..kernels.reference import WINOGRAD_G, winograd_tiles
+from ..kernels.reference import WINOGRAD_ALPHA, WINOGRAD_G, winograd_tiles
 from .chunking import image_chunks, map_chunks, scratch, sum_shares
 
 __all__ = ["winograd_filter_transform", "winograd_filter_transform_adjoint"]
 
+TILE_ENTRIES = WINOGRAD_ALPHA * WINOGRAD_ALPHA  # α²: GEMMs per convolution
+
+
+def _kron_g(xp, dtype):
+    """G ⊗ G, (α², 9): vec(G g Gᵀ) = (G ⊗ G)·vec(g) for row-major vec, so the filter transform
+    of every channel pair is one matrix product."""
+    g = xp.asarray(WINOGRAD_G, dtype=dtype)
+    return xp.kron(g, g)
+
 
 def winograd_filter_transform(w):
-    """U = G g Gᵀ for every (output, input) channel pair: w (C_out, C, 3, 3) → U (16, C_out, C)."""
+    """U = G g Gᵀ for every (output, input) channel pair: w (C_out, C, 3, 3) → U (α², C_out, C)."""
     xp = get_array_module(w)
-    g = xp.asarray(WINOGRAD_G, dtype=w.dtype)
-    u = g @ w @ g.T  # (C_out, C, 4, 4)
-    return xp.ascontiguousarray(u.reshape(*w.shape[:2], 16).transpose(2, 0, 1))
+    c_out, c = w.shape[:2]
+    u = _kron_g(xp, w.dtype) @ w.reshape(c_out * c, 9).T  # (α², C_out·C)
+    return u.reshape(TILE_ENTRIES, c_out, c)
 
 
 def winograd_filter_transform_adjoint(grad_u):
-    """∂g = Gᵀ ∂U G, the adjoint of :func:`winograd_filter_transform`: (16, C_out, C) → (C_out, C, 3, 3)."""
+    """∂g = Gᵀ ∂U G, the adjoint of :func:`winograd_filter_transform`: (α², C_out, C) → (C_out, C, 3, 3)."""
     xp = get_array_module(grad_u)
-    g = xp.asarray(WINOGRAD_G, dtype=grad_u.dtype)
-    return g.T @ grad_u.transpose(1, 2, 0).reshape(*grad_u.shape[1:], 4, 4) @ g
+    _, c_out, c = grad_u.shape
+    return (grad_u.reshape(TILE_ENTRIES, c_out * c).T @ _kron_g(xp, grad_u.dtype)).reshape(c_out, c, 3, 3)
 
 
 class WinogradConv2d(Function):
@@ -62,17 +71,17 @@ class WinogradConv2d(Function):
         c_out = w.shape[0]
         ho, wo = h + 2 * padding - 2, width + 2 * padding - 2
         tiles = tile_count(ho, wo)
-        u = winograd_filter_transform(w)  # (16, C_out, C)
+        u = winograd_filter_transform(w)  # (α², C_out, C)
         input_transform, output_transform = kernel("winograd_input_transform", x), kernel("winograd_output_transform", x)
         out = xp.empty((n, c_out, ho, wo), dtype=x.dtype)
 
         def forward_chunk(chunk):
             size = chunk.stop - chunk.start
-            v = input_transform(x[chunk], padding, out=scratch("winograd_v", (16, c, size * tiles), x.dtype, xp))  # Bᵀ d B
-            m = xp.matmul(u, v, out=scratch("winograd_m", (16, c_out, size * tiles), x.dtype, xp))  # M[ξ] = U[ξ]·V[ξ]
+            v = input_transform(x[chunk], padding, out=scratch("winograd_v", (TILE_ENTRIES, c, size * tiles), x.dtype, xp))  # Bᵀ d B
+            m = xp.matmul(u, v, out=scratch("winograd_m", (TILE_ENTRIES, c_out, size * tiles), x.dtype, xp))  # M[ξ] = U[ξ]·V[ξ]
             output_transform(m, out[chunk].shape, b, out=out[chunk])  # Aᵀ M A (+ b)
 
-        map_chunks(forward_chunk, image_chunks(n, 16 * max(c, c_out), tiles, x.itemsize, xp is not np), xp)
+        map_chunks(forward_chunk, image_chunks(n, TILE_ENTRIES * max(c, c_out), tiles, x.itemsize, xp is not np), xp)
         add_flops(2 * out.size * c * 9)  # the direct convolution's count, so GFLOP/s compare across algorithms
         self.padding = padding
         self.save_for_backward(x, u)
@@ -88,22 +97,22 @@ class WinogradConv2d(Function):
         input_adjoint = kernel("winograd_input_transform_adjoint", x)
         output_adjoint = kernel("winograd_output_transform_adjoint", x)
         grad_x = xp.empty(x.shape, dtype=x.dtype) if self.needs_input_grad[0] else None
-        u_t = u.transpose(0, 2, 1)  # U[ξ]ᵀ: (16, C, C_out)
+        u_t = u.transpose(0, 2, 1)  # U[ξ]ᵀ: (α², C, C_out)
         grad = xp.ascontiguousarray(grad)
 
         def backward_chunk(chunk):
             size = chunk.stop - chunk.start
             grad_b = grad[chunk].sum(axis=(0, 2, 3)) if self.needs_input_grad[2] else None  # ∂y/∂b = 1, this chunk's share
-            grad_m = output_adjoint(grad[chunk], out=scratch("winograd_m", (16, c_out, size * tiles), x.dtype, xp))  # ∂M = A ∂Y Aᵀ
+            grad_m = output_adjoint(grad[chunk], out=scratch("winograd_m", (TILE_ENTRIES, c_out, size * tiles), x.dtype, xp))  # ∂M = A ∂Y Aᵀ
             if grad_x is not None:
-                grad_v = xp.matmul(u_t, grad_m, out=scratch("winograd_v", (16, c, size * tiles), x.dtype, xp))  # ∂V[ξ] = U[ξ]ᵀ·∂M[ξ]
+                grad_v = xp.matmul(u_t, grad_m, out=scratch("winograd_v", (TILE_ENTRIES, c, size * tiles), x.dtype, xp))  # ∂V[ξ] = U[ξ]ᵀ·∂M[ξ]
                 input_adjoint(grad_v, x[chunk].shape, self.padding, out=grad_x[chunk])  # ∂d = B ∂V Bᵀ, overlaps added
             if self.needs_input_grad[1]:
-                v = input_transform(x[chunk], self.padding, out=scratch("winograd_v", (16, c, size * tiles), x.dtype, xp))  # recomputed
+                v = input_transform(x[chunk], self.padding, out=scratch("winograd_v", (TILE_ENTRIES, c, size * tiles), x.dtype, xp))  # recomputed
                 return xp.matmul(grad_m, v.transpose(0, 2, 1)), grad_b  # ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ, this chunk's share
             return None, grad_b
 
-        grad_u, grad_b = sum_shares(map_chunks(backward_chunk, image_chunks(n, 16 * max(c, c_out), tiles, x.itemsize, xp is not np), xp))
+        grad_u, grad_b = sum_shares(map_chunks(backward_chunk, image_chunks(n, TILE_ENTRIES * max(c, c_out), tiles, x.itemsize, xp is not np), xp))
         grad_w = None if grad_u is None else winograd_filter_transform_adjoint(grad_u)  # ∂g = Gᵀ ∂U G
         return grad_x, grad_w, grad_b
 

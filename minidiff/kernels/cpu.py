@@ -8,9 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from .reference import conv_output_size, winograd_tiles
+from .reference import WINOGRAD_ALPHA, conv_output_size, winograd_tiles
 
 _C = backend.extension()
+TILE_ENTRIES = WINOGRAD_ALPHA * WINOGRAD_ALPHA
 
 
 def im2col(x, kh: int, kw: int, stride: int, padding: int, out=None):
@@ -51,7 +52,7 @@ def group_norm_backward(grad_y, x_hat, rstd, weight, bias, silu: bool):
 def winograd_input_transform(x, padding: int, out=None):
     n, c, h, w = x.shape
     th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)
-    v = np.empty((16, c, n * th * tw), dtype=x.dtype) if out is None else out  # (16, C, N·tH·tW)
+    v = np.empty((TILE_ENTRIES, c, n * th * tw), dtype=x.dtype) if out is None else out  # (α², C, N·tH·tW)
     _C.winograd_input_transform(np.ascontiguousarray(x), padding, th, tw, v)
     return v
 
@@ -74,7 +75,7 @@ def winograd_output_transform(m, out_shape, bias=None, out=None):
 def winograd_output_transform_adjoint(grad_y, out=None):
     n, c_out, ho, wo = grad_y.shape
     th, tw = winograd_tiles(ho, wo)
-    grad_m = np.empty((16, c_out, n * th * tw), dtype=grad_y.dtype) if out is None else out  # (16, C_out, N·tH·tW)
+    grad_m = np.empty((TILE_ENTRIES, c_out, n * th * tw), dtype=grad_y.dtype) if out is None else out  # (α², C_out, N·tH·tW)
     _C.winograd_output_transform_adjoint(np.ascontiguousarray(grad_y), grad_m)
     return grad_m
 

@@ -106,75 +106,86 @@ def group_norm_backward(grad_y, x_hat, rstd, weight, bias, silu: bool):
 #     Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A,
 # 16 multiplications instead of 36. The transforms below move whole batches of tiles in and
 # out of that 4×4 "Winograd domain"; functional/winograd.py does the multiplications as GEMMs.
+# The functions are written for any F(m×m, 3×3) given its three matrices (F(4×4, 3×3)'s are
+# in Lavin & Gray, Section 4.2: 4× fewer multiplications, but on this CPU its 6×6 transforms
+# cost more than the GEMM time they save).
 WINOGRAD_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 WINOGRAD_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+WINOGRAD_M = len(WINOGRAD_AT)  # m: output tile side
+WINOGRAD_ALPHA = len(WINOGRAD_BT)  # α = m + 2: input tile side; α² GEMMs per convolution
 
 
 def winograd_tiles(ho: int, wo: int) -> tuple[int, int]:
-    """Tiles (tH, tW) = (⌈Hₒ/2⌉, ⌈Wₒ/2⌉) of 2×2 outputs that cover an Hₒ×Wₒ output."""
-    return (ho + 1) // 2, (wo + 1) // 2
+    """Tiles (tH, tW) = (⌈Hₒ/m⌉, ⌈Wₒ/m⌉) of m×m outputs that cover an Hₒ×Wₒ output."""
+    return -(-ho // WINOGRAD_M), -(-wo // WINOGRAD_M)
 
 
 def winograd_input_transform(x, padding: int, out=None):
-    """V = Bᵀ d B for every 4×4 input tile d of a 3×3, stride-1 convolution's input.
+    """V = Bᵀ d B for every α×α input tile d of a 3×3, stride-1 convolution's input.
 
-    x: (N, C, H, W) → V: (16, C, N·tH·tW). Tile (i, j) covers rows 2i…2i+3 and columns
-    2j…2j+3 of x zero-padded by ``padding`` (tiles overlap by two; rows past the padding, needed
-    when Hₒ is odd, are zeros too). Axis 0 runs over the 16 entries (ξ, ν) of a transformed tile,
-    row-major: V[4ξ + ν] is the right-hand side of one GEMM. ``out``: a C-contiguous array to fill.
+    x: (N, C, H, W) → V: (α², C, N·tH·tW). Tile (i, j) covers rows m·i … m·i+α−1 and the same
+    columns of x zero-padded by ``padding`` (tiles overlap by two; rows past the padding, needed
+    when m does not divide Hₒ, are zeros too). Axis 0 runs over the α² entries (ξ, ν) of a
+    transformed tile, row-major: V[α·ξ + ν] is the right-hand side of one GEMM.
+    ``out``: a C-contiguous array to fill.
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
+    m, alpha = WINOGRAD_M, WINOGRAD_ALPHA
     th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)
-    padded = xp.zeros((n, c, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+    padded = xp.zeros((n, c, m * th + 2, m * tw + 2), dtype=x.dtype)
     padded[:, :, padding : padding + h, padding : padding + w] = x
-    d = xp.stack([xp.stack([padded[:, :, a : a + 2 * th : 2, b : b + 2 * tw : 2] for b in range(4)], axis=-1) for a in range(4)], axis=-2)  # (N, C, tH, tW, 4, 4)
+    rows = [xp.stack([padded[:, :, a : a + m * th : m, b : b + m * tw : m] for b in range(alpha)], axis=-1) for a in range(alpha)]
+    d = xp.stack(rows, axis=-2)  # (N, C, tH, tW, α, α)
     bt = xp.asarray(WINOGRAD_BT, dtype=x.dtype)
-    v = xp.einsum("xa,nctsab,yb->xycnts", bt, d, bt).reshape(16, c, n * th * tw)  # Bᵀ d B
+    v = xp.einsum("xa,nctsab,yb->xycnts", bt, d, bt).reshape(alpha * alpha, c, n * th * tw)  # Bᵀ d B
     return _into(out, v)
 
 
 def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None):
     """The adjoint of :func:`winograd_input_transform`: ∂d = B ∂V Bᵀ for every tile, added up where
-    tiles overlap, with the padding cut off. grad_v: (16, C, N·tH·tW) → (N, C, H, W)."""
+    tiles overlap, with the padding cut off. grad_v: (α², C, N·tH·tW) → (N, C, H, W)."""
     xp = get_array_module(grad_v)
     n, c, h, w = x_shape
+    m, alpha = WINOGRAD_M, WINOGRAD_ALPHA
     th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)
     bt = xp.asarray(WINOGRAD_BT, dtype=grad_v.dtype)
-    grad_d = xp.einsum("xa,xycnts,yb->nctsab", bt, grad_v.reshape(4, 4, c, n, th, tw), bt)  # B ∂V Bᵀ: (N, C, tH, tW, 4, 4)
-    padded = xp.zeros((n, c, 2 * th + 2, 2 * tw + 2), dtype=grad_v.dtype)
-    for a in range(4):
-        for b in range(4):
-            padded[:, :, a : a + 2 * th : 2, b : b + 2 * tw : 2] += grad_d[..., a, b]
+    grad_d = xp.einsum("xa,xycnts,yb->nctsab", bt, grad_v.reshape(alpha, alpha, c, n, th, tw), bt)  # B ∂V Bᵀ: (N, C, tH, tW, α, α)
+    padded = xp.zeros((n, c, m * th + 2, m * tw + 2), dtype=grad_v.dtype)
+    for a in range(alpha):
+        for b in range(alpha):
+            padded[:, :, a : a + m * th : m, b : b + m * tw : m] += grad_d[..., a, b]
     return _into(out, padded[:, :, padding : padding + h, padding : padding + w])
 
 
 def winograd_output_transform(m, out_shape, bias=None, out=None):
     """Y = Aᵀ M A for every tile, tiles laid side by side, cropped to Hₒ×Wₒ, plus a per-channel bias.
 
-    m: (16, C_out, N·tH·tW) → (N, C_out, Hₒ, Wₒ) = ``out_shape``; bias: (C_out,) or None.
+    m: (α², C_out, N·tH·tW) → (N, C_out, Hₒ, Wₒ) = ``out_shape``; bias: (C_out,) or None.
     """
     xp = get_array_module(m)
     n, c_out, ho, wo = out_shape
     th, tw = winograd_tiles(ho, wo)
+    alpha = WINOGRAD_ALPHA
     at = xp.asarray(WINOGRAD_AT, dtype=m.dtype)
-    tiles = xp.einsum("ax,xyonts,by->notasb", at, m.reshape(4, 4, c_out, n, th, tw), at)  # Aᵀ M A: (N, C_out, tH, 2, tW, 2)
-    y = tiles.reshape(n, c_out, 2 * th, 2 * tw)[:, :, :ho, :wo]
+    tiles = xp.einsum("ax,xyonts,by->notasb", at, m.reshape(alpha, alpha, c_out, n, th, tw), at)  # Aᵀ M A: (N, C_out, tH, m, tW, m)
+    y = tiles.reshape(n, c_out, WINOGRAD_M * th, WINOGRAD_M * tw)[:, :, :ho, :wo]
     return _into(out, y if bias is None else y + bias[:, None, None])
 
 
 def winograd_output_transform_adjoint(grad_y, out=None):
     """The adjoint of :func:`winograd_output_transform` (without the bias): ∂M = A ∂Y Aᵀ for every
-    tile, cropped positions getting zero. grad_y: (N, C_out, Hₒ, Wₒ) → (16, C_out, N·tH·tW)."""
+    tile, cropped positions getting zero. grad_y: (N, C_out, Hₒ, Wₒ) → (α², C_out, N·tH·tW)."""
     xp = get_array_module(grad_y)
     n, c_out, ho, wo = grad_y.shape
+    m, alpha = WINOGRAD_M, WINOGRAD_ALPHA
     th, tw = winograd_tiles(ho, wo)
-    padded = xp.zeros((n, c_out, 2 * th, 2 * tw), dtype=grad_y.dtype)
+    padded = xp.zeros((n, c_out, m * th, m * tw), dtype=grad_y.dtype)
     padded[:, :, :ho, :wo] = grad_y
     at = xp.asarray(WINOGRAD_AT, dtype=grad_y.dtype)
-    grad_m = xp.einsum("ax,notasb,by->xyonts", at, padded.reshape(n, c_out, th, 2, tw, 2), at)  # A ∂Y Aᵀ
-    return _into(out, grad_m.reshape(16, c_out, n * th * tw))
+    grad_m = xp.einsum("ax,notasb,by->xyonts", at, padded.reshape(n, c_out, th, m, tw, m), at)  # A ∂Y Aᵀ
+    return _into(out, grad_m.reshape(alpha * alpha, c_out, n * th * tw))
 
 
 def _into(out, value):
