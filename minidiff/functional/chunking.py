@@ -7,6 +7,7 @@ side by side on worker threads (:func:`map_chunks`), each on one core with its o
 """
 from __future__ import annotations
 
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,7 +33,7 @@ def scratch(name: str, shape, dtype, xp):
     it. The columns never outlive the call that fills them, so one buffer per name (and per
     worker thread) serves all.
     """
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     key = (name, np.dtype(dtype).str, xp.__name__, threading.get_ident())
     buffer = _scratch.get(key)
     if buffer is None or buffer.size < size:
