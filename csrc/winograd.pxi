@@ -41,20 +41,22 @@ cdef inline void _bt_columns(const real* t, Py_ssize_t tiles, real* v, Py_ssize_
         v[3 * plane_stride + j] = t[2 * j + 1] - t[2 * j + 3]
 
 
-cdef inline void _b_columns_add(const real* dv, Py_ssize_t plane_stride, Py_ssize_t tiles, real* e) noexcept nogil:
-    """e[2j + b] += (∂v Bᵀ)[b] for every tile j: the transpose of :func:`_bt_columns`, overlaps added.
-
-    Tiles j and j + 1 share two columns; within each loop below no two tiles touch the same one.
-    """
+cdef inline void _b_columns(const real* dv, Py_ssize_t plane_stride, Py_ssize_t tiles, real* e) noexcept nogil:
+    """e[k] = Σ over the tiles j covering column k (k = 2j + b) of (∂v Bᵀ)[b]: the transpose of
+    :func:`_bt_columns`. Tiles j − 1 and j share columns 2j and 2j + 1, so those sum two terms."""
     cdef Py_ssize_t j
-    for j in range(tiles):
-        e[2 * j] += dv[j]
-    for j in range(tiles):
-        e[2 * j + 1] += dv[plane_stride + j] - dv[2 * plane_stride + j] + dv[3 * plane_stride + j]
-    for j in range(tiles):
-        e[2 * j + 2] += dv[plane_stride + j] + dv[2 * plane_stride + j] - dv[j]
-    for j in range(tiles):
-        e[2 * j + 3] -= dv[3 * plane_stride + j]
+    cdef const real* v0 = dv
+    cdef const real* v1 = dv + plane_stride
+    cdef const real* v2 = dv + 2 * plane_stride
+    cdef const real* v3 = dv + 3 * plane_stride
+    e[0] = v0[0]
+    e[1] = v1[0] - v2[0] + v3[0]
+    for j in range(1, tiles):  # (∂v Bᵀ)[0] of tile j + (∂v Bᵀ)[2] of tile j − 1
+        e[2 * j] = v0[j] + v1[j - 1] + v2[j - 1] - v0[j - 1]
+    for j in range(1, tiles):  # (∂v Bᵀ)[1] of tile j + (∂v Bᵀ)[3] of tile j − 1
+        e[2 * j + 1] = v1[j] - v2[j] + v3[j] - v3[j - 1]
+    e[2 * tiles] = v1[tiles - 1] + v2[tiles - 1] - v0[tiles - 1]
+    e[2 * tiles + 1] = -v3[tiles - 1]
 
 
 cdef inline void _b_rows_add(const real* e, Py_ssize_t length, real* dd, Py_ssize_t row) noexcept nogil:
@@ -157,9 +159,8 @@ def winograd_input_transform_adjoint(const real[:, :, ::1] grad_v, int padding, 
             c = plane % channels
             memset(padded, 0, ph * pw * sizeof(real))
             for i in range(th):
-                memset(padded + ph * pw, 0, 4 * pw * sizeof(real))
                 for xi in range(4):
-                    _b_columns_add(&grad_v[4 * xi, c, (n * th + i) * tw], plane_stride, tw, padded + (ph + xi) * pw)
+                    _b_columns(&grad_v[4 * xi, c, (n * th + i) * tw], plane_stride, tw, padded + (ph + xi) * pw)
                 _b_rows_add(padded + ph * pw, pw, padded + 2 * i * pw, pw)
             _copy_plane(padded + padding * pw + padding, pw, &grad_x[n, c, 0, 0], w, h, w)
         free(padded)
