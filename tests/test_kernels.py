@@ -77,8 +77,8 @@ def test_cython_group_norm_matches_the_reference(dtype, tol, shape, groups, silu
     assert all(f.dtype == dtype for f in fast) and fast[2].shape == (shape[0], groups)
     for f, r in zip(fast, ref):
         np.testing.assert_allclose(f, r, rtol=tol, atol=tol)
-    fast_grads = cpu.group_norm_backward(grad, fast[1], fast[2], weight, bias, silu)
-    ref_grads = reference.group_norm_backward(grad, ref[1], ref[2], weight, bias, silu)
+    fast_grads = cpu.group_norm_backward(grad, x, fast[1], fast[2], weight, bias, silu)
+    ref_grads = reference.group_norm_backward(grad, x, ref[1], ref[2], weight, bias, silu)
     for f, r in zip(fast_grads, ref_grads):
         assert f.dtype == dtype
         np.testing.assert_allclose(f, r, rtol=tol * 10, atol=tol * 10)

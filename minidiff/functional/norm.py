@@ -24,18 +24,19 @@ class GroupNorm(Function):
         n, c = x.shape[:2]
         weight = xp.ones(c, dtype=x.dtype) if weight is None else weight
         bias = xp.zeros(c, dtype=x.dtype) if bias is None else bias
-        y, x_hat, rstd = kernel("group_norm_forward", x)(x.reshape(n, c, -1), num_groups, weight, bias, eps, silu)  # (N, C, M)
+        shape, x = x.shape, x.reshape(n, c, -1)  # (N, C, M)
+        y, mean, rstd = kernel("group_norm_forward", x)(x, num_groups, weight, bias, eps, silu)  # y: (N, C, M); μ, rstd: (N, G)
         self.silu = silu
-        self.save_for_backward(x_hat, rstd, weight, bias)
-        return y.reshape(x.shape)
+        self.save_for_backward(x, mean, rstd, weight, bias)  # x, not x̂: the backward rebuilds x̂ from x, μ, rstd
+        return y.reshape(shape)
 
     def backward(self, grad):
-        x_hat, rstd, weight, bias = self.saved
+        x, mean, rstd, weight, bias = self.saved
         n, c = grad.shape[:2]
         # through SiLU (∂(aσ(a))/∂a), the affine map (∂a/∂x̂ = γ, ∂a/∂γ = x̂, ∂a/∂β = 1) and the
         # normalisation (∂x̂/∂x = (1/σ)(I − 1/M − x̂x̂ᵀ/M) per group): see the kernel
         grad_x, grad_weight, grad_bias = kernel("group_norm_backward", grad)(
-            grad.reshape(n, c, -1), x_hat, rstd, weight, bias, self.silu
+            grad.reshape(n, c, -1), x, mean, rstd, weight, bias, self.silu
         )
         return (
             grad_x.reshape(grad.shape) if self.needs_input_grad[0] else None,

@@ -33,20 +33,21 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int, out=None)
 def group_norm_forward(x, num_groups: int, weight, bias, eps: float, silu: bool):
     n, c, m = x.shape
     x = np.ascontiguousarray(x)
-    y, x_hat, rstd = np.empty_like(x), np.empty_like(x), np.empty((n, num_groups), dtype=x.dtype)  # (N, C, M) ×2, (N, G)
-    _C.group_norm_forward(x, num_groups, _vector(weight, x.dtype), _vector(bias, x.dtype), eps, silu, y, x_hat, rstd)
-    return y, x_hat, rstd
+    y = np.empty_like(x)  # (N, C, M)
+    mean, rstd = np.empty((n, num_groups), dtype=x.dtype), np.empty((n, num_groups), dtype=x.dtype)  # (N, G) ×2
+    _C.group_norm_forward(x, num_groups, _vector(weight, x.dtype), _vector(bias, x.dtype), eps, silu, y, mean, rstd)
+    return y, mean, rstd
 
 
-def group_norm_backward(grad_y, x_hat, rstd, weight, bias, silu: bool):
-    n, c, m = x_hat.shape
-    grad_x = np.empty_like(x_hat)  # (N, C, M)
+def group_norm_backward(grad_y, x, mean, rstd, weight, bias, silu: bool):
+    n, c, m = x.shape
+    grad_x = np.empty_like(x)  # (N, C, M)
     grad_weight, grad_bias = np.empty((n, c)), np.empty((n, c))  # per image, summed below in float64
     _C.group_norm_backward(
-        np.ascontiguousarray(grad_y, dtype=x_hat.dtype), np.ascontiguousarray(x_hat), np.ascontiguousarray(rstd),
-        _vector(weight, x_hat.dtype), _vector(bias, x_hat.dtype), silu, grad_x, grad_weight, grad_bias,
+        np.ascontiguousarray(grad_y, dtype=x.dtype), np.ascontiguousarray(x), np.ascontiguousarray(mean),
+        np.ascontiguousarray(rstd), _vector(weight, x.dtype), _vector(bias, x.dtype), silu, grad_x, grad_weight, grad_bias,
     )
-    return grad_x, grad_weight.sum(axis=0).astype(x_hat.dtype), grad_bias.sum(axis=0).astype(x_hat.dtype)
+    return grad_x, grad_weight.sum(axis=0).astype(x.dtype), grad_bias.sum(axis=0).astype(x.dtype)
 
 
 def winograd_input_transform(x, padding: int, out=None):

@@ -65,10 +65,11 @@ def group_norm_forward(x, num_groups: int, weight, bias, eps: float, silu: bool)
     """Group normalisation (Wu & He 2018, Eq. 1–3), then the per-channel affine map, then
     optionally SiLU -- the GroupNorm → SiLU pair every DDPM ResBlock starts with, in one pass.
 
-    x: (N, C, M); weight, bias: (C,) → (y (N, C, M), x̂ (N, C, M), rstd (N, G)) with
+    x: (N, C, M); weight, bias: (C,) → (y (N, C, M), mean (N, G), rstd (N, G)) with
     x̂ = (x − μ_g)·rstd, rstd = 1/√(σ²_g + eps) over each group of C/G channels, a = γ·x̂ + β and
     y = a·σ(a) if ``silu`` else a. Two-pass variance σ² = mean((x − μ)²): it never subtracts two
-    large nearly equal numbers, unlike E[x²] − μ².
+    large nearly equal numbers, unlike E[x²] − μ². The backward pass rebuilds x̂ from x, μ and
+    rstd, so the forward pass writes one array, not two.
     """
     xp = get_array_module(x)
     n, c, m = x.shape
@@ -78,13 +79,14 @@ def group_norm_forward(x, num_groups: int, weight, bias, eps: float, silu: bool)
     rstd = 1 / xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)  # 1/σ: (N, G, 1)
     x_hat = (centered * rstd).reshape(n, c, m)
     a = x_hat * weight[:, None] + bias[:, None]
-    return (a * sigmoid(a) if silu else a), x_hat, rstd[..., 0]
+    return (a * sigmoid(a) if silu else a), mean[..., 0], rstd[..., 0]
 
 
-def group_norm_backward(grad_y, x_hat, rstd, weight, bias, silu: bool):
+def group_norm_backward(grad_y, x, mean, rstd, weight, bias, silu: bool):
     """The gradient of :func:`group_norm_forward` → (dx (N, C, M), dγ (C,), dβ (C,))."""
-    n, c, m = x_hat.shape
+    n, c, m = x.shape
     num_groups = rstd.shape[1]
+    x_hat = ((x.reshape(n, num_groups, -1) - mean[..., None]) * rstd[..., None]).reshape(n, c, m)
     grad_a = grad_y
     if silu:
         a = x_hat * weight[:, None] + bias[:, None]
