@@ -58,29 +58,47 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def map_chunks(work, chunks, xp):
-    """``[work(chunk) for chunk in chunks]``, the chunks spread over ``backend.num_threads()`` workers.
+    """``[work(chunk) for chunk in chunks]``, the chunks shared out over ``backend.num_threads()`` threads.
 
-    Each worker runs its chunk's kernels with one OpenMP thread (BLAS has one, see
-    :mod:`minidiff.backend`), so a chunk stays in one core's cache and no two thread pools
-    contend for the cores; NumPy's GEMMs and the Cython kernels release the GIL. The results
-    come back in chunk order, so sums over them do not depend on the thread count.
+    The calling thread takes the first share and worker threads the others, each share a
+    contiguous run of chunks. While they run, every thread's kernels use one OpenMP thread (and
+    BLAS has one, see :mod:`minidiff.backend`), so a chunk stays in one core's cache and no two
+    thread pools contend for the cores; NumPy's GEMMs and the Cython kernels release the GIL.
+    The results come back in chunk order, and the chunks do not depend on the thread count, so
+    sums over them do not either.
     """
-    threads = backend.num_threads()
-    if len(chunks) == 1 or threads == 1 or xp is not np:
+    threads = min(backend.num_threads(), len(chunks))
+    if threads == 1 or xp is not np:
         return [work(chunk) for chunk in chunks]
-    return list(_workers(threads).map(work, chunks))
+    shares = [chunks[k * len(chunks) // threads : (k + 1) * len(chunks) // threads] for k in range(threads)]
+    pending = [_workers(threads - 1).submit(_run, work, share) for share in shares[1:]]
+    extension = backend.extension()
+    kernel_threads = extension.get_num_threads() if extension is not None else 1
+    _set_kernel_threads(1)
+    try:
+        results = _run(work, shares[0])
+    finally:
+        _set_kernel_threads(kernel_threads)
+    for share in pending:
+        results += share.result()
+    return results
 
 
-def _workers(threads: int) -> ThreadPoolExecutor:
+def _run(work, share):
+    return [work(chunk) for chunk in share]
+
+
+def _workers(count: int) -> ThreadPoolExecutor:
     global _pool
-    if _pool is None or _pool._max_workers != threads:
+    if _pool is None or _pool._max_workers != count:
         if _pool is not None:
             _pool.shutdown()
-        _pool = ThreadPoolExecutor(threads, thread_name_prefix="minidiff", initializer=_one_kernel_thread)
+        _pool = ThreadPoolExecutor(count, thread_name_prefix="minidiff", initializer=_set_kernel_threads, initargs=(1,))
     return _pool
 
 
-def _one_kernel_thread():
+def _set_kernel_threads(count: int):
+    """OpenMP threads for the kernels called from this thread (a per-thread setting)."""
     extension = backend.extension()
     if extension is not None:
-        extension.set_num_threads(1)
+        extension.set_num_threads(count)
