@@ -51,7 +51,13 @@ def image_chunks(n: int, column_rows: int, positions: int, itemsize: int, on_gpu
 
 def sum_shares(shares):
     """Per-chunk tuples of partial sums (or ``None``s) → one tuple of totals, added in chunk order."""
-    return tuple(None if parts[0] is None else sum(parts[1:], parts[0]) for parts in zip(*shares))
+    totals = []
+    for parts in zip(*shares):
+        total = None if parts[0] is None else parts[0].copy()
+        for part in parts[1:] if total is not None else ():
+            total += part
+        totals.append(total)
+    return tuple(totals)
 
 
 _pool: ThreadPoolExecutor | None = None

@@ -32,6 +32,7 @@ from .chunking import image_chunks, map_chunks, scratch, sum_shares
 __all__ = ["winograd_filter_transform", "winograd_filter_transform_adjoint"]
 
 TILE_ENTRIES = WINOGRAD_ALPHA * WINOGRAD_ALPHA  # α²: GEMMs per convolution
+BIAS_ENTRY = WINOGRAD_ALPHA + 1  # (ξ, ν) = (1, 1): A's row 1 is all ones, so this entry of A ∂Y Aᵀ is the tile's sum
 
 
 def _kron_g(xp, dtype):
@@ -102,8 +103,10 @@ class WinogradConv2d(Function):
 
         def backward_chunk(chunk):
             size = chunk.stop - chunk.start
-            grad_b = grad[chunk].sum(axis=(0, 2, 3)) if self.needs_input_grad[2] else None  # ∂y/∂b = 1, this chunk's share
             grad_m = output_adjoint(grad[chunk], out=scratch("winograd_m", (TILE_ENTRIES, c_out, size * tiles), x.dtype, xp))  # ∂M = A ∂Y Aᵀ
+            # ∂y/∂b = 1, so ∂b sums ∂Y over positions; row 1 of A is (1, 1), so entry (1, 1) of
+            # A ∂Y Aᵀ is the sum of each tile (cropped positions are zeros): a contiguous row sum
+            grad_b = grad_m[BIAS_ENTRY].sum(axis=-1) if self.needs_input_grad[2] else None
             if grad_x is not None:
                 grad_v = xp.matmul(u_t, grad_m, out=scratch("winograd_v", (TILE_ENTRIES, c, size * tiles), x.dtype, xp))  # ∂V[ξ] = U[ξ]ᵀ·∂M[ξ]
                 input_adjoint(grad_v, x[chunk].shape, self.padding, out=grad_x[chunk])  # ∂d = B ∂V Bᵀ, overlaps added
