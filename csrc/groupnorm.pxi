@@ -20,6 +20,12 @@ cdef extern from *:
        inside [−80, 80]; x is clamped there. Wider bounds made the compiler fold the clamped lanes
        into constants like e^88 whose use (a / (1 + e^88)) yields subnormal floats, and every
        subnormal costs a microcode assist: 15x slower. For σ the clamp moves values below 2e-35 only. */
+    #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+    #define MINIDIFF_CLONES __attribute__((target_clones("avx2", "default")))
+    #else
+    #define MINIDIFF_CLONES
+    #endif
+
     static inline float minidiff_expf(float x) {
         const float round_magic = 12582912.0f;
         x = x > -80.0f ? x : -80.0f;
@@ -42,7 +48,7 @@ cdef extern from *:
     /* One row (image n, group g) forward: mean, two-pass variance, then in one pass x̂,
        a = γx̂ + β and y = a·σ(a) or a. Only y is written: the backward rebuilds x̂ from x. */
     #define MINIDIFF_GN_FORWARD(T, NAME, EXP)                                                   \
-    static void NAME(const T *restrict x, ptrdiff_t channels, ptrdiff_t m,                      \
+    MINIDIFF_CLONES static void NAME(const T *restrict x, ptrdiff_t channels, ptrdiff_t m,      \
                      const T *restrict weight, const T *restrict bias, double eps, int silu,    \
                      T *restrict y, T *restrict mean_out, T *restrict rstd) {                   \
         ptrdiff_t len = channels * m;                                                           \
@@ -82,7 +88,7 @@ cdef extern from *:
     /* One row backward: x̂ = (x − μ)·rstd, da (through SiLU), dγ and dβ per channel, dx̂ = γ·da,
        then dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)). */
     #define MINIDIFF_GN_BACKWARD(T, NAME, EXP)                                                  \
-    static void NAME(const T *restrict dy, const T *restrict x, T mu, T rstd,                   \
+    MINIDIFF_CLONES static void NAME(const T *restrict dy, const T *restrict x, T mu, T rstd,   \
                      ptrdiff_t channels, ptrdiff_t m, const T *restrict weight,                 \
                      const T *restrict bias, int silu, T *restrict dx,                          \
                      double *restrict dgamma, double *restrict dbeta) {                         \
