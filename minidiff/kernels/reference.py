@@ -141,7 +141,7 @@ def winograd_input_transform(x, padding: int, out=None):
     rows = [xp.stack([padded[:, :, a : a + m * th : m, b : b + m * tw : m] for b in range(alpha)], axis=-1) for a in range(alpha)]
     d = xp.stack(rows, axis=-2)  # (N, C, tH, tW, α, α)
     bt = xp.asarray(WINOGRAD_BT, dtype=x.dtype)
-    v = xp.einsum("xa,nctsab,yb->xycnts", bt, d, bt).reshape(alpha * alpha, c, n * th * tw)  # Bᵀ d B
+    v = xp.einsum("xa,nctsab,yb->xycnts", bt, d, bt, optimize=True).reshape(alpha * alpha, c, n * th * tw)  # Bᵀ d B
     return _into(out, v)
 
 
@@ -153,7 +153,7 @@ def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None):
     m, alpha = WINOGRAD_M, WINOGRAD_ALPHA
     th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)
     bt = xp.asarray(WINOGRAD_BT, dtype=grad_v.dtype)
-    grad_d = xp.einsum("xa,xycnts,yb->nctsab", bt, grad_v.reshape(alpha, alpha, c, n, th, tw), bt)  # B ∂V Bᵀ: (N, C, tH, tW, α, α)
+    grad_d = xp.einsum("xa,xycnts,yb->nctsab", bt, grad_v.reshape(alpha, alpha, c, n, th, tw), bt, optimize=True)  # B ∂V Bᵀ: (N, C, tH, tW, α, α)
     padded = xp.zeros((n, c, m * th + 2, m * tw + 2), dtype=grad_v.dtype)
     for a in range(alpha):
         for b in range(alpha):
@@ -171,7 +171,7 @@ def winograd_output_transform(m, out_shape, bias=None, out=None):
     th, tw = winograd_tiles(ho, wo)
     alpha = WINOGRAD_ALPHA
     at = xp.asarray(WINOGRAD_AT, dtype=m.dtype)
-    tiles = xp.einsum("ax,xyonts,by->notasb", at, m.reshape(alpha, alpha, c_out, n, th, tw), at)  # Aᵀ M A: (N, C_out, tH, m, tW, m)
+    tiles = xp.einsum("ax,xyonts,by->notasb", at, m.reshape(alpha, alpha, c_out, n, th, tw), at, optimize=True)  # Aᵀ M A: (N, C_out, tH, m, tW, m)
     y = tiles.reshape(n, c_out, WINOGRAD_M * th, WINOGRAD_M * tw)[:, :, :ho, :wo]
     return _into(out, y if bias is None else y + bias[:, None, None])
 
@@ -186,7 +186,7 @@ def winograd_output_transform_adjoint(grad_y, out=None):
     padded = xp.zeros((n, c_out, m * th, m * tw), dtype=grad_y.dtype)
     padded[:, :, :ho, :wo] = grad_y
     at = xp.asarray(WINOGRAD_AT, dtype=grad_y.dtype)
-    grad_m = xp.einsum("ax,notasb,by->xyonts", at, padded.reshape(n, c_out, th, m, tw, m), at)  # A ∂Y Aᵀ
+    grad_m = xp.einsum("ax,notasb,by->xyonts", at, padded.reshape(n, c_out, th, m, tw, m), at, optimize=True)  # A ∂Y Aᵀ
     return _into(out, grad_m.reshape(alpha * alpha, c_out, n * th * tw))
 
 
