@@ -166,13 +166,17 @@ def winograd_input_transform_adjoint(const real[:, :, ::1] grad_v, int padding, 
         free(padded)
 
 
-def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, real[:, :, :, ::1] y):
-    """y[n, o] = the tiles Aᵀ M A + bias[o] side by side, cropped to (Hₒ, Wₒ); ``bias`` may be empty (zero)."""
+def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, const real[:, :, :, ::1] residual,
+                              real[:, :, :, ::1] y):
+    """y[n, o] = the tiles Aᵀ M A + bias[o] side by side, cropped to (Hₒ, Wₒ), + residual[n, o].
+    ``bias`` and ``residual`` may be empty (zero)."""
     cdef Py_ssize_t n_images = y.shape[0], channels = y.shape[1], ho = y.shape[2], wo = y.shape[3]
     cdef Py_ssize_t th = (ho + 1) // 2, tw = (wo + 1) // 2, pw = 2 * tw, plane_stride = m.shape[1] * m.shape[2]
-    cdef Py_ssize_t plane, n, o, i, a
+    cdef Py_ssize_t plane, n, o, i, a, r, k
     cdef real b
     cdef real* tiled = NULL  # each thread mallocs its own: the uncropped output plane, then 8 rows of Aᵀ M
+    cdef real* dst
+    cdef const real* res
     with nogil, parallel():
         tiled = <real*> malloc((2 * th * pw + 8 * tw) * sizeof(real))
         for plane in prange(n_images * channels, schedule="static"):
@@ -183,7 +187,14 @@ def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, rea
                 _at_rows(&m[0, o, (n * th + i) * tw], plane_stride, tw, tiled + 2 * th * pw)
                 for a in range(2):
                     _a_columns(tiled + 2 * th * pw + 4 * a * tw, tw, tiled + (2 * i + a) * pw, b)
-            _copy_plane(tiled, pw, &y[n, o, 0, 0], wo, ho, wo)
+            if residual.shape[0] == 0:
+                _copy_plane(tiled, pw, &y[n, o, 0, 0], wo, ho, wo)
+            else:  # the residual connection added on the way out, not in a pass of its own
+                for r in range(ho):
+                    dst = &y[n, o, r, 0]
+                    res = &residual[n, o, r, 0]
+                    for k in range(wo):
+                        dst[k] = tiled[r * pw + k] + res[k]
         free(tiled)
 
 

@@ -292,8 +292,9 @@ class Conv2d(Module):
         self.weight = _uniform((out_channels, in_channels, kh, kw), bound, rng, dtype)
         self.bias = _uniform((out_channels,), bound, rng, dtype) if bias else None
 
-    def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+    def forward(self, x, residual=None):
+        """conv(x) (+ ``residual``, added as the output is written: see ``functional.conv2d``)."""
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding, residual=residual)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

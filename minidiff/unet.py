@@ -98,8 +98,7 @@ class ResBlock(nn.Module):
         h = self.conv1(self.norm1(x))  # (N, cout, H, W)
         t = self.temb_proj(F.silu(temb))  # (N, cout)
         h = h + t.reshape(t.shape + (1, 1))  # the same shift at every pixel of a channel
-        h = self.conv2(self.dropout(self.norm2(h)))
-        return self.skip(x) + h
+        return self.conv2(self.dropout(self.norm2(h)), residual=self.skip(x))  # skip(x) + conv2(…)
 
 
 class AttentionBlock(nn.Module):

@@ -137,7 +137,7 @@ def columns_buffer(x, chunk: slice, rows: int, positions: int, name: str = "colu
     return scratch(name, (rows, (chunk.stop - chunk.start) * positions), x.dtype, get_array_module(x))
 
 
-def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, algorithm: str | None = None):
+def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, algorithm: str | None = None, residual=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d`` (integer stride and zero padding).
 
     x: (N, C, H, W), w: (C_out, C, kh, kw), b: (C_out,) or None → (N, C_out, Ho, Wo) with
@@ -147,6 +147,10 @@ def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, algorithm: str | Non
     (3×3 stride-1 kernels only, :mod:`~minidiff.functional.winograd`), or ``"auto"``: Winograd
     where it applies, a GEMM per image for 1×1 kernels (:class:`PointwiseConv2d`), else im2col.
     ``None`` takes it from ``MINIDIFF_CONV`` (default ``"auto"``).
+
+    ``residual`` (optional, of the output's shape) is added to the result: ``conv2d(x, w, b,
+    residual=r)`` is ``conv2d(x, w, b) + r``, the end of a residual block, and on the Winograd
+    path the addition happens while the output is written instead of in a pass of its own.
     """
     if len(x.shape) != 4:
         raise ValueError(f"conv2d: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
@@ -173,11 +177,16 @@ def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, algorithm: str | Non
     winograd_applies = tuple(w.shape[2:]) == (3, 3) and stride == 1
     if algorithm == "winograd" and not winograd_applies:
         raise ValueError(f"conv2d: algorithm='winograd' needs a 3×3 kernel and stride 1, got kernel {tuple(w.shape[2:])}, stride={stride}")
+    out_shape = (x.shape[0], w.shape[0], conv_output_size(x.shape[2], w.shape[2], stride, padding), conv_output_size(x.shape[3], w.shape[3], stride, padding))
+    if residual is not None and tuple(residual.shape) != out_shape:
+        raise ValueError(f"conv2d: residual of shape {tuple(residual.shape)} for an output of shape {out_shape}")
     if algorithm != "im2col" and winograd_applies:
-        return WinogradConv2d.apply(x, w, b, padding=int(padding))
+        return WinogradConv2d.apply(x, w, b, residual, padding=int(padding))
     if algorithm == "auto" and tuple(w.shape[2:]) == (1, 1) and stride == 1 and padding == 0:
-        return PointwiseConv2d.apply(x, w, b)
-    return Conv2d.apply(x, w, b, stride=int(stride), padding=int(padding))
+        y = PointwiseConv2d.apply(x, w, b)
+    else:
+        y = Conv2d.apply(x, w, b, stride=int(stride), padding=int(padding))
+    return y if residual is None else y + residual
 
 
 class Linear(Function):

@@ -58,7 +58,7 @@ def winograd_filter_transform_adjoint(grad_u):
 
 
 class WinogradConv2d(Function):
-    """y = conv2d(x, w, b, stride=1, padding) for a 3×3 kernel, via F(2×2, 3×3).
+    """y = conv2d(x, w, b, stride=1, padding) + residual for a 3×3 kernel, via F(2×2, 3×3).
 
     Like :class:`~minidiff.functional.conv.Conv2d`, a few images at a time so that a chunk's
     transformed tiles are still in cache when their GEMMs read them, and only x and the
@@ -66,7 +66,7 @@ class WinogradConv2d(Function):
     rather than kept alive, 4× the size of x, until then.
     """
 
-    def forward(self, x, w, b, padding):
+    def forward(self, x, w, b, residual, padding):
         xp = get_array_module(x)
         n, c, h, width = x.shape
         c_out = w.shape[0]
@@ -80,7 +80,7 @@ class WinogradConv2d(Function):
             size = chunk.stop - chunk.start
             v = input_transform(x[chunk], padding, out=scratch("winograd_v", (TILE_ENTRIES, c, size * tiles), x.dtype, xp))  # Bᵀ d B
             m = xp.matmul(u, v, out=scratch("winograd_m", (TILE_ENTRIES, c_out, size * tiles), x.dtype, xp))  # M[ξ] = U[ξ]·V[ξ]
-            output_transform(m, out[chunk].shape, b, out=out[chunk])  # Aᵀ M A (+ b)
+            output_transform(m, out[chunk].shape, b, None if residual is None else residual[chunk], out=out[chunk])  # Aᵀ M A + b + residual
 
         map_chunks(forward_chunk, image_chunks(n, TILE_ENTRIES * max(c, c_out), tiles, x.itemsize, xp is not np), xp)
         add_flops(2 * out.size * c * 9)  # the direct convolution's count, so GFLOP/s compare across algorithms
@@ -117,7 +117,7 @@ class WinogradConv2d(Function):
 
         grad_u, grad_b = sum_shares(map_chunks(backward_chunk, image_chunks(n, TILE_ENTRIES * max(c, c_out), tiles, x.itemsize, xp is not np), xp))
         grad_w = None if grad_u is None else winograd_filter_transform_adjoint(grad_u)  # ∂g = Gᵀ ∂U G
-        return grad_x, grad_w, grad_b
+        return grad_x, grad_w, grad_b, grad if self.needs_input_grad[3] else None  # ∂y/∂residual = 1
 
 
 def tile_count(ho: int, wo: int) -> int:

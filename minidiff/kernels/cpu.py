@@ -66,10 +66,11 @@ def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None):
     return grad_x
 
 
-def winograd_output_transform(m, out_shape, bias=None, out=None):
+def winograd_output_transform(m, out_shape, bias=None, residual=None, out=None):
     y = np.empty(out_shape, dtype=m.dtype) if out is None else out  # (N, C_out, Ho, Wo)
     bias = np.empty(0, dtype=m.dtype) if bias is None else _vector(bias, m.dtype)
-    _C.winograd_output_transform(np.ascontiguousarray(m), bias, y)
+    residual = np.empty((0, 0, 0, 0), dtype=m.dtype) if residual is None else np.ascontiguousarray(residual, dtype=m.dtype)
+    _C.winograd_output_transform(np.ascontiguousarray(m), bias, residual, y)
     return y
 
 

@@ -161,10 +161,12 @@ def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None):
     return _into(out, padded[:, :, padding : padding + h, padding : padding + w])
 
 
-def winograd_output_transform(m, out_shape, bias=None, out=None):
-    """Y = Aᵀ M A for every tile, tiles laid side by side, cropped to Hₒ×Wₒ, plus a per-channel bias.
+def winograd_output_transform(m, out_shape, bias=None, residual=None, out=None):
+    """Y = Aᵀ M A for every tile, tiles laid side by side, cropped to Hₒ×Wₒ, plus a per-channel
+    bias, plus a residual (a skip connection, added here rather than in a pass of its own).
 
-    m: (α², C_out, N·tH·tW) → (N, C_out, Hₒ, Wₒ) = ``out_shape``; bias: (C_out,) or None.
+    m: (α², C_out, N·tH·tW) → (N, C_out, Hₒ, Wₒ) = ``out_shape``; bias: (C_out,) or None;
+    residual: ``out_shape`` or None.
     """
     xp = get_array_module(m)
     n, c_out, ho, wo = out_shape
@@ -173,7 +175,8 @@ def winograd_output_transform(m, out_shape, bias=None, out=None):
     at = xp.asarray(WINOGRAD_AT, dtype=m.dtype)
     tiles = xp.einsum("ax,xyonts,by->notasb", at, m.reshape(alpha, alpha, c_out, n, th, tw), at, optimize=True)  # Aᵀ M A: (N, C_out, tH, m, tW, m)
     y = tiles.reshape(n, c_out, WINOGRAD_M * th, WINOGRAD_M * tw)[:, :, :ho, :wo]
-    return _into(out, y if bias is None else y + bias[:, None, None])
+    y = y if bias is None else y + bias[:, None, None]
+    return _into(out, y if residual is None else y + residual)
 
 
 def winograd_output_transform_adjoint(grad_y, out=None):
