@@ -169,7 +169,7 @@ def winograd_input_transform_adjoint(const real[:, :, ::1] grad_v, int padding, 
 def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, const real[:, :, :, ::1] residual,
                               real[:, :, :, ::1] y):
     """y[n, o] = the tiles Aᵀ M A + bias[o] side by side, cropped to (Hₒ, Wₒ), + residual[n, o].
-    ``bias`` and ``residual`` may be empty (zero)."""
+    ``bias`` and ``residual`` may be empty (zero); a (N, C_out, 1, 1) residual is one shift per plane."""
     cdef Py_ssize_t n_images = y.shape[0], channels = y.shape[1], ho = y.shape[2], wo = y.shape[3]
     cdef Py_ssize_t th = (ho + 1) // 2, tw = (wo + 1) // 2, pw = 2 * tw, plane_stride = m.shape[1] * m.shape[2]
     cdef Py_ssize_t plane, n, o, i, a, r, k
@@ -177,17 +177,20 @@ def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, con
     cdef real* tiled = NULL  # each thread mallocs its own: the uncropped output plane, then 8 rows of Aᵀ M
     cdef real* dst
     cdef const real* res
+    cdef bint shift = residual.shape[0] > 0 and residual.shape[2] == 1 and residual.shape[3] == 1 and ho * wo > 1
     with nogil, parallel():
         tiled = <real*> malloc((2 * th * pw + 8 * tw) * sizeof(real))
         for plane in prange(n_images * channels, schedule="static"):
             n = plane // channels
             o = plane % channels
             b = bias[o] if bias.shape[0] > 0 else 0
+            if shift:
+                b = b + residual[n, o, 0, 0]
             for i in range(th):
                 _at_rows(&m[0, o, (n * th + i) * tw], plane_stride, tw, tiled + 2 * th * pw)
                 for a in range(2):
                     _a_columns(tiled + 2 * th * pw + 4 * a * tw, tw, tiled + (2 * i + a) * pw, b)
-            if residual.shape[0] == 0:
+            if residual.shape[0] == 0 or shift:
                 _copy_plane(tiled, pw, &y[n, o, 0, 0], wo, ho, wo)
             else:  # the residual connection added on the way out, not in a pass of its own
                 for r in range(ho):

@@ -95,9 +95,8 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1, rng=rng, dtype=dtype) if cin != cout else nn.Identity()
 
     def forward(self, x, temb):
-        h = self.conv1(self.norm1(x))  # (N, cout, H, W)
         t = self.temb_proj(F.silu(temb))  # (N, cout)
-        h = h + t.reshape(t.shape + (1, 1))  # the same shift at every pixel of a channel
+        h = self.conv1(self.norm1(x), residual=t.reshape(t.shape + (1, 1)))  # (N, cout, H, W) + the same shift at every pixel of a channel
         return self.conv2(self.dropout(self.norm2(h)), residual=self.skip(x))  # skip(x) + conv2(…)
 
 

@@ -52,8 +52,8 @@ def test_cython_winograd_transforms_match_the_reference(problem):
     th, tw = winograd_tiles(*shape[2:])
     m = rng.standard_normal((TILE_ENTRIES, 3, shape[0] * th * tw)).astype(x.dtype)
     bias = rng.standard_normal(3).astype(x.dtype)
-    residual = rng.standard_normal(shape).astype(x.dtype)
-    for b, r in [(None, None), (bias, None), (bias, residual)]:
+    residual, shift = rng.standard_normal(shape).astype(x.dtype), rng.standard_normal(shape[:2] + (1, 1)).astype(x.dtype)
+    for b, r in [(None, None), (bias, None), (bias, residual), (None, shift), (bias, shift)]:
         np.testing.assert_allclose(cpu.winograd_output_transform(m, shape, b, r),
                                    reference.winograd_output_transform(m, shape, b, r), **tolerance(x.dtype))
     grad_y = rng.standard_normal(shape).astype(x.dtype)
@@ -151,24 +151,28 @@ def test_pointwise_conv_passes_a_float64_gradient_check():
     assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, algorithm="auto"), x, w, b)
 
 
+@pytest.mark.parametrize("kernels", ["reference"] + (["cpu"] if backend.extension() is not None else []))
+@pytest.mark.parametrize("per_plane", [False, True])
 @pytest.mark.parametrize("algorithm, kernel_size, stride", [("winograd", 3, 1), ("auto", 1, 1), ("im2col", 3, 2)])
-def test_a_residual_is_added_to_the_output_and_gets_the_output_gradient(algorithm, kernel_size, stride):
+def test_a_residual_is_added_to_the_output_and_gets_the_output_gradient(monkeypatch, kernels, per_plane, algorithm, kernel_size, stride):
     """conv2d(x, w, b, residual=r) = conv2d(x, w, b) + r on every path (fused into Winograd's
-    output transform), and ∂/∂r is the incoming gradient."""
+    output transform), r of the output's shape or one shift per plane (N, C_out, 1, 1), and
+    ∂/∂r is the incoming gradient, summed over each plane for a shift."""
+    monkeypatch.setenv("MINIDIFF_KERNELS", kernels)
     rng = np.random.default_rng(5)
     x, w, b = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, kernel_size, kernel_size)), rng.standard_normal(4)
     padding = kernel_size // 2
     plain = F.conv2d(Tensor(x), Tensor(w), Tensor(b), stride=stride, padding=padding, algorithm=algorithm).data
-    r = Tensor(rng.standard_normal(plain.shape), requires_grad=True)
+    r = Tensor(rng.standard_normal(plain.shape[:2] + (1, 1) if per_plane else plain.shape), requires_grad=True)
     y = F.conv2d(Tensor(x), Tensor(w), Tensor(b), stride=stride, padding=padding, algorithm=algorithm, residual=r)
     np.testing.assert_allclose(y.data, plain + r.data, rtol=1e-12, atol=1e-12)
     grad = rng.standard_normal(plain.shape)
     y.backward(grad)
-    np.testing.assert_array_equal(r.grad, grad)
+    np.testing.assert_allclose(r.grad, grad.sum(axis=(2, 3), keepdims=True) if per_plane else grad, rtol=1e-12, atol=1e-12)
     assert gradcheck(lambda x, w, r: F.conv2d(x, w, stride=stride, padding=padding, algorithm=algorithm, residual=r), x, w, r.data)
 
 
 def test_a_residual_of_the_wrong_shape_is_refused_by_name():
     x, w = Tensor(np.zeros((1, 2, 6, 6))), Tensor(np.zeros((3, 2, 3, 3)))
-    with pytest.raises(ValueError, match=r"residual of shape \(1, 2, 6, 6\) for an output of shape \(1, 3, 6, 6\)"):
+    with pytest.raises(ValueError, match=r"residual of shape \(1, 2, 6, 6\) for an output of shape \(1, 3, 6, 6\) \(expected \(1, 3, 6, 6\) or \(1, 3, 1, 1\)\)"):
         F.conv2d(x, w, padding=1, residual=Tensor(np.zeros((1, 2, 6, 6))))

@@ -148,9 +148,10 @@ def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, algorithm: str | Non
     where it applies, a GEMM per image for 1×1 kernels (:class:`PointwiseConv2d`), else im2col.
     ``None`` takes it from ``MINIDIFF_CONV`` (default ``"auto"``).
 
-    ``residual`` (optional, of the output's shape) is added to the result: ``conv2d(x, w, b,
-    residual=r)`` is ``conv2d(x, w, b) + r``, the end of a residual block, and on the Winograd
-    path the addition happens while the output is written instead of in a pass of its own.
+    ``residual`` (optional) is added to the result: ``conv2d(x, w, b, residual=r)`` is
+    ``conv2d(x, w, b) + r``, with r of the output's shape (the end of a residual block) or
+    (N, C_out, 1, 1) (a shift per image and channel, like a ResBlock's time embedding). On the
+    Winograd path the addition happens while the output is written, not in a pass of its own.
     """
     if len(x.shape) != 4:
         raise ValueError(f"conv2d: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
@@ -178,8 +179,11 @@ def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, algorithm: str | Non
     if algorithm == "winograd" and not winograd_applies:
         raise ValueError(f"conv2d: algorithm='winograd' needs a 3×3 kernel and stride 1, got kernel {tuple(w.shape[2:])}, stride={stride}")
     out_shape = (x.shape[0], w.shape[0], conv_output_size(x.shape[2], w.shape[2], stride, padding), conv_output_size(x.shape[3], w.shape[3], stride, padding))
-    if residual is not None and tuple(residual.shape) != out_shape:
-        raise ValueError(f"conv2d: residual of shape {tuple(residual.shape)} for an output of shape {out_shape}")
+    if residual is not None and tuple(residual.shape) not in (out_shape, out_shape[:2] + (1, 1)):
+        raise ValueError(
+            f"conv2d: residual of shape {tuple(residual.shape)} for an output of shape {out_shape} "
+            f"(expected {out_shape} or {out_shape[:2] + (1, 1)})"
+        )
     if algorithm != "im2col" and winograd_applies:
         return WinogradConv2d.apply(x, w, b, residual, padding=int(padding))
     if algorithm == "auto" and tuple(w.shape[2:]) == (1, 1) and stride == 1 and padding == 0:

@@ -98,6 +98,9 @@ class WinogradConv2d(Function):
         input_adjoint = kernel("winograd_input_transform_adjoint", x)
         output_adjoint = kernel("winograd_output_transform_adjoint", x)
         grad_x = xp.empty(x.shape, dtype=x.dtype) if self.needs_input_grad[0] else None
+        residual_shape = self.inputs[3].shape if self.needs_input_grad[3] else None
+        # a (N, C_out, 1, 1) residual's gradient sums ∂Y over each plane: filled chunk by chunk
+        grad_shift = xp.empty((n, c_out), dtype=grad.dtype) if residual_shape is not None and residual_shape[2:] == (1, 1) else None
         u_t = u.transpose(0, 2, 1)  # U[ξ]ᵀ: (α², C, C_out)
         grad = xp.ascontiguousarray(grad)
 
@@ -105,8 +108,11 @@ class WinogradConv2d(Function):
             size = chunk.stop - chunk.start
             grad_m = output_adjoint(grad[chunk], out=scratch("winograd_m", (TILE_ENTRIES, c_out, size * tiles), x.dtype, xp))  # ∂M = A ∂Y Aᵀ
             # ∂y/∂b = 1, so ∂b sums ∂Y over positions; row 1 of A is (1, 1), so entry (1, 1) of
-            # A ∂Y Aᵀ is the sum of each tile (cropped positions are zeros): a contiguous row sum
-            grad_b = grad_m[BIAS_ENTRY].sum(axis=-1) if self.needs_input_grad[2] else None
+            # A ∂Y Aᵀ is the sum of each tile (cropped positions are zeros): contiguous row sums
+            plane_sums = grad_m[BIAS_ENTRY].reshape(c_out, size, tiles).sum(axis=-1)  # (C_out, chunk)
+            grad_b = plane_sums.sum(axis=1) if self.needs_input_grad[2] else None
+            if grad_shift is not None:
+                grad_shift[chunk] = plane_sums.T
             if grad_x is not None:
                 grad_v = xp.matmul(u_t, grad_m, out=scratch("winograd_v", (TILE_ENTRIES, c, size * tiles), x.dtype, xp))  # ∂V[ξ] = U[ξ]ᵀ·∂M[ξ]
                 input_adjoint(grad_v, x[chunk].shape, self.padding, out=grad_x[chunk])  # ∂d = B ∂V Bᵀ, overlaps added
@@ -117,7 +123,8 @@ class WinogradConv2d(Function):
 
         grad_u, grad_b = sum_shares(map_chunks(backward_chunk, image_chunks(n, TILE_ENTRIES * max(c, c_out), tiles, x.itemsize, xp is not np), xp))
         grad_w = None if grad_u is None else winograd_filter_transform_adjoint(grad_u)  # ∂g = Gᵀ ∂U G
-        return grad_x, grad_w, grad_b, grad if self.needs_input_grad[3] else None  # ∂y/∂residual = 1
+        grad_residual = grad_shift.reshape(residual_shape) if grad_shift is not None else grad if residual_shape is not None else None
+        return grad_x, grad_w, grad_b, grad_residual  # ∂y/∂residual = 1, summed over the positions it was broadcast to
 
 
 def tile_count(ho: int, wo: int) -> int:
