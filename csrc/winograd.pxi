@@ -15,17 +15,23 @@ from libc.string cimport memcpy, memset
 # vectorise (with more streams per loop it gives up on the aliasing checks); tile by tile, 16
 # scattered stores per tile made the transform slower than the GEMMs it feeds.
 
-cdef inline void _bt_rows(const real* d, Py_ssize_t row, real* t, Py_ssize_t length) noexcept nogil:
-    """t[ξ·length + k] = (Bᵀ d)[ξ, k]: Bᵀ applied down the 4 rows of d (row stride ``row``), every column k."""
+cdef inline void _bt_rows(const real* d0, const real* d1, const real* d2, const real* d3,
+                          real* t, Py_ssize_t row, Py_ssize_t count) noexcept nogil:
+    """t[ξ·row + k] = (Bᵀ d)[ξ, k] for k < count: Bᵀ applied down the 4 rows d0…d3, every column k."""
     cdef Py_ssize_t k
-    for k in range(length):
-        t[k] = d[k] - d[2 * row + k]
-    for k in range(length):
-        t[length + k] = d[row + k] + d[2 * row + k]
-    for k in range(length):
-        t[2 * length + k] = d[2 * row + k] - d[row + k]
-    for k in range(length):
-        t[3 * length + k] = d[row + k] - d[3 * row + k]
+    for k in range(count):
+        t[k] = d0[k] - d2[k]
+    for k in range(count):
+        t[row + k] = d1[k] + d2[k]
+    for k in range(count):
+        t[2 * row + k] = d2[k] - d1[k]
+    for k in range(count):
+        t[3 * row + k] = d1[k] - d3[k]
+
+
+cdef inline const real* _row_or_zeros(const real* plane, Py_ssize_t r, Py_ssize_t h, Py_ssize_t w, const real* zeros) noexcept nogil:
+    """Row r of an h×w plane, or a row of zeros when r is in the padding."""
+    return plane + r * w if 0 <= r < h else zeros
 
 
 cdef inline void _bt_columns(const real* t, Py_ssize_t tiles, real* v, Py_ssize_t plane_stride) noexcept nogil:
@@ -129,21 +135,27 @@ cdef inline void _copy_plane(const real* src, Py_ssize_t src_row, real* dst, Py_
 def winograd_input_transform(const real[:, :, :, ::1] x, int padding, int th, int tw, real[:, :, ::1] v):
     """v[4ξ + ν, c, (n·tH + i)·tW + j] = (Bᵀ d B)[ξ, ν], d = rows 2i…2i+3, columns 2j…2j+3 of x[n, c] zero-padded."""
     cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1], h = x.shape[2], w = x.shape[3]
-    cdef Py_ssize_t ph = 2 * th + 2, pw = 2 * tw + 2, plane_stride = v.shape[1] * v.shape[2]
-    cdef Py_ssize_t plane, n, c, i, xi
-    cdef real* padded = NULL  # each thread mallocs its own: the zero-bordered plane, then 4 rows of Bᵀ d
+    cdef Py_ssize_t pw = 2 * tw + 2, plane_stride = v.shape[1] * v.shape[2]
+    cdef Py_ssize_t plane, n, c, i, xi, top
+    cdef const real* x_plane
+    # each thread mallocs its own: 4 rows of Bᵀ d (their padding columns stay zero), then a row of zeros
+    # that stands in for the padding rows, so the plane is read in place, not copied into a padded one
+    cdef real* rows = NULL
     with nogil, parallel():
-        padded = <real*> malloc((ph + 4) * pw * sizeof(real))
+        rows = <real*> malloc((4 * pw + w) * sizeof(real))
+        memset(rows, 0, (4 * pw + w) * sizeof(real))
         for plane in prange(n_images * channels, schedule="static"):
             n = plane // channels
             c = plane % channels
-            memset(padded, 0, ph * pw * sizeof(real))
-            _copy_plane(&x[n, c, 0, 0], w, padded + padding * pw + padding, pw, h, w)
+            x_plane = &x[n, c, 0, 0]
             for i in range(th):
-                _bt_rows(padded + 2 * i * pw, pw, padded + ph * pw, pw)
+                top = 2 * i - padding
+                _bt_rows(_row_or_zeros(x_plane, top, h, w, rows + 4 * pw), _row_or_zeros(x_plane, top + 1, h, w, rows + 4 * pw),
+                         _row_or_zeros(x_plane, top + 2, h, w, rows + 4 * pw), _row_or_zeros(x_plane, top + 3, h, w, rows + 4 * pw),
+                         rows + padding, pw, w)  # Bᵀ d, down the 4 rows
                 for xi in range(4):
-                    _bt_columns(padded + (ph + xi) * pw, tw, &v[4 * xi, c, (n * th + i) * tw], plane_stride)
-        free(padded)
+                    _bt_columns(rows + xi * pw, tw, &v[4 * xi, c, (n * th + i) * tw], plane_stride)
+        free(rows)
 
 
 def winograd_input_transform_adjoint(const real[:, :, ::1] grad_v, int padding, int th, int tw, real[:, :, :, ::1] grad_x):
