@@ -183,15 +183,16 @@ def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, con
     """y[n, o] = the tiles Aᵀ M A + bias[o] side by side, cropped to (Hₒ, Wₒ), + residual[n, o].
     ``bias`` and ``residual`` may be empty (zero); a (N, C_out, 1, 1) residual is one shift per plane."""
     cdef Py_ssize_t n_images = y.shape[0], channels = y.shape[1], ho = y.shape[2], wo = y.shape[3]
-    cdef Py_ssize_t th = (ho + 1) // 2, tw = (wo + 1) // 2, pw = 2 * tw, plane_stride = m.shape[1] * m.shape[2]
+    cdef Py_ssize_t th = (ho + 1) // 2, tw = (wo + 1) // 2, plane_stride = m.shape[1] * m.shape[2]
     cdef Py_ssize_t plane, n, o, i, a, r, k
     cdef real b
-    cdef real* tiled = NULL  # each thread mallocs its own: the uncropped output plane, then 8 rows of Aᵀ M
+    cdef bint shift = residual.shape[0] > 0 and residual.shape[2] == 1 and residual.shape[3] == 1 and ho * wo > 1
+    cdef bint full = residual.shape[0] > 0 and not shift
+    cdef real* rows = NULL  # each thread mallocs its own: 8 rows of Aᵀ M, then one output row for an odd Wₒ
     cdef real* dst
     cdef const real* res
-    cdef bint shift = residual.shape[0] > 0 and residual.shape[2] == 1 and residual.shape[3] == 1 and ho * wo > 1
     with nogil, parallel():
-        tiled = <real*> malloc((2 * th * pw + 8 * tw) * sizeof(real))
+        rows = <real*> malloc(10 * tw * sizeof(real))
         for plane in prange(n_images * channels, schedule="static"):
             n = plane // channels
             o = plane % channels
@@ -199,18 +200,21 @@ def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, con
             if shift:
                 b = b + residual[n, o, 0, 0]
             for i in range(th):
-                _at_rows(&m[0, o, (n * th + i) * tw], plane_stride, tw, tiled + 2 * th * pw)
+                _at_rows(&m[0, o, (n * th + i) * tw], plane_stride, tw, rows)
                 for a in range(2):
-                    _a_columns(tiled + 2 * th * pw + 4 * a * tw, tw, tiled + (2 * i + a) * pw, b)
-            if residual.shape[0] == 0 or shift:
-                _copy_plane(tiled, pw, &y[n, o, 0, 0], wo, ho, wo)
-            else:  # the residual connection added on the way out, not in a pass of its own
-                for r in range(ho):
-                    dst = &y[n, o, r, 0]
-                    res = &residual[n, o, r, 0]
-                    for k in range(wo):
-                        dst[k] = tiled[r * pw + k] + res[k]
-        free(tiled)
+                    r = 2 * i + a
+                    if r < ho:  # the last tile row of an odd Hₒ has one row to keep
+                        dst = &y[n, o, r, 0]
+                        if wo == 2 * tw:  # written in place; an odd Wₒ goes through a spare row, cropped
+                            _a_columns(rows + 4 * a * tw, tw, dst, b)
+                        else:
+                            _a_columns(rows + 4 * a * tw, tw, rows + 8 * tw, b)
+                            memcpy(dst, rows + 8 * tw, wo * sizeof(real))
+                        if full:  # the residual connection added on the way out, not in a pass of its own
+                            res = &residual[n, o, r, 0]
+                            for k in range(wo):
+                                dst[k] = dst[k] + res[k]
+        free(rows)
 
 
 def winograd_output_transform_adjoint(const real[:, :, :, ::1] grad_y, real[:, :, ::1] grad_m):

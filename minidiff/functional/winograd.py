@@ -20,6 +20,8 @@ filter transforms act on the small weight and stay in NumPy.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..autograd import Function
@@ -35,9 +37,10 @@ TILE_ENTRIES = WINOGRAD_ALPHA * WINOGRAD_ALPHA  # α²: GEMMs per convolution
 BIAS_ENTRY = WINOGRAD_ALPHA + 1  # (ξ, ν) = (1, 1): A's row 1 is all ones, so this entry of A ∂Y Aᵀ is the tile's sum
 
 
+@functools.lru_cache(maxsize=None)
 def _kron_g(xp, dtype):
     """G ⊗ G, (α², 9): vec(G g Gᵀ) = (G ⊗ G)·vec(g) for row-major vec, so the filter transform
-    of every channel pair is one matrix product."""
+    of every channel pair is one matrix product. Built once per array module and dtype."""
     g = xp.asarray(WINOGRAD_G, dtype=dtype)
     return xp.kron(g, g)
 
@@ -46,7 +49,7 @@ def winograd_filter_transform(w):
     """U = G g Gᵀ for every (output, input) channel pair: w (C_out, C, 3, 3) → U (α², C_out, C)."""
     xp = get_array_module(w)
     c_out, c = w.shape[:2]
-    u = _kron_g(xp, w.dtype) @ w.reshape(c_out * c, 9).T  # (α², C_out·C)
+    u = _kron_g(xp, np.dtype(w.dtype)) @ w.reshape(c_out * c, 9).T  # (α², C_out·C)
     return u.reshape(TILE_ENTRIES, c_out, c)
 
 
@@ -54,7 +57,7 @@ def winograd_filter_transform_adjoint(grad_u):
     """∂g = Gᵀ ∂U G, the adjoint of :func:`winograd_filter_transform`: (α², C_out, C) → (C_out, C, 3, 3)."""
     xp = get_array_module(grad_u)
     _, c_out, c = grad_u.shape
-    return (grad_u.reshape(TILE_ENTRIES, c_out * c).T @ _kron_g(xp, grad_u.dtype)).reshape(c_out, c, 3, 3)
+    return (grad_u.reshape(TILE_ENTRIES, c_out * c).T @ _kron_g(xp, np.dtype(grad_u.dtype))).reshape(c_out, c, 3, 3)
 
 
 class WinogradConv2d(Function):
