@@ -22,6 +22,8 @@ from .. import backend
 # or 4 MiB, 0.49 s with 8 MiB.
 COLUMN_CHUNK_BYTES = 1 << 20
 
+CHUNK_MULTIPLE = 4
+
 _scratch: dict = {}
 
 
@@ -43,10 +45,19 @@ def scratch(name: str, shape, dtype, xp):
 
 def image_chunks(n: int, column_rows: int, positions: int, itemsize: int, on_gpu: bool):
     """Slices of a batch of ``n`` images whose column matrices (column_rows × chunk·positions)
-    fit in COLUMN_CHUNK_BYTES. A GPU has the memory bandwidth to take the whole batch at once."""
+    fit in COLUMN_CHUNK_BYTES. A GPU has the memory bandwidth to take the whole batch at once.
+
+    The number of chunks is rounded up to a multiple of CHUNK_MULTIPLE and the images spread
+    evenly over them, so that 2 or 4 threads get equal shares; the chunks never depend on the
+    thread count (the results must not either).
+    """
     per_image = column_rows * positions * itemsize
     size = n if on_gpu else max(1, min(n, COLUMN_CHUNK_BYTES // max(per_image, 1)))
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+    count = -(-n // size)
+    if count > 1:
+        count = min(n, -(-count // CHUNK_MULTIPLE) * CHUNK_MULTIPLE)
+    bounds = [k * n // count for k in range(count + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
 def sum_shares(shares):
