@@ -1,0 +1,89 @@
+"""How convolutions share out a batch: chunk boundaries, the thread count, results in chunk
+order, in-place sums of the chunks' shares, and the one-BLAS-thread setting."""
+import threading
+
+import numpy as np
+import pytest
+import threadpoolctl
+
+from minidiff import backend
+from minidiff.functional import chunking
+from minidiff.functional.chunking import image_chunks, map_chunks, sum_shares
+
+
+def covers(chunks, n):
+    """The slices tile 0…n in order, without gaps or overlaps."""
+    return [c.start for c in chunks] == [0] + [c.stop for c in chunks[:-1]] and chunks[-1].stop == n
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 64, 65])
+@pytest.mark.parametrize("per_image_rows", [1, 100, 10_000, 10**7])
+def test_chunks_cover_the_batch_in_a_multiple_of_four_even_pieces(n, per_image_rows):
+    chunks = image_chunks(n, per_image_rows, 49, 4, on_gpu=False)
+    assert covers(chunks, n)
+    sizes = [c.stop - c.start for c in chunks]
+    assert max(sizes) - min(sizes) <= 1  # even shares for 2 or 4 threads
+    assert len(chunks) in (1, n) or len(chunks) % chunking.CHUNK_MULTIPLE == 0
+    budget = chunking.COLUMN_CHUNK_BYTES // (per_image_rows * 49 * 4)
+    assert max(sizes) <= max(1, budget)  # never more than the cache budget, unless one image is bigger
+    assert image_chunks(n, per_image_rows, 49, 4, on_gpu=True) == [slice(0, n)]
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_map_chunks_returns_results_in_chunk_order_and_uses_the_calling_thread(monkeypatch, threads):
+    monkeypatch.setenv("MINIDIFF_NUM_THREADS", threads)
+    chunks = [slice(k, k + 1) for k in range(9)]
+    seen = []
+
+    def work(chunk):
+        seen.append(threading.current_thread() is threading.main_thread())
+        return chunk.start
+
+    assert map_chunks(work, chunks, np) == list(range(9))
+    assert seen.count(True) == (9 if threads == "1" else 9 // int(threads))  # the first share is the caller's
+
+
+def test_map_chunks_passes_a_worker_error_on():
+    def work(chunk):
+        if chunk.start == 5:
+            raise ValueError("chunk 5 failed")
+        return chunk.start
+
+    with pytest.raises(ValueError, match="chunk 5 failed"):
+        map_chunks(work, [slice(k, k + 1) for k in range(8)], np)
+
+
+def test_sum_shares_adds_in_chunk_order_without_touching_the_shares():
+    shares = [(np.full(3, float(k)), None, np.ones(2)) for k in range(4)]
+    total, nothing, ones = sum_shares(shares)
+    np.testing.assert_array_equal(total, [6.0, 6.0, 6.0])
+    assert nothing is None
+    np.testing.assert_array_equal(ones, [4.0, 4.0])
+    np.testing.assert_array_equal(shares[0][0], [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("value, expected", [("3", 3), ("1", 1)])
+def test_num_threads_reads_minidiff_num_threads_first(monkeypatch, value, expected):
+    monkeypatch.setenv("MINIDIFF_NUM_THREADS", value)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert backend.num_threads() == expected
+
+
+def test_num_threads_falls_back_to_omp_then_the_cpus(monkeypatch):
+    monkeypatch.delenv("MINIDIFF_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert backend.num_threads() == 5
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert backend.num_threads() >= 1
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_thread_count_is_named(monkeypatch, value):
+    monkeypatch.setenv("MINIDIFF_NUM_THREADS", value)
+    with pytest.raises(ValueError, match=f"MINIDIFF_NUM_THREADS='{value}'"):
+        backend.num_threads()
+
+
+def test_importing_minidiff_leaves_numpys_blas_one_thread():
+    blas = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and all(pool["num_threads"] == 1 for pool in blas)
