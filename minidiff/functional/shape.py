@@ -5,6 +5,7 @@ import numpy as np
 
 from ..autograd import Function, Tensor
 from ..backend import get_array_module
+from .chunking import map_chunks
 
 __all__ = ["reshape", "flatten", "transpose", "permute", "concat", "stack", "getitem", "pad"]
 
@@ -32,9 +33,20 @@ class Transpose(Function):
 
 class Concat(Function):
     def forward(self, *xs, axis=0):
+        xp = get_array_module(*xs)
         sizes = [x.shape[axis] for x in xs]
         self.save_for_backward(np.cumsum(sizes)[:-1].tolist(), axis)
-        return get_array_module(*xs).concatenate(xs, axis=axis)
+        if axis % xs[0].ndim == 0 or xp is not np:
+            return xp.concatenate(xs, axis=axis)
+        # joining along a later axis (the U-Net's skip channels) is a copy per image: the
+        # images are shared out over the threads like a convolution's chunks
+        shape = list(xs[0].shape)
+        shape[axis] = sum(sizes)
+        out = xp.empty(shape, dtype=np.result_type(*xs))
+        n = shape[0]
+        pieces = [slice(k * n // 4, (k + 1) * n // 4) for k in range(4)] if n >= 4 else [slice(0, n)]
+        map_chunks(lambda piece: xp.concatenate([x[piece] for x in xs], axis=axis, out=out[piece]), pieces, xp)
+        return out
 
     def backward(self, grad):
         offsets, axis = self.saved
