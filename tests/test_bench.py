@@ -48,7 +48,8 @@ def test_bench_prints_one_json_line_per_kernel_family(capsys):
 
 def test_bench_profile_names_the_ops(capsys):
     assert main(["bench", "--preset", "tiny", "--batch", "2", "--steps", "1", "--mode", "train", "--profile"]) == 0
-    profile = json.loads(capsys.readouterr().out.splitlines()[-1])
+    wall, profile = (json.loads(line) for line in capsys.readouterr().out.splitlines()[-2:])
+    assert wall["profile_step_s"] > 0 and "WinogradConv2d.backward" in wall["wall_by_op_s"]
     assert profile["profile_chunk_threads"] == 1
     assert "WinogradConv2d.backward" in profile["by_op_s"] and "cpu.winograd_input_transform" in profile["by_op_s"]
 
