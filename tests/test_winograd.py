@@ -114,13 +114,18 @@ def test_auto_picks_winograd_for_3x3_stride_1_and_a_gemm_per_image_for_1x1(monke
     from minidiff.functional.conv import Conv2d, PointwiseConv2d
     from minidiff.functional.winograd import WinogradConv2d
 
-    x = Tensor(np.zeros((1, 2, 6, 6), np.float32))
-    cases = [((2, 2, 3, 3), 1, WinogradConv2d), ((2, 2, 3, 3), 2, Conv2d), ((2, 2, 1, 1), 1, PointwiseConv2d), ((2, 2, 1, 1), 2, Conv2d)]
-    for w_shape, stride, expected in cases:
+    cases = [
+        (4, (2, 4, 3, 3), 1, WinogradConv2d), (4, (2, 4, 3, 3), 2, Conv2d), (3, (2, 3, 3, 3), 1, Conv2d),  # an image's first layer
+        (4, (2, 4, 1, 1), 1, PointwiseConv2d), (4, (2, 4, 1, 1), 2, Conv2d),
+    ]
+    for channels, w_shape, stride, expected in cases:
+        x = Tensor(np.zeros((1, channels, 6, 6), np.float32))
         y = F.conv2d(x, Tensor(np.zeros(w_shape, np.float32), requires_grad=True), stride=stride, padding=w_shape[2] // 2)
-        assert type(y._ctx) is expected
+        assert type(y._ctx) is expected, (channels, w_shape, stride)
+    x = Tensor(np.zeros((1, 4, 6, 6), np.float32))
+    assert type(F.conv2d(x, Tensor(np.zeros((2, 4, 3, 3), np.float32), requires_grad=True), padding=1, algorithm="winograd")._ctx) is WinogradConv2d
     monkeypatch.setenv("MINIDIFF_CONV", "im2col")
-    assert type(F.conv2d(x, Tensor(np.zeros((2, 2, 3, 3), np.float32), requires_grad=True), padding=1)._ctx) is Conv2d
+    assert type(F.conv2d(x, Tensor(np.zeros((2, 4, 3, 3), np.float32), requires_grad=True), padding=1)._ctx) is Conv2d
 
 
 def test_bad_algorithm_choices_are_refused_by_name(monkeypatch):
