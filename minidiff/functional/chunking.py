@@ -18,10 +18,12 @@ from .. import backend
 # Columns for this many bytes at a time: small enough that a chunk's columns (or transformed
 # tiles) stay in one core's L2 cache between the kernel that writes them and the GEMM that
 # reads them, large enough that each GEMM is still big. Measured on the mnist U-Net
-# (2 cores, 2 MiB L2 each): forward 0.37 s with 1 MiB, 0.38 s with 2 MiB, 0.42 s with 512 KiB
-# or 4 MiB, 0.49 s with 8 MiB.
+# (2 cores, 2 MiB L2 each) when chunks first ran on threads: forward 0.37 s with 1 MiB,
+# 0.38 s with 2 MiB, 0.42 s with 512 KiB or 4 MiB, 0.49 s with 8 MiB; later re-checks between
+# 256 KiB and 2 MiB found nothing better than 1 MiB.
 COLUMN_CHUNK_BYTES = 1 << 20
 
+# Chunk counts are rounded up to a multiple of this, so 2 or 4 threads get equal shares.
 CHUNK_MULTIPLE = 4
 
 _scratch: dict = {}
@@ -30,10 +32,10 @@ _scratch: dict = {}
 def scratch(name: str, shape, dtype, xp):
     """A reusable buffer of ``shape`` for column matrices, kept between calls.
 
-    Every conv needs a fresh column matrix of a few MB; allocating it each time costs a page
-    fault per 4 KB (the allocator hands large blocks back to the OS), about as much as filling
-    it. The columns never outlive the call that fills them, so one buffer per name (and per
-    worker thread) serves all.
+    Every chunk of every conv needs a column matrix (or transformed tiles) of up to
+    COLUMN_CHUNK_BYTES; reusing one buffer keeps it in cache and out of the allocator. The
+    columns never outlive the call that fills them, so one buffer per name (and per thread)
+    serves all.
     """
     size = math.prod(shape)
     key = (name, np.dtype(dtype).str, xp.__name__, threading.get_ident())
