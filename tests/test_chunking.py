@@ -1,5 +1,7 @@
 """How convolutions share out a batch: chunk boundaries, the thread count, results in chunk
 order, in-place sums of the chunks' shares, and the one-BLAS-thread setting."""
+import os
+import signal
 import threading
 
 import numpy as np
@@ -87,3 +89,16 @@ def test_a_bad_thread_count_is_named(monkeypatch, value):
 def test_importing_minidiff_leaves_numpys_blas_one_thread():
     blas = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
     assert blas and all(pool["num_threads"] == 1 for pool in blas)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_runs_its_chunks_with_a_pool_of_its_own(monkeypatch):
+    monkeypatch.setenv("MINIDIFF_NUM_THREADS", "2")
+    chunks = [slice(k, k + 1) for k in range(8)]
+    assert map_chunks(lambda c: c.start, chunks, np) == list(range(8))  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if its chunks ran (an alarm ends a hang)
+        signal.alarm(20)
+        os._exit(0 if map_chunks(lambda c: c.start, chunks, np) == list(range(8)) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -8,6 +8,7 @@ side by side on worker threads (:func:`map_chunks`), each on one core with its o
 from __future__ import annotations
 
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -114,6 +115,16 @@ def _workers(count: int) -> ThreadPoolExecutor:
             _pool.shutdown()
         _pool = ThreadPoolExecutor(count, thread_name_prefix="minidiff", initializer=_set_kernel_threads, initargs=(1,))
     return _pool
+
+
+def _forget_workers():
+    global _pool
+    _pool = None
+
+
+# a forked child has none of its parent's threads: it must start a pool of its own, not queue
+# chunks for workers that do not exist there
+os.register_at_fork(after_in_child=_forget_workers)
 
 
 def _set_kernel_threads(count: int):
