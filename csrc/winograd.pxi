@@ -1,7 +1,8 @@
 # Winograd F(2×2, 3×3) tile transforms (reference: kernels/reference.py; Lavin & Gray 2016).
-# One (image, channel) plane is one task: its thread copies the plane into a zero-bordered
-# private buffer (so no tile needs a bounds check) and transforms its tiles alone, so no two
-# threads write the same element and the result does not depend on the thread count.
+# One (image, channel) plane is one task: its thread transforms that plane's tiles alone, with
+# private buffers for the padding (a shared zero row in the input transform, a zero-bordered
+# copy of the plane in the adjoints), so no two threads write the same element and the result
+# does not depend on the thread count.
 # Transformed tiles are stored as T[4ξ + ν, channel, (image·tH + i)·tW + j]: 16 planes, each
 # contiguous along the tiles, which is what the 16 GEMMs read.
 from cython.parallel cimport parallel

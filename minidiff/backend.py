@@ -12,8 +12,9 @@ Kernel selection (``MINIDIFF_KERNELS``):
 * ``cpu`` -- the Cython kernels, or an error if they are not built.
 
 Convolution algorithm (``MINIDIFF_CONV``): ``auto`` (default) computes 3×3 stride-1
-convolutions by Winograd's F(2×2, 3×3) and the others by im2col + GEMM; ``im2col`` uses im2col
-for all of them (the textbook formulation, and the baseline the benchmark compares with).
+convolutions of 4 or more input channels by Winograd's F(2×2, 3×3), 1×1 convolutions as one GEMM
+per image and the others by im2col + GEMM; ``im2col`` uses im2col for all of them (the textbook
+formulation, and the baseline the benchmark compares with).
 
 Threads (``MINIDIFF_NUM_THREADS``, else ``OMP_NUM_THREADS``, else every CPU this process may
 use): the convolutions run their image chunks side by side on that many worker threads, each

@@ -309,6 +309,15 @@ def test_stack(axis):
     assert gradcheck(lambda *t: F.stack(t, axis=axis), *xs)
 
 
+def test_concat_along_channels_of_a_batch_shared_over_threads(monkeypatch):
+    """With 4+ images the copy is split over the threads (as the U-Net's skip joins are)."""
+    monkeypatch.setenv("MINIDIFF_NUM_THREADS", "2")
+    xs = [randn(9, c, 3, 2).astype(np.float32) for c in (2, 5)]
+    y = forward(lambda *t: F.concat(t, axis=1), *xs)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, np.concatenate(xs, axis=1))
+
+
 def test_concat_and_stack_with_mismatched_shapes():
     with pytest.raises(ValueError, match=r"concat: shapes \(2, 3\) and \(3, 4\) differ outside axis 1"):
         F.concat([Tensor(np.ones((2, 3))), Tensor(np.ones((3, 4)))], axis=1)

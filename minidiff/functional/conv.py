@@ -1,8 +1,11 @@
-"""Convolution and the fully connected layer: both are one GEMM.
+"""Convolution and the fully connected layer, as GEMMs.
 
-``conv2d`` unfolds the input with im2col so that the convolution is a matrix product
-(chainer / Caffe's formulation); im2col and col2im are named kernels, so the Cython (CPU) or
-a GPU version replaces the NumPy reference without touching this file.
+``conv2d`` picks one of three formulations: im2col, which unfolds the input so that the
+convolution is one matrix product (chainer / Caffe's formulation, :class:`Conv2d`); one GEMM
+per image for 1×1 kernels (:class:`PointwiseConv2d`); and Winograd's F(2×2, 3×3) for 3×3
+stride-1 kernels (:mod:`~minidiff.functional.winograd`). Their memory-bound steps are named
+kernels, so the Cython (CPU) or a GPU version replaces the NumPy reference without touching
+this file.
 """
 from __future__ import annotations
 

@@ -28,12 +28,11 @@ from ..autograd import Function
 from ..backend import get_array_module
 from ..flops import add_flops
 from ..kernels import kernel
-from ..kernels.reference import WINOGRAD_ALPHA, WINOGRAD_G, winograd_tiles
+from ..kernels.reference import WINOGRAD_ALPHA, WINOGRAD_G, WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, winograd_tiles
 from .chunking import image_chunks, map_chunks, scratch, sum_shares
 
 __all__ = ["winograd_filter_transform", "winograd_filter_transform_adjoint"]
 
-TILE_ENTRIES = WINOGRAD_ALPHA * WINOGRAD_ALPHA  # α²: GEMMs per convolution
 BIAS_ENTRY = WINOGRAD_ALPHA + 1  # (ξ, ν) = (1, 1): A's row 1 is all ones, so this entry of A ∂Y Aᵀ is the tile's sum
 
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from .reference import WINOGRAD_ALPHA, conv_output_size, winograd_tiles
+from .reference import WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, conv_output_size, winograd_tiles
 
 _C = backend.extension()
-TILE_ENTRIES = WINOGRAD_ALPHA * WINOGRAD_ALPHA
 
 
 def im2col(x, kh: int, kw: int, stride: int, padding: int, out=None):

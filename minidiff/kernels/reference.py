@@ -115,7 +115,8 @@ WINOGRAD_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 WINOGRAD_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 WINOGRAD_M = len(WINOGRAD_AT)  # m: output tile side
-WINOGRAD_ALPHA = len(WINOGRAD_BT)  # α = m + 2: input tile side; α² GEMMs per convolution
+WINOGRAD_ALPHA = len(WINOGRAD_BT)  # α = m + 2: input tile side
+WINOGRAD_TILE_ENTRIES = WINOGRAD_ALPHA * WINOGRAD_ALPHA  # α²: entries of a transformed tile, GEMMs per convolution
 
 
 def winograd_tiles(ho: int, wo: int) -> tuple[int, int]:
