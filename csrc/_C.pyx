@@ -2,6 +2,17 @@
 """minidiff's compiled CPU kernels, one .pxi per family; each mirrors a function of
 minidiff/kernels/reference.py and is tested against it."""
 
+cdef extern from *:
+    """
+    /* MINIDIFF_CLONES on a C helper compiles it twice, for AVX2 and for plain x86-64, and the
+       loader picks the one the CPU runs: the wheel stays generic, the loops get 8 floats wide. */
+    #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+    #define MINIDIFF_CLONES __attribute__((target_clones("avx2", "default")))
+    #else
+    #define MINIDIFF_CLONES
+    #endif
+    """
+
 include "im2col.pxi"
 include "groupnorm.pxi"
 include "winograd.pxi"

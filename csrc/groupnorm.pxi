@@ -20,12 +20,6 @@ cdef extern from *:
        inside [−80, 80]; x is clamped there. Wider bounds made the compiler fold the clamped lanes
        into constants like e^88 whose use (a / (1 + e^88)) yields subnormal floats, and every
        subnormal costs a microcode assist: 15x slower. For σ the clamp moves values below 2e-35 only. */
-    #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-    #define MINIDIFF_CLONES __attribute__((target_clones("avx2", "default")))
-    #else
-    #define MINIDIFF_CLONES
-    #endif
-
     static inline float minidiff_expf(float x) {
         const float round_magic = 12582912.0f;
         x = x > -80.0f ? x : -80.0f;

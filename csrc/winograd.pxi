@@ -1,182 +1,263 @@
 # Winograd F(2×2, 3×3) tile transforms (reference: kernels/reference.py; Lavin & Gray 2016).
-# One (image, channel) plane is one task: its thread transforms that plane's tiles alone, with
-# private buffers for the padding (a shared zero row in the input transform, a zero-bordered
-# copy of the plane in the adjoints), so no two threads write the same element and the result
-# does not depend on the thread count.
-# Transformed tiles are stored as T[4ξ + ν, channel, (image·tH + i)·tW + j]: 16 planes, each
-# contiguous along the tiles, which is what the 16 GEMMs read.
+#
+# Layout. Transformed tiles are stored as T[4ξ + ν, channel, (i·N + n)·(tW + 1) + j]: 16 planes,
+# each channel's tiles contiguous, and within them row i of tiles of the N images side by side,
+# each image's row ending in one spare tile (j = tW). So a channel's tiles are one long vector,
+# and each transform below is a few loops over all of a channel's tiles at once. Loops over one
+# row of tiles at a time ran tW iterations (4 at 7×7), and their overhead cost more than their
+# arithmetic. The forward transforms run across the spare tiles and leave junk there, which
+# the output transform never reads; the output adjoint writes zeros there, so the GEMM carries
+# zeros into ∂V's spare tiles, and the input adjoint relies on that.
+#
+# Phase planes. A zero-padded plane P is split by the parity of its rows and columns into four
+# (tH + 1) × (tW + 1) planes P[r % 2][q % 2][r // 2, q // 2], the images again side by side.
+# Tile (i, j) covers rows 2i … 2i+3 of P: even row i, odd row i, even row i + 1, odd row i + 1
+# of the phase planes, and likewise its columns. So along either axis a tile's four inputs are
+# e[k], o[k], e[k + s], o[k + s], with s one row (N·(tW + 1)) or one column (1) of the flat
+# planes: Bᵀ down the rows is one pass over the phase planes, B along the columns one more.
+#
+# One channel is one task; its thread has private buffers, so no two threads write the same
+# element and the result does not depend on the thread count.
 from cython.parallel cimport parallel
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+
+    /* One axis of Bᵀ d B: t = Bᵀ (d0, d1, d2, d3) with d = (e[k], o[k], e[k + s], o[k + s]),
+       every k < len. `restrict` lets the compiler vectorise a loop with four output streams. */
+    #define MINIDIFF_BT_PASS(T, NAME)                                                            \\
+    MINIDIFF_CLONES static void NAME(const T *restrict e, const T *restrict o, ptrdiff_t s,        \\
+                                     ptrdiff_t len, T *restrict t0, T *restrict t1,                \\
+                                     T *restrict t2, T *restrict t3) {                             \\
+        for (ptrdiff_t k = 0; k < len; k++) {                                                    \\
+            const T d0 = e[k], d1 = o[k], d2 = e[k + s], d3 = o[k + s];                          \\
+            t0[k] = d0 - d2; t1[k] = d1 + d2; t2[k] = d2 - d1; t3[k] = d1 - d3;                  \\
+        }                                                                                        \\
+    }
+
+    /* The transpose of the Bᵀ pass: entry k of e (of o) is d0 (d1) of tile k and d2 (d3) of
+       tile k − s, so it sums B g of both; e and o get len + s entries. */
+    #define MINIDIFF_B_PASS(T, NAME)                                                             \\
+    MINIDIFF_CLONES static void NAME(const T *restrict g0, const T *restrict g1,                   \\
+                                     const T *restrict g2, const T *restrict g3, ptrdiff_t s,      \\
+                                     ptrdiff_t len, T *restrict e, T *restrict o) {                \\
+        for (ptrdiff_t k = 0; k < len; k++) { e[k] = g0[k]; o[k] = g1[k] - g2[k] + g3[k]; }      \\
+        for (ptrdiff_t k = len; k < len + s; k++) { e[k] = 0; o[k] = 0; }                        \\
+        for (ptrdiff_t k = 0; k < len; k++) { e[k + s] += g1[k] + g2[k] - g0[k]; o[k + s] -= g3[k]; } \\
+    }
+
+    /* One axis of Aᵀ M A: (s0, s1) = Aᵀ (m0, m1, m2, m3), every k < len. */
+    #define MINIDIFF_AT_PASS(T, NAME)                                                            \\
+    MINIDIFF_CLONES static void NAME(const T *restrict m0, const T *restrict m1,                   \\
+                                     const T *restrict m2, const T *restrict m3, ptrdiff_t len,    \\
+                                     T *restrict s0, T *restrict s1) {                             \\
+        for (ptrdiff_t k = 0; k < len; k++) {                                                    \\
+            s0[k] = m0[k] + m1[k] + m2[k]; s1[k] = m1[k] - m2[k] - m3[k];                        \\
+        }                                                                                        \\
+    }
+
+    /* The transpose of the Aᵀ pass: (h0, h1, h2, h3) = A (g0, g1), every k < len. */
+    #define MINIDIFF_A_PASS(T, NAME)                                                             \\
+    MINIDIFF_CLONES static void NAME(const T *restrict g0, const T *restrict g1, ptrdiff_t len,    \\
+                                     T *restrict h0, T *restrict h1, T *restrict h2,               \\
+                                     T *restrict h3) {                                             \\
+        for (ptrdiff_t k = 0; k < len; k++) {                                                    \\
+            h0[k] = g0[k]; h1[k] = g0[k] + g1[k]; h2[k] = g0[k] - g1[k]; h3[k] = -g1[k];         \\
+        }                                                                                        \\
+    }
+
+    /* One output row: y[2j + b] = (Aᵀ (s0, s1, s2, s3))[b] at tile j, + shift (+ residual),
+       for the `width` columns kept: the Aᵀ pass along the columns, written out interleaved. */
+    #define MINIDIFF_AT_ROW(T, NAME)                                                             \\
+    MINIDIFF_CLONES static void NAME(const T *restrict s0, const T *restrict s1,                   \\
+                                     const T *restrict s2, const T *restrict s3, T shift,          \\
+                                     const T *restrict residual, ptrdiff_t width, T *restrict y) { \\
+        const ptrdiff_t pairs = width / 2;                                                       \\
+        for (ptrdiff_t j = 0; j < pairs; j++) {                                                  \\
+            y[2 * j] = s0[j] + s1[j] + s2[j] + shift;                                            \\
+            y[2 * j + 1] = s1[j] - s2[j] - s3[j] + shift;                                        \\
+        }                                                                                        \\
+        if (width % 2) y[width - 1] = s0[pairs] + s1[pairs] + s2[pairs] + shift;                 \\
+        if (residual)                                                                            \\
+            for (ptrdiff_t k = 0; k < width; k++) y[k] += residual[k];                           \\
+    }
+
+    /* even[j] = src[2j], odd[j] = src[2j + 1]: a row split by the parity of its columns. */
+    #define MINIDIFF_DEINTERLEAVE(T, NAME)                                                       \\
+    MINIDIFF_CLONES static void NAME(const T *restrict src, ptrdiff_t width, T *restrict even,     \\
+                                     T *restrict odd) {                                            \\
+        for (ptrdiff_t j = 0; j < width / 2; j++) { even[j] = src[2 * j]; odd[j] = src[2 * j + 1]; } \\
+        if (width % 2) even[width / 2] = src[width - 1];                                         \\
+    }
+
+    /* dst[2j] = even[j], dst[2j + 1] = odd[j]: the inverse. */
+    #define MINIDIFF_INTERLEAVE(T, NAME)                                                         \\
+    MINIDIFF_CLONES static void NAME(const T *restrict even, const T *restrict odd,                \\
+                                     ptrdiff_t width, T *restrict dst) {                           \\
+        for (ptrdiff_t j = 0; j < width / 2; j++) { dst[2 * j] = even[j]; dst[2 * j + 1] = odd[j]; } \\
+        if (width % 2) dst[width - 1] = even[width / 2];                                         \\
+    }
+
+    MINIDIFF_BT_PASS(float, winograd_bt_pass_f)
+    MINIDIFF_BT_PASS(double, winograd_bt_pass_d)
+    MINIDIFF_B_PASS(float, winograd_b_pass_f)
+    MINIDIFF_B_PASS(double, winograd_b_pass_d)
+    MINIDIFF_AT_PASS(float, winograd_at_pass_f)
+    MINIDIFF_AT_PASS(double, winograd_at_pass_d)
+    MINIDIFF_A_PASS(float, winograd_a_pass_f)
+    MINIDIFF_A_PASS(double, winograd_a_pass_d)
+    MINIDIFF_AT_ROW(float, winograd_at_row_f)
+    MINIDIFF_AT_ROW(double, winograd_at_row_d)
+    MINIDIFF_DEINTERLEAVE(float, deinterleave_f)
+    MINIDIFF_DEINTERLEAVE(double, deinterleave_d)
+    MINIDIFF_INTERLEAVE(float, interleave_f)
+    MINIDIFF_INTERLEAVE(double, interleave_d)
+    """
+    void winograd_bt_pass_f(const float* e, const float* o, Py_ssize_t s, Py_ssize_t length,
+                            float* t0, float* t1, float* t2, float* t3) noexcept nogil
+    void winograd_bt_pass_d(const double* e, const double* o, Py_ssize_t s, Py_ssize_t length,
+                            double* t0, double* t1, double* t2, double* t3) noexcept nogil
+    void winograd_b_pass_f(const float* g0, const float* g1, const float* g2, const float* g3,
+                           Py_ssize_t s, Py_ssize_t length, float* e, float* o) noexcept nogil
+    void winograd_b_pass_d(const double* g0, const double* g1, const double* g2, const double* g3,
+                           Py_ssize_t s, Py_ssize_t length, double* e, double* o) noexcept nogil
+    void winograd_at_pass_f(const float* m0, const float* m1, const float* m2, const float* m3,
+                            Py_ssize_t length, float* s0, float* s1) noexcept nogil
+    void winograd_at_pass_d(const double* m0, const double* m1, const double* m2, const double* m3,
+                            Py_ssize_t length, double* s0, double* s1) noexcept nogil
+    void winograd_a_pass_f(const float* g0, const float* g1, Py_ssize_t length,
+                           float* h0, float* h1, float* h2, float* h3) noexcept nogil
+    void winograd_a_pass_d(const double* g0, const double* g1, Py_ssize_t length,
+                           double* h0, double* h1, double* h2, double* h3) noexcept nogil
+    void winograd_at_row_f(const float* s0, const float* s1, const float* s2, const float* s3, float shift,
+                           const float* residual, Py_ssize_t width, float* y) noexcept nogil
+    void winograd_at_row_d(const double* s0, const double* s1, const double* s2, const double* s3, double shift,
+                           const double* residual, Py_ssize_t width, double* y) noexcept nogil
+    void deinterleave_f(const float* src, Py_ssize_t width, float* even, float* odd) noexcept nogil
+    void deinterleave_d(const double* src, Py_ssize_t width, double* even, double* odd) noexcept nogil
+    void interleave_f(const float* even, const float* odd, Py_ssize_t width, float* dst) noexcept nogil
+    void interleave_d(const double* even, const double* odd, Py_ssize_t width, double* dst) noexcept nogil
 
 
-# Every transform works on one row of tiles at a time, in two passes: along the rows, all
-# columns at once, then along the columns, all tiles at once. Each inner loop writes one
-# output stream from contiguous (or stride-2) inputs, so the compiler can prove it safe to
-# vectorise (with more streams per loop it gives up on the aliasing checks); tile by tile, 16
-# scattered stores per tile made the transform slower than the GEMMs it feeds.
-
-cdef inline void _bt_rows(const real* d0, const real* d1, const real* d2, const real* d3,
-                          real* t, Py_ssize_t row, Py_ssize_t count) noexcept nogil:
-    """t[ξ·row + k] = (Bᵀ d)[ξ, k] for k < count: Bᵀ applied down the 4 rows d0…d3, every column k."""
-    cdef Py_ssize_t k
-    for k in range(count):
-        t[k] = d0[k] - d2[k]
-    for k in range(count):
-        t[row + k] = d1[k] + d2[k]
-    for k in range(count):
-        t[2 * row + k] = d2[k] - d1[k]
-    for k in range(count):
-        t[3 * row + k] = d1[k] - d3[k]
+cdef inline void _bt_pass(const real* e, const real* o, Py_ssize_t s, Py_ssize_t length,
+                          real* t0, real* t1, real* t2, real* t3) noexcept nogil:
+    if real is float:
+        winograd_bt_pass_f(e, o, s, length, t0, t1, t2, t3)
+    else:
+        winograd_bt_pass_d(e, o, s, length, t0, t1, t2, t3)
 
 
-cdef inline const real* _row_or_zeros(const real* plane, Py_ssize_t r, Py_ssize_t h, Py_ssize_t w, const real* zeros) noexcept nogil:
-    """Row r of an h×w plane, or a row of zeros when r is in the padding."""
-    return plane + r * w if 0 <= r < h else zeros
+cdef inline void _b_pass(const real* g0, const real* g1, const real* g2, const real* g3,
+                         Py_ssize_t s, Py_ssize_t length, real* e, real* o) noexcept nogil:
+    if real is float:
+        winograd_b_pass_f(g0, g1, g2, g3, s, length, e, o)
+    else:
+        winograd_b_pass_d(g0, g1, g2, g3, s, length, e, o)
 
 
-cdef inline void _bt_columns(const real* t, Py_ssize_t tiles, real* v, Py_ssize_t plane_stride) noexcept nogil:
-    """v[ν·plane_stride + j] = (t B)[ν] for columns 2j…2j+3 of the row t, every tile j."""
-    cdef Py_ssize_t j
-    for j in range(tiles):
-        v[j] = t[2 * j] - t[2 * j + 2]
-    for j in range(tiles):
-        v[plane_stride + j] = t[2 * j + 1] + t[2 * j + 2]
-    for j in range(tiles):
-        v[2 * plane_stride + j] = t[2 * j + 2] - t[2 * j + 1]
-    for j in range(tiles):
-        v[3 * plane_stride + j] = t[2 * j + 1] - t[2 * j + 3]
+cdef inline void _at_pass(const real* m0, const real* m1, const real* m2, const real* m3,
+                          Py_ssize_t length, real* s0, real* s1) noexcept nogil:
+    if real is float:
+        winograd_at_pass_f(m0, m1, m2, m3, length, s0, s1)
+    else:
+        winograd_at_pass_d(m0, m1, m2, m3, length, s0, s1)
 
 
-cdef inline void _b_columns(const real* dv, Py_ssize_t plane_stride, Py_ssize_t tiles, real* e) noexcept nogil:
-    """e[k] = Σ over the tiles j covering column k (k = 2j + b) of (∂v Bᵀ)[b]: the transpose of
-    :func:`_bt_columns`. Tiles j − 1 and j share columns 2j and 2j + 1, so those sum two terms."""
-    cdef Py_ssize_t j
-    cdef const real* v0 = dv
-    cdef const real* v1 = dv + plane_stride
-    cdef const real* v2 = dv + 2 * plane_stride
-    cdef const real* v3 = dv + 3 * plane_stride
-    e[0] = v0[0]
-    e[1] = v1[0] - v2[0] + v3[0]
-    for j in range(1, tiles):  # (∂v Bᵀ)[0] of tile j + (∂v Bᵀ)[2] of tile j − 1
-        e[2 * j] = v0[j] + v1[j - 1] + v2[j - 1] - v0[j - 1]
-    for j in range(1, tiles):  # (∂v Bᵀ)[1] of tile j + (∂v Bᵀ)[3] of tile j − 1
-        e[2 * j + 1] = v1[j] - v2[j] + v3[j] - v3[j - 1]
-    e[2 * tiles] = v1[tiles - 1] + v2[tiles - 1] - v0[tiles - 1]
-    e[2 * tiles + 1] = -v3[tiles - 1]
+cdef inline void _a_pass(const real* g0, const real* g1, Py_ssize_t length,
+                         real* h0, real* h1, real* h2, real* h3) noexcept nogil:
+    if real is float:
+        winograd_a_pass_f(g0, g1, length, h0, h1, h2, h3)
+    else:
+        winograd_a_pass_d(g0, g1, length, h0, h1, h2, h3)
 
 
-cdef inline void _b_rows_add(const real* e, Py_ssize_t length, real* dd, Py_ssize_t row) noexcept nogil:
-    """dd[a·row + k] += (B e)[a, k]: the transpose of :func:`_bt_rows`, added onto the 4 rows of dd."""
-    cdef Py_ssize_t k
-    for k in range(length):
-        dd[k] += e[k]
-    for k in range(length):
-        dd[row + k] += e[length + k] - e[2 * length + k] + e[3 * length + k]
-    for k in range(length):
-        dd[2 * row + k] += e[length + k] + e[2 * length + k] - e[k]
-    for k in range(length):
-        dd[3 * row + k] -= e[3 * length + k]
+cdef inline void _at_row(const real* s, Py_ssize_t stride, real shift, const real* residual,
+                         Py_ssize_t width, real* y) noexcept nogil:
+    """One output row from the four rows s, s + stride, s + 2·stride, s + 3·stride of Aᵀ M."""
+    if real is float:
+        winograd_at_row_f(s, s + stride, s + 2 * stride, s + 3 * stride, shift, residual, width, y)
+    else:
+        winograd_at_row_d(s, s + stride, s + 2 * stride, s + 3 * stride, shift, residual, width, y)
 
 
-cdef inline void _at_rows(const real* m, Py_ssize_t plane_stride, Py_ssize_t tiles, real* s) noexcept nogil:
-    """s[(4a + ν)·tiles + j] = (Aᵀ m)[a, ν] for every tile j of a row of tiles (m[4ξ + ν] at (4ξ + ν)·plane_stride)."""
-    cdef Py_ssize_t nu, j
-    cdef const real* m0
-    for nu in range(4):
-        m0 = m + nu * plane_stride
-        for j in range(tiles):
-            s[nu * tiles + j] = m0[j] + m0[4 * plane_stride + j] + m0[8 * plane_stride + j]
-        for j in range(tiles):
-            s[(4 + nu) * tiles + j] = m0[4 * plane_stride + j] - m0[8 * plane_stride + j] - m0[12 * plane_stride + j]
+cdef inline void _deinterleave(const real* src, Py_ssize_t width, real* even, real* odd) noexcept nogil:
+    if real is float:
+        deinterleave_f(src, width, even, odd)
+    else:
+        deinterleave_d(src, width, even, odd)
 
 
-cdef inline void _a_columns(const real* s, Py_ssize_t tiles, real* y, real bias) noexcept nogil:
-    """y[2j + b] = (s A)[b] + bias for every tile j, from the row s[ν·tiles + j] of Aᵀ m."""
-    cdef Py_ssize_t j
-    for j in range(tiles):
-        y[2 * j] = s[j] + s[tiles + j] + s[2 * tiles + j] + bias
-    for j in range(tiles):
-        y[2 * j + 1] = s[tiles + j] - s[2 * tiles + j] - s[3 * tiles + j] + bias
+cdef inline void _interleave(const real* even, const real* odd, Py_ssize_t width, real* dst) noexcept nogil:
+    if real is float:
+        interleave_f(even, odd, width, dst)
+    else:
+        interleave_d(even, odd, width, dst)
 
 
-cdef inline void _a_rows(const real* g, Py_ssize_t row, real* h, Py_ssize_t length) noexcept nogil:
-    """h[ξ·length + k] = (A g)[ξ, k]: the transpose of Aᵀ, down the 2 rows of g, every column k."""
-    cdef Py_ssize_t k
-    for k in range(length):
-        h[k] = g[k]
-    for k in range(length):
-        h[length + k] = g[k] + g[row + k]
-    for k in range(length):
-        h[2 * length + k] = g[k] - g[row + k]
-    for k in range(length):
-        h[3 * length + k] = -g[row + k]
-
-
-cdef inline void _at_columns(const real* h, Py_ssize_t tiles, real* dm, Py_ssize_t plane_stride) noexcept nogil:
-    """dm[ν·plane_stride + j] = (h Aᵀ)[ν] for columns 2j, 2j+1 of the row h, every tile j."""
-    cdef Py_ssize_t j
-    for j in range(tiles):
-        dm[j] = h[2 * j]
-    for j in range(tiles):
-        dm[plane_stride + j] = h[2 * j] + h[2 * j + 1]
-    for j in range(tiles):
-        dm[2 * plane_stride + j] = h[2 * j] - h[2 * j + 1]
-    for j in range(tiles):
-        dm[3 * plane_stride + j] = -h[2 * j + 1]
-
-
-cdef inline void _copy_plane(const real* src, Py_ssize_t src_row, real* dst, Py_ssize_t dst_row,
-                             Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
-    cdef Py_ssize_t r
-    for r in range(rows):
-        memcpy(dst + r * dst_row, src + r * src_row, cols * sizeof(real))
+cdef inline Py_ssize_t _phase_offset(Py_ssize_t r, Py_ssize_t q, Py_ssize_t phase, Py_ssize_t row) noexcept nogil:
+    """Where entry (r, q) of a padded plane lands: phase plane (r % 2, q % 2), row r // 2, column q // 2."""
+    return (2 * (r % 2) + q % 2) * phase + (r // 2) * row + q // 2
 
 
 def winograd_input_transform(const real[:, :, :, ::1] x, int padding, int th, int tw, real[:, :, ::1] v):
-    """v[4ξ + ν, c, (n·tH + i)·tW + j] = (Bᵀ d B)[ξ, ν], d = rows 2i…2i+3, columns 2j…2j+3 of x[n, c] zero-padded."""
+    """v[4ξ + ν, c, (i·N + n)·(tW + 1) + j] = (Bᵀ d B)[ξ, ν], d = rows 2i…2i+3, columns 2j…2j+3
+    of x[n, c] zero-padded; the spare tiles (j = tW) get junk."""
     cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1], h = x.shape[2], w = x.shape[3]
-    cdef Py_ssize_t pw = 2 * tw + 2, plane_stride = v.shape[1] * v.shape[2]
-    cdef Py_ssize_t plane, n, c, i, xi, top
-    cdef const real* x_plane
-    # each thread mallocs its own: 4 rows of Bᵀ d (their padding columns stay zero), then a row of zeros
-    # that stands in for the padding rows, so the plane is read in place, not copied into a padded one
-    cdef real* rows = NULL
+    cdef Py_ssize_t row = n_images * (tw + 1), tiles = th * row, plane_stride = v.shape[1] * v.shape[2]
+    # a phase plane has tH + 1 rows and one entry more, read by the Bᵀ pass for the spare at the very end
+    cdef Py_ssize_t phase = (th + 1) * row + 1
+    cdef Py_ssize_t c, n, r, xi, b
+    cdef real* planes = NULL  # each thread mallocs its own: the 4 phase planes, then Bᵀ d for (ξ, column parity)
+    cdef real* vc
     with nogil, parallel():
-        rows = <real*> malloc((4 * pw + w) * sizeof(real))
-        memset(rows, 0, (4 * pw + w) * sizeof(real))
-        for plane in prange(n_images * channels, schedule="static"):
-            n = plane // channels
-            c = plane % channels
-            x_plane = &x[n, c, 0, 0]
-            for i in range(th):
-                top = 2 * i - padding
-                _bt_rows(_row_or_zeros(x_plane, top, h, w, rows + 4 * pw), _row_or_zeros(x_plane, top + 1, h, w, rows + 4 * pw),
-                         _row_or_zeros(x_plane, top + 2, h, w, rows + 4 * pw), _row_or_zeros(x_plane, top + 3, h, w, rows + 4 * pw),
-                         rows + padding, pw, w)  # Bᵀ d, down the 4 rows
-                for xi in range(4):
-                    _bt_columns(rows + xi * pw, tw, &v[4 * xi, c, (n * th + i) * tw], plane_stride)
-        free(rows)
+        planes = <real*> malloc((4 * phase + 8 * (tiles + 1)) * sizeof(real))
+        for c in prange(channels, schedule="static"):
+            memset(planes, 0, 4 * phase * sizeof(real))  # the padding
+            for n in range(n_images):
+                for r in range(h):  # x[n, c, r, col] is P[r + padding, col + padding]
+                    _deinterleave(&x[n, c, r, 0], w,
+                                  planes + _phase_offset(r + padding, padding, phase, row) + n * (tw + 1),
+                                  planes + _phase_offset(r + padding, padding + 1, phase, row) + n * (tw + 1))
+            for b in range(2):  # Bᵀ down the rows, s = one row of tiles, for each column parity b
+                _bt_pass(planes + b * phase, planes + (2 + b) * phase, row, tiles + 1,
+                         planes + 4 * phase + b * (tiles + 1), planes + 4 * phase + (2 + b) * (tiles + 1),
+                         planes + 4 * phase + (4 + b) * (tiles + 1), planes + 4 * phase + (6 + b) * (tiles + 1))
+            for xi in range(4):  # then B along the columns, s = 1: row ξ of Bᵀ d B
+                vc = &v[4 * xi, c, 0]
+                _bt_pass(planes + 4 * phase + 2 * xi * (tiles + 1), planes + 4 * phase + (2 * xi + 1) * (tiles + 1), 1, tiles,
+                         vc, vc + plane_stride, vc + 2 * plane_stride, vc + 3 * plane_stride)
+        free(planes)
 
 
 def winograd_input_transform_adjoint(const real[:, :, ::1] grad_v, int padding, int th, int tw, real[:, :, :, ::1] grad_x):
-    """grad_x[n, c] = the sum over tiles of B ∂V Bᵀ placed at (2i, 2j), with the padding cut off."""
+    """grad_x[n, c] = the sum over tiles of B ∂V Bᵀ placed at (2i, 2j), with the padding cut off.
+    The spare tiles of ∂V must hold zeros: they do when ∂V = Uᵀ·∂M with ∂M from the output adjoint."""
     cdef Py_ssize_t n_images = grad_x.shape[0], channels = grad_x.shape[1], h = grad_x.shape[2], w = grad_x.shape[3]
-    cdef Py_ssize_t ph = 2 * th + 2, pw = 2 * tw + 2, plane_stride = grad_v.shape[1] * grad_v.shape[2]
-    cdef Py_ssize_t plane, n, c, i, xi
-    cdef real* padded = NULL  # each thread mallocs its own: the zero-bordered plane, then 4 rows of ∂V Bᵀ
+    cdef Py_ssize_t row = n_images * (tw + 1), tiles = th * row, plane_stride = grad_v.shape[1] * grad_v.shape[2]
+    cdef Py_ssize_t phase = (th + 1) * row + 1
+    cdef Py_ssize_t c, n, r, xi, b
+    cdef real* planes = NULL  # each thread mallocs its own: ∂ of the 4 phase planes, then ∂(Bᵀ d)
+    cdef const real* gv
     with nogil, parallel():
-        padded = <real*> malloc((ph + 4) * pw * sizeof(real))
-        for plane in prange(n_images * channels, schedule="static"):
-            n = plane // channels
-            c = plane % channels
-            memset(padded, 0, ph * pw * sizeof(real))
-            for i in range(th):
-                for xi in range(4):
-                    _b_columns(&grad_v[4 * xi, c, (n * th + i) * tw], plane_stride, tw, padded + (ph + xi) * pw)
-                _b_rows_add(padded + ph * pw, pw, padded + 2 * i * pw, pw)
-            _copy_plane(padded + padding * pw + padding, pw, &grad_x[n, c, 0, 0], w, h, w)
-        free(padded)
+        planes = <real*> malloc((4 * phase + 8 * (tiles + 1)) * sizeof(real))
+        for c in prange(channels, schedule="static"):
+            for xi in range(4):  # the transposes in reverse order: the columns' pass first
+                gv = &grad_v[4 * xi, c, 0]
+                _b_pass(gv, gv + plane_stride, gv + 2 * plane_stride, gv + 3 * plane_stride, 1, tiles,
+                        planes + 4 * phase + 2 * xi * (tiles + 1), planes + 4 * phase + (2 * xi + 1) * (tiles + 1))
+            for b in range(2):
+                _b_pass(planes + 4 * phase + b * (tiles + 1), planes + 4 * phase + (2 + b) * (tiles + 1),
+                        planes + 4 * phase + (4 + b) * (tiles + 1), planes + 4 * phase + (6 + b) * (tiles + 1), row, tiles + 1,
+                        planes + b * phase, planes + (2 + b) * phase)
+            for n in range(n_images):
+                for r in range(h):  # the padding's entries are dropped
+                    _interleave(planes + _phase_offset(r + padding, padding, phase, row) + n * (tw + 1),
+                                planes + _phase_offset(r + padding, padding + 1, phase, row) + n * (tw + 1),
+                                w, &grad_x[n, c, r, 0])
+        free(planes)
 
 
 def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, const real[:, :, :, ::1] residual,
@@ -184,55 +265,53 @@ def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, con
     """y[n, o] = the tiles Aᵀ M A + bias[o] side by side, cropped to (Hₒ, Wₒ), + residual[n, o].
     ``bias`` and ``residual`` may be empty (zero); a (N, C_out, 1, 1) residual is one shift per plane."""
     cdef Py_ssize_t n_images = y.shape[0], channels = y.shape[1], ho = y.shape[2], wo = y.shape[3]
-    cdef Py_ssize_t th = (ho + 1) // 2, tw = (wo + 1) // 2, plane_stride = m.shape[1] * m.shape[2]
-    cdef Py_ssize_t plane, n, o, i, a, r, k
-    cdef real b
-    cdef bint shift = residual.shape[0] > 0 and residual.shape[2] == 1 and residual.shape[3] == 1 and ho * wo > 1
-    cdef bint full = residual.shape[0] > 0 and not shift
-    cdef real* rows = NULL  # each thread mallocs its own: 8 rows of Aᵀ M, then one output row for an odd Wₒ
-    cdef real* dst
-    cdef const real* res
+    cdef Py_ssize_t tw = (wo + 1) // 2, row = n_images * (tw + 1), tiles = ((ho + 1) // 2) * row
+    cdef Py_ssize_t plane_stride = m.shape[1] * m.shape[2]
+    cdef Py_ssize_t o, n, r, nu
+    cdef real shift
+    cdef bint per_plane = residual.shape[0] > 0 and residual.shape[2] == 1 and residual.shape[3] == 1 and ho * wo > 1
+    cdef bint full = residual.shape[0] > 0 and not per_plane
+    cdef real* at_m = NULL  # each thread mallocs its own: Aᵀ M for (output row parity a, ν)
+    cdef const real* mo
     with nogil, parallel():
-        rows = <real*> malloc(10 * tw * sizeof(real))
-        for plane in prange(n_images * channels, schedule="static"):
-            n = plane // channels
-            o = plane % channels
-            b = bias[o] if bias.shape[0] > 0 else 0
-            if shift:
-                b = b + residual[n, o, 0, 0]
-            for i in range(th):
-                _at_rows(&m[0, o, (n * th + i) * tw], plane_stride, tw, rows)
-                for a in range(2):
-                    r = 2 * i + a
-                    if r < ho:  # the last tile row of an odd Hₒ has one row to keep
-                        dst = &y[n, o, r, 0]
-                        if wo == 2 * tw:  # written in place; an odd Wₒ goes through a spare row, cropped
-                            _a_columns(rows + 4 * a * tw, tw, dst, b)
-                        else:
-                            _a_columns(rows + 4 * a * tw, tw, rows + 8 * tw, b)
-                            memcpy(dst, rows + 8 * tw, wo * sizeof(real))
-                        if full:  # the residual connection added on the way out, not in a pass of its own
-                            res = &residual[n, o, r, 0]
-                            for k in range(wo):
-                                dst[k] = dst[k] + res[k]
-        free(rows)
+        at_m = <real*> malloc(8 * tiles * sizeof(real))
+        for o in prange(channels, schedule="static"):
+            for nu in range(4):  # Aᵀ down the rows
+                mo = &m[nu, o, 0]
+                _at_pass(mo, mo + 4 * plane_stride, mo + 8 * plane_stride, mo + 12 * plane_stride, tiles,
+                         at_m + nu * tiles, at_m + (4 + nu) * tiles)
+            for n in range(n_images):
+                shift = bias[o] if bias.shape[0] > 0 else 0
+                if per_plane:
+                    shift = shift + residual[n, o, 0, 0]
+                for r in range(ho):  # then A along the columns, one output row at a time
+                    _at_row(at_m + 4 * (r % 2) * tiles + (r // 2) * row + n * (tw + 1), tiles, shift,
+                            &residual[n, o, r, 0] if full else NULL, wo, &y[n, o, r, 0])
+        free(at_m)
 
 
 def winograd_output_transform_adjoint(const real[:, :, :, ::1] grad_y, real[:, :, ::1] grad_m):
-    """grad_m[4ξ + ν, o, (n·tH + i)·tW + j] = (A ∂Y Aᵀ)[ξ, ν] for the 2×2 tile of grad_y[n, o] at (2i, 2j), zero-padded."""
+    """grad_m[4ξ + ν, o, (i·N + n)·(tW + 1) + j] = (A ∂Y Aᵀ)[ξ, ν] for the 2×2 tile of grad_y[n, o]
+    at (2i, 2j), zero-padded; the spare tiles get zeros."""
     cdef Py_ssize_t n_images = grad_y.shape[0], channels = grad_y.shape[1], ho = grad_y.shape[2], wo = grad_y.shape[3]
-    cdef Py_ssize_t th = (ho + 1) // 2, tw = (wo + 1) // 2, pw = 2 * tw, plane_stride = grad_m.shape[1] * grad_m.shape[2]
-    cdef Py_ssize_t plane, n, o, i, xi
-    cdef real* tiled = NULL  # each thread mallocs its own: the zero-padded ∂Y plane, then 4 rows of A ∂Y
+    cdef Py_ssize_t tw = (wo + 1) // 2, row = n_images * (tw + 1), tiles = ((ho + 1) // 2) * row
+    cdef Py_ssize_t plane_stride = grad_m.shape[1] * grad_m.shape[2]
+    cdef Py_ssize_t o, n, r, xi, b
+    cdef real* planes = NULL  # each thread mallocs its own: ∂Y split by row and column parity, then A ∂Y
+    cdef real* gm
     with nogil, parallel():
-        tiled = <real*> malloc((2 * th + 4) * pw * sizeof(real))
-        for plane in prange(n_images * channels, schedule="static"):
-            n = plane // channels
-            o = plane % channels
-            memset(tiled, 0, 2 * th * pw * sizeof(real))
-            _copy_plane(&grad_y[n, o, 0, 0], wo, tiled, pw, ho, wo)
-            for i in range(th):
-                _a_rows(tiled + 2 * i * pw, pw, tiled + 2 * th * pw, pw)
-                for xi in range(4):
-                    _at_columns(tiled + (2 * th + xi) * pw, tw, &grad_m[4 * xi, o, (n * th + i) * tw], plane_stride)
-        free(tiled)
+        planes = <real*> malloc(12 * tiles * sizeof(real))
+        for o in prange(channels, schedule="static"):
+            memset(planes, 0, 4 * tiles * sizeof(real))  # cropped positions and spare tiles
+            for n in range(n_images):
+                for r in range(ho):
+                    _deinterleave(&grad_y[n, o, r, 0], wo, planes + 2 * (r % 2) * tiles + (r // 2) * row + n * (tw + 1),
+                                  planes + (2 * (r % 2) + 1) * tiles + (r // 2) * row + n * (tw + 1))
+            for b in range(2):  # A down the rows, for each column parity b
+                _a_pass(planes + b * tiles, planes + (2 + b) * tiles, tiles,
+                        planes + (4 + b) * tiles, planes + (6 + b) * tiles, planes + (8 + b) * tiles, planes + (10 + b) * tiles)
+            for xi in range(4):  # then along the columns: row ξ of A ∂Y Aᵀ
+                gm = &grad_m[4 * xi, o, 0]
+                _a_pass(planes + (4 + 2 * xi) * tiles, planes + (5 + 2 * xi) * tiles, tiles,
+                        gm, gm + plane_stride, gm + 2 * plane_stride, gm + 3 * plane_stride)
+        free(planes)

@@ -11,7 +11,7 @@ from minidiff import Tensor, backend
 from minidiff.functional.winograd import TILE_ENTRIES, winograd_filter_transform, winograd_filter_transform_adjoint
 from minidiff.gradcheck import gradcheck
 from minidiff.kernels import cpu, reference
-from minidiff.kernels.reference import winograd_tiles
+from minidiff.kernels.reference import winograd_pack_tiles, winograd_tile_count, winograd_tiles, winograd_unpack_tiles
 
 IMPLEMENTATIONS = [reference] + ([cpu] if backend.extension() is not None else [])
 needs_ext = pytest.mark.skipif(backend.extension() is None, reason="minidiff._C (the Cython kernels) is not built")
@@ -33,6 +33,17 @@ def output_shape(x, padding, c_out):
     return n, c_out, h + 2 * padding - 2, w + 2 * padding - 2
 
 
+def tiles_without_spares(v, n, shape):
+    """(α², C, tH·N·(tW + 1)) → (α², C, N, tH, tW): the real tiles of an output of shape (…, Hₒ, Wₒ)."""
+    return winograd_unpack_tiles(v, n, *winograd_tiles(*shape[2:]))
+
+
+def random_tiles(rng, channels, shape, dtype):
+    """Transformed tiles for an output of ``shape``, spares zero (as ∂V always has them)."""
+    th, tw = winograd_tiles(*shape[2:])
+    return winograd_pack_tiles(rng.standard_normal((TILE_ENTRIES, channels, shape[0], th, tw)).astype(dtype))
+
+
 def tolerance(dtype):
     return dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
 
@@ -42,35 +53,36 @@ def tolerance(dtype):
 @given(winograd_problems())
 def test_cython_winograd_transforms_match_the_reference(problem):
     x, padding, rng = problem
+    shape = output_shape(x, padding, c_out=3)
     v = cpu.winograd_input_transform(x, padding)
-    assert v.dtype == x.dtype
-    np.testing.assert_allclose(v, reference.winograd_input_transform(x, padding), **tolerance(x.dtype))
-    grad_v = rng.standard_normal(v.shape).astype(x.dtype)
+    assert v.dtype == x.dtype and v.shape == reference.winograd_input_transform(x, padding).shape
+    np.testing.assert_allclose(tiles_without_spares(v, x.shape[0], shape),  # the kernels leave junk in the spares
+                               tiles_without_spares(reference.winograd_input_transform(x, padding), x.shape[0], shape), **tolerance(x.dtype))
+    grad_v = random_tiles(rng, x.shape[1], shape, x.dtype)
     np.testing.assert_allclose(cpu.winograd_input_transform_adjoint(grad_v, x.shape, padding),
                                reference.winograd_input_transform_adjoint(grad_v, x.shape, padding), **tolerance(x.dtype))
-    shape = output_shape(x, padding, c_out=3)
-    th, tw = winograd_tiles(*shape[2:])
-    m = rng.standard_normal((TILE_ENTRIES, 3, shape[0] * th * tw)).astype(x.dtype)
+    m = rng.standard_normal((TILE_ENTRIES, 3, x.shape[0] * winograd_tile_count(*shape[2:]))).astype(x.dtype)  # junk in the spares too
     bias = rng.standard_normal(3).astype(x.dtype)
     residual, shift = rng.standard_normal(shape).astype(x.dtype), rng.standard_normal(shape[:2] + (1, 1)).astype(x.dtype)
     for b, r in [(None, None), (bias, None), (bias, residual), (None, shift), (bias, shift)]:
         np.testing.assert_allclose(cpu.winograd_output_transform(m, shape, b, r),
                                    reference.winograd_output_transform(m, shape, b, r), **tolerance(x.dtype))
     grad_y = rng.standard_normal(shape).astype(x.dtype)
-    np.testing.assert_allclose(cpu.winograd_output_transform_adjoint(grad_y),
-                               reference.winograd_output_transform_adjoint(grad_y), **tolerance(x.dtype))
+    grad_m = cpu.winograd_output_transform_adjoint(grad_y)
+    np.testing.assert_allclose(grad_m, reference.winograd_output_transform_adjoint(grad_y), **tolerance(x.dtype))
+    np.testing.assert_array_equal(grad_m, winograd_pack_tiles(tiles_without_spares(grad_m, x.shape[0], shape)))  # spares exactly zero
 
 
 @settings(max_examples=30, deadline=None)
 @given(winograd_problems())
 def test_each_winograd_adjoint_is_the_transpose_of_its_transform(problem):
-    """⟨T(x), v⟩ = ⟨x, Tᵀ(v)⟩ for the input, output and filter transforms, in every implementation."""
+    """⟨T(x), v⟩ = ⟨x, Tᵀ(v)⟩ for the input, output and filter transforms, in every implementation
+    (the input transform's v with zero spare tiles, as ∂V has them)."""
     x, padding, rng = problem
     x = x.astype(np.float64)
     shape = output_shape(x, padding, c_out=2)
-    th, tw = winograd_tiles(*shape[2:])
-    grad_v = rng.standard_normal((TILE_ENTRIES, x.shape[1], x.shape[0] * th * tw))
-    m = rng.standard_normal((TILE_ENTRIES, 2, x.shape[0] * th * tw))
+    grad_v = random_tiles(rng, x.shape[1], shape, np.float64)
+    m = rng.standard_normal((TILE_ENTRIES, 2, x.shape[0] * winograd_tile_count(*shape[2:])))
     grad_y = rng.standard_normal(shape)
     for impl in IMPLEMENTATIONS:
         lhs, rhs = np.vdot(impl.winograd_input_transform(x, padding), grad_v), np.vdot(x, impl.winograd_input_transform_adjoint(grad_v, x.shape, padding))

@@ -28,7 +28,7 @@ from ..autograd import Function
 from ..backend import get_array_module
 from ..flops import add_flops
 from ..kernels import kernel
-from ..kernels.reference import WINOGRAD_ALPHA, WINOGRAD_G, WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, winograd_tiles
+from ..kernels.reference import WINOGRAD_ALPHA, WINOGRAD_G, WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, winograd_tile_count, winograd_tiles
 from .chunking import image_chunks, map_chunks, scratch, sum_shares
 
 __all__ = ["winograd_filter_transform", "winograd_filter_transform_adjoint"]
@@ -73,7 +73,7 @@ class WinogradConv2d(Function):
         n, c, h, width = x.shape
         c_out = w.shape[0]
         ho, wo = h + 2 * padding - 2, width + 2 * padding - 2
-        tiles = tile_count(ho, wo)
+        tiles = winograd_tile_count(ho, wo)
         u = winograd_filter_transform(w)  # (α², C_out, C)
         input_transform, output_transform = kernel("winograd_input_transform", x), kernel("winograd_output_transform", x)
         out = xp.empty((n, c_out, ho, wo), dtype=x.dtype)
@@ -95,7 +95,8 @@ class WinogradConv2d(Function):
         xp = get_array_module(grad)
         n, c = x.shape[:2]
         c_out = grad.shape[1]
-        tiles = tile_count(*grad.shape[2:])
+        th, tw = winograd_tiles(*grad.shape[2:])
+        tiles = winograd_tile_count(*grad.shape[2:])
         input_transform = kernel("winograd_input_transform", x)
         input_adjoint = kernel("winograd_input_transform_adjoint", x)
         output_adjoint = kernel("winograd_output_transform_adjoint", x)
@@ -110,8 +111,8 @@ class WinogradConv2d(Function):
             size = chunk.stop - chunk.start
             grad_m = output_adjoint(grad[chunk], out=scratch("winograd_m", (TILE_ENTRIES, c_out, size * tiles), x.dtype, xp))  # ∂M = A ∂Y Aᵀ
             # ∂y/∂b = 1, so ∂b sums ∂Y over positions; row 1 of A is (1, 1), so entry (1, 1) of
-            # A ∂Y Aᵀ is the sum of each tile (cropped positions are zeros): contiguous row sums
-            plane_sums = grad_m[BIAS_ENTRY].reshape(c_out, size, tiles).sum(axis=-1)  # (C_out, chunk)
+            # A ∂Y Aᵀ is the sum of each tile (cropped positions and spare tiles are zeros)
+            plane_sums = grad_m[BIAS_ENTRY].reshape(c_out, th, size, tw + 1).sum(axis=(1, 3))  # (C_out, chunk)
             grad_b = plane_sums.sum(axis=1) if self.needs_input_grad[2] else None
             if grad_shift is not None:
                 grad_shift[chunk] = plane_sums.T
@@ -128,8 +129,3 @@ class WinogradConv2d(Function):
         grad_residual = grad_shift.reshape(residual_shape) if grad_shift is not None else grad if residual_shape is not None else None
         return grad_x, grad_w, grad_b, grad_residual  # ∂y/∂residual = 1, summed over the positions it was broadcast to
 
-
-def tile_count(ho: int, wo: int) -> int:
-    """Tiles tH·tW of one image's Hₒ×Wₒ output."""
-    th, tw = winograd_tiles(ho, wo)
-    return th * tw

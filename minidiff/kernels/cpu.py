@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from .reference import WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, conv_output_size, winograd_tiles
+from .reference import WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, conv_output_size, winograd_tile_count, winograd_tiles
 
 _C = backend.extension()
 
@@ -52,7 +52,7 @@ def group_norm_backward(grad_y, x, mean, rstd, weight, bias, silu: bool):
 def winograd_input_transform(x, padding: int, out=None):
     n, c, h, w = x.shape
     th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)
-    v = np.empty((TILE_ENTRIES, c, n * th * tw), dtype=x.dtype) if out is None else out  # (α², C, N·tH·tW)
+    v = np.empty((TILE_ENTRIES, c, n * th * (tw + 1)), dtype=x.dtype) if out is None else out  # (α², C, tH·N·(tW + 1))
     _C.winograd_input_transform(np.ascontiguousarray(x), padding, th, tw, v)
     return v
 
@@ -75,8 +75,7 @@ def winograd_output_transform(m, out_shape, bias=None, residual=None, out=None):
 
 def winograd_output_transform_adjoint(grad_y, out=None):
     n, c_out, ho, wo = grad_y.shape
-    th, tw = winograd_tiles(ho, wo)
-    grad_m = np.empty((TILE_ENTRIES, c_out, n * th * tw), dtype=grad_y.dtype) if out is None else out  # (α², C_out, N·tH·tW)
+    grad_m = np.empty((TILE_ENTRIES, c_out, n * winograd_tile_count(ho, wo)), dtype=grad_y.dtype) if out is None else out  # (α², C_out, tH·N·(tW + 1))
     _C.winograd_output_transform_adjoint(np.ascontiguousarray(grad_y), grad_m)
     return grad_m
 

@@ -124,13 +124,40 @@ def winograd_tiles(ho: int, wo: int) -> tuple[int, int]:
     return -(-ho // WINOGRAD_M), -(-wo // WINOGRAD_M)
 
 
+def winograd_tile_count(ho: int, wo: int) -> int:
+    """Columns an image takes in the transformed tiles: tH·(tW + 1), a spare tile per row of tiles."""
+    th, tw = winograd_tiles(ho, wo)
+    return th * (tw + 1)
+
+
+# Layout of transformed tiles, (α², C, tH·N·(tW + 1)): axis 0 runs over the α² entries (ξ, ν)
+# of a tile, row-major, so V[α·ξ + ν] is the right-hand side of one GEMM; along the last axis,
+# the tiles of each channel, row i of tiles of the N images side by side, tile (i, j) of image
+# n at (i·N + n)·(tW + 1) + j. The last tile of each image's row (j = tW) is a spare: zeros
+# here; the compiled kernels leave junk there in V and M, since it lets them transform all of
+# a channel's tiles in a few long loops (see csrc/winograd.pxi). Nothing reads a spare's value:
+# the output transform skips it, and the output adjoint sets its ∂M to zero, hence ∂V's too.
+
+def winograd_pack_tiles(tiles):
+    """(…, N, tH, tW) tiles → (…, tH·N·(tW + 1)), spares zero."""
+    xp = get_array_module(tiles)
+    *lead, n, th, tw = tiles.shape
+    spare = xp.zeros((*lead, th, n, 1), dtype=tiles.dtype)
+    return xp.concatenate([xp.swapaxes(tiles, -3, -2), spare], axis=-1).reshape(*lead, th * n * (tw + 1))
+
+
+def winograd_unpack_tiles(flat, n: int, th: int, tw: int):
+    """The inverse of :func:`winograd_pack_tiles`, spares dropped: (…, tH·N·(tW + 1)) → (…, N, tH, tW)."""
+    xp = get_array_module(flat)
+    return xp.swapaxes(flat.reshape(*flat.shape[:-1], th, n, tw + 1)[..., :tw], -3, -2)
+
+
 def winograd_input_transform(x, padding: int, out=None):
     """V = Bᵀ d B for every α×α input tile d of a 3×3, stride-1 convolution's input.
 
-    x: (N, C, H, W) → V: (α², C, N·tH·tW). Tile (i, j) covers rows m·i … m·i+α−1 and the same
-    columns of x zero-padded by ``padding`` (tiles overlap by two; rows past the padding, needed
-    when m does not divide Hₒ, are zeros too). Axis 0 runs over the α² entries (ξ, ν) of a
-    transformed tile, row-major: V[α·ξ + ν] is the right-hand side of one GEMM.
+    x: (N, C, H, W) → V: (α², C, tH·N·(tW + 1)), in the layout described above. Tile (i, j)
+    covers rows m·i … m·i+α−1 and the same columns of x zero-padded by ``padding`` (tiles
+    overlap by two; rows past the padding, needed when m does not divide Hₒ, are zeros too).
     ``out``: a C-contiguous array to fill.
     """
     xp = get_array_module(x)
@@ -142,19 +169,20 @@ def winograd_input_transform(x, padding: int, out=None):
     rows = [xp.stack([padded[:, :, a : a + m * th : m, b : b + m * tw : m] for b in range(alpha)], axis=-1) for a in range(alpha)]
     d = xp.stack(rows, axis=-2)  # (N, C, tH, tW, α, α)
     bt = xp.asarray(WINOGRAD_BT, dtype=x.dtype)
-    v = xp.einsum("xa,nctsab,yb->xycnts", bt, d, bt, optimize=True).reshape(alpha * alpha, c, n * th * tw)  # Bᵀ d B
-    return _into(out, v)
+    v = xp.einsum("xa,nctsab,yb->xycnts", bt, d, bt, optimize=True)  # Bᵀ d B: (α, α, C, N, tH, tW)
+    return _into(out, winograd_pack_tiles(v).reshape(alpha * alpha, c, -1))
 
 
 def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None):
     """The adjoint of :func:`winograd_input_transform`: ∂d = B ∂V Bᵀ for every tile, added up where
-    tiles overlap, with the padding cut off. grad_v: (α², C, N·tH·tW) → (N, C, H, W)."""
+    tiles overlap, with the padding cut off. grad_v: (α², C, tH·N·(tW + 1)) → (N, C, H, W)."""
     xp = get_array_module(grad_v)
     n, c, h, w = x_shape
     m, alpha = WINOGRAD_M, WINOGRAD_ALPHA
     th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)
     bt = xp.asarray(WINOGRAD_BT, dtype=grad_v.dtype)
-    grad_d = xp.einsum("xa,xycnts,yb->nctsab", bt, grad_v.reshape(alpha, alpha, c, n, th, tw), bt, optimize=True)  # B ∂V Bᵀ: (N, C, tH, tW, α, α)
+    grad_tiles = winograd_unpack_tiles(grad_v.reshape(alpha, alpha, c, -1), n, th, tw)  # (α, α, C, N, tH, tW)
+    grad_d = xp.einsum("xa,xycnts,yb->nctsab", bt, grad_tiles, bt, optimize=True)  # B ∂V Bᵀ: (N, C, tH, tW, α, α)
     padded = xp.zeros((n, c, m * th + 2, m * tw + 2), dtype=grad_v.dtype)
     for a in range(alpha):
         for b in range(alpha):
@@ -166,15 +194,16 @@ def winograd_output_transform(m, out_shape, bias=None, residual=None, out=None):
     """Y = Aᵀ M A for every tile, tiles laid side by side, cropped to Hₒ×Wₒ, plus a per-channel
     bias, plus a residual (a skip connection, added here rather than in a pass of its own).
 
-    m: (α², C_out, N·tH·tW) → (N, C_out, Hₒ, Wₒ) = ``out_shape``; bias: (C_out,) or None;
-    residual: ``out_shape`` or None.
+    m: (α², C_out, tH·N·(tW + 1)) → (N, C_out, Hₒ, Wₒ) = ``out_shape``; bias: (C_out,) or None;
+    residual: ``out_shape``, (N, C_out, 1, 1) or None.
     """
     xp = get_array_module(m)
     n, c_out, ho, wo = out_shape
     th, tw = winograd_tiles(ho, wo)
     alpha = WINOGRAD_ALPHA
     at = xp.asarray(WINOGRAD_AT, dtype=m.dtype)
-    tiles = xp.einsum("ax,xyonts,by->notasb", at, m.reshape(alpha, alpha, c_out, n, th, tw), at, optimize=True)  # Aᵀ M A: (N, C_out, tH, m, tW, m)
+    tiles = winograd_unpack_tiles(m.reshape(alpha, alpha, c_out, -1), n, th, tw)  # (α, α, C_out, N, tH, tW)
+    tiles = xp.einsum("ax,xyonts,by->notasb", at, tiles, at, optimize=True)  # Aᵀ M A: (N, C_out, tH, m, tW, m)
     y = tiles.reshape(n, c_out, WINOGRAD_M * th, WINOGRAD_M * tw)[:, :, :ho, :wo]
     y = y if bias is None else y + bias[:, None, None]
     return _into(out, y if residual is None else y + residual)
@@ -182,7 +211,7 @@ def winograd_output_transform(m, out_shape, bias=None, residual=None, out=None):
 
 def winograd_output_transform_adjoint(grad_y, out=None):
     """The adjoint of :func:`winograd_output_transform` (without the bias): ∂M = A ∂Y Aᵀ for every
-    tile, cropped positions getting zero. grad_y: (N, C_out, Hₒ, Wₒ) → (α², C_out, N·tH·tW)."""
+    tile, cropped positions getting zero. grad_y: (N, C_out, Hₒ, Wₒ) → (α², C_out, tH·N·(tW + 1))."""
     xp = get_array_module(grad_y)
     n, c_out, ho, wo = grad_y.shape
     m, alpha = WINOGRAD_M, WINOGRAD_ALPHA
@@ -191,7 +220,7 @@ def winograd_output_transform_adjoint(grad_y, out=None):
     padded[:, :, :ho, :wo] = grad_y
     at = xp.asarray(WINOGRAD_AT, dtype=grad_y.dtype)
     grad_m = xp.einsum("ax,notasb,by->xyonts", at, padded.reshape(n, c_out, th, m, tw, m), at, optimize=True)  # A ∂Y Aᵀ
-    return _into(out, grad_m.reshape(alpha * alpha, c_out, n * th * tw))
+    return _into(out, winograd_pack_tiles(grad_m).reshape(alpha * alpha, c_out, -1))
 
 
 def _into(out, value):
