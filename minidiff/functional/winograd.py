@@ -112,7 +112,8 @@ class WinogradConv2d(Function):
             grad_m = output_adjoint(grad[chunk], out=scratch("winograd_m", (TILE_ENTRIES, c_out, size * tiles), x.dtype, xp))  # ∂M = A ∂Y Aᵀ
             # ∂y/∂b = 1, so ∂b sums ∂Y over positions; row 1 of A is (1, 1), so entry (1, 1) of
             # A ∂Y Aᵀ is the sum of each tile (cropped positions and spare tiles are zeros)
-            plane_sums = grad_m[BIAS_ENTRY].reshape(c_out, th, size, tw + 1).sum(axis=(1, 3))  # (C_out, chunk)
+            # (rows of tiles first: whole contiguous rows add, where one reduction over both axes is 3× slower)
+            plane_sums = grad_m[BIAS_ENTRY].reshape(c_out, th, size * (tw + 1)).sum(axis=1).reshape(c_out, size, tw + 1).sum(axis=-1)  # (C_out, chunk)
             grad_b = plane_sums.sum(axis=1) if self.needs_input_grad[2] else None
             if grad_shift is not None:
                 grad_shift[chunk] = plane_sums.T
