@@ -16,6 +16,7 @@ cdef extern from *:
 include "im2col.pxi"
 include "groupnorm.pxi"
 include "winograd.pxi"
+include "optim.pxi"
 
 
 cimport openmp

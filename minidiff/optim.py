@@ -3,9 +3,9 @@ the training recipe of DDPM (Ho et al. 2020, App. B: Adam, lr warm-up, clipping 
 EMA with decay 0.9999).
 
 Every update works in place on ``param.data`` through the array module of the parameter
-(``numpy`` or ``cupy``), so the same code runs on either device. The per-parameter math of each
-optimiser is one function (:func:`_adam_update`, :func:`_adamw_update`) that a fused kernel
-can replace.
+(``numpy`` or ``cupy``), so the same code runs on either device. The per-parameter math of Adam
+and of the EMA are the kernels ``adam_update`` and ``ema_update`` (equations in
+:mod:`minidiff.kernels.reference`; on the CPU one fused pass over each parameter).
 
 State dicts are flat: names → plain arrays and numbers, so they can be written into an
 ``.npz`` checkpoint (:func:`minidiff.nn.save_state_dict`) and read back exactly. Per-parameter
@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .backend import get_array_module, to_device
+from .kernels import kernel
 from .nn import Module
 
 
@@ -114,21 +115,9 @@ class Optimizer:
 
 
 def _adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
-    """One Adam step on arrays, in place on ``param``, ``m`` and ``v`` (Kingma & Ba 2015, Alg. 1).
-
-    ``step`` is t, counted from 1. ``weight_decay`` is L2 regularisation added to the gradient,
-    as in ``torch.optim.Adam`` (not decoupled: see :func:`_adamw_update`).
-    """
-    xp = get_array_module(param)
-    if weight_decay:
-        grad = grad + weight_decay * param  # ∇(f + λ/2‖θ‖²) = g + λθ
-    m *= beta1
-    m += (1 - beta1) * grad  # m_t = β₁ m_{t−1} + (1 − β₁) g_t
-    v *= beta2
-    v += (1 - beta2) * grad * grad  # v_t = β₂ v_{t−1} + (1 − β₂) g_t²
-    m_hat = m / (1 - beta1**step)  # bias correction: m̂_t = m_t / (1 − β₁ᵗ)
-    v_hat = v / (1 - beta2**step)  # v̂_t = v_t / (1 − β₂ᵗ)
-    param -= lr * m_hat / (xp.sqrt(v_hat) + eps)  # θ_t = θ_{t−1} − α m̂_t / (√v̂_t + ε)
+    """One Adam step on arrays, in place on ``param``, ``m`` and ``v`` (Kingma & Ba 2015, Alg. 1):
+    the ``adam_update`` kernel, whose equations are in :func:`minidiff.kernels.reference.adam_update`."""
+    kernel("adam_update", param)(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)
 
 
 def _adamw_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
@@ -243,7 +232,7 @@ class EMA:
     def update(self):
         one_minus_d = 1.0 - self.current_decay()
         for average, param in zip(self.shadow, self.params):
-            average -= one_minus_d * (average - param.data)  # θ̄ ← d θ̄ + (1 − d) θ, in place
+            kernel("ema_update", average)(average, param.data, one_minus_d)  # θ̄ ← d θ̄ + (1 − d) θ, in place
         self.num_updates += 1
 
     def _targets(self, target) -> list:

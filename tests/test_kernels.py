@@ -84,9 +84,48 @@ def test_cython_group_norm_matches_the_reference(dtype, tol, shape, groups, silu
         np.testing.assert_allclose(f, r, rtol=tol * 10, atol=tol * 10)
 
 
+@needs_ext
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(0, 300), dtype=st.sampled_from([np.float32, np.float64]), step=st.integers(1, 5000),
+       weight_decay=st.sampled_from([0.0, 0.01]), seed=st.integers(0, 2**16))
+def test_cython_adam_and_ema_updates_equal_the_reference_exactly(size, dtype, step, weight_decay, seed):
+    """Same operations in the same order and type as the NumPy reference, so the same bits."""
+    rng = np.random.default_rng(seed)
+    param, grad, m = (rng.standard_normal((size, 3)).astype(dtype) for _ in range(3))
+    v = rng.random((size, 3)).astype(dtype)
+    fast, ref = [a.copy() for a in (param, m, v)], [a.copy() for a in (param, m, v)]
+    cpu.adam_update(*fast[:1], grad, *fast[1:], step, 1e-3, 0.9, 0.999, 1e-8, weight_decay)
+    reference.adam_update(*ref[:1], grad, *ref[1:], step, 1e-3, 0.9, 0.999, 1e-8, weight_decay)
+    for f, r in zip(fast, ref):
+        np.testing.assert_array_equal(f, r)
+    average = rng.standard_normal((size, 3)).astype(dtype)
+    fast_average, ref_average = average.copy(), average.copy()
+    cpu.ema_update(fast_average, param, 1e-3)
+    reference.ema_update(ref_average, param, 1e-3)
+    np.testing.assert_array_equal(fast_average, ref_average)
+
+
+@needs_ext
+def test_cython_adam_takes_non_contiguous_gradients_and_falls_back_for_other_layouts():
+    rng = np.random.default_rng(0)
+    param, m, v = rng.standard_normal((4, 6)), np.zeros((4, 6)), np.zeros((4, 6))
+    grad = rng.standard_normal((6, 4)).T  # a transposed view
+    expected = [a.copy() for a in (param, m, v)]
+    reference.adam_update(expected[0], grad, expected[1], expected[2], 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
+    cpu.adam_update(param, grad, m, v, 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
+    for got, want in zip((param, m, v), expected):
+        np.testing.assert_array_equal(got, want)
+    strided = rng.standard_normal((4, 12))[:, ::2]  # a parameter that is a strided view: the reference does it
+    expected = strided.copy()
+    reference.adam_update(expected, grad, np.zeros((4, 6)), np.zeros((4, 6)), 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
+    cpu.adam_update(strided, grad, np.zeros((4, 6)), np.zeros((4, 6)), 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
+    np.testing.assert_array_equal(strided, expected)
+
+
 KERNEL_NAMES = [
     "im2col", "col2im", "group_norm_forward", "group_norm_backward", "winograd_input_transform",
     "winograd_input_transform_adjoint", "winograd_output_transform", "winograd_output_transform_adjoint",
+    "adam_update", "ema_update",
 ]
 
 

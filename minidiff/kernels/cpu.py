@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
+from . import reference
 from .reference import WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, conv_output_size, winograd_tile_count, winograd_tiles
 
 _C = backend.extension()
@@ -80,10 +81,28 @@ def winograd_output_transform_adjoint(grad_y, out=None):
     return grad_m
 
 
+def adam_update(param, grad, m, v, step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float):
+    if not _flat_views(param, m, v) or grad.shape != param.shape:
+        return reference.adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)
+    _C.adam_update(param.reshape(-1), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), m.reshape(-1), v.reshape(-1),
+                   lr, beta1, beta2, 1 - beta1**step, 1 - beta2**step, eps, weight_decay)
+
+
+def ema_update(average, param, one_minus_decay: float):
+    if not _flat_views(average) or param.shape != average.shape:
+        return reference.ema_update(average, param, one_minus_decay)
+    _C.ema_update(average.reshape(-1), np.ascontiguousarray(param, dtype=average.dtype).reshape(-1), one_minus_decay)
+
+
+def _flat_views(*arrays) -> bool:
+    """Whether the kernels can update these arrays in place: C-contiguous, of one float type the kernels take."""
+    return all(a.flags.c_contiguous and a.dtype == arrays[0].dtype for a in arrays) and arrays[0].dtype in (np.float32, np.float64)
+
+
 def _vector(v, dtype):
     return np.ascontiguousarray(v, dtype=dtype)
 
 
 if _C is None:  # the dispatcher then uses the reference for every name
-    del im2col, col2im, group_norm_forward, group_norm_backward
+    del im2col, col2im, group_norm_forward, group_norm_backward, adam_update, ema_update
     del winograd_input_transform, winograd_input_transform_adjoint, winograd_output_transform, winograd_output_transform_adjoint
