@@ -122,10 +122,42 @@ def test_cython_adam_takes_non_contiguous_gradients_and_falls_back_for_other_lay
     np.testing.assert_array_equal(strided, expected)
 
 
+@needs_ext
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 9), st.integers(1, 9)),
+       scale=st.integers(1, 3), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_cython_upsample_equals_the_reference_exactly(shape, scale, dtype, seed):
+    """Copies forward; backward adds each block's columns down its rows, then the columns, as the reference does."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    y = cpu.upsample_nearest_forward(x, scale)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, reference.upsample_nearest_forward(x, scale))
+    grad_y = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_array_equal(cpu.upsample_nearest_backward(grad_y, scale), reference.upsample_nearest_backward(grad_y, scale))
+
+
+@needs_ext
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 70)), scale=st.floats(0.05, 4.0),
+       spread=st.sampled_from([1.0, 30.0]), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_cython_softmax_matches_the_reference(shape, scale, spread, dtype, seed):
+    """Rows of random length, scores spread wide enough that the max shift matters."""
+    rng = np.random.default_rng(seed)
+    scores = (spread * rng.standard_normal(shape)).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-15)
+    probs = cpu.softmax_forward(scores, scale)
+    assert probs.dtype == dtype
+    np.testing.assert_allclose(probs, reference.softmax_forward(scores, scale), **tol)
+    np.testing.assert_allclose(probs.sum(axis=-1), 1, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    grad_probs = rng.standard_normal(shape).astype(dtype)
+    np.testing.assert_allclose(cpu.softmax_backward(probs, grad_probs), reference.softmax_backward(probs, grad_probs), **tol)
+
+
 KERNEL_NAMES = [
     "im2col", "col2im", "group_norm_forward", "group_norm_backward", "winograd_input_transform",
     "winograd_input_transform_adjoint", "winograd_output_transform", "winograd_output_transform_adjoint",
-    "adam_update", "ema_update",
+    "adam_update", "ema_update", "upsample_nearest_forward", "upsample_nearest_backward", "softmax_forward", "softmax_backward",
 ]
 
 

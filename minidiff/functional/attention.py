@@ -10,18 +10,9 @@ import math
 from ..autograd import Function
 from ..backend import get_array_module
 from ..flops import add_flops
+from ..kernels import kernel
 
 __all__ = ["scaled_dot_product_attention"]
-
-
-def stable_softmax(s, axis: int = -1):
-    """softmax(s) = exp(s − max s)/Σ exp(s − max s) along ``axis``, on arrays.
-
-    Subtracting the maximum leaves the result unchanged and keeps exp from overflowing.
-    """
-    xp = get_array_module(s)
-    e = xp.exp(s - s.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
 
 
 def _swap_last(a):
@@ -33,7 +24,7 @@ class ScaledDotProductAttention(Function):
 
     def forward(self, q, k, v, scale):
         xp = get_array_module(q)
-        probs = stable_softmax(xp.matmul(q, _swap_last(k)) * scale)  # P: (..., L_q, L_k)
+        probs = kernel("softmax_forward", q)(xp.matmul(q, _swap_last(k)), scale)  # P = softmax(S): (..., L_q, L_k)
         self.scale = scale
         self.save_for_backward(q, k, v, probs)
         add_flops(2 * probs.size * (q.shape[-1] + v.shape[-1]))  # q·kᵀ and P·v
@@ -46,7 +37,7 @@ class ScaledDotProductAttention(Function):
         if not (self.needs_input_grad[0] or self.needs_input_grad[1]):
             return None, None, grad_v
         grad_probs = xp.matmul(grad, _swap_last(v))  # ∂O/∂P = v: dP = dO·vᵀ, (..., L_q, L_k)
-        grad_scores = probs * (grad_probs - (grad_probs * probs).sum(axis=-1, keepdims=True))  # softmax Jacobian: dS = P ⊙ (dP − Σⱼ dP ⊙ P)
+        grad_scores = kernel("softmax_backward", probs)(probs, grad_probs)  # softmax Jacobian: dS = P ⊙ (dP − Σⱼ dP ⊙ P)
         grad_q = xp.matmul(grad_scores, k) * self.scale if self.needs_input_grad[0] else None  # ∂S/∂q = k·scale
         grad_k = xp.matmul(_swap_last(grad_scores), q) * self.scale if self.needs_input_grad[1] else None  # ∂S/∂k = q·scale
         return grad_q, grad_k, grad_v

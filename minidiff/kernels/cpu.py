@@ -94,6 +94,39 @@ def ema_update(average, param, one_minus_decay: float):
     _C.ema_update(average.reshape(-1), np.ascontiguousarray(param, dtype=average.dtype).reshape(-1), one_minus_decay)
 
 
+def upsample_nearest_forward(x, scale: int):
+    n, c, h, w = x.shape
+    y = np.empty((n, c, h * scale, w * scale), dtype=x.dtype)  # (N, C, H·s, W·s)
+    _C.upsample_nearest_forward(np.ascontiguousarray(x), scale, y)
+    return y
+
+
+def upsample_nearest_backward(grad_y, scale: int):
+    n, c, hs, ws = grad_y.shape
+    grad_x = np.empty((n, c, hs // scale, ws // scale), dtype=grad_y.dtype)  # (N, C, H, W)
+    _C.upsample_nearest_backward(np.ascontiguousarray(grad_y), scale, grad_x)
+    return grad_x
+
+
+def softmax_forward(scores, scale: float):
+    scores = np.ascontiguousarray(scores)
+    probs = np.empty_like(scores)  # (…, L_q, L_k)
+    _C.softmax_forward(_rows(scores), scale, _rows(probs))
+    return probs
+
+
+def softmax_backward(probs, grad_probs):
+    probs = np.ascontiguousarray(probs)
+    grad_scores = np.empty_like(probs)
+    _C.softmax_backward(_rows(probs), _rows(np.ascontiguousarray(grad_probs, dtype=probs.dtype)), _rows(grad_scores))
+    return grad_scores
+
+
+def _rows(a):
+    """A contiguous (…, L) array as (rows, L)."""
+    return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
+
+
 def _flat_views(*arrays) -> bool:
     """Whether the kernels can update these arrays in place: C-contiguous, of one float type the kernels take."""
     return all(a.flags.c_contiguous and a.dtype == arrays[0].dtype for a in arrays) and arrays[0].dtype in (np.float32, np.float64)
@@ -105,4 +138,5 @@ def _vector(v, dtype):
 
 if _C is None:  # the dispatcher then uses the reference for every name
     del im2col, col2im, group_norm_forward, group_norm_backward, adam_update, ema_update
+    del upsample_nearest_forward, upsample_nearest_backward, softmax_forward, softmax_backward
     del winograd_input_transform, winograd_input_transform_adjoint, winograd_output_transform, winograd_output_transform_adjoint
