@@ -101,6 +101,15 @@ cdef extern from *:
         if (width % 2) dst[width - 1] = even[width / 2];                                         \\
     }
 
+    /* Σ src[k], k < width, vectorised in T. */
+    #define MINIDIFF_ROW_SUM(T, NAME)                                                            \
+    MINIDIFF_CLONES static T NAME(const T *restrict src, ptrdiff_t width) {                       \
+        T total = 0;                                                                             \
+        _Pragma("omp simd reduction(+:total)")                                                   \
+        for (ptrdiff_t k = 0; k < width; k++) total += src[k];                                   \
+        return total;                                                                            \
+    }
+
     MINIDIFF_BT_PASS(float, winograd_bt_pass_f)
     MINIDIFF_BT_PASS(double, winograd_bt_pass_d)
     MINIDIFF_B_PASS(float, winograd_b_pass_f)
@@ -115,6 +124,8 @@ cdef extern from *:
     MINIDIFF_DEINTERLEAVE(double, deinterleave_d)
     MINIDIFF_INTERLEAVE(float, interleave_f)
     MINIDIFF_INTERLEAVE(double, interleave_d)
+    MINIDIFF_ROW_SUM(float, row_sum_f)
+    MINIDIFF_ROW_SUM(double, row_sum_d)
     """
     void winograd_bt_pass_f(const float* e, const float* o, Py_ssize_t s, Py_ssize_t length,
                             float* t0, float* t1, float* t2, float* t3) noexcept nogil
@@ -140,6 +151,8 @@ cdef extern from *:
     void deinterleave_d(const double* src, Py_ssize_t width, double* even, double* odd) noexcept nogil
     void interleave_f(const float* even, const float* odd, Py_ssize_t width, float* dst) noexcept nogil
     void interleave_d(const double* even, const double* odd, Py_ssize_t width, double* dst) noexcept nogil
+    float row_sum_f(const float* src, Py_ssize_t width) noexcept nogil
+    double row_sum_d(const double* src, Py_ssize_t width) noexcept nogil
 
 
 cdef inline void _bt_pass(const real* e, const real* o, Py_ssize_t s, Py_ssize_t length,
@@ -195,6 +208,13 @@ cdef inline void _interleave(const real* even, const real* odd, Py_ssize_t width
         interleave_f(even, odd, width, dst)
     else:
         interleave_d(even, odd, width, dst)
+
+
+cdef inline real _row_sum(const real* src, Py_ssize_t width) noexcept nogil:
+    if real is float:
+        return row_sum_f(src, width)
+    else:
+        return row_sum_d(src, width)
 
 
 cdef inline Py_ssize_t _phase_offset(Py_ssize_t r, Py_ssize_t q, Py_ssize_t phase, Py_ssize_t row) noexcept nogil:
@@ -290,13 +310,15 @@ def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, con
         free(at_m)
 
 
-def winograd_output_transform_adjoint(const real[:, :, :, ::1] grad_y, real[:, :, ::1] grad_m):
+def winograd_output_transform_adjoint(const real[:, :, :, ::1] grad_y, real[:, :, ::1] grad_m, real[:, ::1] plane_sums):
     """grad_m[4ξ + ν, o, (i·N + n)·(tW + 1) + j] = (A ∂Y Aᵀ)[ξ, ν] for the 2×2 tile of grad_y[n, o]
-    at (2i, 2j), zero-padded; the spare tiles get zeros."""
+    at (2i, 2j), zero-padded; the spare tiles get zeros. plane_sums[n, o] = Σ grad_y[n, o] (rows
+    summed in T, the rows' sums in double), read on the way: the bias's gradient, per image."""
     cdef Py_ssize_t n_images = grad_y.shape[0], channels = grad_y.shape[1], ho = grad_y.shape[2], wo = grad_y.shape[3]
     cdef Py_ssize_t tw = (wo + 1) // 2, row = n_images * (tw + 1), tiles = ((ho + 1) // 2) * row
     cdef Py_ssize_t plane_stride = grad_m.shape[1] * grad_m.shape[2]
     cdef Py_ssize_t o, n, r, xi, b
+    cdef double total
     cdef real* planes = NULL  # each thread mallocs its own: ∂Y split by row and column parity, then A ∂Y
     cdef real* gm
     with nogil, parallel():
@@ -304,9 +326,12 @@ def winograd_output_transform_adjoint(const real[:, :, :, ::1] grad_y, real[:, :
         for o in prange(channels, schedule="static"):
             memset(planes, 0, 4 * tiles * sizeof(real))  # cropped positions and spare tiles
             for n in range(n_images):
+                total = 0
                 for r in range(ho):
                     _deinterleave(&grad_y[n, o, r, 0], wo, planes + 2 * (r % 2) * tiles + (r // 2) * row + n * (tw + 1),
                                   planes + (2 * (r % 2) + 1) * tiles + (r // 2) * row + n * (tw + 1))
+                    total = total + _row_sum(&grad_y[n, o, r, 0], wo)
+                plane_sums[n, o] = <real> total
             for b in range(2):  # A down the rows, for each column parity b
                 _a_pass(planes + b * tiles, planes + (2 + b) * tiles, tiles,
                         planes + (4 + b) * tiles, planes + (6 + b) * tiles, planes + (8 + b) * tiles, planes + (10 + b) * tiles)

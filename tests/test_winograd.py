@@ -68,8 +68,10 @@ def test_cython_winograd_transforms_match_the_reference(problem):
         np.testing.assert_allclose(cpu.winograd_output_transform(m, shape, b, r),
                                    reference.winograd_output_transform(m, shape, b, r), **tolerance(x.dtype))
     grad_y = rng.standard_normal(shape).astype(x.dtype)
-    grad_m = cpu.winograd_output_transform_adjoint(grad_y)
-    np.testing.assert_allclose(grad_m, reference.winograd_output_transform_adjoint(grad_y), **tolerance(x.dtype))
+    sums, reference_sums = np.empty(shape[:2], x.dtype), np.empty(shape[:2], x.dtype)
+    grad_m = cpu.winograd_output_transform_adjoint(grad_y, plane_sums=sums)
+    np.testing.assert_allclose(grad_m, reference.winograd_output_transform_adjoint(grad_y, plane_sums=reference_sums), **tolerance(x.dtype))
+    np.testing.assert_allclose(sums, reference_sums, rtol=tolerance(x.dtype)["rtol"], atol=tolerance(x.dtype)["atol"] * np.abs(grad_y).sum())
     np.testing.assert_array_equal(grad_m, winograd_pack_tiles(tiles_without_spares(grad_m, x.shape[0], shape)))  # spares exactly zero
 
 

@@ -28,12 +28,10 @@ from ..autograd import Function
 from ..backend import get_array_module
 from ..flops import add_flops
 from ..kernels import kernel
-from ..kernels.reference import WINOGRAD_ALPHA, WINOGRAD_G, WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, winograd_tile_count, winograd_tiles
+from ..kernels.reference import WINOGRAD_G, WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, winograd_tile_count
 from .chunking import image_chunks, map_chunks, scratch, sum_shares
 
 __all__ = ["winograd_filter_transform", "winograd_filter_transform_adjoint"]
-
-BIAS_ENTRY = WINOGRAD_ALPHA + 1  # (ξ, ν) = (1, 1): A's row 1 is all ones, so this entry of A ∂Y Aᵀ is the tile's sum
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,7 +93,6 @@ class WinogradConv2d(Function):
         xp = get_array_module(grad)
         n, c = x.shape[:2]
         c_out = grad.shape[1]
-        th, tw = winograd_tiles(*grad.shape[2:])
         tiles = winograd_tile_count(*grad.shape[2:])
         input_transform = kernel("winograd_input_transform", x)
         input_adjoint = kernel("winograd_input_transform_adjoint", x)
@@ -109,14 +106,12 @@ class WinogradConv2d(Function):
 
         def backward_chunk(chunk):
             size = chunk.stop - chunk.start
-            grad_m = output_adjoint(grad[chunk], out=scratch("winograd_m", (TILE_ENTRIES, c_out, size * tiles), x.dtype, xp))  # ∂M = A ∂Y Aᵀ
-            # ∂y/∂b = 1, so ∂b sums ∂Y over positions; row 1 of A is (1, 1), so entry (1, 1) of
-            # A ∂Y Aᵀ is the sum of each tile (cropped positions and spare tiles are zeros)
-            # (rows of tiles first: whole contiguous rows add, where one reduction over both axes is 3× slower)
-            plane_sums = grad_m[BIAS_ENTRY].reshape(c_out, th, size * (tw + 1)).sum(axis=1).reshape(c_out, size, tw + 1).sum(axis=-1)  # (C_out, chunk)
-            grad_b = plane_sums.sum(axis=1) if self.needs_input_grad[2] else None
+            plane_sums = xp.empty((size, c_out), dtype=grad.dtype)  # ∂y/∂b = 1: Σ ∂Y over each plane, read with ∂Y
+            grad_m = output_adjoint(grad[chunk], out=scratch("winograd_m", (TILE_ENTRIES, c_out, size * tiles), x.dtype, xp),
+                                    plane_sums=plane_sums)  # ∂M = A ∂Y Aᵀ
+            grad_b = plane_sums.sum(axis=0) if self.needs_input_grad[2] else None
             if grad_shift is not None:
-                grad_shift[chunk] = plane_sums.T
+                grad_shift[chunk] = plane_sums
             if grad_x is not None:
                 grad_v = xp.matmul(u_t, grad_m, out=scratch("winograd_v", (TILE_ENTRIES, c, size * tiles), x.dtype, xp))  # ∂V[ξ] = U[ξ]ᵀ·∂M[ξ]
                 input_adjoint(grad_v, x[chunk].shape, self.padding, out=grad_x[chunk])  # ∂d = B ∂V Bᵀ, overlaps added

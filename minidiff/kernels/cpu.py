@@ -74,10 +74,11 @@ def winograd_output_transform(m, out_shape, bias=None, residual=None, out=None):
     return y
 
 
-def winograd_output_transform_adjoint(grad_y, out=None):
+def winograd_output_transform_adjoint(grad_y, out=None, plane_sums=None):
     n, c_out, ho, wo = grad_y.shape
     grad_m = np.empty((TILE_ENTRIES, c_out, n * winograd_tile_count(ho, wo)), dtype=grad_y.dtype) if out is None else out  # (α², C_out, tH·N·(tW + 1))
-    _C.winograd_output_transform_adjoint(np.ascontiguousarray(grad_y), grad_m)
+    sums = np.empty((n, c_out), dtype=grad_y.dtype) if plane_sums is None else plane_sums  # (N, C_out)
+    _C.winograd_output_transform_adjoint(np.ascontiguousarray(grad_y), grad_m, sums)
     return grad_m
 
 

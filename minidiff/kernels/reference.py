@@ -209,9 +209,13 @@ def winograd_output_transform(m, out_shape, bias=None, residual=None, out=None):
     return _into(out, y if residual is None else y + residual)
 
 
-def winograd_output_transform_adjoint(grad_y, out=None):
+def winograd_output_transform_adjoint(grad_y, out=None, plane_sums=None):
     """The adjoint of :func:`winograd_output_transform` (without the bias): ∂M = A ∂Y Aᵀ for every
-    tile, cropped positions getting zero. grad_y: (N, C_out, Hₒ, Wₒ) → (α², C_out, tH·N·(tW + 1))."""
+    tile, cropped positions getting zero. grad_y: (N, C_out, Hₒ, Wₒ) → (α², C_out, tH·N·(tW + 1)).
+
+    ``plane_sums``, an (N, C_out) array, if given, gets the sum of each plane of ∂Y: the bias's
+    gradient per image (∂y/∂b = 1), which the compiled kernel adds up while it reads ∂Y anyway.
+    """
     xp = get_array_module(grad_y)
     n, c_out, ho, wo = grad_y.shape
     m, alpha = WINOGRAD_M, WINOGRAD_ALPHA
@@ -220,6 +224,8 @@ def winograd_output_transform_adjoint(grad_y, out=None):
     padded[:, :, :ho, :wo] = grad_y
     at = xp.asarray(WINOGRAD_AT, dtype=grad_y.dtype)
     grad_m = xp.einsum("ax,notasb,by->xyonts", at, padded.reshape(n, c_out, th, m, tw, m), at, optimize=True)  # A ∂Y Aᵀ
+    if plane_sums is not None:
+        plane_sums[...] = grad_y.sum(axis=(2, 3))
     return _into(out, winograd_pack_tiles(grad_m).reshape(alpha * alpha, c_out, -1))
 
 
