@@ -90,6 +90,20 @@ def _single_blas_thread():
 _single_blas_thread()
 
 
+def _kernel_threads_from_settings():
+    # OpenMP itself reads only OMP_NUM_THREADS; the kernels called outside the chunked convs
+    # (GroupNorm, softmax, …) follow MINIDIFF_NUM_THREADS too. A bad value is named at the
+    # first convolution instead of failing the import.
+    try:
+        _extension.set_num_threads(num_threads())
+    except ValueError:
+        pass
+
+
+if _extension is not None:
+    _kernel_threads_from_settings()
+
+
 def _reuse_freed_memory():
     # glibc hands large freed blocks back to the OS (mmap/munmap, heap trimming), so each fresh
     # multi-MB array page-faults on first touch, once per 4 KB: a GroupNorm over a 6 MB

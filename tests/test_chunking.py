@@ -45,6 +45,18 @@ def test_map_chunks_returns_results_in_chunk_order_and_uses_the_calling_thread(m
     assert seen.count(True) == (9 if threads == "1" else 9 // int(threads))  # the first share is the caller's
 
 
+@pytest.mark.skipif(backend.extension() is None, reason="minidiff._C (the Cython kernels) is not built")
+@pytest.mark.parametrize("threads, chunk_count, inside, after", [("1", 4, [1] * 4, 1), ("2", 1, [2], 2), ("2", 4, [1] * 4, 2)])
+def test_kernels_get_the_configured_openmp_threads(monkeypatch, threads, chunk_count, inside, after):
+    """MINIDIFF_NUM_THREADS=1 means one OpenMP thread too; a lone chunk may use every core; after a
+    threaded map the calling thread's kernels (GroupNorm, …) get all the configured threads."""
+    monkeypatch.setenv("MINIDIFF_NUM_THREADS", threads)
+    extension = backend.extension()
+    seen = map_chunks(lambda chunk: extension.get_num_threads(), [slice(k, k + 1) for k in range(chunk_count)], np)
+    assert seen == inside
+    assert extension.get_num_threads() == after
+
+
 def test_map_chunks_passes_a_worker_error_on():
     def work(chunk):
         if chunk.start == 5:

@@ -87,18 +87,20 @@ def map_chunks(work, chunks, xp):
     The results come back in chunk order, and the chunks do not depend on the thread count, so
     sums over them do not either.
     """
-    threads = min(backend.num_threads(), len(chunks))
-    if threads == 1 or xp is not np:
+    if xp is not np:
+        return [work(chunk) for chunk in chunks]
+    total = backend.num_threads()
+    threads = min(total, len(chunks))
+    if threads == 1:  # one thread, or one chunk whose kernels may share out its planes over the cores
+        _set_kernel_threads(total)
         return [work(chunk) for chunk in chunks]
     shares = [chunks[k * len(chunks) // threads : (k + 1) * len(chunks) // threads] for k in range(threads)]
     pending = [_workers(threads - 1).submit(_run, work, share) for share in shares[1:]]
-    extension = backend.extension()
-    kernel_threads = extension.get_num_threads() if extension is not None else 1
     _set_kernel_threads(1)
     try:
         results = _run(work, shares[0])
     finally:
-        _set_kernel_threads(kernel_threads)
+        _set_kernel_threads(total)  # for the kernels called outside the chunks, like GroupNorm
     for share in pending:
         results += share.result()
     return results
