@@ -16,10 +16,12 @@
 # e[k], o[k], e[k + s], o[k + s], with s one row (N·(tW + 1)) or one column (1) of the flat
 # planes: Bᵀ down the rows is one pass over the phase planes, B along the columns one more.
 #
-# One channel is one task; its thread has private buffers, so no two threads write the same
-# element and the result does not depend on the thread count.
+# One channel is one task; its thread has private buffers (a row each of an array allocated by
+# NumPy, which raises MemoryError where malloc would return NULL), so no two threads write the
+# same element and the result does not depend on the thread count.
+cimport openmp
+import numpy as np
 from cython.parallel cimport parallel
-from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
 cdef extern from *:
@@ -222,6 +224,11 @@ cdef inline Py_ssize_t _phase_offset(Py_ssize_t r, Py_ssize_t q, Py_ssize_t phas
     return (2 * (r % 2) + q % 2) * phase + (r // 2) * row + q // 2
 
 
+cdef real[:, ::1] _per_thread(Py_ssize_t size, real* like):
+    """Scratch of ``size`` elements for each OpenMP thread, of the type ``like`` points to."""
+    return np.empty((openmp.omp_get_max_threads(), size), dtype=np.float32 if real is float else np.float64)
+
+
 def winograd_input_transform(const real[:, :, :, ::1] x, int padding, int th, int tw, real[:, :, ::1] v):
     """v[4ξ + ν, c, (i·N + n)·(tW + 1) + j] = (Bᵀ d B)[ξ, ν], d = rows 2i…2i+3, columns 2j…2j+3
     of x[n, c] zero-padded; the spare tiles (j = tW) get junk."""
@@ -230,10 +237,12 @@ def winograd_input_transform(const real[:, :, :, ::1] x, int padding, int th, in
     # a phase plane has tH + 1 rows and one entry more, read by the Bᵀ pass for the spare at the very end
     cdef Py_ssize_t phase = (th + 1) * row + 1
     cdef Py_ssize_t c, n, r, xi, b
-    cdef real* planes = NULL  # each thread mallocs its own: the 4 phase planes, then Bᵀ d for (ξ, column parity)
+    # per thread: the 4 phase planes, then Bᵀ d for (ξ, column parity)
+    cdef real[:, ::1] buffers = _per_thread(4 * phase + 8 * (tiles + 1), &v[0, 0, 0])
+    cdef real* planes = NULL
     cdef real* vc
     with nogil, parallel():
-        planes = <real*> malloc((4 * phase + 8 * (tiles + 1)) * sizeof(real))
+        planes = &buffers[openmp.omp_get_thread_num(), 0]
         for c in prange(channels, schedule="static"):
             memset(planes, 0, 4 * phase * sizeof(real))  # the padding
             for n in range(n_images):
@@ -249,7 +258,6 @@ def winograd_input_transform(const real[:, :, :, ::1] x, int padding, int th, in
                 vc = &v[4 * xi, c, 0]
                 _bt_pass(planes + 4 * phase + 2 * xi * (tiles + 1), planes + 4 * phase + (2 * xi + 1) * (tiles + 1), 1, tiles,
                          vc, vc + plane_stride, vc + 2 * plane_stride, vc + 3 * plane_stride)
-        free(planes)
 
 
 def winograd_input_transform_adjoint(const real[:, :, ::1] grad_v, int padding, int th, int tw, real[:, :, :, ::1] grad_x):
@@ -259,10 +267,12 @@ def winograd_input_transform_adjoint(const real[:, :, ::1] grad_v, int padding, 
     cdef Py_ssize_t row = n_images * (tw + 1), tiles = th * row, plane_stride = grad_v.shape[1] * grad_v.shape[2]
     cdef Py_ssize_t phase = (th + 1) * row + 1
     cdef Py_ssize_t c, n, r, xi, b
-    cdef real* planes = NULL  # each thread mallocs its own: ∂ of the 4 phase planes, then ∂(Bᵀ d)
+    # per thread: ∂ of the 4 phase planes, then ∂(Bᵀ d)
+    cdef real[:, ::1] buffers = _per_thread(4 * phase + 8 * (tiles + 1), &grad_x[0, 0, 0, 0])
+    cdef real* planes = NULL
     cdef const real* gv
     with nogil, parallel():
-        planes = <real*> malloc((4 * phase + 8 * (tiles + 1)) * sizeof(real))
+        planes = &buffers[openmp.omp_get_thread_num(), 0]
         for c in prange(channels, schedule="static"):
             for xi in range(4):  # the transposes in reverse order: the columns' pass first
                 gv = &grad_v[4 * xi, c, 0]
@@ -277,7 +287,6 @@ def winograd_input_transform_adjoint(const real[:, :, ::1] grad_v, int padding, 
                     _interleave(planes + _phase_offset(r + padding, padding, phase, row) + n * (tw + 1),
                                 planes + _phase_offset(r + padding, padding + 1, phase, row) + n * (tw + 1),
                                 w, &grad_x[n, c, r, 0])
-        free(planes)
 
 
 def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, const real[:, :, :, ::1] residual,
@@ -291,10 +300,11 @@ def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, con
     cdef real shift
     cdef bint per_plane = residual.shape[0] > 0 and residual.shape[2] == 1 and residual.shape[3] == 1 and ho * wo > 1
     cdef bint full = residual.shape[0] > 0 and not per_plane
-    cdef real* at_m = NULL  # each thread mallocs its own: Aᵀ M for (output row parity a, ν)
+    cdef real[:, ::1] buffers = _per_thread(8 * tiles, &y[0, 0, 0, 0])  # per thread: Aᵀ M for (output row parity a, ν)
+    cdef real* at_m = NULL
     cdef const real* mo
     with nogil, parallel():
-        at_m = <real*> malloc(8 * tiles * sizeof(real))
+        at_m = &buffers[openmp.omp_get_thread_num(), 0]
         for o in prange(channels, schedule="static"):
             for nu in range(4):  # Aᵀ down the rows
                 mo = &m[nu, o, 0]
@@ -307,7 +317,6 @@ def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, con
                 for r in range(ho):  # then A along the columns, one output row at a time
                     _at_row(at_m + 4 * (r % 2) * tiles + (r // 2) * row + n * (tw + 1), tiles, shift,
                             &residual[n, o, r, 0] if full else NULL, wo, &y[n, o, r, 0])
-        free(at_m)
 
 
 def winograd_output_transform_adjoint(const real[:, :, :, ::1] grad_y, real[:, :, ::1] grad_m, real[:, ::1] plane_sums):
@@ -319,10 +328,12 @@ def winograd_output_transform_adjoint(const real[:, :, :, ::1] grad_y, real[:, :
     cdef Py_ssize_t plane_stride = grad_m.shape[1] * grad_m.shape[2]
     cdef Py_ssize_t o, n, r, xi, b
     cdef double total
-    cdef real* planes = NULL  # each thread mallocs its own: ∂Y split by row and column parity, then A ∂Y
+    # per thread: ∂Y split by row and column parity, then A ∂Y
+    cdef real[:, ::1] buffers = _per_thread(12 * tiles, &grad_m[0, 0, 0])
+    cdef real* planes = NULL
     cdef real* gm
     with nogil, parallel():
-        planes = <real*> malloc(12 * tiles * sizeof(real))
+        planes = &buffers[openmp.omp_get_thread_num(), 0]
         for o in prange(channels, schedule="static"):
             memset(planes, 0, 4 * tiles * sizeof(real))  # cropped positions and spare tiles
             for n in range(n_images):
@@ -339,4 +350,3 @@ def winograd_output_transform_adjoint(const real[:, :, :, ::1] grad_y, real[:, :
                 gm = &grad_m[4 * xi, o, 0]
                 _a_pass(planes + (4 + 2 * xi) * tiles, planes + (5 + 2 * xi) * tiles, tiles,
                         gm, gm + plane_stride, gm + 2 * plane_stride, gm + 3 * plane_stride)
-        free(planes)
