@@ -10,10 +10,13 @@ of the α² = 16 positions ξ of the 4×4 tile is a matrix product over channels
     M[ξ] = U[ξ] · V[ξ],    U[ξ]: (C_out, C),  V[ξ]: (C, tiles),  M[ξ]: (C_out, tiles),
 
 so a convolution is 16 GEMMs with 2.25× fewer FLOPs than im2col's one GEMM, and the input is
-expanded 4× (overlapping 4×4 tiles with stride 2) instead of 9×. Every step is linear, so the
-backward pass is each step's adjoint in reverse order:
+expanded 4× (overlapping 4×4 tiles with stride 2) instead of 9×. (The tiles of an image take
+tH·(tW + 1) columns: one spare per row of tiles, see the layout in kernels/reference.py.)
+Every step is linear, so the backward pass is each step's adjoint in reverse order:
 
-    ∂M = A ∂Y Aᵀ,   ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ,   ∂V[ξ] = U[ξ]ᵀ·∂M[ξ],   ∂g = Gᵀ ∂U G,   ∂d = B ∂V Bᵀ.
+    ∂M = A ∂Y Aᵀ,   ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ,   ∂V[ξ] = U[ξ]ᵀ·∂M[ξ],   ∂g = Gᵀ ∂U G,   ∂d = B ∂V Bᵀ,
+
+and ∂b sums ∂Y over each plane, which the output adjoint does while it reads ∂Y.
 
 The input and output transforms are named kernels (NumPy reference, Cython on the CPU); the
 filter transforms act on the small weight and stay in NumPy.
