@@ -181,6 +181,7 @@ CONV_STEP = textwrap.dedent(
     import minidiff.functional as F
     from minidiff import Tensor
     from minidiff.functional import chunking
+    from minidiff.optim import EMA, Adam
 
     chunking.COLUMN_CHUNK_BYTES = 4096  # several chunks, so several workers share the batch
     rng = np.random.default_rng(0)
@@ -191,16 +192,24 @@ CONV_STEP = textwrap.dedent(
     h = F.group_norm_silu(F.conv2d(x, w, b, stride=2, padding=1), 2)  # strided: col2im backward
     y = F.conv2d(h, w2, padding=1) + F.conv2d(h, w2, padding=1, algorithm="im2col")  # Winograd; flipped-kernel backward
     y = F.group_norm(y, 4)
-    y.backward(rng.standard_normal(y.shape).astype(np.float32))
-    np.savez(sys.argv[1], y=y.data, dx=x.grad, dw=w.grad, db=b.grad)
+    sequence = F.upsample_nearest2d(y, 2).reshape(4, 8, 14 * 12).transpose(0, 2, 1)  # (N, L, C)
+    out = F.scaled_dot_product_attention(sequence, sequence, sequence)  # the softmax kernels
+    out.backward(rng.standard_normal(out.shape).astype(np.float32))
+    params = [w, b, w2]
+    grads = [p.grad.copy() for p in params]
+    ema = EMA(params, decay=0.9)
+    Adam(params, lr=1e-2, weight_decay=0.01).step()
+    ema.update()
+    np.savez(sys.argv[1], out=out.data, dx=x.grad, *grads, *[p.data for p in params], *ema.shadow)
     """
 )
 
 
 @needs_ext
 def test_conv_step_is_bitwise_the_same_with_one_thread(tmp_path):
-    """Convs (both algorithms) and group norms, forward and backward, give identical bytes with
-    one thread and with four (OpenMP threads and chunk workers): nothing depends on the thread count."""
+    """Convs (both algorithms), group norms, upsampling and attention, forward and backward, then
+    an Adam step and an EMA update, give identical bytes with one thread and with four (OpenMP
+    threads and chunk workers): nothing depends on the thread count."""
     script = tmp_path / "conv_step.py"
     script.write_text(CONV_STEP)
     env = dict(os.environ, OMP_NUM_THREADS="1", MINIDIFF_KERNELS="cpu")
