@@ -34,6 +34,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="PyTorch's thread count (minidiff uses the machine's)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    for name, value in (("--rounds", args.rounds), ("--steps", args.steps), ("--batch", args.batch)):
+        if value < 1:
+            parser.error(f"{name} must be at least 1, got {value}")
     common = ["--steps", str(args.steps), "--batch", str(args.batch), "--device", args.device]
     seconds = {(side, mode): [] for side in ("minidiff", "torch") for mode in ("train", "forward")}
     for _ in range(args.rounds):

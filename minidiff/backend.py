@@ -45,8 +45,9 @@ class DeviceError(RuntimeError):
 
 def _load_extension():
     # Idle OpenMP threads must sleep, not spin: between two of our kernels the cores belong to
-    # BLAS's own threads, and spinning OpenMP workers made a U-Net step several times slower.
-    # libgomp reads this once, when minidiff._C loads it; a user's explicit setting wins.
+    # the convolutions' chunk workers (and, before those, to BLAS's threads), and spinning
+    # OpenMP workers made a U-Net step 1.7× to several times slower. libgomp reads this once,
+    # when minidiff._C loads it; a user's explicit setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return importlib.import_module("minidiff._C")

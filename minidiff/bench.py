@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import cProfile
 import json
 import os
@@ -60,26 +61,23 @@ def run(args) -> int:
     for kernel_family, timings in results.items():
         print(json.dumps(bench.report(kernel_family, timings)))
     if args.profile:
-        with kernel_env(kernels[0]):
+        with setting("MINIDIFF_KERNELS", kernels[0]):
             print_profile(bench)
     return 0
 
 
-class kernel_env:
-    """Select a kernel family for the block through ``MINIDIFF_KERNELS``."""
-
-    def __init__(self, family: str):
-        self.family = family
-
-    def __enter__(self):
-        self.previous = os.environ.get("MINIDIFF_KERNELS")
-        os.environ["MINIDIFF_KERNELS"] = self.family
-
-    def __exit__(self, *exc_info):
-        if self.previous is None:
-            os.environ.pop("MINIDIFF_KERNELS", None)
+@contextlib.contextmanager
+def setting(name: str, value: str):
+    """The environment variable ``name`` (``MINIDIFF_KERNELS``, …) set to ``value`` for the block."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
         else:
-            os.environ["MINIDIFF_KERNELS"] = self.previous
+            os.environ[name] = previous
 
 
 class Benchmark:
@@ -115,14 +113,14 @@ class Benchmark:
             step = self.train_step if mode == "train" else self.forward
             for i in range(warmup + steps):
                 for family in families:
-                    with kernel_env(family):
+                    with setting("MINIDIFF_KERNELS", family):
                         start = time.perf_counter()
                         step()
                         elapsed = time.perf_counter() - start
                     if i >= warmup:
                         timings[family][mode].append(elapsed)
         for family in families:
-            with kernel_env(family):
+            with setting("MINIDIFF_KERNELS", family):
                 timings[family]["peak_memory_mib"] = self.peak_training_memory() if "train" in modes else None
         return timings
 
@@ -159,8 +157,8 @@ def print_profile(bench: Benchmark, top: int = 20):
     ``wall_by_op_s``: the wall time of each op's forward and backward with every thread at work
     (the calling thread waits for its chunk workers inside the op, so this is the real cost).
     ``by_op_s``: self time per function, kernels apart; cProfile sees only the thread it runs
-    in, so this step keeps the convolutions' chunks on the calling thread
-    (``MINIDIFF_NUM_THREADS=1``; the GEMMs then use one core, the other kernels all of them).
+    in, so this step runs on the calling thread alone (``MINIDIFF_NUM_THREADS=1``: the
+    convolutions' chunks, the GEMMs and the OpenMP kernels all on one core).
     """
     names = _qualified_names()
     ops = {key: name for key, name in names.items() if name.rsplit(".", 1)[-1] in ("forward", "backward") and "." in name
@@ -171,15 +169,8 @@ def print_profile(bench: Benchmark, top: int = 20):
     for key, entry in wall.items():
         if key[:2] in ops and key[2] in ("forward", "backward"):
             by_op[ops[key[:2]]] += entry[3]  # cumulative: the op's wall time
-    saved = os.environ.get("MINIDIFF_NUM_THREADS")
-    os.environ["MINIDIFF_NUM_THREADS"] = "1"
-    try:
+    with setting("MINIDIFF_NUM_THREADS", "1"):
         single = _profile(bench.train_step)
-    finally:
-        if saved is None:
-            del os.environ["MINIDIFF_NUM_THREADS"]
-        else:
-            os.environ["MINIDIFF_NUM_THREADS"] = saved
     by_name = collections.Counter()
     for key, entry in single.items():
         by_name[names.get(key[:2], f"{os.path.basename(key[0])}:{key[2]}")] += entry[2]

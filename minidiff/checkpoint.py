@@ -167,10 +167,6 @@ def _show(value) -> str:
     return "none" if value is None else str(tuple(value) if isinstance(value, list) else value)
 
 
-def _one_line(exc) -> str:
-    return " ".join(str(exc).split())
-
-
 # --------------------------------------------------------------------- what a config describes
 def model_config(preset: str, **overrides) -> dict:
     """The UNet constructor arguments of ``preset`` with ``overrides`` (e.g. dropout, num_classes)."""
@@ -217,7 +213,7 @@ def load_model(path, ema: bool = True, device: str = "cpu"):
         model = build_model(checkpoint.config)
         schedule = build_schedule(checkpoint.config)
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {checkpoint.path} has an unusable config: {_one_line(exc)}") from exc
+        raise CheckpointError(f"checkpoint {checkpoint.path} has an unusable config: {exc}") from exc
     checkpoint.restore(model, "model", checkpoint.model_weights(ema))
     return model.to(device).eval(), schedule, checkpoint.config
 

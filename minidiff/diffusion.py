@@ -207,17 +207,22 @@ def snr_loss_weight(schedule, t, prediction="eps", min_snr_gamma=None):
     return gather(weights, t)
 
 
+def training_batch(schedule, x0, t, noise, prediction="eps", min_snr_gamma=None):
+    """(x_t, target, w_t): what a training step feeds the model, what it should output, and the
+    per-example loss weight (Ho et al. 2020, Algorithm 1; see :func:`training_losses`)."""
+    x_t = q_sample(schedule, x0, t, noise)
+    return x_t, training_target(schedule, x0, t, noise, prediction), snr_loss_weight(schedule, t, prediction, min_snr_gamma)
+
+
 def training_losses(model, schedule, x0, t, noise, prediction="eps", min_snr_gamma=None):
     """Per-example weighted mean squared error between the model output at x_t and its target.
 
     Ho et al. 2020, Algorithm 1 and Eq. 14 (L_simple) for ε; the x₀ and v targets of Salimans
     & Ho 2022, §4; optional Min-SNR-γ weighting (Hang et al. 2023, §3.4).
     """
-    x_t = q_sample(schedule, x0, t, noise)
-    target = training_target(schedule, x0, t, noise, prediction)
+    x_t, target, weight = training_batch(schedule, x0, t, noise, prediction, min_snr_gamma)
     mse = mean_flat((target - call_model(model, schedule, x_t, t)) ** 2)
-    weight = get_array_module(mse).asarray(snr_loss_weight(schedule, t, prediction, min_snr_gamma))
-    return weight.astype(mse.dtype) * mse
+    return get_array_module(mse).asarray(weight).astype(mse.dtype) * mse
 
 
 class ScheduleSampler:

@@ -17,10 +17,9 @@ import numpy as np
 from .backend import check_device
 from .checkpoint import load_checkpoint, load_model
 from .data import DATASETS, atomic_write, load_dataset
-from .metrics import TRAIN_STEPS, evaluate_samples, feature_classifier
-from .sample import SAMPLERS, class_labels, generate, sampler_steps
+from .metrics import IMAGE_SHAPE, TRAIN_STEPS, evaluate_samples, feature_classifier
+from .sample import add_sampling_arguments, class_labels, generate, sampler_steps
 
-IMAGE_SHAPE = (1, 28, 28)  # what the feature classifier reads
 MIN_N = 4  # precision/recall (k = 3) needs more than 3 samples, FID at least 2
 
 
@@ -30,14 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", default=None,
                         help="score these samples (.npy, float32 in [-1, 1], from `sample --npy`) "
                              "instead of drawing new ones")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default: %(default)s")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="denoising steps (default: the full chain for ddpm, 50 for ddim, 20 for dpm-solver++)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale η (default: %(default)s)")
     parser.add_argument("--n", type=int, default=1000,
                         help="samples to draw; as many real images are compared with (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    parser.add_argument("--no-ema", action="store_true", help="sample with the live weights, not their EMA")
+    add_sampling_arguments(parser)
     parser.add_argument("--dataset", choices=list(DATASETS), default=None,
                         help="the real images and the classifier (default: the checkpoint's dataset, else mnist)")
     parser.add_argument("--data-dir", default=None,
@@ -45,7 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classifier-steps", type=int, default=TRAIN_STEPS,
                         help="training steps of the feature classifier, when it is not cached yet (default: %(default)s)")
     parser.add_argument("--json", default=None, help="also write the scores to this file")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
 
 
 def run(args) -> int:
@@ -100,7 +93,7 @@ def _load_samples(path) -> np.ndarray:
     try:
         samples = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"--samples {path}: cannot read it as .npy ({' '.join(str(exc).split())})") from exc
+        raise ValueError(f"--samples {path}: cannot read it as .npy ({exc})") from exc
     if not isinstance(samples, np.ndarray):
         raise ValueError(f"--samples {path} is an .npz archive; expected the .npy of `sample --npy`")
     if samples.ndim != 4 or samples.shape[1:] != IMAGE_SHAPE or len(samples) < MIN_N:

@@ -30,6 +30,7 @@ from .data import cache_dir as default_cache_dir
 from .optim import Adam
 
 NUM_CLASSES = 10  # MNIST digits and Fashion-MNIST garments alike
+IMAGE_SHAPE = (1, 28, 28)  # what the classifier reads: one 28×28 grey image
 FEATURE_DIM = 128
 HELD_OUT = 1000  # the last images of the dataset, never trained on, measure the accuracy
 TRAIN_STEPS = 500
@@ -63,7 +64,7 @@ class DigitClassifier(nn.Module):
     def embed(self, images, batch_size: int = 500, progress: bool = False):
         """(features (N, 128), class probabilities (N, 10)), float64 NumPy, of images (N, 1, 28, 28) in [−1, 1]."""
         images = np.asarray(images)
-        if images.ndim != 4 or images.shape[1:] != (1, 28, 28):
+        if images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
             raise ValueError(f"the feature classifier takes images of shape (N, 1, 28, 28), got {images.shape}")
         device = device_of(self.fc.weight.data)
         starts = range(0, len(images), batch_size)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import check_device, device_of, to_device
+from .backend import check_device, device_of, to_device, to_numpy
 from .checkpoint import checkpoint_path, load_checkpoint, load_model
 from .data import atomic_write
 from .images import save_image_grid
@@ -77,7 +77,7 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
         samples = ddim_sample(denoiser, schedule, shape, steps=num_steps, eta=eta, **options)
     else:
         samples = dpm_solver_pp_sample(denoiser, schedule, shape, steps=num_steps, **options)
-    return np.asarray(to_device(samples, "cpu"), dtype=np.float32)
+    return np.asarray(to_numpy(samples), dtype=np.float32)
 
 
 def _with_progress(callback, total: int, progress: bool):
@@ -113,7 +113,7 @@ class TrajectoryRecorder:
 
     def __call__(self, index, t, x_t, x0_hat):
         if index in self.keep:
-            self.frames.append((to_device(x_t[: self.rows], "cpu"), to_device(x0_hat[: self.rows], "cpu")))
+            self.frames.append((to_numpy(x_t[: self.rows]), to_numpy(x0_hat[: self.rows])))
 
     def picture(self) -> np.ndarray:
         """(rows·2·steps, C, H, W) in row-major order, for ``save_image_grid(nrow=2·steps)``."""
@@ -134,22 +134,29 @@ def save_npy(array: np.ndarray, path) -> Path:
 
 
 # --------------------------------------------------------------------- command line
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint .npz or a run folder holding checkpoint.npz")
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """How samples are drawn: the flags ``sample`` and ``eval`` share, so ``eval --seed S`` scores
+    what ``sample --seed S`` shows."""
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default: %(default)s")
     parser.add_argument("--steps", type=int, default=None,
                         help="denoising steps (default: the full chain for ddpm, 50 for ddim, 20 for dpm-solver++)")
-    parser.add_argument("--eta", type=float, default=None, help="DDIM noise scale η: 0 deterministic, 1 DDPM-like (default: 0)")
-    parser.add_argument("--n", type=int, default=16, help="number of samples (default: %(default)s)")
+    parser.add_argument("--eta", type=float, default=0.0,
+                        help="DDIM noise scale η: 0 deterministic, 1 DDPM-like (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument("--no-ema", action="store_true", help="sample with the live weights, not their EMA")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint .npz or a run folder holding checkpoint.npz")
+    parser.add_argument("--n", type=int, default=16, help="number of samples (default: %(default)s)")
     parser.add_argument("--label", type=int, default=None,
                         help="class to draw, for class-conditional checkpoints (default: cycle through 0..K-1)")
-    parser.add_argument("--no-ema", action="store_true", help="sample with the live weights, not their EMA")
+    add_sampling_arguments(parser)
     parser.add_argument("--out", default=None, help="PNG grid of the samples (default: <run folder>/samples.png)")
     parser.add_argument("--npy", default=None, help="also save the samples, float32 in [-1, 1], as .npy")
     parser.add_argument("--trajectory", default=None,
                         help="also save a PNG of x_t and the predicted x0 at 8 steps for the first samples")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
 
 
 def run(args) -> int:
@@ -161,7 +168,7 @@ def run(args) -> int:
     labels = class_labels(args.n, model.num_classes, args.label)
     num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
     recorder = TrajectoryRecorder(num_steps) if args.trajectory else None
-    samples = generate(model, schedule, args.n, args.sampler, num_steps, eta=args.eta or 0.0, seed=args.seed,
+    samples = generate(model, schedule, args.n, args.sampler, num_steps, eta=args.eta, seed=args.seed,
                        labels=labels, prediction=config["prediction"], callback=recorder, progress=True)
     out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent / "samples.png"
     # One class per column when the labels cycle through all of them.

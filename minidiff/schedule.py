@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from .backend import get_array_module, to_numpy
+from .backend import get_array_module
 
 
 def standard_normal(rng, like):

@@ -40,7 +40,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import DATASETS, Batcher, atomic_write, load_dataset
-from .diffusion import PREDICTIONS, UniformSampler, mean_flat, q_sample, snr_loss_weight, training_target
+from .diffusion import PREDICTIONS, UniformSampler, mean_flat, training_batch
 from .images import save_image_grid
 from .optim import EMA, Adam, clip_grad_norm, linear_warmup
 from .sample import GRID_SCALE, class_labels, generate
@@ -230,12 +230,12 @@ class Trainer:
         t, _ = self.timestep_sampler.sample(n, self.rng)
         noise = self.rng.standard_normal(x0.shape, dtype=np.float32)
         # The forward process and the target are cheap: NumPy on the host, then one move each.
-        x_t = q_sample(self.schedule, x0, t, noise)
-        target = training_target(self.schedule, x0, t, noise, config.prediction)
-        weight = snr_loss_weight(self.schedule, t, config.prediction, config.min_snr_gamma).astype(np.float32)
+        x_t, target, weight = training_batch(self.schedule, x0, t, noise, config.prediction, config.min_snr_gamma)
         output = self.model(Tensor(to_device(x_t, self.device)), t, y if config.num_classes is not None else None)
         per_example = mean_flat(F.mse_loss(output, Tensor(to_device(target, self.device)), reduction="none"))
-        return (per_example * Tensor(to_device(weight, self.device))).mean()
+        if config.min_snr_gamma is None:  # every weight is 1
+            return per_example.mean()
+        return (per_example * Tensor(to_device(weight.astype(np.float32), self.device))).mean()
 
     def train_step(self) -> tuple[float, float]:
         """Draw a batch, take one optimiser step; returns (loss, gradient norm before clipping).

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..autograd import Function, Tensor
 from ..backend import get_array_module
-from .chunking import map_chunks
+from .chunking import CHUNK_MULTIPLE, map_chunks
 
 __all__ = ["reshape", "flatten", "transpose", "permute", "concat", "stack", "getitem", "pad"]
 
@@ -44,7 +44,8 @@ class Concat(Function):
         shape[axis] = sum(sizes)
         out = xp.empty(shape, dtype=np.result_type(*xs))
         n = shape[0]
-        pieces = [slice(k * n // 4, (k + 1) * n // 4) for k in range(4)] if n >= 4 else [slice(0, n)]
+        count = CHUNK_MULTIPLE if n >= CHUNK_MULTIPLE else 1
+        pieces = [slice(k * n // count, (k + 1) * n // count) for k in range(count)]
         map_chunks(lambda piece: xp.concatenate([x[piece] for x in xs], axis=axis, out=out[piece]), pieces, xp)
         return out
 
