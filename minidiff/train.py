@@ -378,7 +378,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         groups[group].add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=help, **kwargs)
 
     option("data", "--dataset", choices=list(DATASETS), help="training images")
-    option("data", "--data-dir", help="folder holding the IDX files (default: the cache / $MINIDIFF_DATA)")
+    option("data", "--data-dir", help="folder holding the IDX files (default: search $MINIDIFF_DATA/<dataset>, then the cache)")
     option("data", "--limit-data", type=int, metavar="N", help="train on the first N images only")
     option("data", "--hflip", action="store_true", help="random horizontal flips (off: digits are not symmetric)")
     option("model", "--preset", choices=list(PRESETS), help="U-Net size")
