@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from minidiff.checkpoint import CHECKPOINT_NAME, load_model
-from minidiff.data import DataError
+from minidiff.datasets import DataError
 from minidiff.images import save_image_grid
 from minidiff.sample import TrajectoryRecorder, generate
 from minidiff.train import TrainConfig, Trainer

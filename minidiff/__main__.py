@@ -14,8 +14,11 @@ import argparse
 import sys
 import warnings
 
-from . import bench, evaluate, sample, train
+from . import bench
 from .backend import DeviceError
+from .commands import evaluate, sample, train
+from .runfolder import RunFolderBusy
+from .train import DivergenceError
 
 COMMANDS = [
     ("train", train, "train a diffusion model (Ho et al. 2020, Algorithm 1)"),
@@ -25,8 +28,8 @@ COMMANDS = [
 ]
 
 # The library's own errors carry messages meant for the user: DataError and CheckpointError are
-# ValueErrors, DeviceError and DivergenceError RuntimeErrors; OSError covers e.g. an unwritable --out.
-USER_ERRORS = (ValueError, OSError, DeviceError, train.DivergenceError)
+# ValueErrors, DeviceError, DivergenceError and RunFolderBusy RuntimeErrors; OSError covers e.g. an unwritable --out.
+USER_ERRORS = (ValueError, OSError, DeviceError, DivergenceError, RunFolderBusy)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -16,7 +16,7 @@ Layout of ``checkpoint.npz`` (flat names, plain arrays, no pickles)::
                             "model": the initialisation generator that dropout keeps drawing from)
 
 Every array is a NumPy copy, so a checkpoint written on the GPU loads on a CPU-only machine.
-The file is written beside its destination and renamed over it (:func:`minidiff.nn.save_state_dict`),
+The file is written beside its destination and renamed over it (:func:`minidiff.files.save_npz`),
 so an interrupted save never destroys the previous checkpoint.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from .nn import load_state_dict_file, save_state_dict
-from .schedule import NoiseSchedule
+from .files import load_npz, save_npz
+from .schedule import schedule_by_name
 from .unet import PRESETS, UNet
 
 FORMAT_VERSION = 1
@@ -37,7 +37,6 @@ SECTIONS = ("model", "ema", "optimizer", "batcher", "rng")
 # where one of them differs, since its weights would be loaded into the wrong model or sampled
 # with the wrong noise schedule. Everything in config["model"] is compared as well.
 IDENTITY_KEYS = ("preset", "schedule", "timesteps", "prediction")
-SCHEDULES = ("linear", "cosine", "sigmoid")
 
 
 class CheckpointError(ValueError):
@@ -117,7 +116,7 @@ def save_checkpoint(path, *, config: dict, step: int, elapsed_s: float = 0.0, **
     flat = {"format_version": FORMAT_VERSION, "config": json.dumps(config), "step": step, "elapsed_s": elapsed_s}
     for section, state in sections.items():
         flat.update((f"{section}.{key}", value) for key, value in state.items())
-    save_state_dict(flat, path)
+    save_npz(flat, path)
     return Path(path)
 
 
@@ -133,7 +132,7 @@ def load_checkpoint(path, expect_config: dict | None = None) -> Checkpoint:
         where = f"no {CHECKPOINT_NAME} in run folder {path.parent}" if path.name == CHECKPOINT_NAME else None
         raise CheckpointError(where or f"checkpoint {path} does not exist")
     try:
-        flat = load_state_dict_file(path)
+        flat = load_npz(path)
     except (OSError, ValueError) as exc:
         raise CheckpointError(
             f"checkpoint {path} is not a readable .npz archive: it is truncated, corrupt or another kind of file"
@@ -180,28 +179,6 @@ def build_model(config: dict, rng=None) -> UNet:
     return UNet(**config["model"], rng=rng)
 
 
-def build_schedule(config: dict) -> NoiseSchedule:
-    """The noise schedule of a run config (``schedule``, ``timesteps``).
-
-    The linear schedule is scaled by 1000/T (Nichol & Dhariwal 2021, improved-diffusion), so a
-    short chain, e.g. T = 50 for a quick test, still ends in nearly pure noise.
-    """
-    name, T = config["schedule"], config["timesteps"]
-    if name == "linear":
-        schedule = NoiseSchedule.linear(T, scale_to_T=True)
-    elif name in ("cosine", "sigmoid"):
-        schedule = getattr(NoiseSchedule, name)(T)
-    else:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    if schedule.alphas_cumprod[-1] == 0 and config.get("prediction", "eps") == "eps":
-        # ε-prediction cannot recover x₀ where ᾱ = 0; better to say so before training than after.
-        raise ValueError(
-            f"schedule {name!r} with {T} timesteps reaches alphas_cumprod = 0 at the last step, where an "
-            "eps-predicting model cannot recover x0; use more timesteps or another schedule"
-        )
-    return schedule
-
-
 def load_model(path, ema: bool = True, device: str = "cpu"):
     """(model in eval mode on ``device``, its noise schedule, the run config) from a checkpoint.
 
@@ -211,7 +188,7 @@ def load_model(path, ema: bool = True, device: str = "cpu"):
     checkpoint = path if isinstance(path, Checkpoint) else load_checkpoint(path)
     try:
         model = build_model(checkpoint.config)
-        schedule = build_schedule(checkpoint.config)
+        schedule = schedule_by_name(checkpoint.config["schedule"], checkpoint.config["timesteps"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {checkpoint.path} has an unusable config: {exc}") from exc
     checkpoint.restore(model, "model", checkpoint.model_weights(ema))
@@ -220,5 +197,5 @@ def load_model(path, ema: bool = True, device: str = "cpu"):
 
 __all__ = [
     "CheckpointError", "Checkpoint", "CHECKPOINT_NAME", "checkpoint_path", "save_checkpoint",
-    "load_checkpoint", "model_config", "build_model", "build_schedule", "load_model",
+    "load_checkpoint", "model_config", "build_model", "load_model",
 ]

@@ -1,9 +1,8 @@
-"""The diffusion math on arrays: the forward process q, conversions between ε / x₀ / v,
-training targets and losses, timestep samplers, and the variational bound in bits/dim.
+"""The diffusion math: the forward process q, conversions between ε / x₀ / v, the training
+loss (Algorithm 1, :func:`training_loss`), timestep samplers, and the variational bound in bits/dim.
 
-Everything here is plain NumPy (or CuPy, following the input arrays) — no autograd — so an
-autograd-based trainer can take ``training_target`` and ``snr_loss_weight`` from here and
-compute the squared error with its own ops.
+Everything but :func:`training_loss` works on plain NumPy (or CuPy, following the input
+arrays); the loss is built from Tensors so that it can be differentiated.
 
 Papers:
 
@@ -20,10 +19,13 @@ Papers:
 """
 
 import math
+from collections import namedtuple
 
 import numpy as np
 
-from .backend import get_array_module, to_numpy
+from . import functional as F
+from .autograd import Tensor
+from .backend import get_array_module, to_device, to_numpy
 from .schedule import extract, gather, standard_normal
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -207,22 +209,35 @@ def snr_loss_weight(schedule, t, prediction="eps", min_snr_gamma=None):
     return gather(weights, t)
 
 
-def training_batch(schedule, x0, t, noise, prediction="eps", min_snr_gamma=None):
-    """(x_t, target, w_t): what a training step feeds the model, what it should output, and the
-    per-example loss weight (Ho et al. 2020, Algorithm 1; see :func:`training_losses`)."""
-    x_t = q_sample(schedule, x0, t, noise)
-    return x_t, training_target(schedule, x0, t, noise, prediction), snr_loss_weight(schedule, t, prediction, min_snr_gamma)
+def training_loss(model, schedule, x0, rng, *, prediction="eps", min_snr_gamma=None, timestep_sampler=None,
+                  device="cpu"):
+    """One draw of the training loss on a batch x₀ (Ho et al. 2020, Algorithm 1), as a Tensor.
 
+    ``model(x_t, t)`` returns a Tensor (close over class labels in it); ``x0`` is a NumPy batch
+    (N, …) already drawn from the data (line 2) and ``rng`` a NumPy Generator for t and ε. The
+    forward process runs on the host and x_t, the target and the weights move to ``device``.
 
-def training_losses(model, schedule, x0, t, noise, prediction="eps", min_snr_gamma=None):
-    """Per-example weighted mean squared error between the model output at x_t and its target.
-
-    Ho et al. 2020, Algorithm 1 and Eq. 14 (L_simple) for ε; the x₀ and v targets of Salimans
-    & Ho 2022, §4; optional Min-SNR-γ weighting (Hang et al. 2023, §3.4).
+    The loss is the batch mean of w_t · ‖target − model(x_t, t)‖² / dim, where the target is ε
+    (Eq. 14, L_simple), x₀ or v (Salimans & Ho 2022, §4) and w_t multiplies the Min-SNR-γ weight
+    (Hang et al. 2023, §3.4) by the timestep sampler's importance weight 1/(T p_t) (Nichol &
+    Dhariwal 2021, Eq. 18), so any sampler gives an unbiased estimate of the uniform loss.
+    Returns a :class:`LossDraw`: the scalar loss, t and the unweighted per-example losses
+    (what :meth:`LossSecondMomentResampler.update` learns from).
     """
-    x_t, target, weight = training_batch(schedule, x0, t, noise, prediction, min_snr_gamma)
-    mse = mean_flat((target - call_model(model, schedule, x_t, t)) ** 2)
-    return get_array_module(mse).asarray(weight).astype(mse.dtype) * mse
+    timestep_sampler = UniformSampler(schedule.T) if timestep_sampler is None else timestep_sampler
+    t, importance = timestep_sampler.sample(len(x0), rng)  # line 3: t ∼ Uniform({1, …, T}), or p_t
+    noise = rng.standard_normal(x0.shape, dtype=np.float32)  # line 4: ε ∼ N(0, I)
+    x_t = q_sample(schedule, x0, t, noise)  # √ᾱ_t x₀ + √(1 − ᾱ_t) ε (Eq. 4)
+    target = training_target(schedule, x0, t, noise, prediction)
+    output = call_model(model, schedule, Tensor(to_device(x_t, device)), t)  # ε_θ(x_t, t)
+    per_example = mean_flat(F.mse_loss(output, Tensor(to_device(target, device)), reduction="none"))
+    weight = (importance * snr_loss_weight(schedule, t, prediction, min_snr_gamma)).astype(np.float32)
+    loss = (per_example * Tensor(to_device(weight, device))).mean()  # line 5: the gradient step's objective
+    return LossDraw(loss, t, to_numpy(per_example.data))
+
+
+LossDraw = namedtuple("LossDraw", "loss t per_example")
+LossDraw.__doc__ = "What :func:`training_loss` drew: the scalar loss Tensor, t (N,) and the unweighted losses (N,)."
 
 
 class ScheduleSampler:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import atomic_write
+from .files import atomic_write
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -25,8 +25,10 @@ from . import functional as F
 from . import nn
 from .autograd import Tensor, no_grad
 from .backend import device_of, to_device
-from .data import Batcher, load_dataset
-from .data import cache_dir as default_cache_dir
+from .batching import Batcher
+from .datasets import load_dataset
+from .datasets import cache_dir as default_cache_dir
+from .files import load_npz, save_npz
 from .optim import Adam
 
 NUM_CLASSES = 10  # MNIST digits and Fashion-MNIST garments alike
@@ -132,7 +134,7 @@ def feature_classifier(dataset: str = "mnist", data_dir=None, cache_dir=None, tr
     classifier = train_classifier(images[:-HELD_OUT], labels[:-HELD_OUT], train_steps, seed, progress)
     classifier.accuracy = classifier_accuracy(classifier, images[-HELD_OUT:], labels[-HELD_OUT:])
     path.parent.mkdir(parents=True, exist_ok=True)
-    nn.save_state_dict({**classifier.state_dict(), "settings": json.dumps({**settings, "accuracy": classifier.accuracy})},
+    save_npz({**classifier.state_dict(), "settings": json.dumps({**settings, "accuracy": classifier.accuracy})},
                        path)
     return classifier
 
@@ -142,7 +144,7 @@ class _OtherSettings(Exception):
 
 
 def _load_classifier(path: Path, settings: dict) -> DigitClassifier:
-    state = nn.load_state_dict_file(path)  # ValueError naming the file when it is not an .npz
+    state = load_npz(path)  # ValueError naming the file when it is not an .npz
     saved = json.loads(str(state.pop("settings")))
     if any(saved.get(key) != value for key, value in settings.items()):
         raise _OtherSettings

@@ -14,9 +14,6 @@ or, when none is given, from this module's default generator, reseeded by :func:
 from __future__ import annotations
 
 import math
-import os
-import zipfile
-import zlib
 from collections import OrderedDict
 
 import numpy as np
@@ -24,7 +21,7 @@ import numpy as np
 from . import functional as F
 from .autograd import DEFAULT_DTYPE, Tensor
 from .backend import get_array_module, to_device
-from .data import atomic_write
+from .files import load_npz, save_npz
 
 _default_rng = np.random.default_rng(0)
 
@@ -197,11 +194,11 @@ class Module:
 
     def save(self, path) -> None:
         """Write ``state_dict()`` to ``path`` as an ``.npz`` file, atomically."""
-        save_state_dict(self.state_dict(), path)
+        save_npz(self.state_dict(), path)
 
     def load(self, path, strict: bool = True):
         """Load parameters from an ``.npz`` file written by :meth:`save`."""
-        return self.load_state_dict(load_state_dict_file(path), strict=strict)
+        return self.load_state_dict(load_npz(path), strict=strict)
 
     # ----------------------------------------------------------------- printing
     def extra_repr(self) -> str:
@@ -211,38 +208,6 @@ class Module:
         lines = [f"({name}): " + repr(child).replace("\n", "\n  ") for name, child in self.named_children()]
         head = f"{type(self).__name__}({self.extra_repr()}"
         return head + ")" if not lines else head + "\n  " + "\n  ".join(lines) + "\n)"
-
-
-# --------------------------------------------------------------------- files
-def save_state_dict(state, path) -> None:
-    """Write ``state`` (name → array or number) to ``path`` as an ``.npz``, atomically.
-
-    Written beside ``path`` and renamed over it (:func:`minidiff.data.atomic_write`), so an
-    interrupted save never leaves a truncated checkpoint where a good one was.
-    """
-    with atomic_write(path) as f:
-        # A file object, not a name: np.savez would append ".npz" to a name lacking it.
-        np.savez(f, **{name: np.asarray(value) for name, value in state.items()})
-
-
-def load_state_dict_file(path) -> OrderedDict:
-    """Read an ``.npz`` written by :func:`save_state_dict`: name → NumPy array, in file order.
-
-    Raises ``FileNotFoundError`` or ``ValueError`` naming ``path`` when it is missing, corrupt or
-    not an ``.npz`` archive.
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"state dict file {path!r} does not exist")
-    try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError("it holds a single .npy array")
-        with archive:
-            # Read every array now: a truncated member only shows itself when read.
-            return OrderedDict((name, archive[name]) for name in archive.files)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise ValueError(f"cannot read state dict file {path!r}: not a valid .npz archive ({exc})") from exc
 
 
 # --------------------------------------------------------------------- initialisation

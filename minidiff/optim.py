@@ -8,7 +8,7 @@ and of the EMA are the kernels ``adam_update`` and ``ema_update`` (equations in
 :mod:`minidiff.kernels.reference`; on the CPU one fused pass over each parameter).
 
 State dicts are flat: names → plain arrays and numbers, so they can be written into an
-``.npz`` checkpoint (:func:`minidiff.nn.save_state_dict`) and read back exactly. Per-parameter
+``.npz`` checkpoint (:func:`minidiff.files.save_npz`) and read back exactly. Per-parameter
 state is keyed by the parameter's index in the list given to the optimiser
 (``state.3.exp_avg``), which is stable because ``Module.parameters()`` has a fixed order.
 """

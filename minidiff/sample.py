@@ -3,24 +3,23 @@
 :mod:`minidiff.sampling` holds the samplers, which work on any ``model(x_t, t)`` callable;
 this module puts a trained U-Net in front of them: it picks the sampler by name, fixes the
 class labels, draws x_T from a seed, reports progress, and records the "noise becomes a digit"
-trajectory picture. Training uses :func:`generate` for its preview grids.
+trajectory picture. Training uses :func:`generate` for its preview grids; the ``sample``
+command is :mod:`minidiff.commands.sample`.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
-from .backend import check_device, device_of, to_device, to_numpy
-from .checkpoint import checkpoint_path, load_checkpoint, load_model
-from .data import atomic_write
+from .backend import device_of, to_device, to_numpy
+from .files import atomic_write
 from .images import save_image_grid
 from .sampling import ddim_sample, ddpm_sample, dpm_solver_pp_sample
-from .schedule import space_timesteps
 from .unet import as_denoiser
 
-SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
+SAMPLER_FUNCTIONS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm-solver++": dpm_solver_pp_sample}
+SAMPLERS = tuple(SAMPLER_FUNCTIONS)
 # Steps when none are asked for: the full chain for ancestral sampling (Ho et al. 2020,
 # Algorithm 2), 50 for DDIM (Song et al. 2021, §5) and 20 for DPM-Solver++ (Lu et al. 2022, §6).
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20}
@@ -70,13 +69,9 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     x_T = to_device(rng.standard_normal(shape).astype(np.float32), device)
     denoiser = as_denoiser(model, labels)
     options = dict(rng=rng, prediction=prediction, x_T=x_T, callback=_with_progress(callback, num_steps, progress))
-    if sampler == "ddpm":
-        respaced = schedule if num_steps == schedule.T else schedule.respace(space_timesteps(schedule.T, num_steps))
-        samples = ddpm_sample(denoiser, respaced, shape, **options)
-    elif sampler == "ddim":
-        samples = ddim_sample(denoiser, schedule, shape, steps=num_steps, eta=eta, **options)
-    else:
-        samples = dpm_solver_pp_sample(denoiser, schedule, shape, steps=num_steps, **options)
+    if sampler == "ddim":
+        options["eta"] = eta
+    samples = SAMPLER_FUNCTIONS[sampler](denoiser, schedule, shape, num_steps, **options)
     return np.asarray(to_numpy(samples), dtype=np.float32)
 
 
@@ -131,54 +126,3 @@ def save_npy(array: np.ndarray, path) -> Path:
     with atomic_write(path) as f:
         np.save(f, array)
     return path
-
-
-# --------------------------------------------------------------------- command line
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """How samples are drawn: the flags ``sample`` and ``eval`` share, so ``eval --seed S`` scores
-    what ``sample --seed S`` shows."""
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default: %(default)s")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="denoising steps (default: the full chain for ddpm, 50 for ddim, 20 for dpm-solver++)")
-    parser.add_argument("--eta", type=float, default=0.0,
-                        help="DDIM noise scale η: 0 deterministic, 1 DDPM-like (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    parser.add_argument("--no-ema", action="store_true", help="sample with the live weights, not their EMA")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint .npz or a run folder holding checkpoint.npz")
-    parser.add_argument("--n", type=int, default=16, help="number of samples (default: %(default)s)")
-    parser.add_argument("--label", type=int, default=None,
-                        help="class to draw, for class-conditional checkpoints (default: cycle through 0..K-1)")
-    add_sampling_arguments(parser)
-    parser.add_argument("--out", default=None, help="PNG grid of the samples (default: <run folder>/samples.png)")
-    parser.add_argument("--npy", default=None, help="also save the samples, float32 in [-1, 1], as .npy")
-    parser.add_argument("--trajectory", default=None,
-                        help="also save a PNG of x_t and the predicted x0 at 8 steps for the first samples")
-
-
-def run(args) -> int:
-    if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
-    device = check_device(args.device)
-    checkpoint = load_checkpoint(args.checkpoint)
-    model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
-    labels = class_labels(args.n, model.num_classes, args.label)
-    num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
-    recorder = TrajectoryRecorder(num_steps) if args.trajectory else None
-    samples = generate(model, schedule, args.n, args.sampler, num_steps, eta=args.eta, seed=args.seed,
-                       labels=labels, prediction=config["prediction"], callback=recorder, progress=True)
-    out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent / "samples.png"
-    # One class per column when the labels cycle through all of them.
-    nrow = model.num_classes if labels is not None and args.label is None and args.n >= model.num_classes else None
-    written = [save_image_grid(samples, out, nrow=nrow, scale=GRID_SCALE)]
-    if args.npy:
-        written.append(save_npy(samples, args.npy))
-    if recorder is not None:
-        written.append(recorder.save(args.trajectory))
-    weights = "live" if args.no_ema else "EMA"
-    print(f"{args.n} samples from {checkpoint.path} (step {checkpoint.step}, {weights} weights, "
-          f"{args.sampler}, {num_steps} steps): " + ", ".join(map(str, written)))
-    return 0

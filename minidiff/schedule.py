@@ -210,11 +210,6 @@ class NoiseSchedule:
     # Constructors -----------------------------------------------------------------
 
     @classmethod
-    def from_betas(cls, betas, timesteps=None):
-        """The schedule with the given β_t ∈ (0, 1] (Ho et al. 2020, §2)."""
-        return cls(betas, timesteps)
-
-    @classmethod
     def from_alphas_cumprod(cls, alphas_cumprod, timesteps=None):
         """The schedule with the given ᾱ_t: β_t = 1 − ᾱ_t/ᾱ_{t−1}, ᾱ_{−1} = 1 (Ho et al. 2020, Eq. 4 inverted).
 
@@ -306,3 +301,20 @@ class NoiseSchedule:
 def _check_T(T):
     if int(T) != T or T < 1:
         raise ValueError(f"number of timesteps T must be a positive integer, got {T}")
+
+
+SCHEDULES = ("linear", "cosine", "sigmoid")
+
+
+def schedule_by_name(name: str, T: int) -> NoiseSchedule:
+    """The named schedule a run config asks for, with T steps: ``"linear"``, ``"cosine"`` or ``"sigmoid"``.
+
+    The linear schedule is scaled by 1000/T (Nichol & Dhariwal 2021, improved-diffusion's
+    ``get_named_beta_schedule``), so a short chain, e.g. T = 50 for a quick test, still ends in
+    nearly pure noise.
+    """
+    if name == "linear":
+        return NoiseSchedule.linear(T, scale_to_T=True)
+    if name in ("cosine", "sigmoid"):
+        return getattr(NoiseSchedule, name)(T)
+    raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")

@@ -1,49 +1,39 @@
-"""Training a diffusion model, and the ``python -m minidiff train`` command.
+"""Training a diffusion model: :class:`TrainConfig` and the :class:`Trainer` loop.
 
-The loop is Ho et al. 2020, Algorithm 1 — draw x₀ from the data, t ∼ Uniform({0, …, T−1}),
-ε ∼ N(0, I), take a gradient step on ‖ε − ε_θ(√ᾱ_t x₀ + √(1 − ᾱ_t) ε, t)‖² — with the recipe
-of their App. B: Adam, a linear learning-rate warm-up, gradient clipping at norm 1, and an
-exponential moving average of the weights for sampling. The network may instead predict x₀ or
-v (Salimans & Ho 2022), with Min-SNR-γ loss weights (Hang et al. 2023).
-
-A run lives in one folder::
-
-    config.json             the TrainConfig and the model's constructor arguments
-    checkpoint.npz          everything needed to resume exactly (see minidiff.checkpoint)
-    log.jsonl               one JSON line every --log-every steps
-    samples_step<N>.png     preview grids drawn with the EMA weights
+The loss of one step is :func:`minidiff.diffusion.training_loss` — Ho et al. 2020, Algorithm 1:
+draw x₀ from the data, t ∼ Uniform({0, …, T−1}), ε ∼ N(0, I), take a gradient step on
+‖ε − ε_θ(√ᾱ_t x₀ + √(1 − ᾱ_t) ε, t)‖² — and the loop around it follows their App. B: Adam, a
+linear learning-rate warm-up, gradient clipping at norm 1, and an exponential moving average of
+the weights for sampling. The network may instead predict x₀ or v (Salimans & Ho 2022), with
+Min-SNR-γ loss weights (Hang et al. 2023).
 
 Resuming is exact: the weights, the Adam moments, the EMA, the data order and every random
-generator (t, ε and flips; dropout) are checkpointed, so a run stopped and resumed computes the
-very same losses, bit for bit, as one that never stopped.
+generator (t, ε and flips; dropout) are checkpointed, and a Ctrl-C (or SIGTERM) is held until
+the step it lands in — loss, update, EMA, log line, preview and checkpoint — is complete. A run
+stopped and resumed so computes the very same losses, bit for bit, as one that never stopped.
+The files of a run are :mod:`minidiff.runfolder`'s; the ``train`` command is
+:mod:`minidiff.commands.train`.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from . import functional as F
-from .autograd import Tensor
-from .backend import DEVICES, check_device, to_device
-from .checkpoint import (
-    CHECKPOINT_NAME, SCHEDULES, Checkpoint, build_model, build_schedule, load_checkpoint, model_config,
-    save_checkpoint,
-)
-from .data import DATASETS, Batcher, atomic_write, load_dataset
-from .diffusion import PREDICTIONS, UniformSampler, mean_flat, training_batch
+from .backend import DEVICES, check_device
+from .batching import Batcher
+from .checkpoint import Checkpoint, build_model, load_checkpoint, model_config, save_checkpoint
+from .datasets import DATASETS, load_dataset
+from .diffusion import PREDICTIONS, UniformSampler, training_loss
 from .images import save_image_grid
 from .optim import EMA, Adam, clip_grad_norm, linear_warmup
+from .runfolder import RunFolder, sigint_deferred
 from .sample import GRID_SCALE, class_labels, generate
+from .schedule import SCHEDULES, schedule_by_name
 from .unet import PRESETS
 
 
@@ -105,14 +95,21 @@ class TrainConfig:
         for name in ("limit_data", "num_classes"):
             need(getattr(self, name) is None or is_int(getattr(self, name)) and getattr(self, name) >= 1,
                  name, "a positive integer")
-        need(self.lr > 0, "lr", "positive")
-        need(self.grad_clip >= 0, "grad_clip", "non-negative (0 turns clipping off)")
-        need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
-        need(self.dropout is None or 0 <= self.dropout < 1, "dropout", "in [0, 1)")
-        need(self.min_snr_gamma is None or self.min_snr_gamma > 0, "min_snr_gamma", "positive")
+        def is_real(value):
+            return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+                and math.isfinite(value)
+
+        need(is_real(self.lr) and self.lr > 0, "lr", "a positive finite number")
+        need(is_real(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a finite number >= 0 (0 turns clipping off)")
+        need(is_real(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
+        need(self.dropout is None or is_real(self.dropout) and 0 <= self.dropout < 1, "dropout", "in [0, 1)")
+        need(self.min_snr_gamma is None or is_real(self.min_snr_gamma) and self.min_snr_gamma > 0,
+             "min_snr_gamma", "a positive finite number")
         for name, choices in (("dataset", DATASETS), ("preset", PRESETS), ("schedule", SCHEDULES),
                               ("prediction", PREDICTIONS), ("device", DEVICES)):
             need(getattr(self, name) in choices, name, "one of " + ", ".join(choices))
+        if not problems:
+            problems += _schedule_problems(self.schedule, self.timesteps, self.prediction)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -131,30 +128,39 @@ class TrainConfig:
         return {**dataclasses.asdict(self), "model": model_config(self.preset, **overrides)}
 
 
+# The chain must end close to pure noise, or sampling from N(0, I) starts far from q(x_T).
+MAX_FINAL_ALPHA_BAR = 0.05
+
+
+def _schedule_problems(name: str, T: int, prediction: str) -> list[str]:
+    """Why ``--schedule name --timesteps T`` cannot train a ``prediction`` model (empty when it can)."""
+    where = f"--schedule {name} with --timesteps {T}"
+    if T > 100_000:
+        return [f"{where}: at most 100000 timesteps are supported"]
+    try:
+        schedule = schedule_by_name(name, T)
+    except ValueError as exc:
+        return [f"{where} is not a valid schedule ({exc})"]
+    final = schedule.alphas_cumprod[-1]
+    if final > MAX_FINAL_ALPHA_BAR:
+        return [f"{where} ends at alphas_cumprod = {final:.3g}, far from pure noise (need <= {MAX_FINAL_ALPHA_BAR}); "
+                "use more timesteps"]
+    if final == 0 and prediction == "eps":
+        # ε-prediction cannot recover x₀ where ᾱ = 0; better to say so before training than after.
+        return [f"{where} reaches alphas_cumprod = 0 at the last step, where an eps-predicting model cannot "
+                "recover x0; use --prediction v or x0, more timesteps, or another schedule"]
+    return []
+
+
 CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig))
+
+
 
 
 def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 1, 28, 28) in [−1, 1] and labels of ``config.dataset``, the first ``limit_data`` only."""
     images, labels = load_dataset(config.dataset, split="auto", data_dir=config.data_dir)
     return images[: config.limit_data], labels[: config.limit_data]
-
-
-@contextmanager
-def _sigint_deferred():
-    """Hold a Ctrl-C until the block ends, so it cannot land halfway through updating the weights,
-    the Adam moments and the EMA, which would leave the checkpoint saved on interrupt inconsistent."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread receives signals
-        return
-    pending = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pending:
-        raise KeyboardInterrupt
 
 
 class Trainer:
@@ -167,14 +173,12 @@ class Trainer:
     def __init__(self, config: TrainConfig, data=None, resume=None, progress: bool = True):
         self.config, self.progress = config, progress
         self.device = check_device(config.device)
-        self.run_dir = Path(config.out)
-        self.checkpoint_file = self.run_dir / CHECKPOINT_NAME
-        self.log_file = self.run_dir / "log.jsonl"
+        self.folder = RunFolder(config.out)
         self.run_config = config.run_config()
-        if resume is None and self.checkpoint_file.exists():
+        if resume is None and self.folder.checkpoint_file.exists():
             raise ValueError(
-                f"run folder {self.run_dir} already holds a checkpoint; continue it with --resume {self.run_dir} "
-                "or choose another --out"
+                f"run folder {self.folder.path} already holds a checkpoint; continue it with --resume "
+                f"{self.folder.path} or choose another --out"
             )
         if resume is not None:
             resume = resume if isinstance(resume, Checkpoint) else load_checkpoint(resume)
@@ -187,7 +191,7 @@ class Trainer:
         # The initialisation generator lives on in the Dropout layers, which draw their masks from it.
         self.model_rng = np.random.default_rng(model_seed)
         self.rng = np.random.default_rng(train_seed)  # t, ε and flips
-        self.schedule = build_schedule(self.run_config)
+        self.schedule = schedule_by_name(config.schedule, config.timesteps)
         self.model = build_model(self.run_config, rng=self.model_rng).to(self.device)
         self.ema = EMA(self.model, decay=config.ema_decay)  # after .to(): the averages live with the weights
         self.optimizer = Adam(self.model, lr=config.lr)
@@ -196,6 +200,14 @@ class Trainer:
         self.step, self.elapsed_s, self.saved_step = 0, 0.0, None
         if resume is not None:
             self._resume(resume)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.path
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.folder.checkpoint_file
 
     def _check_data(self, images, labels):
         model = self.run_config["model"]
@@ -216,26 +228,17 @@ class Trainer:
         self.elapsed_s = checkpoint.elapsed_s
 
     # ----------------------------------------------------------------- one step
-    def loss(self, x0: np.ndarray, y: np.ndarray | None = None) -> Tensor:
-        """The training loss on a batch x₀, as a differentiable scalar (Ho et al. 2020, Algorithm 1).
-
-        t ∼ Uniform({0, …, T−1}), ε ∼ N(0, I), x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε (Eq. 4); the loss is
-        the mean over the batch of w_t · mean‖target − model(x_t, t)‖², where the target is ε
-        (Eq. 14, L_simple), x₀ or v, and w_t = 1 or the Min-SNR-γ weight.
-        """
-        config, n = self.config, len(x0)
+    def loss(self, x0: np.ndarray, y: np.ndarray | None = None):
+        """The training loss on a batch x₀, a differentiable scalar (:func:`minidiff.diffusion.training_loss`,
+        Ho et al. 2020, Algorithm 1), after random horizontal flips when ``hflip`` is on."""
+        config = self.config
         if config.hflip:
-            flip = self.rng.random(n) < 0.5
+            flip = self.rng.random(len(x0)) < 0.5
             x0 = np.where(flip[:, None, None, None], x0[..., ::-1], x0)
-        t, _ = self.timestep_sampler.sample(n, self.rng)
-        noise = self.rng.standard_normal(x0.shape, dtype=np.float32)
-        # The forward process and the target are cheap: NumPy on the host, then one move each.
-        x_t, target, weight = training_batch(self.schedule, x0, t, noise, config.prediction, config.min_snr_gamma)
-        output = self.model(Tensor(to_device(x_t, self.device)), t, y if config.num_classes is not None else None)
-        per_example = mean_flat(F.mse_loss(output, Tensor(to_device(target, self.device)), reduction="none"))
-        if config.min_snr_gamma is None:  # every weight is 1
-            return per_example.mean()
-        return (per_example * Tensor(to_device(weight.astype(np.float32), self.device))).mean()
+        labels = y if config.num_classes is not None else None
+        return training_loss(lambda x_t, t: self.model(x_t, t, labels), self.schedule, x0, self.rng,
+                             prediction=config.prediction, min_snr_gamma=config.min_snr_gamma,
+                             timestep_sampler=self.timestep_sampler, device=self.device).loss
 
     def train_step(self) -> tuple[float, float]:
         """Draw a batch, take one optimiser step; returns (loss, gradient norm before clipping).
@@ -251,11 +254,10 @@ class Trainer:
         loss.backward()
         grad_norm = clip_grad_norm(self.model, self.config.grad_clip or math.inf)
         self._check_finite("gradient norm", grad_norm)
-        with _sigint_deferred():
-            self.optimizer.lr = linear_warmup(self.step, self.config.warmup_steps, self.config.lr)
-            self.optimizer.step()
-            self.ema.update()
-            self.step += 1
+        self.optimizer.lr = linear_warmup(self.step, self.config.warmup_steps, self.config.lr)
+        self.optimizer.step()
+        self.ema.update()
+        self.step += 1
         return value, grad_norm
 
     def _check_finite(self, what: str, value: float):
@@ -265,70 +267,69 @@ class Trainer:
                 else "no checkpoint was written")
         raise DivergenceError(f"step {self.step + 1}: {what} is {value}; training stopped, {kept}")
 
-    def _draw_state(self):
-        return self.rng.bit_generator.state, self.model_rng.bit_generator.state, self.batcher.state_dict()
-
-    def _step_undoing_draws_on_interrupt(self):
-        """:meth:`train_step`; a Ctrl-C before the weights move rewinds its random draws, so that
-        the checkpoint then saved resumes exactly where the uninterrupted run would have gone on."""
-        step, draws = self.step, self._draw_state()
-        try:
-            return self.train_step()
-        except KeyboardInterrupt:
-            if self.step == step:
-                self.rng.bit_generator.state, self.model_rng.bit_generator.state, batcher = draws
-                self.batcher.load_state_dict(batcher)
-            raise
-
     # ----------------------------------------------------------------- the loop
     def fit(self) -> Path:
         """Train to ``config.steps`` steps; returns the checkpoint path.
 
-        Ctrl-C saves a checkpoint, says how to resume, and re-raises KeyboardInterrupt.
+        Ctrl-C (or SIGTERM) finishes the step under way, saves a checkpoint, says how to resume,
+        and re-raises KeyboardInterrupt.
         """
         from tqdm import tqdm
 
         config = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.run_dir / "config.json") as f:
-            f.write(json.dumps(self.run_config, indent=2).encode() + b"\n")
-        self._truncate_log()
-        bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True, disable=not self.progress)
-        clock_start, elapsed_start = time.perf_counter(), self.elapsed_s
-        window_start, window_steps = clock_start, 0
+        self.folder.acquire()
         try:
-            with open(self.log_file, "a") as log:
-                while self.step < config.steps:
-                    loss, grad_norm = self._step_undoing_draws_on_interrupt()
-                    now = time.perf_counter()
-                    self.elapsed_s = elapsed_start + now - clock_start
-                    window_steps += 1
-                    images_per_s = window_steps * config.batch_size / max(now - window_start, 1e-9)
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}", refresh=False)
-                    bar.update(1)
-                    if self.step % config.log_every == 0:
-                        record = dict(step=self.step, loss=loss, lr=self.optimizer.lr, grad_norm=grad_norm,
-                                      images_per_s=images_per_s, elapsed=self.elapsed_s)
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                        window_start, window_steps = now, 0
-                    if config.sample_every and self.step % config.sample_every == 0:
-                        self.save_samples()
-                    if config.checkpoint_every and self.step % config.checkpoint_every == 0:
-                        self.save()
-        except KeyboardInterrupt:
-            self.save()
-            tqdm.write(f"interrupted at step {self.step}; saved {self.checkpoint_file}. Resume with:\n"
-                       f"  python -m minidiff train --resume {self.run_dir}", file=sys.stderr)
-            raise
+            self.folder.write_config(self.run_config)
+            self.folder.truncate_log(self.step)
+            bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True,
+                       disable=not self.progress)
+            try:
+                self._loop(bar)
+            except KeyboardInterrupt:
+                if self.saved_step != self.step:
+                    self.save()
+                tqdm.write(f"interrupted at step {self.step}; saved {self.checkpoint_file}. Resume with:\n"
+                           f"  python -m minidiff train --resume {self.run_dir}", file=sys.stderr)
+                raise
+            finally:
+                bar.close()
+            if self.saved_step != self.step:
+                self.save()
         finally:
-            bar.close()
-        if self.saved_step != self.step:
-            self.save()
+            self.folder.release()
         return self.checkpoint_file
 
+    def _loop(self, bar):
+        config = self.config
+        clock_start, elapsed_start = time.perf_counter(), self.elapsed_s
+        window_start, window_steps = clock_start, 0
+        while self.step < config.steps:
+            with sigint_deferred():  # the whole step and its bookkeeping, or none of it
+                loss, grad_norm = self.train_step()
+                now = time.perf_counter()
+                self.elapsed_s = elapsed_start + now - clock_start
+                window_steps += 1
+                images_per_s = window_steps * config.batch_size / max(now - window_start, 1e-9)
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}", refresh=False)
+                bar.update(1)
+                if self.step % config.log_every == 0:
+                    self.folder.append_log(dict(step=self.step, loss=loss, lr=self.optimizer.lr, grad_norm=grad_norm,
+                                                images_per_s=images_per_s, elapsed=self.elapsed_s))
+                    window_start, window_steps = now, 0
+                if config.sample_every and self.step % config.sample_every == 0:
+                    self.save_samples()
+                if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                    self.save()
+
     def save(self) -> Path:
-        """Write the checkpoint (atomically: the previous one survives a crash mid-write)."""
+        """Write the checkpoint (atomically: the previous one survives a crash mid-write).
+
+        Weights that are not finite are never written: the run stops with a
+        :class:`DivergenceError` and the previous checkpoint stays the last good one.
+        """
+        for name, param in self.model.named_parameters():
+            if not np.isfinite(param.numpy()).all():
+                self._check_finite(f"parameter {name}", float("nan"))
         save_checkpoint(
             self.checkpoint_file, config=self.run_config, step=self.step, elapsed_s=self.elapsed_s,
             model=self.model.state_dict(), ema=self.ema.state_dict(), optimizer=self.optimizer.state_dict(),
@@ -350,70 +351,4 @@ class Trainer:
                                    prediction=config.prediction)
         finally:
             self.model.train()
-        return save_image_grid(samples, self.run_dir / f"samples_step{self.step}.png", scale=GRID_SCALE)
-
-    def _truncate_log(self):
-        """Drop log lines past the current step: a run resumed from an earlier checkpoint than its
-        last log line redoes those steps and must not log them twice."""
-        if not self.log_file.exists():
-            return
-        lines = self.log_file.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= self.step]
-        with atomic_write(self.log_file) as f:
-            f.write("".join(kept).encode())
-
-
-# --------------------------------------------------------------------- command line
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The train flags. Their defaults are left out of the namespace (SUPPRESS), so that ``run``
-    can tell the flags given from the ones not given: on --resume, only the former override the
-    checkpoint's config. The defaults shown come from :class:`TrainConfig`."""
-    defaults = TrainConfig()
-    groups = {name: parser.add_argument_group(name) for name in ("data", "model", "diffusion", "optimisation", "run")}
-
-    def option(group, *flags, help, dest=None, **kwargs):
-        dest = dest or flags[0].lstrip("-").replace("-", "_")
-        if getattr(defaults, dest, None) not in (None, False):
-            help += f" (default: {getattr(defaults, dest)})"
-        groups[group].add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=help, **kwargs)
-
-    option("data", "--dataset", choices=list(DATASETS), help="training images")
-    option("data", "--data-dir", help="folder holding the IDX files (default: search $MINIDIFF_DATA/<dataset>, then the cache)")
-    option("data", "--limit-data", type=int, metavar="N", help="train on the first N images only")
-    option("data", "--hflip", action="store_true", help="random horizontal flips (off: digits are not symmetric)")
-    option("model", "--preset", choices=list(PRESETS), help="U-Net size")
-    option("model", "--dropout", type=float, help="dropout in the ResBlocks (default: the preset's)")
-    option("model", "--num-classes", type=int, metavar="K", help="train a class-conditional model on K classes")
-    option("model", "--conditional", dest="num_classes", action="store_const", const=10,
-           help="same as --num-classes 10 (MNIST and Fashion-MNIST have 10 classes)")
-    option("diffusion", "--schedule", choices=SCHEDULES, help="noise schedule (linear is scaled by 1000/T)")
-    option("diffusion", "--timesteps", type=int, metavar="T", help="length of the diffusion chain")
-    option("diffusion", "--prediction", choices=PREDICTIONS, help="what the network predicts")
-    option("diffusion", "--min-snr-gamma", type=float, metavar="GAMMA", help="Min-SNR-γ loss weighting (Hang et al. 2023)")
-    option("optimisation", "--steps", type=int, help="train until this many optimiser steps")
-    option("optimisation", "--batch-size", type=int, help="images per step")
-    option("optimisation", "--lr", type=float, help="Adam learning rate after warm-up")
-    option("optimisation", "--warmup-steps", type=int, help="linear learning-rate warm-up")
-    option("optimisation", "--grad-clip", type=float, help="clip the gradient norm; 0 turns it off")
-    option("optimisation", "--ema-decay", type=float, help="EMA decay of the weights used for sampling")
-    option("optimisation", "--seed", type=int, help="seeds initialisation, data order, t, noise and dropout")
-    option("run", "--out", help="run folder")
-    option("run", "--resume", help="continue the run in this folder (or from this checkpoint .npz); "
-                                   "flags given override its config")
-    option("run", "--sample-every", type=int, metavar="N", help="preview grid every N steps; 0: never")
-    option("run", "--sample-n", type=int, metavar="N", help="images in a preview grid")
-    option("run", "--sample-steps", type=int, metavar="N", help="DDIM steps for a preview grid")
-    option("run", "--checkpoint-every", type=int, metavar="N", help="checkpoint every N steps; 0: only at the end")
-    option("run", "--log-every", type=int, metavar="N", help="log.jsonl line every N steps")
-    option("run", "--device", help="cpu or cuda")
-
-
-def run(args) -> int:
-    explicit = {name: value for name, value in vars(args).items() if name in CONFIG_FIELDS}
-    resume = getattr(args, "resume", None)
-    checkpoint = load_checkpoint(resume) if resume else None
-    config = TrainConfig.from_checkpoint(checkpoint, **explicit) if checkpoint else TrainConfig(**explicit)
-    trainer = Trainer(config, resume=checkpoint)
-    path = trainer.fit()  # on Ctrl-C it saves, says how to resume, and re-raises
-    print(f"trained to step {trainer.step} in {trainer.elapsed_s:.0f} s; checkpoint {path}")
-    return 0
+        return save_image_grid(samples, self.folder.preview_file(self.step), scale=GRID_SCALE)

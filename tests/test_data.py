@@ -1,10 +1,9 @@
-"""Tests of minidiff.data: the IDX reader, the data directory chain, checksums, downloads
+"""Tests of minidiff.datasets, batching, toy and files: the IDX reader, the data directory chain, checksums, downloads
 (from file:// mirrors, never the network), the t10k fallback, the Batcher and the toy sets."""
 
 import dataclasses
 import gzip
 import hashlib
-import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -13,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minidiff import data
-from minidiff.data import DataError, DataWarning, load_dataset, read_idx
+from minidiff import batching, datasets, files, idx
+from minidiff import toy as toy_sets
+from minidiff.datasets import DataError, DataWarning, load_dataset, read_idx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
@@ -27,9 +27,9 @@ SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 def idx_bytes(array: np.ndarray, type_code: int | None = None) -> bytes:
     """Encode ``array`` as IDX: the magic, big-endian sizes, big-endian data."""
     if type_code is None:
-        type_code = next(c for c, dt in data.IDX_DTYPES.items() if dt.newbyteorder("=") == array.dtype)
+        type_code = next(c for c, dt in idx.IDX_DTYPES.items() if dt.newbyteorder("=") == array.dtype)
     header = bytes([0, 0, type_code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-    return header + array.astype(data.IDX_DTYPES[type_code]).tobytes()
+    return header + array.astype(idx.IDX_DTYPES[type_code]).tobytes()
 
 
 def write(path: Path, payload: bytes) -> Path:
@@ -84,7 +84,7 @@ class Toy:
                 payload = idx_bytes(array)
                 archive = write(self.mirror / f"{name}.gz", payload).read_bytes()
                 files[name] = (md5(archive), md5(payload))
-        self.info = data.DatasetInfo("toy", (self.mirror.as_uri() + "/",), data._splits(files))
+        self.info = datasets.DatasetInfo("toy", (self.mirror.as_uri() + "/",), datasets._splits(files))
 
     def copy(self, split: str, directory: Path) -> Path:
         """Put ``split``'s two archives into ``directory``."""
@@ -97,14 +97,14 @@ class Toy:
 @pytest.fixture
 def toy(tmp_path, monkeypatch, home):
     toy = Toy(tmp_path)
-    monkeypatch.setitem(data.DATASETS, "toy", toy.info)
+    monkeypatch.setitem(datasets.DATASETS, "toy", toy.info)
     return toy
 
 
 def offline(toy: Toy, monkeypatch) -> None:
     """Point the toy dataset at a mirror that does not exist."""
     dead = dataclasses.replace(toy.info, mirrors=((toy.mirror / "gone").as_uri() + "/",))
-    monkeypatch.setitem(data.DATASETS, "toy", dead)
+    monkeypatch.setitem(datasets.DATASETS, "toy", dead)
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_data_error_is_a_value_error():
 
 
 def test_registry_names_and_published_md5s():
-    mnist = data.DATASETS["mnist"].splits
+    mnist = datasets.DATASETS["mnist"].splits
     assert [f.archive_name for f in mnist["train"] + mnist["test"]] == [
         "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
@@ -186,7 +186,7 @@ def test_registry_names_and_published_md5s():
         "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
         "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c",
     ]
-    assert data.search_dirs("fashion-mnist")[-1] == Path("/usr/share/datasets/fashion-mnist")
+    assert datasets.search_dirs("fashion-mnist")[-1] == Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture(scope="module")
@@ -229,13 +229,13 @@ def test_real_mnist_all_is_strict(shared_mnist):
 
 
 def test_default_chain(home):
-    assert data.search_dirs("mnist") == [home / ".cache" / "minidiff" / "mnist"]
+    assert datasets.search_dirs("mnist") == [home / ".cache" / "minidiff" / "mnist"]
 
 
 def test_chain_with_environment(home, tmp_path, monkeypatch):
     monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert data.search_dirs("fashion-mnist") == [
+    assert datasets.search_dirs("fashion-mnist") == [
         tmp_path / "data" / "fashion-mnist",
         tmp_path / "xdg" / "minidiff" / "fashion-mnist",
         Path("/usr/share/datasets/fashion-mnist"),
@@ -244,7 +244,7 @@ def test_chain_with_environment(home, tmp_path, monkeypatch):
 
 def test_explicit_dir_is_the_only_one(home, tmp_path, monkeypatch):
     monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path / "data"))
-    assert data.search_dirs("mnist", tmp_path) == [tmp_path]
+    assert datasets.search_dirs("mnist", tmp_path) == [tmp_path]
 
 
 def test_explicit_missing_dir_is_one_line_error(toy, tmp_path):
@@ -321,7 +321,7 @@ def test_auto_falls_back_without_trying_to_download(toy, tmp_path, monkeypatch):
     def no_download(*args):
         raise AssertionError("split='auto' must not download while t10k is at hand")
 
-    monkeypatch.setattr(data, "_download_file", no_download)
+    monkeypatch.setattr(datasets, "_download_file", no_download)
     with pytest.warns(DataWarning, match="training on the 4 t10k images"):
         images, _ = load_dataset("toy", data_dir=directory)
     assert len(images) == 4
@@ -349,7 +349,7 @@ def test_train_falls_back_when_download_fails(toy, tmp_path, monkeypatch):
 
 def test_download_tries_mirrors_in_order_into_the_cache(toy, home, monkeypatch):
     mirrors = ((toy.mirror / "gone").as_uri() + "/",) + toy.info.mirrors
-    monkeypatch.setitem(data.DATASETS, "toy", dataclasses.replace(toy.info, mirrors=mirrors))
+    monkeypatch.setitem(datasets.DATASETS, "toy", dataclasses.replace(toy.info, mirrors=mirrors))
     images, labels = load_dataset("toy", "all")
     cache = home / ".cache" / "minidiff" / "toy"
     assert sorted(p.name for p in cache.iterdir()) == sorted(
@@ -360,14 +360,8 @@ def test_download_tries_mirrors_in_order_into_the_cache(toy, home, monkeypatch):
 
 def test_download_goes_to_the_minidiff_data_folder(toy, tmp_path, monkeypatch):
     monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path / "data"))
-    assert data.download_dataset("toy", "test") == tmp_path / "data" / "toy"
+    assert datasets.download_dataset("toy", "test") == tmp_path / "data" / "toy"
     assert (tmp_path / "data" / "toy" / "t10k-labels-idx1-ubyte.gz").is_file()
-
-
-def test_download_progress_without_tqdm(toy, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `import tqdm` fail
-    data.download_dataset("toy", "test", data_dir=tmp_path)
-    assert "t10k-images-idx3-ubyte.gz: 0.0 / 0.0 MB" in capsys.readouterr().err
 
 
 def test_download_checksum_mismatch_is_refused_and_leaves_nothing(toy, tmp_path):
@@ -402,11 +396,11 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     target = tmp_path / "f.bin"
     target.write_bytes(b"old")
     with pytest.raises(RuntimeError):
-        with data.atomic_write(target) as out:
+        with files.atomic_write(target) as out:
             out.write(b"new, half")
             raise RuntimeError
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
-    with data.atomic_write(target) as out:
+    with files.atomic_write(target) as out:
         out.write(b"new")
     assert target.read_bytes() == b"new" and list(tmp_path.iterdir()) == [target]
 
@@ -421,25 +415,25 @@ def batches(batcher, k):
 
 def test_batcher_is_reproducible_and_drops_the_last_partial_batch():
     x, y = np.arange(10.0)[:, None], np.arange(10)
-    first = batches(data.Batcher(x, y, batch_size=3, rng=7), 6)
-    again = batches(data.Batcher(x, y, batch_size=3, rng=7), 6)
+    first = batches(batching.Batcher(x, y, batch_size=3, rng=7), 6)
+    again = batches(batching.Batcher(x, y, batch_size=3, rng=7), 6)
     for (xa, ya), (xb, yb) in zip(first, again, strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
         np.testing.assert_array_equal(xa[:, 0], ya)  # rows stay paired
     epoch = np.concatenate([b[1] for b in first[:3]])
     assert len(set(epoch.tolist())) == 9  # 3 full batches of distinct rows, one row dropped
-    assert data.Batcher(x, batch_size=3, rng=8).batches_per_epoch == 3
+    assert batching.Batcher(x, batch_size=3, rng=8).batches_per_epoch == 3
 
 
 def test_batcher_resumes_exactly_from_a_saved_state(tmp_path):
     x = np.arange(20)
-    original = data.Batcher(x, batch_size=6, rng=1)
+    original = batching.Batcher(x, batch_size=6, rng=1)
     batches(original, 4)  # into the second epoch
     np.savez(tmp_path / "state.npz", **original.state_dict())
     expected = batches(original, 7)
 
-    resumed = data.Batcher(x, batch_size=6, rng=99)
+    resumed = batching.Batcher(x, batch_size=6, rng=99)
     with np.load(tmp_path / "state.npz") as state:
         resumed.load_state_dict(dict(state))
     assert resumed.epoch == 1
@@ -450,19 +444,19 @@ def test_batcher_resumes_exactly_from_a_saved_state(tmp_path):
 @pytest.mark.parametrize("batch_size", [0, -1, 11])
 def test_batcher_rejects_bad_batch_size(batch_size):
     with pytest.raises(ValueError, match=f"batch_size={batch_size} "):
-        data.Batcher(np.zeros(10), batch_size=batch_size)
+        batching.Batcher(np.zeros(10), batch_size=batch_size)
 
 
 def test_batcher_rejects_unequal_lengths():
     with pytest.raises(ValueError, match=r"equal lengths, got \[10, 9\]"):
-        data.Batcher(np.zeros(10), np.zeros(9), batch_size=2)
+        batching.Batcher(np.zeros(10), np.zeros(9), batch_size=2)
 
 
 # ---------------------------------------------------------------------------------------
 # toy 2-D sets
 
 
-@pytest.mark.parametrize("make", [data.two_moons, data.gaussian_mixture, data.swiss_roll])
+@pytest.mark.parametrize("make", [toy_sets.two_moons, toy_sets.gaussian_mixture, toy_sets.swiss_roll])
 def test_toy_sets(make):
     points = make(500, rng=3)
     assert points.shape == (500, 2) and points.dtype == np.float32

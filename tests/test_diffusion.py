@@ -29,10 +29,12 @@ from minidiff.diffusion import (
     q_posterior_mean_variance,
     q_sample,
     snr_loss_weight,
-    training_losses,
+    ScheduleSampler,
+    training_loss,
     training_target,
     vb_terms_bpd,
 )
+from minidiff.autograd import Tensor
 from minidiff.schedule import NoiseSchedule
 
 
@@ -195,35 +197,75 @@ def test_approximate_normal_cdf_is_within_2e_4_of_erf():
 # Training targets, weights and losses ----------------------------------------------------------------
 
 
+def model_of_x0_hat(schedule, x0_hat, prediction):
+    """A model (Tensor in, Tensor out) whose every prediction implies the denoised image ``x0_hat``."""
+
+    def model(x_t, model_t):
+        x_t, t = x_t.data, np.searchsorted(schedule.timesteps, model_t)  # back to indices of the schedule
+        eps_hat = predict_eps_from_x0(schedule, x_t, t, x0_hat)
+        return Tensor({"eps": eps_hat, "x0": x0_hat, "v": predict_v(schedule, x0_hat, t, eps_hat)}[prediction])
+
+    return model
+
+
 @given(schedules(allow_zero_terminal_snr=False), st.data(), st.sampled_from(["eps", "x0", "v"]))
 def test_a_model_that_outputs_the_target_has_zero_loss(schedule, data, prediction):
-    x0, t, noise = data.draw(batches(schedule))
-
-    def perfect(x_t, model_t):
-        return training_target(schedule, x0, t, noise, prediction)
-
-    losses = training_losses(perfect, schedule, x0, t, noise, prediction, min_snr_gamma=5.0)
-    assert losses.shape == (len(x0),)
-    np.testing.assert_allclose(losses, 0, atol=1e-20)
+    x0, _, _ = data.draw(batches(schedule))
+    draw = training_loss(model_of_x0_hat(schedule, x0, prediction), schedule, x0, np.random.default_rng(0),
+                         prediction=prediction, min_snr_gamma=5.0)
+    assert draw.per_example.shape == (len(x0),) and draw.t.shape == (len(x0),)
+    np.testing.assert_allclose(draw.per_example, 0, atol=1e-8)
+    assert abs(draw.loss.item()) < 1e-8
 
 
-@given(schedules(), st.data(), st.sampled_from([None, 0.5, 5.0]))
+@given(schedules(allow_zero_terminal_snr=False), st.data(), st.sampled_from([None, 0.5, 5.0]))
 def test_min_snr_weighted_losses_agree_across_parameterisations(schedule, data, gamma):
     # The same x̂₀ error costs the same in every parameterisation once weighted: w_x0 = min(SNR, γ).
-    x0, t, noise = data.draw(batches(schedule))
-    x_t = q_sample(schedule, x0, t, noise)
+    x0, t, _ = data.draw(batches(schedule))
     x0_hat = x0 + 0.3 * np.random.default_rng(2).standard_normal(x0.shape)
-    eps_hat = predict_eps_from_x0(schedule, x_t, t, x0_hat)
-    outputs = {"eps": eps_hat, "x0": x0_hat, "v": predict_v(schedule, x0_hat, t, eps_hat)}
-    losses = {}
-    for prediction, output in outputs.items():
-        losses[prediction] = training_losses(lambda *_: output, schedule, x0, t, noise, prediction, min_snr_gamma=gamma)
+    losses = {
+        prediction: training_loss(model_of_x0_hat(schedule, x0_hat, prediction), schedule, x0,
+                                  np.random.default_rng(1), prediction=prediction, min_snr_gamma=gamma).loss.item()
+        for prediction in ("eps", "x0", "v")
+    }
     if gamma is not None:
-        np.testing.assert_allclose(losses["eps"], losses["x0"], rtol=1e-6, atol=1e-12)
-        np.testing.assert_allclose(losses["v"], losses["x0"], rtol=1e-6, atol=1e-12)
+        assert losses["eps"] == pytest.approx(losses["x0"], rel=1e-6, abs=1e-12)
+        assert losses["v"] == pytest.approx(losses["x0"], rel=1e-6, abs=1e-12)
     weights = snr_loss_weight(schedule, t, "x0", gamma)
     expected = np.ones(len(t)) if gamma is None else np.minimum(schedule.snr[t], gamma)
     np.testing.assert_allclose(weights, expected)
+
+
+class FixedSampler(ScheduleSampler):
+    """Draws t with fixed, far from uniform probabilities."""
+
+    def __init__(self, p):
+        super().__init__(len(p))
+        self.p = np.asarray(p, dtype=np.float64) / np.sum(p)
+
+    def probabilities(self):
+        return self.p
+
+
+def test_importance_weights_are_applied_and_make_the_loss_unbiased():
+    # A model whose error depends on t: output c_t for target ε gives L_t = E‖ε − c_t‖²/dim = 1 + c_t².
+    schedule = NoiseSchedule.linear(10)
+    c = np.linspace(0.0, 3.0, schedule.T)
+
+    def model(x_t, t):
+        return Tensor(np.broadcast_to(c[t][:, None], x_t.shape).astype(np.float64))
+
+    sampler = FixedSampler(np.arange(1, schedule.T + 1) ** 2)  # t = 9 is 100 times as likely as t = 0
+    x0 = np.zeros((50_000, 4))
+    draw = training_loss(model, schedule, x0, np.random.default_rng(0), timestep_sampler=sampler)
+    weights = 1.0 / (schedule.T * sampler.p[draw.t])
+    # the weights are applied: loss = mean_n w_{t_n} L_n ...
+    assert draw.loss.item() == pytest.approx(np.mean(weights * draw.per_example), rel=1e-6)
+    # ... and so it estimates the uniform loss (1/T) Σ_t L_t, which the unweighted mean misses by far.
+    uniform = np.mean(1 + c**2)
+    standard_error = np.std(weights * draw.per_example) / math.sqrt(len(x0))
+    assert abs(draw.loss.item() - uniform) < 4 * standard_error
+    assert abs(np.mean(draw.per_example) - uniform) > 50 * standard_error
 
 
 def test_min_snr_weight_for_eps_is_finite_at_zero_terminal_snr():
@@ -232,16 +274,17 @@ def test_min_snr_weight_for_eps_is_finite_at_zero_terminal_snr():
     assert np.all(np.isfinite(weights)) and weights[-1] == 1.0
 
 
-def test_training_losses_call_the_model_with_original_timesteps():
+def test_training_loss_calls_the_model_with_original_timesteps():
     schedule = NoiseSchedule.linear(100).respace([0, 50, 99])
     seen = []
 
     def model(x_t, t):
         seen.append(t.copy())
-        return np.zeros_like(x_t)
+        return Tensor(np.zeros(x_t.shape))
 
-    training_losses(model, schedule, np.zeros((3, 2)), np.array([0, 1, 2]), np.ones((3, 2)))
-    np.testing.assert_array_equal(seen[0], [0, 50, 99])
+    draw = training_loss(model, schedule, np.zeros((30, 2)), np.random.default_rng(0))
+    np.testing.assert_array_equal(seen[0], schedule.timesteps[draw.t])
+    assert set(seen[0]) == {0, 50, 99}
 
 
 # Timestep samplers -----------------------------------------------------------------------------------

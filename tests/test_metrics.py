@@ -10,8 +10,8 @@ import pytest
 from minidiff import metrics
 from minidiff.__main__ import main
 from minidiff.checkpoint import build_model
-from minidiff.data import load_dataset
-from minidiff.nn import load_state_dict_file, save_state_dict
+from minidiff.datasets import load_dataset
+from minidiff.files import load_npz as load_state_dict_file, save_npz as save_state_dict
 
 MNIST_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"MNIST t10k not found at {MNIST_DIR}")

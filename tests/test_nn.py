@@ -8,6 +8,7 @@ import minidiff.functional as F
 import minidiff.nn as nn
 from minidiff import backend
 from minidiff import Tensor
+from minidiff.files import load_npz, save_npz
 
 
 class Block(nn.Module):
@@ -207,21 +208,21 @@ def test_state_dict_round_trip_through_npz_file_is_exact_and_atomic(tmp_path):
     target.load(path)
     for (name, a), (_, b) in zip(source.named_parameters(), target.named_parameters()):
         np.testing.assert_array_equal(a.data, b.data, err_msg=name)
-    assert list(nn.load_state_dict_file(path)) == NET_NAMES
+    assert list(load_npz(path)) == NET_NAMES
 
 
 def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     path = tmp_path / "model.npz"
-    nn.save_state_dict({"a": np.ones(2)}, path)
+    save_npz({"a": np.ones(2)}, path)
 
     def broken_savez(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "savez", broken_savez)
     with pytest.raises(OSError, match="disk full"):
-        nn.save_state_dict({"a": np.zeros(2)}, path)
+        save_npz({"a": np.zeros(2)}, path)
     assert os.listdir(tmp_path) == ["model.npz"]
-    np.testing.assert_array_equal(nn.load_state_dict_file(path)["a"], np.ones(2))
+    np.testing.assert_array_equal(load_npz(path)["a"], np.ones(2))
 
 
 def test_load_state_dict_keeps_dtype_and_copies():
@@ -269,13 +270,13 @@ def test_corrupt_or_foreign_file_error_names_it(tmp_path, content):
     if content == "text":
         path.write_text("not an archive")
     elif content == "truncated":
-        nn.save_state_dict(nn.Linear(20, 20).state_dict(), path)
+        save_npz(nn.Linear(20, 20).state_dict(), path)
         path.write_bytes(path.read_bytes()[:300])
     else:
         with open(path, "wb") as f:
             np.save(f, np.ones(3))
     with pytest.raises(ValueError, match="bad.npz.*not a valid .npz"):
-        nn.load_state_dict_file(path)
+        load_npz(path)
 
 
 # --------------------------------------------------------------------- forward passes (ops by others)

@@ -6,6 +6,7 @@ import minidiff.functional as F
 import minidiff.nn as nn
 import minidiff.optim as optim
 from minidiff import Tensor, backend
+from minidiff.files import load_npz, save_npz
 
 # f(θ) = ½ θᵀAθ − bᵀθ, with gradient Aθ − b and minimiser A⁻¹b.
 A = np.array([[3.0, 0.5, 0.0], [0.5, 2.0, 0.3], [0.0, 0.3, 1.0]])
@@ -111,11 +112,11 @@ def test_state_round_trip_through_npz_reproduces_the_next_steps_exactly(cls, tmp
     opt = cls([a, b], lr=0.05, weight_decay=0.1)
     run(opt, a, 3)  # b never gets a gradient: no state for it
     opt.lr = 0.02
-    nn.save_state_dict(opt.state_dict(), tmp_path / "opt.npz")
+    save_npz(opt.state_dict(), tmp_path / "opt.npz")
 
     a2, b2 = nn.Parameter(a.data), nn.Parameter(b.data)
     resumed = cls([a2, b2])
-    resumed.load_state_dict(nn.load_state_dict_file(tmp_path / "opt.npz"))
+    resumed.load_state_dict(load_npz(tmp_path / "opt.npz"))
     assert (resumed.lr, resumed.betas, resumed.weight_decay) == (0.02, (0.9, 0.999), 0.1)
     assert resumed.state[0]["exp_avg"].dtype == np.float32 and list(resumed.state) == [0]
     np.testing.assert_array_equal(run(resumed, a2, 2), run(opt, a, 2))
@@ -229,10 +230,10 @@ def test_ema_state_round_trip_reproduces_the_next_update_exactly(tmp_path):
         ema.update()
     state = ema.state_dict()
     assert list(state) == ["num_updates", "shadow.weight", "shadow.bias"]
-    nn.save_state_dict(state, tmp_path / "ema.npz")
+    save_npz(state, tmp_path / "ema.npz")
 
     resumed = optim.EMA(model, decay=0.99)
-    resumed.load_state_dict(nn.load_state_dict_file(tmp_path / "ema.npz"))
+    resumed.load_state_dict(load_npz(tmp_path / "ema.npz"))
     assert resumed.num_updates == 3 and resumed.shadow[0].dtype == np.float32
     for p in model.parameters():
         p.data += 0.1

@@ -14,11 +14,9 @@ from minidiff.diffusion import predict_v, q_sample
 from minidiff.sampling import (
     ddim_encode,
     ddim_sample,
-    ddim_step,
     ddim_variance,
     ddpm_sample,
     dpm_solver_pp_sample,
-    p_sample,
 )
 from minidiff.schedule import NoiseSchedule, space_timesteps
 
@@ -38,13 +36,23 @@ def point_mass_oracle(schedule, x0):
 # Single steps ---------------------------------------------------------------------------------------
 
 
+def one_step(sampler, model, schedule, x_t, t, rng, **kwargs):
+    """x_{t−1}: the first step of ``sampler`` started at index t with x_t (on the schedule cut to
+    indices 0..t, which keeps every β), read off the callback of the second step."""
+    seen = []
+    out = sampler(model, schedule.respace(np.arange(t + 1)), x_t.shape, t + 1, x_T=x_t, rng=rng,
+                  callback=lambda index, model_t, x, x0_hat: seen.append(x), **kwargs)
+    return seen[1] if t > 0 else out
+
+
+
 @given(schedules(allow_zero_terminal_snr=False), st.data())
-def test_p_sample_is_ho_et_al_algorithm_2(schedule, data):
+def test_a_ddpm_step_is_ho_et_al_algorithm_2(schedule, data):
     t = data.draw(st.integers(0, schedule.T - 1))
     seed = data.draw(st.integers(0, 2**32 - 1))
     x_t = np.random.default_rng(seed).standard_normal((4, 3))
     eps_hat = np.random.default_rng(seed + 1).standard_normal((4, 3))
-    x_prev, _ = p_sample(lambda *_: eps_hat, schedule, x_t, t, np.random.default_rng(7), clip_denoised=False)
+    x_prev = one_step(ddpm_sample, lambda *_: eps_hat, schedule, x_t, t, np.random.default_rng(7), clip_denoised=False)
     alpha, beta, alpha_bar = schedule.alphas[t], schedule.betas[t], schedule.alphas_cumprod[t]
     expected = (x_t - beta / math.sqrt(1 - alpha_bar) * eps_hat) / math.sqrt(alpha)
     if t > 0:
@@ -62,8 +70,9 @@ def test_ddim_with_eta_1_on_consecutive_steps_is_the_ddpm_posterior(schedule, da
     def model(*_):
         return x0_hat
 
-    ddim, _ = ddim_step(model, schedule, x_t, t, np.random.default_rng(3), eta=1.0, prediction="x0", clip_denoised=False)
-    ddpm, _ = p_sample(model, schedule, x_t, t, np.random.default_rng(3), prediction="x0", clip_denoised=False)
+    ddim = one_step(ddim_sample, model, schedule, x_t, t, np.random.default_rng(3), eta=1.0, prediction="x0",
+                    clip_denoised=False)
+    ddpm = one_step(ddpm_sample, model, schedule, x_t, t, np.random.default_rng(3), prediction="x0", clip_denoised=False)
     np.testing.assert_allclose(ddim, ddpm, rtol=1e-8, atol=1e-8)
 
 
@@ -83,14 +92,14 @@ def test_ddim_eta_0_with_the_true_x0_returns_it_for_any_step_subset(schedule, da
 
 
 @given(schedules(), st.data(), st.floats(0.0, 1.0))
-def test_ddim_step_with_the_true_x0_preserves_the_marginal_for_any_eta(schedule, data, eta):
+def test_a_ddim_step_with_the_true_x0_preserves_the_marginal_for_any_eta(schedule, data, eta):
     # x_t ~ q(x_t | x₀) and the exact (x₀, ε) must give x_{t−1} ~ q(x_{t−1} | x₀) for every η.
     t = data.draw(st.integers(0, schedule.T - 1))
     n, x0_value = 20_000, 0.4
     x0 = np.full((n,), x0_value)
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     x_t = q_sample(schedule, x0, np.full(n, t), rng.standard_normal(n))
-    x_prev, _ = ddim_step(lambda *_: x0, schedule, x_t, t, rng, eta=eta, prediction="x0", clip_denoised=False)
+    x_prev = one_step(ddim_sample, lambda *_: x0, schedule, x_t, t, rng, eta=eta, prediction="x0", clip_denoised=False)
     mean = math.sqrt(schedule.alphas_cumprod_prev[t]) * x0_value
     variance = 1 - schedule.alphas_cumprod_prev[t]
     assert abs(x_prev.mean() - mean) <= 5 * math.sqrt(variance / n) + 1e-12
@@ -239,8 +248,9 @@ def test_bad_sampler_arguments_are_refused():
         ddim_sample(model, schedule, (2,), steps=5, spacing="log", rng=rng)
     with pytest.raises(ValueError, match=r"x_T has shape \(3,\), expected \(2,\)"):
         ddpm_sample(model, schedule, (2,), x_T=np.zeros(3), rng=rng)
-    with pytest.raises(ValueError, match=r"t=10 is outside \[0, 10\)"):
-        p_sample(model, schedule, np.zeros(2), 10, rng)
+    for steps in (0, 11):
+        with pytest.raises(ValueError, match=rf"\[1, 10\], got {steps}"):
+            ddpm_sample(model, schedule, (2,), steps=steps, rng=rng)
 
 
 # Analytic end-to-end: Gaussian data ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def schedules(draw, allow_zero_terminal_snr=True, min_T=2, max_T=200):
         # β up to 0.5 keeps ᾱ far above 1e-16 over 200 steps; beyond that 1 − ᾱ_t/ᾱ_{t−1}
         # rounds to 1 and no β-based schedule can represent the chain.
         high = draw(st.sampled_from([1e-3, 0.05, 0.2]))
-        schedule = NoiseSchedule.from_betas(np.random.default_rng(seed).uniform(1e-5, high, T))
+        schedule = NoiseSchedule(np.random.default_rng(seed).uniform(1e-5, high, T))
     elif kind == "linear":
         schedule = NoiseSchedule.linear(T, scale_to_T=T >= 50 and draw(st.booleans()))
     else:
@@ -224,13 +224,13 @@ def test_non_integer_timesteps_are_refused():
 @pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, np.nan])
 def test_betas_outside_0_1_are_refused(bad):
     with pytest.raises(ValueError, match=rf"betas\[1\]={bad}"):
-        NoiseSchedule.from_betas([0.1, bad, 0.2])
+        NoiseSchedule([0.1, bad, 0.2])
 
 
 def test_beta_of_one_is_only_allowed_at_the_end():
-    NoiseSchedule.from_betas([0.1, 0.2, 1.0])
+    NoiseSchedule([0.1, 0.2, 1.0])
     with pytest.raises(ValueError, match=r"only allowed as the terminal beta.*betas\[1\]=1.0"):
-        NoiseSchedule.from_betas([0.1, 1.0, 0.2])
+        NoiseSchedule([0.1, 1.0, 0.2])
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,17 @@
 """Training through the Python API: exact resume, Ctrl-C, divergence, checkpoint refusals, and
 that the loss of Ho et al. 2020, Algorithm 1 goes down. Synthetic images keep these independent
 of any data files; the slow test trains on the real MNIST t10k set."""
+import importlib
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from minidiff.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from minidiff.nn import save_state_dict
+from minidiff.files import save_npz as save_state_dict
 from minidiff.train import DivergenceError, TrainConfig, Trainer
 
 MNIST_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
@@ -83,27 +86,54 @@ def test_resume_reproduces_the_uninterrupted_losses_exactly(straight_run, tmp_pa
             np.testing.assert_array_equal(resumed.sections[section][key], value, err_msg=f"{section}.{key}")
 
 
-def test_interrupt_mid_step_saves_a_checkpoint_that_resumes_exactly(straight_run, tmp_path, monkeypatch, capsys):
+# Every phase of a step, each with a preview grid and a checkpoint at step 2: where a Ctrl-C lands.
+PHASES = {
+    "forward": ("minidiff.unet.UNet", "forward"),
+    "backward": ("minidiff.autograd.Tensor", "backward"),
+    "optimiser": ("minidiff.optim.Adam", "step"),
+    "ema": ("minidiff.optim.EMA", "update"),
+    "preview": ("minidiff.optim.EMA", "apply_to"),
+    "checkpoint write": ("minidiff.train.Trainer", "save"),
+}
+PHASE_RUN = dict(EVERYTHING, sample_every=2, sample_n=2, sample_steps=2, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def phase_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("phases")
+    Trainer(make_config(run_dir, steps=4, **PHASE_RUN), data=DATA, progress=False).fit()
+    return run_dir
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_sigint_in_any_phase_of_a_step_finishes_it_and_resumes_bit_for_bit(phase, phase_run, tmp_path,
+                                                                          monkeypatch, capsys):
+    owner, name = PHASES[phase]
+    module_name, _, attribute = owner.rpartition(".")
+    target = getattr(importlib.import_module(module_name), attribute)
+    original = getattr(target, name)
     calls = []
-    original_loss = Trainer.loss
 
-    def loss_interrupted_in_step_3(self, x0, y=None):
-        value = original_loss(self, x0, y)  # the step's batch, t and ε are drawn before the interrupt
+    def interrupted(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return value
+        # in step 2, or in its preview / checkpoint, the first of those
+        if len(calls) == (1 if phase in ("preview", "checkpoint write") else 2):
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered at once to this thread
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "loss", loss_interrupted_in_step_3)
+    monkeypatch.setattr(target, name, interrupted)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(make_config(tmp_path, steps=6, **EVERYTHING), data=DATA, progress=False).fit()
-    err = capsys.readouterr().err
-    assert "interrupted at step 2" in err and f"--resume {tmp_path}" in err
-    assert load_checkpoint(tmp_path).step == 2
-
-    monkeypatch.setattr(Trainer, "loss", original_loss)
-    resume_to(tmp_path, steps=6)
-    assert logged_losses(tmp_path) == logged_losses(straight_run)
+        Trainer(make_config(tmp_path, steps=4, **PHASE_RUN), data=DATA, progress=False).fit()
+    assert "interrupted at step 2" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path).step == 2  # the step the signal landed in was finished first
+    monkeypatch.setattr(target, name, original)
+    resume_to(tmp_path, steps=4)
+    assert logged_losses(tmp_path) == logged_losses(phase_run)  # bit for bit
+    assert not list(tmp_path.glob(".*.part"))
+    resumed, straight = load_checkpoint(tmp_path), load_checkpoint(phase_run)
+    for section in ("model", "ema", "optimizer"):
+        for key, value in straight.sections[section].items():
+            np.testing.assert_array_equal(resumed.sections[section][key], value, err_msg=f"{section}.{key}")
 
 
 def test_resume_from_an_older_checkpoint_drops_the_log_lines_past_it(tmp_path):

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import check_device
-from .checkpoint import load_checkpoint, load_model
-from .data import DATASETS, atomic_write, load_dataset
-from .metrics import IMAGE_SHAPE, TRAIN_STEPS, evaluate_samples, feature_classifier
-from .sample import add_sampling_arguments, class_labels, generate, sampler_steps
+from ..backend import check_device
+from ..checkpoint import load_checkpoint, load_model
+from ..datasets import DATASETS, load_dataset
+from ..files import atomic_write
+from ..metrics import IMAGE_SHAPE, TRAIN_STEPS, evaluate_samples, feature_classifier
+from ..sample import class_labels, generate, sampler_steps
+from .sample import add_sampling_arguments
 
 MIN_N = 4  # precision/recall (k = 3) needs more than 3 samples, FID at least 2
 

@@ -1,5 +1,5 @@
-"""Data: the IDX file format, MNIST and Fashion-MNIST (find, download, verify, load),
-shuffled mini-batches that a training loop can checkpoint, and toy 2-D point clouds.
+"""The image datasets: the IDX file format and MNIST / Fashion-MNIST (find, download, verify,
+load). Mini-batches are :mod:`minidiff.batching`; the toy 2-D sets :mod:`minidiff.toy`.
 
 Where ``load_dataset`` looks
 ----------------------------
@@ -37,120 +37,28 @@ Every file is checked, on every load, against the MD5 of its decompressed IDX co
 the published ``.gz``, a gunzipped copy and Debian's re-compressed ``.gz`` (whose archive MD5
 differs from the published one) are all accepted, and anything else is refused. Downloads are
 also checked against the published archive MD5 before they are moved into place.
+
+This module runs past 300 lines because finding, falling back, verifying and downloading are
+one story (the order above), best read in one file; the IDX format itself is :mod:`minidiff.idx`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gzip
 import hashlib
-import json
 import os
-import secrets
-import sys
 import urllib.request
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """A data file or directory is missing, corrupt, or not the file it claims to be."""
+from .files import atomic_write
+from .idx import DataError, parse_idx, read_idx, read_idx_bytes  # noqa: F401 (read_idx is public here too)
 
 
 class DataWarning(UserWarning):
     """The data loaded is not quite what was asked for (e.g. t10k instead of train)."""
-
-
-# ---------------------------------------------------------------------------------------
-# Files
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike):
-    """Open a temporary file beside ``path`` for binary writing; it replaces ``path`` only
-    when the block completes, and is removed when the block raises.
-
-    The temporary file is opened with a plain ``open`` (not ``mkstemp``, which makes files
-    private), so the result gets the usual umask permissions.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
-    try:
-        with open(tmp, "xb") as out:
-            yield out
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-# ---------------------------------------------------------------------------------------
-# IDX format (LeCun et al.): magic 00 00 <type> <ndim>, ndim big-endian uint32 sizes, data.
-
-IDX_DTYPES = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (gzipped when its name ends in ``.gz``) into a native-endian array.
-
-    Raises ``DataError`` naming the file and the fault: bad gzip stream, bad magic, a header
-    shorter than its dimensions, or a data size that disagrees with the header.
-    """
-    path = Path(path)
-    return parse_idx(_read_bytes(path), source=str(path))
-
-
-def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
-    """Parse the bytes of an IDX file; ``source`` names it in error messages."""
-    if len(data) < 4:
-        raise DataError(f"{source}: {len(data)} bytes, too short for the 4-byte IDX magic")
-    zero, type_code, ndim = int.from_bytes(data[:2], "big"), data[2], data[3]
-    if zero != 0 or type_code not in IDX_DTYPES:
-        raise DataError(
-            f"{source}: bad IDX magic {data[:4].hex(' ')}; expected 00 00 <type> <ndim> "
-            f"with type one of {', '.join(f'{t:02x}' for t in IDX_DTYPES)}"
-        )
-    if ndim == 0:
-        raise DataError(f"{source}: IDX header declares 0 dimensions")
-    header_size = 4 + 4 * ndim
-    if len(data) < header_size:
-        raise DataError(
-            f"{source}: IDX header declares {ndim} dimensions ({header_size} header bytes), "
-            f"but the file has only {len(data)} bytes"
-        )
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, offset=4))
-    dtype = IDX_DTYPES[type_code]
-    expected = int(np.prod(shape)) * dtype.itemsize
-    found = len(data) - header_size
-    if found != expected:
-        raise DataError(
-            f"{source}: expected {expected} bytes of data after the header for shape "
-            f"{shape}, found {found}"
-        )
-    array = np.frombuffer(data, dtype, offset=header_size).reshape(shape)
-    return array.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped when its name ends in ``.gz``."""
-    data = path.read_bytes()
-    if path.suffix != ".gz":
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
-        raise DataError(f"{path}: not a valid gzip file ({err})") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -381,7 +289,7 @@ def _read_split(info: DatasetInfo, split: str, directory: Path) -> tuple[np.ndar
 
 def _read_verified(path: Path, file: IdxFile) -> np.ndarray:
     """Parse ``path`` and refuse it unless its content MD5 is the registered one."""
-    data = _read_bytes(path)
+    data = read_idx_bytes(path)
     array = parse_idx(data, source=str(path))  # a format error says more than an MD5 one
     found = hashlib.md5(data).hexdigest()
     if found != file.content_md5:
@@ -439,138 +347,7 @@ def _copy_with_progress(response, out, label: str) -> str:
 
 
 def _progress_bar(total: int | None, label: str):
-    """A tqdm byte counter on stderr, or a plain stderr line when tqdm is not installed."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _StderrProgress(total, label)
+    """A tqdm byte counter on stderr."""
+    from tqdm import tqdm
+
     return tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
-
-
-class _StderrProgress:
-    """The smallest stand-in for tqdm: one rewritten stderr line."""
-
-    def __init__(self, total: int | None, label: str):
-        self.total, self.label, self.done = total, label, 0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        of_total = f" / {self.total / 1e6:.1f}" if self.total else ""
-        print(f"\r{self.label}: {self.done / 1e6:.1f}{of_total} MB", end="", file=sys.stderr)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        print(file=sys.stderr)
-
-
-# ---------------------------------------------------------------------------------------
-# Mini-batches and toy sets take a Generator, or a seed for a fresh one.
-
-RngLike = np.random.Generator | int | None
-
-
-class Batcher:
-    """Endless shuffled mini-batches over arrays that share their first axis.
-
-    Each epoch is one permutation drawn from ``rng``; batches are consecutive slices of it,
-    and the last partial batch of an epoch is dropped (every batch has ``batch_size`` rows).
-    The whole state is (rng, permutation, position) plus an ``epoch`` counter, so
-    ``state_dict`` / ``load_state_dict`` let a training loop resume exactly where it stopped::
-
-        batcher = Batcher(images, labels, batch_size=128, rng=0)
-        x, y = next(batcher)
-        np.savez("batcher.npz", **batcher.state_dict())
-    """
-
-    def __init__(self, *arrays: np.ndarray, batch_size: int, rng: RngLike = None):
-        if not arrays:
-            raise ValueError("Batcher needs at least one array")
-        n = len(arrays[0])
-        lengths = [len(a) for a in arrays]
-        if any(length != n for length in lengths):
-            raise ValueError(f"Batcher arrays must have equal lengths, got {lengths}")
-        if not 0 < batch_size <= n:
-            raise ValueError(f"batch_size={batch_size} must be between 1 and the {n} examples")
-        self.arrays, self.batch_size = arrays, batch_size
-        self.rng = np.random.default_rng(rng)
-        self.epoch = 0
-        self._shuffle()
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return len(self.arrays[0]) // self.batch_size
-
-    def _shuffle(self) -> None:
-        self.permutation = self.rng.permutation(len(self.arrays[0]))
-        self.position = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> tuple[np.ndarray, ...]:
-        if self.position + self.batch_size > len(self.permutation):
-            self.epoch += 1
-            self._shuffle()
-        index = self.permutation[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        return tuple(a[index] for a in self.arrays)
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """The state as plain arrays, ready for ``np.savez`` (the rng state as JSON text)."""
-        return {
-            "rng_state": np.array(json.dumps(self.rng.bit_generator.state)),
-            "permutation": self.permutation.copy(),
-            "position": np.array(self.position),
-            "epoch": np.array(self.epoch),
-        }
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Restore a ``state_dict`` (also as read back from an ``.npz``)."""
-        permutation = np.asarray(state["permutation"])
-        if len(permutation) != len(self.arrays[0]):
-            raise ValueError(
-                f"Batcher state is for {len(permutation)} examples, "
-                f"this Batcher has {len(self.arrays[0])}"
-            )
-        self.rng.bit_generator.state = json.loads(str(state["rng_state"]))
-        self.permutation = permutation.copy()
-        self.position = int(state["position"])
-        self.epoch = int(state["epoch"])
-
-
-# ---------------------------------------------------------------------------------------
-# Toy 2-D data sets: quick experiments whose whole distribution can be plotted.
-
-
-def two_moons(n: int, noise: float = 0.05, rng: RngLike = 0) -> np.ndarray:
-    """Two interleaved half circles, centred on the origin; float32 (n, 2)."""
-    rng = np.random.default_rng(rng)
-    angle = rng.uniform(0, np.pi, n)
-    upper = rng.random(n) < 0.5
-    # The lower moon is the upper one turned over and shifted into its hollow.
-    x = np.where(upper, np.cos(angle), 1 - np.cos(angle)) - 0.5
-    y = np.where(upper, np.sin(angle), 0.5 - np.sin(angle)) - 0.25
-    points = np.stack([x, y], axis=1) + noise * rng.standard_normal((n, 2))
-    return points.astype(np.float32)
-
-
-def gaussian_mixture(
-    n: int, modes: int = 8, radius: float = 1.0, std: float = 0.05,
-    rng: RngLike = 0,
-) -> np.ndarray:
-    """``modes`` equal-weight Gaussians of standard deviation ``std``, centred on a circle
-    of radius ``radius``; float32 (n, 2)."""
-    rng = np.random.default_rng(rng)
-    angle = 2 * np.pi * rng.integers(modes, size=n) / modes
-    centres = radius * np.stack([np.cos(angle), np.sin(angle)], axis=1)
-    return (centres + std * rng.standard_normal((n, 2))).astype(np.float32)
-
-
-def swiss_roll(n: int, noise: float = 0.02, rng: RngLike = 0) -> np.ndarray:
-    """The spiral ``r = θ``, θ in [1.5π, 4.5π], scaled into about [−1, 1]²; float32 (n, 2)."""
-    rng = np.random.default_rng(rng)
-    theta = rng.uniform(1.5 * np.pi, 4.5 * np.pi, n)
-    points = np.stack([theta * np.cos(theta), theta * np.sin(theta)], axis=1) / (4.5 * np.pi)
-    return (points + noise * rng.standard_normal((n, 2))).astype(np.float32)

@@ -1,0 +1,61 @@
+"""The ``python -m minidiff sample`` command: a checkpoint in, a PNG grid (and optionally .npy and a
+trajectory picture) out."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..backend import check_device
+from ..checkpoint import checkpoint_path, load_checkpoint, load_model
+from ..images import save_image_grid
+from ..sample import GRID_SCALE, SAMPLERS, TrajectoryRecorder, class_labels, generate, sampler_steps, save_npy
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """How samples are drawn: the flags ``sample`` and ``eval`` share, so ``eval --seed S`` scores
+    what ``sample --seed S`` shows."""
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default: %(default)s")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps (default: the full chain for ddpm, 50 for ddim, 20 for dpm-solver++)")
+    parser.add_argument("--eta", type=float, default=0.0,
+                        help="DDIM noise scale η: 0 deterministic, 1 DDPM-like (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument("--no-ema", action="store_true", help="sample with the live weights, not their EMA")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint .npz or a run folder holding checkpoint.npz")
+    parser.add_argument("--n", type=int, default=16, help="number of samples (default: %(default)s)")
+    parser.add_argument("--label", type=int, default=None,
+                        help="class to draw, for class-conditional checkpoints (default: cycle through 0..K-1)")
+    add_sampling_arguments(parser)
+    parser.add_argument("--out", default=None, help="PNG grid of the samples (default: <run folder>/samples.png)")
+    parser.add_argument("--npy", default=None, help="also save the samples, float32 in [-1, 1], as .npy")
+    parser.add_argument("--trajectory", default=None,
+                        help="also save a PNG of x_t and the predicted x0 at 8 steps for the first samples")
+
+
+def run(args) -> int:
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    device = check_device(args.device)
+    checkpoint = load_checkpoint(args.checkpoint)
+    model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
+    labels = class_labels(args.n, model.num_classes, args.label)
+    num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
+    recorder = TrajectoryRecorder(num_steps) if args.trajectory else None
+    samples = generate(model, schedule, args.n, args.sampler, num_steps, eta=args.eta, seed=args.seed,
+                       labels=labels, prediction=config["prediction"], callback=recorder, progress=True)
+    out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent / "samples.png"
+    # One class per column when the labels cycle through all of them.
+    nrow = model.num_classes if labels is not None and args.label is None and args.n >= model.num_classes else None
+    written = [save_image_grid(samples, out, nrow=nrow, scale=GRID_SCALE)]
+    if args.npy:
+        written.append(save_npy(samples, args.npy))
+    if recorder is not None:
+        written.append(recorder.save(args.trajectory))
+    weights = "live" if args.no_ema else "EMA"
+    print(f"{args.n} samples from {checkpoint.path} (step {checkpoint.step}, {weights} weights, "
+          f"{args.sampler}, {num_steps} steps): " + ", ".join(map(str, written)))
+    return 0

@@ -1,0 +1,66 @@
+"""The ``python -m minidiff train`` command: flags in, a :class:`~minidiff.train.Trainer` run out."""
+from __future__ import annotations
+
+import argparse
+
+from ..checkpoint import load_checkpoint
+from ..datasets import DATASETS
+from ..diffusion import PREDICTIONS
+from ..schedule import SCHEDULES
+from ..train import CONFIG_FIELDS, TrainConfig, Trainer
+from ..unet import PRESETS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The train flags. Their defaults are left out of the namespace (SUPPRESS), so that ``run``
+    can tell the flags given from the ones not given: on --resume, only the former override the
+    checkpoint's config. The defaults shown come from :class:`TrainConfig`."""
+    defaults = TrainConfig()
+    groups = {name: parser.add_argument_group(name) for name in ("data", "model", "diffusion", "optimisation", "run")}
+
+    def option(group, *flags, help, dest=None, **kwargs):
+        dest = dest or flags[0].lstrip("-").replace("-", "_")
+        if getattr(defaults, dest, None) not in (None, False):
+            help += f" (default: {getattr(defaults, dest)})"
+        groups[group].add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=help, **kwargs)
+
+    option("data", "--dataset", choices=list(DATASETS), help="training images")
+    option("data", "--data-dir", help="folder holding the IDX files (default: search $MINIDIFF_DATA/<dataset>, then the cache)")
+    option("data", "--limit-data", type=int, metavar="N", help="train on the first N images only")
+    option("data", "--hflip", action="store_true", help="random horizontal flips (off: digits are not symmetric)")
+    option("model", "--preset", choices=list(PRESETS), help="U-Net size")
+    option("model", "--dropout", type=float, help="dropout in the ResBlocks (default: the preset's)")
+    option("model", "--num-classes", type=int, metavar="K", help="train a class-conditional model on K classes")
+    option("model", "--conditional", dest="num_classes", action="store_const", const=10,
+           help="same as --num-classes 10 (MNIST and Fashion-MNIST have 10 classes)")
+    option("diffusion", "--schedule", choices=SCHEDULES, help="noise schedule (linear is scaled by 1000/T)")
+    option("diffusion", "--timesteps", type=int, metavar="T", help="length of the diffusion chain")
+    option("diffusion", "--prediction", choices=PREDICTIONS, help="what the network predicts")
+    option("diffusion", "--min-snr-gamma", type=float, metavar="GAMMA", help="Min-SNR-γ loss weighting (Hang et al. 2023)")
+    option("optimisation", "--steps", type=int, help="train until this many optimiser steps")
+    option("optimisation", "--batch-size", type=int, help="images per step")
+    option("optimisation", "--lr", type=float, help="Adam learning rate after warm-up")
+    option("optimisation", "--warmup-steps", type=int, help="linear learning-rate warm-up")
+    option("optimisation", "--grad-clip", type=float, help="clip the gradient norm; 0 turns it off")
+    option("optimisation", "--ema-decay", type=float, help="EMA decay of the weights used for sampling")
+    option("optimisation", "--seed", type=int, help="seeds initialisation, data order, t, noise and dropout")
+    option("run", "--out", help="run folder")
+    option("run", "--resume", help="continue the run in this folder (or from this checkpoint .npz); "
+                                   "flags given override its config")
+    option("run", "--sample-every", type=int, metavar="N", help="preview grid every N steps; 0: never")
+    option("run", "--sample-n", type=int, metavar="N", help="images in a preview grid")
+    option("run", "--sample-steps", type=int, metavar="N", help="DDIM steps for a preview grid")
+    option("run", "--checkpoint-every", type=int, metavar="N", help="checkpoint every N steps; 0: only at the end")
+    option("run", "--log-every", type=int, metavar="N", help="log.jsonl line every N steps")
+    option("run", "--device", help="cpu or cuda")
+
+
+def run(args) -> int:
+    explicit = {name: value for name, value in vars(args).items() if name in CONFIG_FIELDS}
+    resume = getattr(args, "resume", None)
+    checkpoint = load_checkpoint(resume) if resume else None
+    config = TrainConfig.from_checkpoint(checkpoint, **explicit) if checkpoint else TrainConfig(**explicit)
+    trainer = Trainer(config, resume=checkpoint)
+    path = trainer.fit()  # on Ctrl-C it saves, says how to resume, and re-raises
+    print(f"trained to step {trainer.step} in {trainer.elapsed_s:.0f} s; checkpoint {path}")
+    return 0
