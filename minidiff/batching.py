@@ -65,14 +65,33 @@ class Batcher:
         }
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Restore a ``state_dict`` (also as read back from an ``.npz``)."""
+        """Restore a ``state_dict`` (also as read back from an ``.npz``), refusing one that is not
+        a permutation of this Batcher's examples with a position inside it."""
+        n = len(self.arrays[0])
+        missing = [key for key in ("rng_state", "permutation", "position", "epoch") if key not in state]
+        if missing:
+            raise ValueError(f"Batcher state lacks {', '.join(missing)}")
         permutation = np.asarray(state["permutation"])
-        if len(permutation) != len(self.arrays[0]):
-            raise ValueError(
-                f"Batcher state is for {len(permutation)} examples, "
-                f"this Batcher has {len(self.arrays[0])}"
-            )
-        self.rng.bit_generator.state = json.loads(str(state["rng_state"]))
-        self.permutation = permutation.copy()
-        self.position = int(state["position"])
-        self.epoch = int(state["epoch"])
+        if permutation.shape != (n,):
+            raise ValueError(f"Batcher state is for {permutation.size} examples in shape {permutation.shape}, "
+                             f"this Batcher has {n}")
+        if not np.issubdtype(permutation.dtype, np.integer) or not np.array_equal(np.sort(permutation), np.arange(n)):
+            raise ValueError(f"Batcher state: permutation is not a permutation of 0..{n - 1}")
+        position, epoch = _integer(state, "position"), _integer(state, "epoch")
+        if not 0 <= position <= n or epoch < 0:
+            raise ValueError(f"Batcher state: position {position} or epoch {epoch} is out of range")
+        try:
+            rng_state = json.loads(str(state["rng_state"]))
+            type(self.rng.bit_generator)().state = rng_state  # tried on a spare generator first
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"Batcher state: rng_state is not a generator state ({exc})") from None
+        self.rng.bit_generator.state = rng_state
+        self.permutation = permutation.astype(np.int64)
+        self.position, self.epoch = position, epoch
+
+
+def _integer(state: dict, key: str) -> int:
+    value = np.asarray(state[key])
+    if value.shape != () or not np.issubdtype(value.dtype, np.integer):
+        raise ValueError(f"Batcher state: {key} must be one integer, got {value.dtype} of shape {value.shape}")
+    return int(value)

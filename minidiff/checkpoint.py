@@ -22,12 +22,15 @@ so an interrupted save never destroys the previous checkpoint.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 
+from .diffusion import PREDICTIONS
 from .files import load_npz, save_npz
-from .schedule import schedule_by_name
+from .schedule import SCHEDULES, schedule_by_name
 from .unet import PRESETS, UNet
 
 FORMAT_VERSION = 1
@@ -68,13 +71,18 @@ class Checkpoint:
 
     def rng_state(self, name: str) -> dict:
         """The state of the Generator saved under ``rng.<name>``, ready for ``bit_generator.state``."""
-        return json.loads(str(self.sections["rng"][name]))
+        try:
+            state = json.loads(str(self.sections["rng"][name]))
+            np.random.PCG64().state = state  # tried on a spare generator: refuses a malformed state
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {self.path}: rng.{name} is not a generator state ({exc})") from None
+        return state
 
     def restore(self, target, section: str, state=None):
         """``target.load_state_dict(state or this section)``, its complaint raised as a CheckpointError."""
         try:
             target.load_state_dict(self.sections[section] if state is None else state)
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, TypeError, KeyError) as exc:
             raise CheckpointError(f"checkpoint {self.path} does not fit: {exc}") from exc
 
     def check_config(self, expected: dict) -> None:
@@ -147,19 +155,70 @@ def load_checkpoint(path, expect_config: dict | None = None) -> Checkpoint:
     missing += [f"{name}.*" for name, entries in sections.items() if not entries]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
-    if int(flat["format_version"]) != FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path} has format version {int(flat['format_version'])}; this minidiff reads {FORMAT_VERSION}"
-        )
+    version = _scalar(flat, "format_version", path, np.integer)
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}; this minidiff reads {FORMAT_VERSION}")
     try:
         config = json.loads(str(flat["config"]))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"checkpoint {path}: its config is not valid JSON ({exc})") from exc
-
-    checkpoint = Checkpoint(path, config, int(flat["step"]), float(flat["elapsed_s"]), sections)
+    _check_config(config, path)
+    step, elapsed_s = _scalar(flat, "step", path, np.integer), _scalar(flat, "elapsed_s", path, np.number)
+    if step < 0 or not (math.isfinite(elapsed_s) and elapsed_s >= 0):
+        raise CheckpointError(f"checkpoint {path}: step {step} or elapsed_s {elapsed_s} is out of range")
+    for section in ("model", "ema", "optimizer"):
+        for key, value in sections[section].items():
+            if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
+                raise CheckpointError(f"checkpoint {path}: {section}.{key} holds NaN or infinite values "
+                                      "(the run diverged); use an earlier checkpoint")
+    checkpoint = Checkpoint(path, config, step, elapsed_s, sections)
     if expect_config is not None:
         checkpoint.check_config(expect_config)
     return checkpoint
+
+
+def _scalar(flat: dict, key: str, path: Path, kind) -> int | float:
+    """The one number stored under ``key``, of NumPy kind ``kind`` (np.integer or np.number)."""
+    value = np.asarray(flat[key])
+    if value.shape != () or not np.issubdtype(value.dtype, kind) or np.issubdtype(value.dtype, np.bool_):
+        raise CheckpointError(f"checkpoint {path}: {key} must be one {'integer' if kind is np.integer else 'number'}, "
+                              f"got {value.dtype} of shape {value.shape}")
+    return value.item()
+
+
+# What a run config must hold for a model to be rebuilt from it: key → (test, what it must be).
+_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a positive integer")
+_INTS = (lambda v: isinstance(v, list) and all(_INT[0](x) for x in v), "a list of positive integers")
+CONFIG_RULES = {
+    "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+    "timesteps": _INT,
+    "prediction": (lambda v: v in PREDICTIONS, f"one of {', '.join(PREDICTIONS)}"),
+    "model": (lambda v: isinstance(v, dict), "a JSON object"),
+}
+MODEL_RULES = {
+    "in_channels": _INT, "base_channels": _INT, "channel_mults": _INTS, "num_res_blocks": _INT,
+    "attn_resolutions": (lambda v: isinstance(v, list) and all(isinstance(x, int) for x in v), "a list of integers"),
+    "num_groups": _INT, "image_size": _INT,
+    "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "in [0, 1)"),
+    "num_classes": (lambda v: v is None or _INT[0](v), "null or a positive integer"),
+}
+
+
+def _check_config(config, path: Path) -> None:
+    """Refuse a config whose fields could not rebuild a model, naming the file and the field."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint {path}: its config is a JSON {type(config).__name__}, not an object")
+    for rules, where, prefix in ((CONFIG_RULES, config, ""), (MODEL_RULES, config.get("model"), "model.")):
+        for key, (ok, what) in rules.items():
+            if key not in where:
+                raise CheckpointError(f"checkpoint {path}: config field {prefix}{key} is missing")
+            try:
+                valid = ok(where[key])
+            except TypeError:  # e.g. an unhashable list tested against the choices
+                valid = False
+            if not valid:
+                raise CheckpointError(f"checkpoint {path}: config field {prefix}{key} must be {what}, "
+                                      f"got {where[key]!r}")
 
 
 def _show(value) -> str:

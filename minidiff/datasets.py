@@ -144,8 +144,10 @@ def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Pa
     info = dataset_info(name)
     if data_dir is not None:
         data_dir = Path(data_dir).expanduser()
-        if not data_dir.is_dir():
+        if not data_dir.exists():
             raise DataError(f"data directory {data_dir} does not exist")
+        if not data_dir.is_dir():
+            raise DataError(f"data directory {data_dir} is a file, not a folder holding the IDX files")
         return [data_dir]
     dirs = []
     if os.environ.get("MINIDIFF_DATA"):

@@ -68,7 +68,10 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
 
 def read_idx_bytes(path: Path) -> bytes:
     """The file's content, gunzipped when its name ends in ``.gz``."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
     if path.suffix != ".gz":
         return data
     try:

@@ -247,12 +247,33 @@ def precision_recall(real_feats, fake_feats, k: int = 3, chunk: int = 1000) -> t
     return float(precision), float(recall)
 
 
+# Samples come clipped to [−1, 1]; a little slack admits float noise, not images in [0, 255] or [0, 1] by mistake.
+SAMPLE_RANGE_SLACK = 1e-3
+
+
+def check_sample_images(images, source: str = "samples") -> None:
+    """Refuse what cannot be scored as digits: not a real float array of shape (N, 1, 28, 28), or
+    values that are not finite or outside [−1, 1] (images in [0, 255] or uint8 would score nonsense)."""
+    images = np.asarray(images)
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"{source}: expected float images in [-1, 1], got dtype {images.dtype}")
+    if images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
+        raise ValueError(f"{source}: expected an array of shape (N, 1, 28, 28), got {images.shape}")
+    if not np.isfinite(images).all():
+        raise ValueError(f"{source}: {int((~np.isfinite(images)).sum())} values are NaN or infinite")
+    low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+    if low < -1 - SAMPLE_RANGE_SLACK or high > 1 + SAMPLE_RANGE_SLACK:
+        raise ValueError(f"{source}: values lie in [{low:.4g}, {high:.4g}], expected [-1, 1] "
+                         "(the range `sample --npy` writes)")
+
+
 def evaluate_samples(images, classifier: DigitClassifier, real_images, k: int = 3, progress: bool = False) -> dict:
     """Every score of ``images`` against ``real_images`` (both (N, 1, 28, 28) in [−1, 1]), as a JSON-ready dict.
 
     ``class_histogram`` counts the samples the classifier puts in each class: a mode-dropping
     model shows empty classes there before its FID says why.
     """
+    check_sample_images(images)
     fake_feats, fake_probs = classifier.embed(images, progress=progress)
     real_feats, _ = classifier.embed(real_images, progress=progress)
     precision, recall = precision_recall(real_feats, fake_feats, k=k)

@@ -31,7 +31,9 @@ def sampler_steps(sampler: str, steps: int | None, T: int) -> int:
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if steps is not None:
-        return steps  # the samplers refuse a count outside [1, T]
+        if not 1 <= steps <= T:
+            raise ValueError(f"--steps {steps} is outside [1, {T}], the checkpoint's timesteps")
+        return steps
     default = DEFAULT_STEPS[sampler]
     return T if default is None else min(default, T)
 
@@ -56,7 +58,8 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
     steps or the full chain), ``"ddim"`` (Song et al. 2021, with ``eta``) or ``"dpm-solver++"``
     (Lu et al. 2022). ``seed`` fixes x_T and every noise draw. ``labels`` (n,) condition a
-    class-conditional model. ``callback(index, t, x_t, x0_hat)`` sees every step.
+    class-conditional model. ``callback(index, t, x_t, x0_hat)`` sees every step of the first
+    :data:`BATCH` samples: more are drawn :data:`BATCH` at a time, so memory stays bounded.
     """
     num_steps = sampler_steps(sampler, steps, schedule.T)
     if eta and sampler != "ddim":
@@ -66,29 +69,39 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     rng = np.random.default_rng(seed)
     # x_T is drawn on the host, so one seed gives the same samples on CPU and GPU.
     device = device_of(next(model.parameters()).data)
-    x_T = to_device(rng.standard_normal(shape).astype(np.float32), device)
-    denoiser = as_denoiser(model, labels)
-    options = dict(rng=rng, prediction=prediction, x_T=x_T, callback=_with_progress(callback, num_steps, progress))
-    if sampler == "ddim":
-        options["eta"] = eta
-    samples = SAMPLER_FUNCTIONS[sampler](denoiser, schedule, shape, num_steps, **options)
-    return np.asarray(to_numpy(samples), dtype=np.float32)
+    x_T = rng.standard_normal(shape).astype(np.float32)
+    samples = np.empty(shape, dtype=np.float32)
+    batches = [slice(start, min(start + BATCH, n)) for start in range(0, n, BATCH)]
+    with _progress_bar(num_steps * len(batches), progress) as bar:
+        for batch in batches:
+            report = _reporting(callback if batch.start == 0 else None, bar)
+            denoiser = as_denoiser(model, None if labels is None else labels[batch])
+            options = dict(rng=rng, prediction=prediction, x_T=to_device(x_T[batch], device), callback=report)
+            if sampler == "ddim":
+                options["eta"] = eta
+            drawn = SAMPLER_FUNCTIONS[sampler](denoiser, schedule, (len(x_T[batch]),) + shape[1:], num_steps, **options)
+            samples[batch] = to_numpy(drawn)
+    return samples
 
 
-def _with_progress(callback, total: int, progress: bool):
-    """``callback`` wrapped so that each step also advances a tqdm bar (closed after the last step)."""
-    if not progress:
-        return callback
+# Samples drawn at once by generate(): the U-Net's activations for this many images fit in memory.
+BATCH = 500
+
+
+def _progress_bar(total: int, progress: bool):
+    """A tqdm bar over the sampling steps (disabled unless ``progress``), closed however sampling ends."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="sampling", unit="step", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc="sampling", unit="step", leave=False, dynamic_ncols=True, disable=not progress)
+
+
+def _reporting(callback, bar):
+    """``callback`` (or nothing) followed by one tick of ``bar``: a sampler's per-step callback."""
 
     def step(index, t, x_t, x0_hat):
         if callback is not None:
             callback(index, t, x_t, x0_hat)
         bar.update(1)
-        if index == total - 1:
-            bar.close()
 
     return step
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from .backend import DEVICES, check_device
 from .batching import Batcher
-from .checkpoint import Checkpoint, build_model, load_checkpoint, model_config, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, model_config, save_checkpoint
 from .datasets import DATASETS, load_dataset
 from .diffusion import PREDICTIONS, UniformSampler, training_loss
 from .images import save_image_grid
@@ -88,6 +88,10 @@ class TrainConfig:
         def is_int(value):
             return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
+        def is_real(value):
+            return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+                and math.isfinite(value)
+
         for name in ("steps", "batch_size", "timesteps", "sample_n", "sample_steps", "log_every"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "a positive integer")
         for name in ("warmup_steps", "sample_every", "checkpoint_every", "seed"):
@@ -95,9 +99,6 @@ class TrainConfig:
         for name in ("limit_data", "num_classes"):
             need(getattr(self, name) is None or is_int(getattr(self, name)) and getattr(self, name) >= 1,
                  name, "a positive integer")
-        def is_real(value):
-            return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
-                and math.isfinite(value)
 
         need(is_real(self.lr) and self.lr > 0, "lr", "a positive finite number")
         need(is_real(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a finite number >= 0 (0 turns clipping off)")
@@ -107,7 +108,12 @@ class TrainConfig:
              "min_snr_gamma", "a positive finite number")
         for name, choices in (("dataset", DATASETS), ("preset", PRESETS), ("schedule", SCHEDULES),
                               ("prediction", PREDICTIONS), ("device", DEVICES)):
-            need(getattr(self, name) in choices, name, "one of " + ", ".join(choices))
+            need(isinstance(getattr(self, name), str) and getattr(self, name) in choices, name,
+                 "one of " + ", ".join(choices))
+        need(isinstance(self.hflip, bool), "hflip", "true or false")
+        need(isinstance(self.out, str) and self.out.strip() != "", "out", "a folder name")
+        need(self.data_dir is None or isinstance(self.data_dir, str) and self.data_dir.strip() != "",
+             "data_dir", "a folder name")
         if not problems:
             problems += _schedule_problems(self.schedule, self.timesteps, self.prediction)
         if problems:
@@ -115,10 +121,31 @@ class TrainConfig:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, **overrides) -> TrainConfig:
-        """The config a checkpoint was trained with, writing to its folder, updated by ``overrides``."""
+        """The config a checkpoint was trained with, writing to its folder, updated by ``overrides``.
+
+        The checkpoint is the source of truth: a saved field that is not valid is refused naming the
+        file; an override of a field in :data:`FIXED_ON_RESUME` that differs from the saved value is
+        refused naming the flag (it would silently change the experiment); and ``steps`` must lie
+        beyond the checkpoint's step. Other overrides (lr, steps, cadences, device) apply from here on.
+        """
         names = {field.name for field in dataclasses.fields(cls)}
         saved = {name: value for name, value in checkpoint.config.items() if name in names}
-        return cls(**{**saved, "out": str(checkpoint.path.parent), **overrides})
+        saved["out"] = str(checkpoint.path.parent)
+        try:
+            cls(**saved)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {checkpoint.path}: its config is not valid: {exc}") from None
+        changed = [name for name in FIXED_ON_RESUME if name in overrides and overrides[name] != saved.get(name)]
+        if changed:
+            flags = ", ".join(f"--{name.replace('_', '-')} {overrides[name]} (saved: {saved.get(name)})"
+                              for name in changed)
+            raise ValueError(f"{flags}: cannot change on --resume, since the resumed run would no longer "
+                             f"be the one in {checkpoint.path}; start a new run with another --out")
+        config = cls(**{**saved, **overrides})
+        if config.steps <= checkpoint.step:
+            raise ValueError(f"--steps {config.steps} is not beyond the checkpoint's step {checkpoint.step}: "
+                             "nothing to train; pass a larger --steps to continue")
+        return config
 
     def run_config(self) -> dict:
         """The JSON-ready config of a run: these fields plus the model's constructor arguments."""
@@ -127,6 +154,10 @@ class TrainConfig:
             overrides["dropout"] = self.dropout
         return {**dataclasses.asdict(self), "model": model_config(self.preset, **overrides)}
 
+
+# What defines the experiment a checkpoint belongs to: refused as an override on --resume.
+FIXED_ON_RESUME = ("dataset", "limit_data", "hflip", "preset", "dropout", "num_classes", "schedule", "timesteps",
+                   "prediction", "min_snr_gamma", "batch_size", "seed")
 
 # The chain must end close to pure noise, or sampling from N(0, I) starts far from q(x_T).
 MAX_FINAL_ALPHA_BAR = 0.05

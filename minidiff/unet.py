@@ -289,8 +289,6 @@ class UNet(nn.Module):
         temb = self.time_embed(Tensor(timestep_embedding(t, self.base_channels, dtype=like.dtype)))  # (N, 4·base)
         if y is not None:
             y = _index_array(y, like)
-            if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
-                raise ValueError(f"UNet: class labels must lie in [0, {self.num_classes}), got {y.min()}…{y.max()}")
             temb = temb + self.label_embed[y]  # a row lookup, differentiable via getitem
 
         hs = []
@@ -315,8 +313,11 @@ class UNet(nn.Module):
                 f"UNet: input {height}×{width} cannot be halved {self.num_downsamples} times evenly; "
                 f"{_size_advice(bad[0], self.num_downsamples)}"
             )
+        if n == 0:
+            raise ValueError(f"UNet: empty batch (input shape {tuple(x.shape)})")
         if tuple(np.shape(t)) != (n,):
             raise ValueError(f"UNet: expected timesteps of shape ({n},), one per image, got shape {tuple(np.shape(t))}")
+        _check_indices("timesteps t", t, 0, None)
         if self.num_classes is None and y is not None:
             raise ValueError("UNet: class labels y given to an unconditional model (built with num_classes=None)")
         if self.num_classes is not None:
@@ -324,6 +325,7 @@ class UNet(nn.Module):
                 raise ValueError(f"UNet: this model is class-conditional (num_classes={self.num_classes}); pass labels y")
             if tuple(np.shape(y)) != (n,):
                 raise ValueError(f"UNet: expected labels of shape ({n},), got shape {tuple(np.shape(y))}")
+            _check_indices("class labels y", y, 0, self.num_classes)
 
     def extra_repr(self):
         return ", ".join(f"{k}={v}" for k, v in self.config.items())
@@ -334,6 +336,20 @@ def _size_advice(size: int, times: int) -> str:
     step = 2**times
     lower, upper = (size // step) * step, (size // step + 1) * step
     return f"use a size divisible by {step} such as {f'{lower} or {upper}' if lower else upper}"
+
+
+def _check_indices(what: str, values, low: int, high: int | None) -> None:
+    """Refuse timesteps or labels that are not integers in [low, high): casting 2.7 to 2, or letting
+    −1 pick the last embedding row, would be a silently wrong result. (T is the schedule's: the
+    samplers and the loss check t < T.)"""
+    values = values.data if isinstance(values, Tensor) else values
+    values = get_array_module(values).asarray(values)
+    if not get_array_module(values).issubdtype(values.dtype, np.integer):
+        raise ValueError(f"UNet: {what} must be integers, got dtype {values.dtype}")
+    lowest, highest = int(values.min()), int(values.max())
+    if lowest < low or high is not None and highest >= high:
+        bound = f"[{low}, {high})" if high is not None else f">= {low}"
+        raise ValueError(f"UNet: {what} must lie in {bound}, got {lowest}…{highest}")
 
 
 def _as_input(x, like: Tensor) -> Tensor:

@@ -203,7 +203,7 @@ def test_eval_refuses_a_model_of_other_images(run, tmp_path, capsys):
 def test_eval_refuses_bad_arguments_and_samples(tmp_path, capsys):
     np.save(tmp_path / "rgb.npy", np.zeros((4, 3, 28, 28), np.float32))
     expect_error(capsys, ["eval"], "give a checkpoint")
-    expect_error(capsys, ["eval", "--samples", str(tmp_path / "rgb.npy")], "rgb.npy holds an array of shape (4, 3, 28, 28)")
+    expect_error(capsys, ["eval", "--samples", str(tmp_path / "rgb.npy")], "rgb.npy: expected an array of shape (N, 1, 28, 28), got (4, 3, 28, 28)")
     expect_error(capsys, ["eval", "--samples", str(tmp_path / "missing.npy")], "missing.npy: cannot read it")
     expect_error(capsys, ["eval", "--samples", str(tmp_path / "rgb.npy"), "--n", "1"], "--n must be at least 4")
     expect_error(capsys, ["eval", "--samples", str(tmp_path / "rgb.npy"), "--classifier-steps", "0"],

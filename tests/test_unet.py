@@ -163,7 +163,7 @@ def test_missing_or_unexpected_labels_are_refused():
         small_model()(x, t, np.array([0, 1]))
     with pytest.raises(ValueError, match=r"labels of shape \(2,\)"):
         small_model(num_classes=3)(x, t, np.array([0]))
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"labels y must lie in \[0, 3\)"):
         small_model(num_classes=3)(x, t, np.array([0, 3]))
 
 

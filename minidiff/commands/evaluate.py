@@ -18,9 +18,9 @@ from ..backend import check_device
 from ..checkpoint import load_checkpoint, load_model
 from ..datasets import DATASETS, load_dataset
 from ..files import atomic_write
-from ..metrics import IMAGE_SHAPE, TRAIN_STEPS, evaluate_samples, feature_classifier
+from ..metrics import IMAGE_SHAPE, TRAIN_STEPS, check_sample_images, evaluate_samples, feature_classifier
 from ..sample import class_labels, generate, sampler_steps
-from .sample import add_sampling_arguments
+from .sample import add_sampling_arguments, check_sampling_arguments
 
 MIN_N = 4  # precision/recall (k = 3) needs more than 3 samples, FID at least 2
 
@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     if args.n < MIN_N:
         raise ValueError(f"--n must be at least {MIN_N}, got {args.n}")
+    check_sampling_arguments(args)
     if args.classifier_steps < 1:
         raise ValueError(f"--classifier-steps must be at least 1, got {args.classifier_steps}")
     if args.checkpoint is None and args.samples is None:
@@ -98,7 +99,7 @@ def _load_samples(path) -> np.ndarray:
         raise ValueError(f"--samples {path}: cannot read it as .npy ({exc})") from exc
     if not isinstance(samples, np.ndarray):
         raise ValueError(f"--samples {path} is an .npz archive; expected the .npy of `sample --npy`")
-    if samples.ndim != 4 or samples.shape[1:] != IMAGE_SHAPE or len(samples) < MIN_N:
-        raise ValueError(f"--samples {path} holds an array of shape {samples.shape}; "
-                         f"expected (N, 1, 28, 28) with N ≥ {MIN_N}")
+    check_sample_images(samples, f"--samples {path}")
+    if len(samples) < MIN_N:
+        raise ValueError(f"--samples {path} holds {len(samples)} images; at least {MIN_N} are needed")
     return samples

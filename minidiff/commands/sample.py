@@ -3,6 +3,7 @@ trajectory picture) out."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ..backend import check_device
@@ -24,6 +25,23 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
 
 
+MAX_N = 100_000  # drawn 500 at a time, but returned (and gridded) as one array
+
+
+def check_sampling_arguments(args) -> None:
+    """Refuse flag values no sampler can use, naming the flag (shared by ``sample`` and ``eval``)."""
+    if not 1 <= args.n <= MAX_N:
+        raise ValueError(f"--n must be between 1 and {MAX_N:,}, got {args.n}")
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed must be an integer in [0, 2^63), got {args.seed}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    if not (math.isfinite(args.eta) and args.eta >= 0):
+        raise ValueError(f"--eta must be a finite number >= 0, got {args.eta}")
+    if args.eta and args.sampler != "ddim":
+        raise ValueError(f"--eta applies to --sampler ddim only, not {args.sampler}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint .npz or a run folder holding checkpoint.npz")
     parser.add_argument("--n", type=int, default=16, help="number of samples (default: %(default)s)")
@@ -37,8 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
+    check_sampling_arguments(args)
     device = check_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)

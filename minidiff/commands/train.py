@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option("model", "--preset", choices=list(PRESETS), help="U-Net size")
     option("model", "--dropout", type=float, help="dropout in the ResBlocks (default: the preset's)")
     option("model", "--num-classes", type=int, metavar="K", help="train a class-conditional model on K classes")
-    option("model", "--conditional", dest="num_classes", action="store_const", const=10,
+    option("model", "--conditional", action="store_true",
            help="same as --num-classes 10 (MNIST and Fashion-MNIST have 10 classes)")
     option("diffusion", "--schedule", choices=SCHEDULES, help="noise schedule (linear is scaled by 1000/T)")
     option("diffusion", "--timesteps", type=int, metavar="T", help="length of the diffusion chain")
@@ -57,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     explicit = {name: value for name, value in vars(args).items() if name in CONFIG_FIELDS}
+    if getattr(args, "conditional", False):
+        if explicit.get("num_classes", 10) != 10:
+            raise ValueError(f"--conditional means --num-classes 10, which contradicts --num-classes {args.num_classes}; "
+                             "give one of them")
+        explicit["num_classes"] = 10
     resume = getattr(args, "resume", None)
     checkpoint = load_checkpoint(resume) if resume else None
     config = TrainConfig.from_checkpoint(checkpoint, **explicit) if checkpoint else TrainConfig(**explicit)
