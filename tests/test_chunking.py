@@ -1,12 +1,11 @@
 """How convolutions share out a batch: chunk boundaries, the thread count, results in chunk
-order, in-place sums of the chunks' shares, and the one-BLAS-thread setting."""
+order, in-place sums of the chunks' shares."""
 import os
 import signal
 import threading
 
 import numpy as np
 import pytest
-import threadpoolctl
 
 from minidiff import backend
 from minidiff.functional import chunking
@@ -96,11 +95,6 @@ def test_a_bad_thread_count_is_named(monkeypatch, value):
     monkeypatch.setenv("MINIDIFF_NUM_THREADS", value)
     with pytest.raises(ValueError, match=f"MINIDIFF_NUM_THREADS='{value}'"):
         backend.num_threads()
-
-
-def test_importing_minidiff_leaves_numpys_blas_one_thread():
-    blas = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
-    assert blas and all(pool["num_threads"] == 1 for pool in blas)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
