@@ -13,8 +13,10 @@ Kernel selection (``MINIDIFF_KERNELS``):
 
 Convolution algorithm (``MINIDIFF_CONV``): ``auto`` (default) computes 3×3 stride-1
 convolutions of 4 or more input channels by Winograd's F(2×2, 3×3), 1×1 convolutions as one GEMM
-per image and the others by im2col + GEMM; ``im2col`` uses im2col for all of them (the textbook
-formulation, and the baseline the benchmark compares with).
+per image and the others by im2col + GEMM, all in chunks on worker threads; ``im2col`` uses
+chunked im2col for all of them (the baseline the benchmark compares with); ``reference`` the
+textbook im2col convolution, one GEMM for the whole batch on one thread (what
+``MINIDIFF_KERNELS=reference`` runs).
 
 Threads (``MINIDIFF_NUM_THREADS``, else ``OMP_NUM_THREADS``, else every CPU this process may
 use): the convolutions run their image chunks side by side on that many worker threads, each
@@ -40,7 +42,7 @@ import warnings
 import numpy as np
 
 KERNEL_MODES = ("auto", "reference", "cpu")
-CONV_ALGORITHMS = ("auto", "im2col")
+CONV_ALGORITHMS = ("auto", "im2col", "reference")
 DEVICES = ("cpu", "cuda")
 
 
@@ -171,7 +173,7 @@ def kernel_mode() -> str:
 
 
 def conv_algorithm() -> str:
-    """The convolution algorithm in force, from ``MINIDIFF_CONV``: ``"auto"`` or ``"im2col"``."""
+    """The convolution algorithm in force, from ``MINIDIFF_CONV``: ``"auto"``, ``"im2col"`` or ``"reference"``."""
     algorithm = os.environ.get("MINIDIFF_CONV", "auto").strip().lower() or "auto"
     if algorithm not in CONV_ALGORITHMS:
         raise ValueError(f"MINIDIFF_CONV={algorithm!r}: expected one of {', '.join(CONV_ALGORITHMS)}")

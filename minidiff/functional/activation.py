@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..autograd import Function
 from ..backend import get_array_module
 from ..kernels.reference import sigmoid as _sigmoid
+from .fusion import absorb
 
 __all__ = ["tanh", "sigmoid", "silu", "relu", "softmax", "log_softmax", "dropout"]
 
@@ -102,7 +103,8 @@ def sigmoid(x):
 
 def silu(x):
     """x·σ(x), the activation of the DDPM U-Net (also called swish)."""
-    return SiLU.apply(x)
+    fused = absorb(x, "silu")  # silu(group_norm(·)) as one op, when fusion is on (fusion.py)
+    return SiLU.apply(x) if fused is None else fused
 
 
 def relu(x):
