@@ -26,7 +26,8 @@ calling thread.
 Importing minidiff changes nothing outside it (DESIGN.md, principle 7): the compiled extension is
 loaded at the first kernel call, and the process-wide tuning that makes training fast -- NumPy's
 BLAS on one thread, freed memory kept in the heap -- is applied only inside
-:func:`performance_settings`, which the command line, ``Trainer`` and the samplers enter.
+:func:`performance_settings`, which the command line runs every command in (and a script
+that trains or samples should enter too).
 
 ``MINIDIFF_REQUIRE_EXT=1`` turns the missing-extension warning into an error (CI sets it).
 """
