@@ -19,14 +19,23 @@ debugger) and inside ``with no_fusion():``.
 from __future__ import annotations
 
 import math
+import threading
 
 from .. import backend
 from ..autograd import Tensor, is_grad_enabled
 
 __all__ = ["no_fusion"]
 
-_module_depth = 0  # module forwards in progress
 _disabled = 0  # open no_fusion blocks
+
+
+class _Depth(threading.local):
+    """Module forwards in progress on this thread (two threads' forwards must not count as nested)."""
+
+    value = 0
+
+
+_module_depth = _Depth()
 
 
 class no_fusion:
@@ -42,19 +51,18 @@ class no_fusion:
 
 
 def fusion_enabled() -> bool:
-    return _module_depth > 0 and not _disabled and backend.kernel_mode() != "reference"
+    return _module_depth.value > 0 and not _disabled and backend.kernel_mode() != "reference"
 
 
 def module_call(forward, args, kwargs):
     """``forward(*args, **kwargs)`` as ``Module.__call__`` runs it: results may stay pending
     inside, and the outermost call returns its result computed."""
-    global _module_depth
-    _module_depth += 1
+    _module_depth.value += 1
     try:
         out = forward(*args, **kwargs)
     finally:
-        _module_depth -= 1
-    if _module_depth == 0:
+        _module_depth.value -= 1
+    if _module_depth.value == 0:
         for result in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(result, Pending):
                 result.data  # runs the op
