@@ -32,6 +32,7 @@ def test_chunks_cover_the_batch_in_a_multiple_of_four_even_pieces(n, per_image_r
 
 @pytest.mark.parametrize("threads", ["1", "2", "3"])
 def test_map_chunks_returns_results_in_chunk_order_and_uses_the_calling_thread(monkeypatch, threads):
+    monkeypatch.delenv("MINIDIFF_KERNELS", raising=False)
     monkeypatch.setenv("MINIDIFF_NUM_THREADS", threads)
     chunks = [slice(k, k + 1) for k in range(9)]
     seen = []
@@ -49,11 +50,19 @@ def test_map_chunks_returns_results_in_chunk_order_and_uses_the_calling_thread(m
 def test_kernels_get_the_configured_openmp_threads(monkeypatch, threads, chunk_count, inside, after):
     """MINIDIFF_NUM_THREADS=1 means one OpenMP thread too; a lone chunk may use every core; after a
     threaded map the calling thread's kernels (GroupNorm, …) get all the configured threads."""
+    monkeypatch.delenv("MINIDIFF_KERNELS", raising=False)
     monkeypatch.setenv("MINIDIFF_NUM_THREADS", threads)
     extension = backend.extension()
     seen = map_chunks(lambda chunk: extension.get_num_threads(), [slice(k, k + 1) for k in range(chunk_count)], np)
     assert seen == inside
     assert extension.get_num_threads() == after
+
+
+def test_map_chunks_runs_every_chunk_on_the_calling_thread_on_the_plain_path(monkeypatch):
+    monkeypatch.setenv("MINIDIFF_KERNELS", "reference")
+    monkeypatch.setenv("MINIDIFF_NUM_THREADS", "4")
+    threads = map_chunks(lambda chunk: threading.current_thread(), [slice(k, k + 1) for k in range(8)], np)
+    assert threads == [threading.current_thread()] * 8
 
 
 def test_map_chunks_passes_a_worker_error_on():

@@ -67,7 +67,8 @@ def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, algorithm: str | Non
     """
     _check(x, w, b, stride, padding)
     if algorithm is None:
-        algorithm = "reference" if backend.kernel_mode() == "reference" else backend.conv_algorithm()
+        algorithm = backend.conv_algorithm()
+        algorithm = "reference" if backend.kernel_mode() == "reference" else algorithm
     if algorithm not in CONV_ALGORITHMS:
         raise ValueError(f"conv2d: algorithm must be one of {', '.join(map(repr, CONV_ALGORITHMS))}, got {algorithm!r}")
     if algorithm == "winograd" and not (tuple(w.shape[2:]) == (3, 3) and stride == 1):
