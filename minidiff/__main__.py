@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from . import bench
-from .backend import DeviceError
+from .backend import DeviceError, performance_settings
 from .commands import evaluate, sample, train
 from .runfolder import RunFolderBusy
 from .train import DivergenceError
@@ -64,7 +64,8 @@ def main(argv=None) -> int:
         # one line, without the source line that Python's default format appends.
         warnings.showwarning = lambda message, *_, **__: print(f"{args.parser.prog}: warning: {message}", file=sys.stderr)
         try:
-            return args.run(args)
+            with performance_settings():  # BLAS on one thread, the allocator tuned: see backend.py
+                return args.run(args)
         except USER_ERRORS as exc:
             args.parser.error(exc)  # exits with status 2
         except KeyboardInterrupt:

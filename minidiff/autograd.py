@@ -18,6 +18,10 @@ DEFAULT_DTYPE = np.float32
 
 _grad_enabled = True
 
+# Callables hook(ctx, output) run after every op's forward; minidiff.flops counts FLOPs with one
+# while a counter is open. Empty otherwise: the ops themselves never count.
+apply_hooks: list = []
+
 
 class no_grad:
     """Context manager (and decorator) that records no graph: for sampling and evaluation."""
@@ -316,6 +320,8 @@ class Function:
         same_device(*(t.data for t in tensors if t is not None))
         ctx = cls(tensors)
         output = ctx.forward(*(None if t is None else t.data for t in tensors), **options)
+        for hook in apply_hooks:
+            hook(ctx, output)
         result = Tensor(output)
         if _grad_enabled and any(ctx.needs_input_grad):
             result.requires_grad = True

@@ -13,19 +13,27 @@ Kernel selection (``MINIDIFF_KERNELS``):
 
 Convolution algorithm (``MINIDIFF_CONV``): ``auto`` (default) computes 3×3 stride-1
 convolutions of 4 or more input channels by Winograd's F(2×2, 3×3), 1×1 convolutions as one GEMM
-per image and the others by im2col + GEMM; ``im2col`` uses im2col for all of them (the textbook
-formulation, and the baseline the benchmark compares with).
+per image and the others by im2col + GEMM, all in chunks on worker threads; ``im2col`` uses
+chunked im2col for all of them (the baseline the benchmark compares with); ``reference`` the
+textbook im2col convolution, one GEMM for the whole batch on one thread (what
+``MINIDIFF_KERNELS=reference`` runs).
 
 Threads (``MINIDIFF_NUM_THREADS``, else ``OMP_NUM_THREADS``, else every CPU this process may
 use): the convolutions run their image chunks side by side on that many worker threads, each
-chunk's kernels and GEMMs on one core. NumPy's BLAS is therefore limited to one thread when
-minidiff is imported (this applies to the whole process); two pools of threads, BLAS's and
-OpenMP's, taking turns on the same cores made every hand-over cost a wake-up and a spin.
+chunk's kernels and GEMMs on one core; with ``MINIDIFF_KERNELS=reference`` everything runs on the
+calling thread.
+
+Importing minidiff changes nothing outside it (DESIGN.md, principle 7): the compiled extension is
+loaded at the first kernel call, and the process-wide tuning that makes training fast -- NumPy's
+BLAS on one thread, freed memory kept in the heap -- is applied only inside
+:func:`performance_settings`, which the command line runs every command in (and a script
+that trains or samples should enter too).
 
 ``MINIDIFF_REQUIRE_EXT=1`` turns the missing-extension warning into an error (CI sets it).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import os
@@ -35,7 +43,7 @@ import warnings
 import numpy as np
 
 KERNEL_MODES = ("auto", "reference", "cpu")
-CONV_ALGORITHMS = ("auto", "im2col")
+CONV_ALGORITHMS = ("auto", "im2col", "reference")
 DEVICES = ("cpu", "cuda")
 
 
@@ -43,12 +51,36 @@ class DeviceError(RuntimeError):
     """A device was asked for that this machine cannot provide, or devices were mixed."""
 
 
-def _load_extension():
-    # Idle OpenMP threads must sleep, not spin: between two of our kernels the cores belong to
-    # the convolutions' chunk workers (and, before those, to BLAS's threads), and spinning
-    # OpenMP workers made a U-Net step 1.7× to several times slower. libgomp reads this once,
-    # when minidiff._C loads it; a user's explicit setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_extension = None
+_extension_loaded = False
+
+
+def extension():
+    """The compiled Cython module ``minidiff._C``, or ``None`` when it is not built.
+
+    Loaded at the first call (the first kernel call), not on import. Idle OpenMP threads must
+    sleep, not spin: between two of our kernels the cores belong to the convolutions' chunk
+    workers, and spinning OpenMP workers made a U-Net step 1.7× to several times slower. libgomp
+    reads ``OMP_WAIT_POLICY`` once, when the extension loads it, so the variable is set to
+    ``PASSIVE`` for that moment only (a user's explicit setting wins) and the environment is
+    then put back as it was.
+    """
+    global _extension, _extension_loaded
+    if not _extension_loaded:
+        previous = os.environ.get("OMP_WAIT_POLICY")
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        try:
+            _extension = _import_extension()
+        finally:
+            if previous is None:
+                os.environ.pop("OMP_WAIT_POLICY", None)
+        _extension_loaded = True
+        if _extension is not None:
+            _kernel_threads_from_settings(_extension)
+    return _extension
+
+
+def _import_extension():
     try:
         return importlib.import_module("minidiff._C")
     except ImportError as exc:
@@ -61,12 +93,9 @@ def _load_extension():
             f"minidiff: compiled kernels (minidiff._C) not available ({exc}); using the NumPy "
             "reference kernels, which are slower. Rebuild with `pip install -e .`",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return None
-
-
-_extension = _load_extension()
 
 
 def num_threads() -> int:
@@ -81,28 +110,36 @@ def num_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _single_blas_thread():
-    # threadpoolctl finds the BLAS NumPy loaded (OpenBLAS, MKL, …) and calls its set-threads entry.
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1, user_api="blas")
-
-
-_single_blas_thread()
-
-
-def _kernel_threads_from_settings():
+def _kernel_threads_from_settings(extension):
     # OpenMP itself reads only OMP_NUM_THREADS; the kernels called outside the chunked convs
     # (GroupNorm, softmax, …) follow MINIDIFF_NUM_THREADS too. A bad value is named at the
-    # first convolution instead of failing the import.
+    # first convolution instead of failing here.
     try:
-        _extension.set_num_threads(num_threads())
+        extension.set_num_threads(num_threads())
     except ValueError:
         pass
 
 
-if _extension is not None:
-    _kernel_threads_from_settings()
+@contextlib.contextmanager
+def performance_settings():
+    """The process-wide settings minidiff's own work runs fastest with, for the ``with`` block.
+
+    * NumPy's BLAS on one thread (threadpoolctl), restored on exit: the convolutions run their
+      chunks on worker threads, one per core, each chunk's GEMMs on its own core; BLAS's
+      threads and the workers taking turns on the same cores made every hand-over cost a
+      wake-up and a spin.
+    * glibc keeps freed memory in the heap instead of handing large blocks back to the OS.
+      **This one is not undone on exit** (glibc cannot say what the previous thresholds were);
+      it changes only how the allocator reuses memory, never a result.
+
+    The command line runs every command inside it, and so should a script that trains or
+    samples; outside it minidiff computes the same numbers, only slower. Nesting is harmless.
+    """
+    from threadpoolctl import threadpool_limits
+
+    _reuse_freed_memory()
+    with threadpool_limits(1, user_api="blas"):
+        yield
 
 
 def _reuse_freed_memory():
@@ -121,14 +158,6 @@ def _reuse_freed_memory():
         pass
 
 
-_reuse_freed_memory()
-
-
-def extension():
-    """The compiled Cython module ``minidiff._C``, or ``None`` when it is not built."""
-    return _extension
-
-
 def kernel_mode() -> str:
     """The kernel family in force for CPU arrays: ``"reference"`` or ``"cpu"``.
 
@@ -138,14 +167,14 @@ def kernel_mode() -> str:
     if mode not in KERNEL_MODES:
         raise ValueError(f"MINIDIFF_KERNELS={mode!r}: expected one of {', '.join(KERNEL_MODES)}")
     if mode == "auto":
-        return "cpu" if _extension is not None else "reference"
-    if mode == "cpu" and _extension is None:
+        return "cpu" if extension() is not None else "reference"
+    if mode == "cpu" and extension() is None:
         raise ImportError("MINIDIFF_KERNELS=cpu but minidiff._C is not built; run `pip install -e .`")
     return mode
 
 
 def conv_algorithm() -> str:
-    """The convolution algorithm in force, from ``MINIDIFF_CONV``: ``"auto"`` or ``"im2col"``."""
+    """The convolution algorithm in force, from ``MINIDIFF_CONV``: ``"auto"``, ``"im2col"`` or ``"reference"``."""
     algorithm = os.environ.get("MINIDIFF_CONV", "auto").strip().lower() or "auto"
     if algorithm not in CONV_ALGORITHMS:
         raise ValueError(f"MINIDIFF_CONV={algorithm!r}: expected one of {', '.join(CONV_ALGORITHMS)}")

@@ -24,7 +24,7 @@ import numpy as np
 from . import functional as F
 from . import nn
 from .autograd import Tensor, no_grad
-from .backend import device_of, to_device
+from .backend import device_of, performance_settings, to_device
 from .batching import Batcher
 from .datasets import load_dataset
 from .datasets import cache_dir as default_cache_dir
@@ -95,12 +95,13 @@ def train_classifier(images, labels, steps: int = TRAIN_STEPS, seed: int = 0, pr
         from tqdm import tqdm
 
         steps_iter = tqdm(steps_iter, desc="training classifier", unit="step", leave=False, dynamic_ncols=True)
-    for _ in steps_iter:
-        x, y = next(batches)
-        loss = F.cross_entropy(model(Tensor(x)), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    with performance_settings():  # a training loop, tuned as Trainer's is
+        for _ in steps_iter:
+            x, y = next(batches)
+            loss = F.cross_entropy(model(Tensor(x)), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     return model.eval()
 
 

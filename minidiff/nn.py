@@ -22,6 +22,7 @@ from . import functional as F
 from .autograd import DEFAULT_DTYPE, Tensor
 from .backend import get_array_module, to_device
 from .files import load_npz, save_npz
+from .functional.fusion import module_call
 
 _default_rng = np.random.default_rng(0)
 
@@ -88,7 +89,7 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        return module_call(self.forward, args, kwargs)  # ops may fuse inside; the outermost call's result is computed
 
     # ----------------------------------------------------------------- traversal
     def named_children(self):
@@ -257,9 +258,8 @@ class Conv2d(Module):
         self.weight = _uniform((out_channels, in_channels, kh, kw), bound, rng, dtype)
         self.bias = _uniform((out_channels,), bound, rng, dtype) if bias else None
 
-    def forward(self, x, residual=None):
-        """conv(x) (+ ``residual``, added as the output is written: see ``functional.conv2d``)."""
-        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding, residual=residual)
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -269,10 +269,8 @@ class Conv2d(Module):
 class GroupNorm(Module):
     """Group normalisation (Wu & He 2018) with a per-channel affine map initialised to identity."""
 
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
-                 silu: bool = False, dtype=DEFAULT_DTYPE):
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, dtype=DEFAULT_DTYPE):
         super().__init__()
-        self.silu = silu  # apply SiLU to the output, fused into the same pass (F.group_norm_silu)
         if num_channels % num_groups:
             raise ValueError(f"GroupNorm: num_channels={num_channels} is not divisible by num_groups={num_groups}")
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
@@ -280,11 +278,10 @@ class GroupNorm(Module):
         self.bias = Parameter(np.zeros(num_channels), dtype=dtype) if affine else None
 
     def forward(self, x):
-        norm = F.group_norm_silu if self.silu else F.group_norm
-        return norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
 
     def extra_repr(self):
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.weight is not None}, silu={self.silu}"
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.weight is not None}"
 
 
 class SiLU(Module):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import device_of, to_device, to_numpy
+from .backend import device_of, performance_settings, to_device, to_numpy
 from .files import atomic_write
 from .images import save_image_grid
 from .sampling import ddim_sample, ddpm_sample, dpm_solver_pp_sample
@@ -72,7 +72,7 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     x_T = rng.standard_normal(shape).astype(np.float32)
     samples = np.empty(shape, dtype=np.float32)
     batches = [slice(start, min(start + BATCH, n)) for start in range(0, n, BATCH)]
-    with _progress_bar(num_steps * len(batches), progress) as bar:
+    with performance_settings(), _progress_bar(num_steps * len(batches), progress) as bar:
         for batch in batches:
             report = _reporting(callback if batch.start == 0 else None, bar)
             denoiser = as_denoiser(model, None if labels is None else labels[batch])

@@ -8,7 +8,7 @@ the weights for sampling. The network may instead predict x₀ or v (Salimans & 
 Min-SNR-γ loss weights (Hang et al. 2023).
 
 Resuming is exact: the weights, the Adam moments, the EMA, the data order and every random
-generator (t, ε and flips; dropout) are checkpointed, and a Ctrl-C (or SIGTERM) is held until
+generator (t, ε and flips; dropout) are checkpointed, and a Ctrl-C is held until
 the step it lands in — loss, update, EMA, log line, preview and checkpoint — is complete. A run
 stopped and resumed so computes the very same losses, bit for bit, as one that never stopped.
 The files of a run are :mod:`minidiff.runfolder`'s; the ``train`` command is
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import DEVICES, check_device
+from .backend import DEVICES, check_device, performance_settings
 from .batching import Batcher
 from .checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, model_config, save_checkpoint
 from .datasets import DATASETS, load_dataset
@@ -302,9 +302,13 @@ class Trainer:
     def fit(self) -> Path:
         """Train to ``config.steps`` steps; returns the checkpoint path.
 
-        Ctrl-C (or SIGTERM) finishes the step under way, saves a checkpoint, says how to resume,
-        and re-raises KeyboardInterrupt.
+        Ctrl-C finishes the step under way, saves a checkpoint, says how to resume, and re-raises
+        KeyboardInterrupt. Runs inside :func:`minidiff.backend.performance_settings`.
         """
+        with performance_settings():
+            return self._fit()
+
+    def _fit(self) -> Path:
         from tqdm import tqdm
 
         config = self.config

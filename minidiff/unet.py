@@ -80,24 +80,26 @@ class ResBlock(nn.Module):
     h = conv3×3(SiLU(GroupNorm(x))) + Linear(SiLU(temb)) per channel;
     h = conv3×3(dropout(SiLU(GroupNorm(h)))); out = skip(x) + h, with skip a 1×1 conv when the
     channel count changes (the identity otherwise). The second conv starts at zero (module docstring).
-    Each SiLU(GroupNorm(·)) is one fused op (``nn.GroupNorm(..., silu=True)``).
+    (On the fast path each SiLU(GroupNorm(·)) runs as one kernel and the two additions happen as
+    the convolutions write their outputs: :mod:`minidiff.functional.fusion`.)
     """
 
     def __init__(self, cin: int, cout: int, temb_dim: int, num_groups: int, dropout: float = 0.0,
                  rng=None, dtype=DEFAULT_DTYPE):
         super().__init__()
-        self.norm1 = nn.GroupNorm(num_groups, cin, silu=True, dtype=dtype)
+        self.norm1 = nn.GroupNorm(num_groups, cin, dtype=dtype)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, rng=rng, dtype=dtype)
         self.temb_proj = nn.Linear(temb_dim, cout, rng=rng, dtype=dtype)
-        self.norm2 = nn.GroupNorm(num_groups, cout, silu=True, dtype=dtype)
+        self.norm2 = nn.GroupNorm(num_groups, cout, dtype=dtype)
         self.dropout = nn.Dropout(dropout, rng=rng)
         self.conv2 = _zero_init(nn.Conv2d(cout, cout, 3, padding=1, rng=rng, dtype=dtype))
         self.skip = nn.Conv2d(cin, cout, 1, rng=rng, dtype=dtype) if cin != cout else nn.Identity()
 
     def forward(self, x, temb):
-        t = self.temb_proj(F.silu(temb))  # (N, cout)
-        h = self.conv1(self.norm1(x), residual=t.reshape(t.shape + (1, 1)))  # (N, cout, H, W) + the same shift at every pixel of a channel
-        return self.conv2(self.dropout(self.norm2(h)), residual=self.skip(x))  # skip(x) + conv2(…)
+        emb = self.temb_proj(F.silu(temb))  # (N, cout)
+        h = self.conv1(F.silu(self.norm1(x))) + emb.reshape(*emb.shape, 1, 1)  # (N, cout, H, W): one shift per channel
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
 
 
 class AttentionBlock(nn.Module):
@@ -264,7 +266,7 @@ class UNet(nn.Module):
                 self.output_blocks.append(block)
 
         self.out = nn.Sequential(
-            nn.GroupNorm(num_groups, ch, silu=True, dtype=dtype),
+            nn.GroupNorm(num_groups, ch, dtype=dtype),
             _zero_init(nn.Conv2d(ch, in_channels, 3, padding=1, **layer)),
         )
 
@@ -299,7 +301,8 @@ class UNet(nn.Module):
         h = self.middle_block(h, temb)
         for block in self.output_blocks:
             h = block(F.concat([h, hs.pop()], axis=1), temb)  # (N, ch + skip channels, H, W)
-        return self.out(h)  # (N, in_channels, H, W)
+        norm, conv = self.out  # a pair, so that checkpoints name them out.0 and out.1
+        return conv(F.silu(norm(h)))  # (N, in_channels, H, W)
 
     def _check_inputs(self, x, t, y):
         if len(x.shape) != 4:

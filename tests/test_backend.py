@@ -1,5 +1,7 @@
 """Backend: array-module lookup, kernel selection and device errors (CPU-only checks)."""
 import importlib.util
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -51,3 +53,44 @@ def test_cuda_without_cupy_says_how_to_get_it():
 def test_to_cpu_is_a_no_op():
     t = minidiff.Tensor(np.zeros(2))
     assert t.to("cpu") is t
+
+
+def run_python(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (a fresh process: nothing imported, nothing tuned yet)."""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_import_leaves_numpys_blas_thread_count_alone():
+    """DESIGN.md, principle 7 (the check of issue 11): a user's own ``A @ B`` keeps its threads."""
+    run_python(
+        "import threadpoolctl, numpy; n = threadpoolctl.threadpool_info()[0]['num_threads']; "
+        "import minidiff; assert threadpoolctl.threadpool_info()[0]['num_threads'] == n"
+    )
+
+
+def test_import_leaves_the_environment_alone():
+    run_python(
+        "import os; before = dict(os.environ); "
+        "import minidiff, minidiff.functional, minidiff.unet, minidiff.optim; assert dict(os.environ) == before"
+    )
+
+
+def test_loading_the_extension_leaves_the_environment_alone():
+    """OMP_WAIT_POLICY is set only while libgomp loads (it reads it then), then taken back."""
+    run_python(
+        "import os; before = dict(os.environ); from minidiff import backend; backend.extension(); "
+        "assert dict(os.environ) == before"
+    )
+
+
+def test_performance_settings_limit_blas_for_the_block_only():
+    run_python(
+        "import threadpoolctl, numpy; from minidiff.backend import performance_settings\n"
+        "def blas(): return [p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas']\n"
+        "before = blas()\n"
+        "with performance_settings():\n"
+        "    assert set(blas()) == {1}\n"
+        "    with performance_settings(): assert set(blas()) == {1}\n"
+        "    assert set(blas()) == {1}\n"
+        "assert blas() == before"
+    )

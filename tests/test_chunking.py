@@ -1,12 +1,11 @@
 """How convolutions share out a batch: chunk boundaries, the thread count, results in chunk
-order, in-place sums of the chunks' shares, and the one-BLAS-thread setting."""
+order, in-place sums of the chunks' shares."""
 import os
 import signal
 import threading
 
 import numpy as np
 import pytest
-import threadpoolctl
 
 from minidiff import backend
 from minidiff.functional import chunking
@@ -33,6 +32,7 @@ def test_chunks_cover_the_batch_in_a_multiple_of_four_even_pieces(n, per_image_r
 
 @pytest.mark.parametrize("threads", ["1", "2", "3"])
 def test_map_chunks_returns_results_in_chunk_order_and_uses_the_calling_thread(monkeypatch, threads):
+    monkeypatch.delenv("MINIDIFF_KERNELS", raising=False)
     monkeypatch.setenv("MINIDIFF_NUM_THREADS", threads)
     chunks = [slice(k, k + 1) for k in range(9)]
     seen = []
@@ -50,11 +50,19 @@ def test_map_chunks_returns_results_in_chunk_order_and_uses_the_calling_thread(m
 def test_kernels_get_the_configured_openmp_threads(monkeypatch, threads, chunk_count, inside, after):
     """MINIDIFF_NUM_THREADS=1 means one OpenMP thread too; a lone chunk may use every core; after a
     threaded map the calling thread's kernels (GroupNorm, …) get all the configured threads."""
+    monkeypatch.delenv("MINIDIFF_KERNELS", raising=False)
     monkeypatch.setenv("MINIDIFF_NUM_THREADS", threads)
     extension = backend.extension()
     seen = map_chunks(lambda chunk: extension.get_num_threads(), [slice(k, k + 1) for k in range(chunk_count)], np)
     assert seen == inside
     assert extension.get_num_threads() == after
+
+
+def test_map_chunks_runs_every_chunk_on_the_calling_thread_on_the_plain_path(monkeypatch):
+    monkeypatch.setenv("MINIDIFF_KERNELS", "reference")
+    monkeypatch.setenv("MINIDIFF_NUM_THREADS", "4")
+    threads = map_chunks(lambda chunk: threading.current_thread(), [slice(k, k + 1) for k in range(8)], np)
+    assert threads == [threading.current_thread()] * 8
 
 
 def test_map_chunks_passes_a_worker_error_on():
@@ -96,11 +104,6 @@ def test_a_bad_thread_count_is_named(monkeypatch, value):
     monkeypatch.setenv("MINIDIFF_NUM_THREADS", value)
     with pytest.raises(ValueError, match=f"MINIDIFF_NUM_THREADS='{value}'"):
         backend.num_threads()
-
-
-def test_importing_minidiff_leaves_numpys_blas_one_thread():
-    blas = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
-    assert blas and all(pool["num_threads"] == 1 for pool in blas)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

@@ -7,6 +7,7 @@ import pytest
 
 import minidiff.functional as F
 from minidiff import Tensor
+from minidiff.functional.fusion import module_call, no_fusion
 from minidiff.gradcheck import gradcheck
 
 rng = np.random.default_rng(0)
@@ -50,18 +51,20 @@ def naive_attention(q, k, v, scale):
     "stride, padding, k, with_bias",
     [(1, 0, 3, True), (1, 1, 3, False), (2, 1, 3, True), (2, 0, 3, False), (1, 0, 1, True), (2, 1, 1, False)],
 )
-def test_conv2d_gradcheck(stride, padding, k, with_bias):
+@pytest.mark.parametrize("algorithm", ["reference", "auto"])  # the textbook conv, then the fast ones
+def test_conv2d_gradcheck(stride, padding, k, with_bias, algorithm):
     x, w = randn(2, 2, 5, 4), randn(3, 2, k, k)
     if with_bias:
-        assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=padding), x, w, randn(3))
+        assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=padding, algorithm=algorithm), x, w, randn(3))
     else:
-        assert gradcheck(lambda x, w: F.conv2d(x, w, stride=stride, padding=padding), x, w)
+        assert gradcheck(lambda x, w: F.conv2d(x, w, stride=stride, padding=padding, algorithm=algorithm), x, w)
 
 
 @pytest.mark.parametrize("stride, padding, k", [(1, 1, 3), (2, 1, 3), (1, 0, 1), (2, 2, 3)])
-def test_conv2d_matches_naive_loop(stride, padding, k):
+@pytest.mark.parametrize("algorithm", ["reference", "auto"])
+def test_conv2d_matches_naive_loop(stride, padding, k, algorithm):
     x, w, b = randn(2, 3, 7, 6), randn(4, 3, k, k), randn(4)
-    out = F.conv2d(Tensor(x), Tensor(w), Tensor(b), stride=stride, padding=padding)
+    out = F.conv2d(Tensor(x), Tensor(w), Tensor(b), stride=stride, padding=padding, algorithm=algorithm)
     np.testing.assert_allclose(out.data, naive_conv2d(x, w, b, stride, padding), rtol=1e-12, atol=1e-12)
 
 
@@ -122,6 +125,21 @@ def test_group_norm_silu_gradcheck_and_equals_the_composition(groups):
     fused = F.group_norm_silu(Tensor(x), groups, Tensor(w), Tensor(b)).data
     composed = F.silu(F.group_norm(Tensor(x), groups, Tensor(w), Tensor(b))).data
     np.testing.assert_allclose(fused, composed, rtol=1e-12, atol=1e-12)
+
+
+def test_silu_of_a_group_norm_inside_a_module_is_the_fused_op(monkeypatch):
+    """silu(group_norm(x)) as model code writes it: one fused GroupNorm node on the fast path,
+    a GroupNorm then a SiLU with fusion off or on the plain path (fusion.py)."""
+    monkeypatch.delenv("MINIDIFF_KERNELS", raising=False)
+    x = Tensor(randn(2, 4, 3, 3), requires_grad=True)
+    fused = module_call(lambda: F.silu(F.group_norm(x, 2)), (), {})
+    assert type(fused._ctx).__name__ == "GroupNorm" and fused._ctx.silu
+    with no_fusion():
+        composed = module_call(lambda: F.silu(F.group_norm(x, 2)), (), {})
+    assert type(composed._ctx).__name__ == "SiLU"
+    np.testing.assert_allclose(fused.data, composed.data, rtol=1e-12, atol=1e-12)
+    monkeypatch.setenv("MINIDIFF_KERNELS", "reference")
+    assert type(module_call(lambda: F.silu(F.group_norm(x, 2)), (), {})._ctx).__name__ == "SiLU"
 
 
 def test_group_norm_gradcheck_on_sequences():

@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minidiff.functional as F
-from minidiff import Tensor, backend
+from minidiff import Tensor, backend, optim
 from minidiff.kernels import cpu, kernel, reference
 from minidiff.kernels.reference import conv_output_size
 
@@ -89,20 +89,24 @@ def test_cython_group_norm_matches_the_reference(dtype, tol, shape, groups, silu
 @given(size=st.integers(0, 300), dtype=st.sampled_from([np.float32, np.float64]), step=st.integers(1, 5000),
        weight_decay=st.sampled_from([0.0, 0.01]), seed=st.integers(0, 2**16))
 def test_cython_adam_and_ema_updates_equal_the_reference_exactly(size, dtype, step, weight_decay, seed):
-    """Same operations in the same order and type as the NumPy reference, so the same bits."""
+    """Same operations in the same order and type as the textbook lines in optim.py, so the same bits."""
     rng = np.random.default_rng(seed)
     param, grad, m = (rng.standard_normal((size, 3)).astype(dtype) for _ in range(3))
     v = rng.random((size, 3)).astype(dtype)
     fast, ref = [a.copy() for a in (param, m, v)], [a.copy() for a in (param, m, v)]
     cpu.adam_update(*fast[:1], grad, *fast[1:], step, 1e-3, 0.9, 0.999, 1e-8, weight_decay)
-    reference.adam_update(*ref[:1], grad, *ref[1:], step, 1e-3, 0.9, 0.999, 1e-8, weight_decay)
+    optim.adam_update(*ref[:1], grad, *ref[1:], step, 1e-3, 0.9, 0.999, 1e-8, weight_decay)
     for f, r in zip(fast, ref):
         np.testing.assert_array_equal(f, r)
     average = rng.standard_normal((size, 3)).astype(dtype)
     fast_average, ref_average = average.copy(), average.copy()
     cpu.ema_update(fast_average, param, 1e-3)
-    reference.ema_update(ref_average, param, 1e-3)
+    optim.ema_update(ref_average, param, 1e-3)
     np.testing.assert_array_equal(fast_average, ref_average)
+
+
+def test_the_reference_adam_and_ema_are_the_textbook_lines_in_optim():
+    assert reference.adam_update is optim.adam_update and reference.ema_update is optim.ema_update
 
 
 @needs_ext
@@ -111,13 +115,13 @@ def test_cython_adam_takes_non_contiguous_gradients_and_falls_back_for_other_lay
     param, m, v = rng.standard_normal((4, 6)), np.zeros((4, 6)), np.zeros((4, 6))
     grad = rng.standard_normal((6, 4)).T  # a transposed view
     expected = [a.copy() for a in (param, m, v)]
-    reference.adam_update(expected[0], grad, expected[1], expected[2], 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
+    optim.adam_update(expected[0], grad, expected[1], expected[2], 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
     cpu.adam_update(param, grad, m, v, 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
     for got, want in zip((param, m, v), expected):
         np.testing.assert_array_equal(got, want)
     strided = rng.standard_normal((4, 12))[:, ::2]  # a parameter that is a strided view: the reference does it
     expected = strided.copy()
-    reference.adam_update(expected, grad, np.zeros((4, 6)), np.zeros((4, 6)), 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
+    optim.adam_update(expected, grad, np.zeros((4, 6)), np.zeros((4, 6)), 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
     cpu.adam_update(strided, grad, np.zeros((4, 6)), np.zeros((4, 6)), 1, 0.1, 0.9, 0.999, 1e-8, 0.0)
     np.testing.assert_array_equal(strided, expected)
 

@@ -1,6 +1,9 @@
-"""The convolution algorithms besides im2col. Winograd F(2×2, 3×3): the Cython transforms against the NumPy reference, each
-transform's adjoint, the whole conv against im2col, its float64 gradient check; the
-1×1 GEMM-per-image path; and the algorithm switch."""
+"""The fast convolutions against the textbook one. Winograd F(2×2, 3×3): the Cython transforms
+against the NumPy reference, each transform's adjoint, the whole conv against the textbook
+im2col conv, its float64 gradient check, the residual it adds as it writes; the 1×1
+GEMM-per-image path; and the algorithm switch."""
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -8,6 +11,7 @@ from hypothesis import strategies as st
 
 import minidiff.functional as F
 from minidiff import Tensor, backend
+from minidiff.functional.fusion import module_call, no_fusion
 from minidiff.functional.winograd import TILE_ENTRIES, winograd_filter_transform, winograd_filter_transform_adjoint
 from minidiff.gradcheck import gradcheck
 from minidiff.kernels import cpu, reference
@@ -107,15 +111,18 @@ def conv_and_grads(x, w, b, padding, algorithm):
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-11), (np.float32, 2e-4)])
 @pytest.mark.parametrize("shape, c_out, padding", [((2, 3, 7, 7), 4, 1), ((1, 2, 6, 9), 3, 1), ((2, 2, 5, 4), 2, 0), ((3, 5, 4, 5), 2, 2), ((1, 1, 28, 28), 2, 1)])
 def test_winograd_conv_equals_the_im2col_conv(monkeypatch, kernels, dtype, tol, shape, c_out, padding):
-    """Same output and gradients (x, w, b) as the textbook im2col formulation, odd sizes included."""
+    """Same output and gradients (x, w, b) as the textbook im2col formulation, odd sizes included;
+    the chunked im2col too."""
     monkeypatch.setenv("MINIDIFF_KERNELS", kernels)
     rng = np.random.default_rng(7)
     x = rng.standard_normal(shape).astype(dtype)
     w = rng.standard_normal((c_out, shape[1], 3, 3)).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype)
-    for winograd, im2col in zip(conv_and_grads(x, w, b, padding, "winograd"), conv_and_grads(x, w, b, padding, "im2col")):
-        assert winograd.dtype == dtype
-        np.testing.assert_allclose(winograd, im2col, rtol=tol, atol=tol * np.abs(im2col).max())
+    textbook = conv_and_grads(x, w, b, padding, "reference")
+    for fast in (conv_and_grads(x, w, b, padding, "winograd"), conv_and_grads(x, w, b, padding, "im2col")):
+        for got, want in zip(fast, textbook):
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
 
 
 def test_winograd_conv_passes_a_float64_gradient_check():
@@ -125,28 +132,36 @@ def test_winograd_conv_passes_a_float64_gradient_check():
 
 
 def test_auto_picks_winograd_for_3x3_stride_1_and_a_gemm_per_image_for_1x1(monkeypatch):
-    from minidiff.functional.conv import Conv2d, PointwiseConv2d
+    from minidiff.functional.conv import Conv2d
+    from minidiff.functional.conv_fast import ChunkedConv2d, PointwiseConv2d
     from minidiff.functional.winograd import WinogradConv2d
 
+    monkeypatch.delenv("MINIDIFF_KERNELS", raising=False)
     cases = [
-        (4, (2, 4, 3, 3), 1, WinogradConv2d), (4, (2, 4, 3, 3), 2, Conv2d), (3, (2, 3, 3, 3), 1, Conv2d),  # an image's first layer
-        (4, (2, 4, 1, 1), 1, PointwiseConv2d), (4, (2, 4, 1, 1), 2, Conv2d),
+        (4, (2, 4, 3, 3), 1, WinogradConv2d), (4, (2, 4, 3, 3), 2, ChunkedConv2d), (3, (2, 3, 3, 3), 1, ChunkedConv2d),  # an image's first layer
+        (4, (2, 4, 1, 1), 1, PointwiseConv2d), (4, (2, 4, 1, 1), 2, ChunkedConv2d),
     ]
     for channels, w_shape, stride, expected in cases:
         x = Tensor(np.zeros((1, channels, 6, 6), np.float32))
         y = F.conv2d(x, Tensor(np.zeros(w_shape, np.float32), requires_grad=True), stride=stride, padding=w_shape[2] // 2)
         assert type(y._ctx) is expected, (channels, w_shape, stride)
     x = Tensor(np.zeros((1, 4, 6, 6), np.float32))
-    assert type(F.conv2d(x, Tensor(np.zeros((2, 4, 3, 3), np.float32), requires_grad=True), padding=1, algorithm="winograd")._ctx) is WinogradConv2d
+    w = Tensor(np.zeros((2, 4, 3, 3), np.float32), requires_grad=True)
+    assert type(F.conv2d(x, w, padding=1, algorithm="winograd")._ctx) is WinogradConv2d
     monkeypatch.setenv("MINIDIFF_CONV", "im2col")
-    assert type(F.conv2d(x, Tensor(np.zeros((2, 4, 3, 3), np.float32), requires_grad=True), padding=1)._ctx) is Conv2d
+    assert type(F.conv2d(x, w, padding=1)._ctx) is ChunkedConv2d
+    monkeypatch.setenv("MINIDIFF_CONV", "reference")
+    assert type(F.conv2d(x, w, padding=1)._ctx) is Conv2d
+    monkeypatch.setenv("MINIDIFF_CONV", "auto")
+    monkeypatch.setenv("MINIDIFF_KERNELS", "reference")  # the plain path: the textbook conv for every shape
+    assert type(F.conv2d(x, w, padding=1)._ctx) is Conv2d
 
 
 def test_bad_algorithm_choices_are_refused_by_name(monkeypatch):
     x, w = Tensor(np.zeros((1, 2, 6, 6))), Tensor(np.zeros((2, 2, 3, 3)))
     with pytest.raises(ValueError, match="algorithm='winograd' needs a 3×3 kernel and stride 1.*stride=2"):
         F.conv2d(x, w, stride=2, algorithm="winograd")
-    with pytest.raises(ValueError, match="algorithm must be 'auto', 'im2col' or 'winograd', got 'fft'"):
+    with pytest.raises(ValueError, match="algorithm must be one of 'reference', 'auto', 'im2col', 'winograd', got 'fft'"):
         F.conv2d(x, w, algorithm="fft")
     monkeypatch.setenv("MINIDIFF_CONV", "fast")
     with pytest.raises(ValueError, match="MINIDIFF_CONV='fast'"):
@@ -160,8 +175,8 @@ def test_pointwise_conv_equals_the_im2col_conv(dtype, tol):
     x = rng.standard_normal((5, 6, 7, 3)).astype(dtype)
     w = rng.standard_normal((4, 6, 1, 1)).astype(dtype)
     b = rng.standard_normal(4).astype(dtype)
-    for auto, im2col in zip(conv_and_grads(x, w, b, 0, "auto"), conv_and_grads(x, w, b, 0, "im2col")):
-        np.testing.assert_allclose(auto, im2col, rtol=tol, atol=tol)
+    for auto, textbook in zip(conv_and_grads(x, w, b, 0, "auto"), conv_and_grads(x, w, b, 0, "reference")):
+        np.testing.assert_allclose(auto, textbook, rtol=tol, atol=tol)
 
 
 def test_pointwise_conv_passes_a_float64_gradient_check():
@@ -170,28 +185,45 @@ def test_pointwise_conv_passes_a_float64_gradient_check():
     assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, algorithm="auto"), x, w, b)
 
 
+def in_a_module(fn, *args):
+    """``fn(*args)`` run as a module's forward is, where results may stay pending and fuse."""
+    return module_call(fn, args, {})
+
+
 @pytest.mark.parametrize("kernels", ["reference"] + (["cpu"] if backend.extension() is not None else []))
 @pytest.mark.parametrize("per_plane", [False, True])
-@pytest.mark.parametrize("algorithm, kernel_size, stride", [("winograd", 3, 1), ("auto", 1, 1), ("im2col", 3, 2)])
-def test_a_residual_is_added_to_the_output_and_gets_the_output_gradient(monkeypatch, kernels, per_plane, algorithm, kernel_size, stride):
-    """conv2d(x, w, b, residual=r) = conv2d(x, w, b) + r on every path (fused into Winograd's
-    output transform), r of the output's shape or one shift per plane (N, C_out, 1, 1), and
-    ∂/∂r is the incoming gradient, summed over each plane for a shift."""
-    monkeypatch.setenv("MINIDIFF_KERNELS", kernels)
+def test_a_winograd_conv_plus_r_becomes_the_conv_adding_r_as_it_writes(monkeypatch, kernels, per_plane):
+    """Inside a module, conv2d(x, w, b) + r is one WinogradConv2d taking r as a fourth input
+    (added in its output transform), r of the output's shape or one shift per plane
+    (N, C_out, 1, 1); same values as the unfused sum, and ∂/∂r is the incoming gradient,
+    summed over each plane for a shift. (Under MINIDIFF_KERNELS=reference nothing fuses, so
+    the kernels are chosen explicitly.)"""
+    from minidiff.functional.winograd import WinogradConv2d
+
     rng = np.random.default_rng(5)
-    x, w, b = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, kernel_size, kernel_size)), rng.standard_normal(4)
-    padding = kernel_size // 2
-    plain = F.conv2d(Tensor(x), Tensor(w), Tensor(b), stride=stride, padding=padding, algorithm=algorithm).data
+    x, w, b = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    monkeypatch.setenv("MINIDIFF_KERNELS", kernels)
+    plain = F.conv2d(Tensor(x), Tensor(w), Tensor(b), padding=1, algorithm="winograd").data
     r = Tensor(rng.standard_normal(plain.shape[:2] + (1, 1) if per_plane else plain.shape), requires_grad=True)
-    y = F.conv2d(Tensor(x), Tensor(w), Tensor(b), stride=stride, padding=padding, algorithm=algorithm, residual=r)
+    monkeypatch.setenv("MINIDIFF_KERNELS", "auto")
+    y = in_a_module(lambda: F.conv2d(Tensor(x), Tensor(w), Tensor(b), padding=1, algorithm="winograd") + r)
+    assert type(y._ctx) is WinogradConv2d and y._ctx.inputs[3] is r
     np.testing.assert_allclose(y.data, plain + r.data, rtol=1e-12, atol=1e-12)
     grad = rng.standard_normal(plain.shape)
     y.backward(grad)
     np.testing.assert_allclose(r.grad, grad.sum(axis=(2, 3), keepdims=True) if per_plane else grad, rtol=1e-12, atol=1e-12)
-    assert gradcheck(lambda x, w, r: F.conv2d(x, w, stride=stride, padding=padding, algorithm=algorithm, residual=r), x, w, r.data)
+    monkeypatch.setenv("MINIDIFF_KERNELS", kernels)
+    assert gradcheck(lambda x, w, r: WinogradConv2d.apply(x, w, None, r, padding=1), x, w, r.data)
 
 
-def test_a_residual_of_the_wrong_shape_is_refused_by_name():
-    x, w = Tensor(np.zeros((1, 2, 6, 6))), Tensor(np.zeros((3, 2, 3, 3)))
-    with pytest.raises(ValueError, match=r"residual of shape \(1, 2, 6, 6\) for an output of shape \(1, 3, 6, 6\) \(expected \(1, 3, 6, 6\) or \(1, 3, 1, 1\)\)"):
-        F.conv2d(x, w, padding=1, residual=Tensor(np.zeros((1, 2, 6, 6))))
+def test_a_sum_that_cannot_fuse_runs_as_written():
+    """r of another broadcastable shape, or fusion switched off: an ordinary Add after the conv."""
+    rng = np.random.default_rng(6)
+    x, w = Tensor(rng.standard_normal((1, 4, 6, 6)), requires_grad=True), Tensor(rng.standard_normal((3, 4, 3, 3)))
+    plain = F.conv2d(x, w, padding=1, algorithm="winograd").data
+    for r, switch in ((Tensor(rng.standard_normal((1, 3, 6, 1))), contextlib.nullcontext()),
+                      (Tensor(rng.standard_normal((1, 3, 1, 1))), no_fusion())):
+        with switch:
+            y = in_a_module(lambda: F.conv2d(x, w, padding=1, algorithm="winograd") + r)
+        assert type(y._ctx).__name__ == "Add"
+        np.testing.assert_allclose(y.data, plain + r.data, rtol=1e-12, atol=1e-12)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from ..autograd import Function
 from ..backend import get_array_module
+from ..kernels import kernel
 from ..kernels.reference import sigmoid as _sigmoid
+from .fusion import absorb
 
 __all__ = ["tanh", "sigmoid", "silu", "relu", "softmax", "log_softmax", "dropout"]
 
@@ -52,16 +54,21 @@ class ReLU(Function):
 
 
 class Softmax(Function):
+    """softmax along ``axis``: attention's ``softmax_forward`` / ``softmax_backward`` kernels
+    (kernels/reference.py holds the one copy of the maths) with that axis moved last."""
+
     def forward(self, x, axis=-1):
         xp = get_array_module(x)
-        e = xp.exp(x - x.max(axis=axis, keepdims=True))  # shifting by the max changes nothing but overflow
-        out = e / e.sum(axis=axis, keepdims=True)
-        self.save_for_backward(out, axis)
-        return out
+        probs = kernel("softmax_forward", x)(xp.moveaxis(x, axis, -1), 1.0)  # exp(x − max x)/Σ exp(x − max x)
+        self.axis = axis
+        self.save_for_backward(probs)
+        return xp.moveaxis(probs, -1, axis)
 
     def backward(self, grad):
-        y, axis = self.saved
-        return y * (grad - (grad * y).sum(axis=axis, keepdims=True))  # ∂yᵢ/∂xⱼ = yᵢ(δᵢⱼ − yⱼ)
+        (probs,) = self.saved
+        xp = get_array_module(grad)
+        grad_x = kernel("softmax_backward", probs)(probs, xp.moveaxis(grad, self.axis, -1))  # ∂yᵢ/∂xⱼ = yᵢ(δᵢⱼ − yⱼ)
+        return xp.moveaxis(grad_x, -1, self.axis)
 
 
 class LogSoftmax(Function):
@@ -102,7 +109,8 @@ def sigmoid(x):
 
 def silu(x):
     """x·σ(x), the activation of the DDPM U-Net (also called swish)."""
-    return SiLU.apply(x)
+    fused = absorb(x, "silu")  # silu(group_norm(·)) as one op, when fusion is on (fusion.py)
+    return SiLU.apply(x) if fused is None else fused
 
 
 def relu(x):

@@ -9,7 +9,6 @@ import math
 
 from ..autograd import Function
 from ..backend import get_array_module
-from ..flops import add_flops
 from ..kernels import kernel
 
 __all__ = ["scaled_dot_product_attention"]
@@ -27,7 +26,6 @@ class ScaledDotProductAttention(Function):
         probs = kernel("softmax_forward", q)(xp.matmul(q, _swap_last(k)), scale)  # P = softmax(S): (..., L_q, L_k)
         self.scale = scale
         self.save_for_backward(q, k, v, probs)
-        add_flops(2 * probs.size * (q.shape[-1] + v.shape[-1]))  # q·kᵀ and P·v
         return xp.matmul(probs, v)  # (..., L_q, D_v)
 
     def backward(self, grad):

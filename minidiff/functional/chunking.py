@@ -82,12 +82,15 @@ def map_chunks(work, chunks, xp):
 
     The calling thread takes the first share and worker threads the others, each share a
     contiguous run of chunks. While they run, every thread's kernels use one OpenMP thread (and
-    BLAS has one, see :mod:`minidiff.backend`), so a chunk stays in one core's cache and no two
-    thread pools contend for the cores; NumPy's GEMMs and the Cython kernels release the GIL.
-    The results come back in chunk order, and the chunks do not depend on the thread count, so
-    sums over them do not either.
+    BLAS has one inside :func:`~minidiff.backend.performance_settings`), so a chunk stays in one
+    core's cache and no two thread pools contend for the cores; NumPy's GEMMs and the Cython
+    kernels release the GIL. The results come back in chunk order, and the chunks do not depend
+    on the thread count, so sums over them do not either.
+
+    With ``MINIDIFF_KERNELS=reference`` (or on a GPU) every chunk runs on the calling thread
+    and no worker is started, so a debugger's breakpoint stays on the main thread.
     """
-    if xp is not np:
+    if xp is not np or backend.kernel_mode() == "reference":
         return [work(chunk) for chunk in chunks]
     total = backend.num_threads()
     threads = min(total, len(chunks))
@@ -113,10 +116,17 @@ def _run(work, share):
 def _workers(count: int) -> ThreadPoolExecutor:
     global _pool
     if _pool is None or _pool._max_workers != count:
-        if _pool is not None:
-            _pool.shutdown()
+        shutdown_workers()
         _pool = ThreadPoolExecutor(count, thread_name_prefix="minidiff", initializer=_set_kernel_threads, initargs=(1,))
     return _pool
+
+
+def shutdown_workers():
+    """Stop the worker threads and wait for them to end; the next threaded map starts new ones."""
+    global _pool
+    if _pool is not None:
+        _pool.shutdown()
+        _pool = None
 
 
 def _forget_workers():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..autograd import Function, Tensor, unbroadcast
 from ..backend import get_array_module
+from .fusion import absorb
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt", "abs",
@@ -174,7 +175,10 @@ class Where(Function):
 
 
 def add(a, b):
-    return Add.apply(a, b)
+    fused = absorb(b, "add", a)  # a pending convolution + r may become one that adds r as it writes (fusion.py)
+    if fused is None:
+        fused = absorb(a, "add", b)
+    return Add.apply(a, b) if fused is None else fused
 
 
 def sub(a, b):

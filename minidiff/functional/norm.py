@@ -4,13 +4,15 @@ the SiLU that follows it in every ResBlock.
 One Function with the closed-form backward; the arithmetic lives in the named kernels
 ``group_norm_forward`` / ``group_norm_backward`` (kernels/reference.py is their specification).
 Fusing SiLU saves a full pass over the activations each way and the array SiLU would keep for
-its backward.
+its backward. Model code writes ``silu(group_norm(x))``; :func:`group_norm` leaves its result
+pending (:mod:`~minidiff.functional.fusion`), and ``silu`` of it becomes the fused op.
 """
 from __future__ import annotations
 
 from ..autograd import Function
 from ..backend import get_array_module
 from ..kernels import kernel
+from .fusion import pending
 
 __all__ = ["group_norm", "group_norm_silu"]
 
@@ -62,7 +64,8 @@ def _check(name, x, num_groups, weight, bias):
 def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
     """``torch.nn.functional.group_norm``: x (N, C, *), weight and bias (C,) or None."""
     _check("group_norm", x, num_groups, weight, bias)
-    return GroupNorm.apply(x, weight, bias, num_groups=int(num_groups), eps=float(eps), silu=False)
+    return pending(GroupNorm, (x, weight, bias), dict(num_groups=int(num_groups), eps=float(eps), silu=False), x.shape,
+                   silu=lambda: group_norm_silu(x, num_groups, weight, bias, eps))
 
 
 def group_norm_silu(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):

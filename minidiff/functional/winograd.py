@@ -27,12 +27,12 @@ import functools
 
 import numpy as np
 
-from ..autograd import Function
+from ..autograd import Function, Tensor
 from ..backend import get_array_module
-from ..flops import add_flops
 from ..kernels import kernel
 from ..kernels.reference import WINOGRAD_G, WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, winograd_tile_count
 from .chunking import image_chunks, map_chunks, scratch, sum_shares
+from .fusion import pending
 
 __all__ = ["winograd_filter_transform", "winograd_filter_transform_adjoint"]
 
@@ -63,7 +63,7 @@ def winograd_filter_transform_adjoint(grad_u):
 class WinogradConv2d(Function):
     """y = conv2d(x, w, b, stride=1, padding) + residual for a 3×3 kernel, via F(2×2, 3×3).
 
-    Like :class:`~minidiff.functional.conv.Conv2d`, a few images at a time so that a chunk's
+    Like :class:`~minidiff.functional.conv_fast.ChunkedConv2d`, a few images at a time so that a chunk's
     transformed tiles are still in cache when their GEMMs read them, and only x and the
     transformed filter are saved: V is recomputed in the backward pass (one memory-bound pass)
     rather than kept alive, 4× the size of x, until then.
@@ -86,7 +86,6 @@ class WinogradConv2d(Function):
             output_transform(m, out[chunk].shape, b, None if residual is None else residual[chunk], out=out[chunk])  # Aᵀ M A + b + residual
 
         map_chunks(forward_chunk, image_chunks(n, TILE_ENTRIES * max(c, c_out), tiles, x.itemsize, xp is not np), xp)
-        add_flops(2 * out.size * c * 9)  # the direct convolution's count, so GFLOP/s compare across algorithms
         self.padding = padding
         self.save_for_backward(x, u)
         return out
@@ -128,3 +127,18 @@ class WinogradConv2d(Function):
         grad_residual = grad_shift.reshape(residual_shape) if grad_shift is not None else grad if residual_shape is not None else None
         return grad_x, grad_w, grad_b, grad_residual  # ∂y/∂residual = 1, summed over the positions it was broadcast to
 
+
+
+def winograd_conv2d(x, w, b, padding: int):
+    """``conv2d(x, w, b, padding=padding)`` by :class:`WinogradConv2d`, left pending
+    (:mod:`~minidiff.functional.fusion`) so that ``+ r`` right after it becomes the convolution
+    adding r as it writes its output: r of the output's shape (a skip connection) or
+    (N, C_out, 1, 1) (a ResBlock's time-embedding shift)."""
+    shape = (x.shape[0], w.shape[0], x.shape[2] + 2 * padding - 2, x.shape[3] + 2 * padding - 2)
+
+    def with_residual(r):
+        if not isinstance(r, Tensor) or r.dtype != x.dtype or tuple(r.shape) not in (shape, shape[:2] + (1, 1)):
+            return None
+        return WinogradConv2d.apply(x, w, b, r, padding=padding)
+
+    return pending(WinogradConv2d, (x, w, b, None), dict(padding=padding), shape, add=with_residual)

@@ -11,14 +11,17 @@ from .. import backend
 from . import reference
 from .reference import WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, conv_output_size, winograd_tile_count, winograd_tiles
 
-_C = backend.extension()
+
+def _C():
+    """The compiled extension; the dispatcher hands out these wrappers only when it is built."""
+    return backend.extension()
 
 
 def im2col(x, kh: int, kw: int, stride: int, padding: int, out=None):
     n, c, h, w = x.shape
     ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
     cols = np.empty((c * kh * kw, n * ho * wo), dtype=x.dtype) if out is None else out  # (C·kh·kw, N·Ho·Wo)
-    _C.im2col(np.ascontiguousarray(x), kh, kw, stride, padding, ho, wo, cols)
+    _C().im2col(np.ascontiguousarray(x), kh, kw, stride, padding, ho, wo, cols)
     return cols
 
 
@@ -26,7 +29,7 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int, padding: int, out=None)
     n, c, h, w = x_shape
     ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
     x = np.empty((n, c, h, w), dtype=cols.dtype) if out is None else out  # (N, C, H, W)
-    _C.col2im(np.ascontiguousarray(cols).reshape(c * kh * kw, n * ho * wo), kh, kw, stride, padding, ho, wo, x)
+    _C().col2im(np.ascontiguousarray(cols).reshape(c * kh * kw, n * ho * wo), kh, kw, stride, padding, ho, wo, x)
     return x
 
 
@@ -35,7 +38,7 @@ def group_norm_forward(x, num_groups: int, weight, bias, eps: float, silu: bool)
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)  # (N, C, M)
     mean, rstd = np.empty((n, num_groups), dtype=x.dtype), np.empty((n, num_groups), dtype=x.dtype)  # (N, G) ×2
-    _C.group_norm_forward(x, num_groups, _vector(weight, x.dtype), _vector(bias, x.dtype), eps, silu, y, mean, rstd)
+    _C().group_norm_forward(x, num_groups, _vector(weight, x.dtype), _vector(bias, x.dtype), eps, silu, y, mean, rstd)
     return y, mean, rstd
 
 
@@ -43,7 +46,7 @@ def group_norm_backward(grad_y, x, mean, rstd, weight, bias, silu: bool):
     n, c, m = x.shape
     grad_x = np.empty_like(x)  # (N, C, M)
     grad_weight, grad_bias = np.empty((n, c)), np.empty((n, c))  # per image, summed below in float64
-    _C.group_norm_backward(
+    _C().group_norm_backward(
         np.ascontiguousarray(grad_y, dtype=x.dtype), np.ascontiguousarray(x), np.ascontiguousarray(mean),
         np.ascontiguousarray(rstd), _vector(weight, x.dtype), _vector(bias, x.dtype), silu, grad_x, grad_weight, grad_bias,
     )
@@ -54,7 +57,7 @@ def winograd_input_transform(x, padding: int, out=None):
     n, c, h, w = x.shape
     th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)
     v = np.empty((TILE_ENTRIES, c, n * th * (tw + 1)), dtype=x.dtype) if out is None else out  # (α², C, tH·N·(tW + 1))
-    _C.winograd_input_transform(np.ascontiguousarray(x), padding, th, tw, v)
+    _C().winograd_input_transform(np.ascontiguousarray(x), padding, th, tw, v)
     return v
 
 
@@ -62,7 +65,7 @@ def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None):
     n, c, h, w = x_shape
     th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)
     grad_x = np.empty(x_shape, dtype=grad_v.dtype) if out is None else out  # (N, C, H, W)
-    _C.winograd_input_transform_adjoint(np.ascontiguousarray(grad_v), padding, th, tw, grad_x)
+    _C().winograd_input_transform_adjoint(np.ascontiguousarray(grad_v), padding, th, tw, grad_x)
     return grad_x
 
 
@@ -70,7 +73,7 @@ def winograd_output_transform(m, out_shape, bias=None, residual=None, out=None):
     y = np.empty(out_shape, dtype=m.dtype) if out is None else out  # (N, C_out, Ho, Wo)
     bias = np.empty(0, dtype=m.dtype) if bias is None else _vector(bias, m.dtype)
     residual = np.empty((0, 0, 0, 0), dtype=m.dtype) if residual is None else np.ascontiguousarray(residual, dtype=m.dtype)
-    _C.winograd_output_transform(np.ascontiguousarray(m), bias, residual, y)
+    _C().winograd_output_transform(np.ascontiguousarray(m), bias, residual, y)
     return y
 
 
@@ -78,48 +81,48 @@ def winograd_output_transform_adjoint(grad_y, out=None, plane_sums=None):
     n, c_out, ho, wo = grad_y.shape
     grad_m = np.empty((TILE_ENTRIES, c_out, n * winograd_tile_count(ho, wo)), dtype=grad_y.dtype) if out is None else out  # (α², C_out, tH·N·(tW + 1))
     sums = np.empty((n, c_out), dtype=grad_y.dtype) if plane_sums is None else plane_sums  # (N, C_out)
-    _C.winograd_output_transform_adjoint(np.ascontiguousarray(grad_y), grad_m, sums)
+    _C().winograd_output_transform_adjoint(np.ascontiguousarray(grad_y), grad_m, sums)
     return grad_m
 
 
 def adam_update(param, grad, m, v, step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float):
     if not _flat_views(param, m, v) or grad.shape != param.shape:
         return reference.adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)
-    _C.adam_update(param.reshape(-1), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), m.reshape(-1), v.reshape(-1),
+    _C().adam_update(param.reshape(-1), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), m.reshape(-1), v.reshape(-1),
                    lr, beta1, beta2, 1 - beta1**step, 1 - beta2**step, eps, weight_decay)
 
 
 def ema_update(average, param, one_minus_decay: float):
     if not _flat_views(average) or param.shape != average.shape:
         return reference.ema_update(average, param, one_minus_decay)
-    _C.ema_update(average.reshape(-1), np.ascontiguousarray(param, dtype=average.dtype).reshape(-1), one_minus_decay)
+    _C().ema_update(average.reshape(-1), np.ascontiguousarray(param, dtype=average.dtype).reshape(-1), one_minus_decay)
 
 
 def upsample_nearest_forward(x, scale: int):
     n, c, h, w = x.shape
     y = np.empty((n, c, h * scale, w * scale), dtype=x.dtype)  # (N, C, H·s, W·s)
-    _C.upsample_nearest_forward(np.ascontiguousarray(x), scale, y)
+    _C().upsample_nearest_forward(np.ascontiguousarray(x), scale, y)
     return y
 
 
 def upsample_nearest_backward(grad_y, scale: int):
     n, c, hs, ws = grad_y.shape
     grad_x = np.empty((n, c, hs // scale, ws // scale), dtype=grad_y.dtype)  # (N, C, H, W)
-    _C.upsample_nearest_backward(np.ascontiguousarray(grad_y), scale, grad_x)
+    _C().upsample_nearest_backward(np.ascontiguousarray(grad_y), scale, grad_x)
     return grad_x
 
 
 def softmax_forward(scores, scale: float):
     scores = np.ascontiguousarray(scores)
     probs = np.empty_like(scores)  # (…, L_q, L_k)
-    _C.softmax_forward(_rows(scores), scale, _rows(probs))
+    _C().softmax_forward(_rows(scores), scale, _rows(probs))
     return probs
 
 
 def softmax_backward(probs, grad_probs):
     probs = np.ascontiguousarray(probs)
     grad_scores = np.empty_like(probs)
-    _C.softmax_backward(_rows(probs), _rows(np.ascontiguousarray(grad_probs, dtype=probs.dtype)), _rows(grad_scores))
+    _C().softmax_backward(_rows(probs), _rows(np.ascontiguousarray(grad_probs, dtype=probs.dtype)), _rows(grad_scores))
     return grad_scores
 
 
@@ -135,9 +138,3 @@ def _flat_views(*arrays) -> bool:
 
 def _vector(v, dtype):
     return np.ascontiguousarray(v, dtype=dtype)
-
-
-if _C is None:  # the dispatcher then uses the reference for every name
-    del im2col, col2im, group_norm_forward, group_norm_backward, adam_update, ema_update
-    del upsample_nearest_forward, upsample_nearest_backward, softmax_forward, softmax_backward
-    del winograd_input_transform, winograd_input_transform_adjoint, winograd_output_transform, winograd_output_transform_adjoint

@@ -2,6 +2,10 @@
 
 Written for clarity over speed, with the array module of their inputs (NumPy or CuPy), so
 ``MINIDIFF_KERNELS=reference`` gives a path a student can step through line by line.
+
+Adam's and the EMA's reference are the textbook lines in :mod:`minidiff.optim`, where a reader
+looks for them; this module hands them out under their kernel names (``adam_update``,
+``ema_update``), looked up on first use because ``optim`` itself imports the kernels.
 """
 from __future__ import annotations
 
@@ -237,29 +241,6 @@ def _into(out, value):
     return out
 
 
-def adam_update(param, grad, m, v, step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float):
-    """One Adam step on arrays, in place on ``param``, ``m`` and ``v`` (Kingma & Ba 2015, Alg. 1).
-
-    ``step`` is t, counted from 1. ``weight_decay`` is L2 regularisation added to the gradient,
-    as in ``torch.optim.Adam`` (not decoupled: see :func:`minidiff.optim.AdamW`).
-    """
-    xp = get_array_module(param)
-    if weight_decay:
-        grad = grad + weight_decay * param  # ∇(f + λ/2‖θ‖²) = g + λθ
-    m *= beta1
-    m += (1 - beta1) * grad  # m_t = β₁ m_{t−1} + (1 − β₁) g_t
-    v *= beta2
-    v += (1 - beta2) * grad * grad  # v_t = β₂ v_{t−1} + (1 − β₂) g_t²
-    m_hat = m / (1 - beta1**step)  # bias correction: m̂_t = m_t / (1 − β₁ᵗ)
-    v_hat = v / (1 - beta2**step)  # v̂_t = v_t / (1 − β₂ᵗ)
-    param -= lr * m_hat / (xp.sqrt(v_hat) + eps)  # θ_t = θ_{t−1} − α m̂_t / (√v̂_t + ε)
-
-
-def ema_update(average, param, one_minus_decay: float):
-    """θ̄ ← d·θ̄ + (1 − d)·θ, written θ̄ − (1 − d)(θ̄ − θ), in place on ``average`` (Ho et al. 2020, App. B)."""
-    average -= one_minus_decay * (average - param)
-
-
 def upsample_nearest_forward(x, scale: int):
     """y[n, c, i, j] = x[n, c, ⌊i/s⌋, ⌊j/s⌋]: (N, C, H, W) → (N, C, H·s, W·s)."""
     xp = get_array_module(x)
@@ -295,3 +276,11 @@ def softmax_backward(probs, grad_probs):
     """∂z = P ⊙ (∂P − Σⱼ ∂P ⊙ P): the softmax Jacobian diag(P) − P Pᵀ applied to ∂P, row by row,
     with respect to the scaled scores z."""
     return probs * (grad_probs - (grad_probs * probs).sum(axis=-1, keepdims=True))
+
+
+def __getattr__(name):
+    if name in ("adam_update", "ema_update"):
+        from .. import optim
+
+        return getattr(optim, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
