@@ -116,3 +116,32 @@ def mixture_denoiser(mixture, schedule):
         return eps.astype(x_t.dtype, copy=False)
 
     return model
+
+
+def assert_samples_match_mixture(samples, mixture, tolerance=4.5):
+    """Assert that ``samples`` (N, D) reproduce ``mixture``'s weights, means and covariances.
+
+    Each sample is assigned to its most probable component; then every weight, mean
+    coordinate and covariance entry must lie within ``tolerance`` standard errors of the truth
+    (binomial for weights, s/√n for means, √((C_ij² + C_ii C_jj)/n) for covariances). Meant
+    for well-separated components, where the assignment is nearly always right.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    if not np.all(np.isfinite(samples)):
+        raise AssertionError("samples are not all finite")
+    N = len(samples)
+    assigned = mixture.responsibilities(samples).argmax(axis=1)
+    for k, (weight, mean, covariance) in enumerate(zip(mixture.weights, mixture.means, mixture.covariances)):
+        members = samples[assigned == k]
+        n = len(members)
+        weight_z = (n / N - weight) / np.sqrt(weight * (1 - weight) / N)
+        if not abs(weight_z) < tolerance or n < 2:
+            raise AssertionError(f"component {k}: weight {n / N:.4f}, expected {weight:.4f} ({weight_z:+.1f} s.e.)")
+        mean_z = (members.mean(axis=0) - mean) / np.sqrt(np.diag(covariance) / n)
+        if not np.all(np.abs(mean_z) < tolerance):
+            raise AssertionError(f"component {k}: mean {members.mean(axis=0)}, expected {mean} ({mean_z} s.e.)")
+        variances = np.diag(covariance)
+        cov_z = (np.cov(members.T).reshape(covariance.shape) - covariance) / np.sqrt(
+            (covariance**2 + np.outer(variances, variances)) / n)
+        if not np.all(np.abs(cov_z) < tolerance):
+            raise AssertionError(f"component {k}: covariance off by {cov_z.ravel()} s.e., expected {covariance.ravel()}")
