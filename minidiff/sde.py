@@ -3,10 +3,10 @@ its reverse-time SDE (Euler–Maruyama), its probability-flow ODE (Heun) and a p
 scheme with annealed Langevin dynamics — all on any ``model(x_t, t)``, with the signature of
 :mod:`minidiff.sampling`'s samplers.
 
-The forward SDE is dx = −½β(t) x dt + √β(t) dw (Song et al. 2021, Eq. 11, the "VP SDE": Eq. 5
+The forward SDE is dx = −½β(t) x dt + √β(t) dw (Song et al. 2021b, Eq. 11, the "VP SDE": Eq. 5
 with f(x, t) = −½β(t) x and g(t) = √β(t)). Its Euler–Maruyama step with β(t) dt = β_i is
 x_{i+1} = (1 − ½β_i) x_i + √β_i z, the DDPM chain x_{i+1} = √(1 − β_i) x_i + √β_i z
-(Ho et al. 2020, Eq. 2; Song et al. 2021, Eq. 10) to first order in β_i.
+(Ho et al. 2020, Eq. 2; Song et al. 2021b, Eq. 10) to first order in β_i.
 
 **Time.** No continuous β(t) is invented: a step between neighbouring indices i → i − 1 of a
 (possibly respaced) schedule integrates β over exactly the amount the chain has,
@@ -21,7 +21,7 @@ the score recomputed from it.
 
 Papers:
 
-- Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole 2021, "Score-Based Generative Modeling
+- Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole 2021 ("2021b"), "Score-Based Generative Modeling
   through Stochastic Differential Equations" (Eqs. 5, 6, 10, 11, 13; Appendix G, Algorithms 1 and 5).
 - Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic Models" (the chain, Eq. 2).
 - Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image Synthesis" (score from ε, Eq. 11).
@@ -38,9 +38,10 @@ from .schedule import extract, standard_normal
 
 
 def integrated_betas(schedule):
-    """∫β(t) dt over each index's step, −log(1 − β_i) = log ᾱ_{i−1} − log ᾱ_i (Song et al. 2021, Eq. 11).
+    """∫β(t) dt over each index's step, −log(1 − β_i) = log ᾱ_{i−1} − log ᾱ_i: the clock of the VP SDE.
 
-    The VP SDE's ᾱ(t) = exp(−∫₀ᵗ β(s) ds) then agrees with the schedule's ᾱ at every index.
+    dx = −½β(t) x dt + √β(t) dw (Song et al. 2021b, Eq. 11; Eq. 5 with f = −½β(t) x, g = √β(t))
+    has ᾱ(t) = exp(−∫₀ᵗ β(s) ds), which then agrees with the schedule's ᾱ at every index.
     """
     if schedule.alphas_cumprod[-1] == 0:
         raise ValueError("the VP-SDE samplers need alphas_cumprod > 0: a zero-terminal-SNR schedule "
@@ -60,7 +61,7 @@ def model_score(model, schedule, x_t, t, prediction="eps", clip_denoised=False, 
 
 
 def reverse_sde_update(x, score, integrated_beta, z):
-    """One Euler–Maruyama step of the reverse-time VP SDE over ∫β dt = ``integrated_beta`` (Song et al. 2021, Eq. 6).
+    """One Euler–Maruyama step of the reverse-time VP SDE over ∫β dt = ``integrated_beta`` (Song et al. 2021b, Eq. 6).
 
     dx = [f − g² ∇ log p] dt + g dw̄ with f = −½β x, g² = β and dt < 0 gives
     x ← x + (½ x + ∇ log p) ∫β + √(∫β) z.
@@ -70,7 +71,7 @@ def reverse_sde_update(x, score, integrated_beta, z):
 
 
 def probability_flow_velocity(x, score):
-    """dx/d(∫β) = −½ (x + ∇ log p(x)): the probability-flow ODE of the VP SDE (Song et al. 2021, Eq. 13).
+    """dx/d(∫β) = −½ (x + ∇ log p(x)): the probability-flow ODE of the VP SDE (Song et al. 2021b, Eq. 13).
 
     dx = [f − ½ g² ∇ log p] dt with f = −½β x, g² = β, written per unit of integrated β.
     """
@@ -78,7 +79,7 @@ def probability_flow_velocity(x, score):
 
 
 def langevin_correct(x, score, z, alpha, snr):
-    """One Langevin MCMC step x + ε s + √(2ε) z towards p_t (Song et al. 2021, Appendix G, Algorithm 5).
+    """One Langevin MCMC step x + ε s + √(2ε) z towards p_t (Song et al. 2021b, Appendix G, Algorithm 5).
 
     The step size ε = 2 α_i (r ‖z‖/‖s‖)² targets the "signal-to-noise ratio" r = ``snr``
     between the noise and the score step, the norms averaged over the batch as the paper
@@ -95,10 +96,10 @@ def langevin_correct(x, score, z, alpha, snr):
 
 def reverse_sde_sample(model, schedule, shape, steps=None, spacing="uniform", *, rng=None, prediction="eps",
                        clip_denoised=True, dynamic_threshold=None, x_T=None, callback=None, return_trajectory=False):
-    """Euler–Maruyama on the reverse-time VP SDE (Song et al. 2021, Eq. 6), x_T ∼ N(0, I) → x₀.
+    """Euler–Maruyama on the reverse-time VP SDE (Song et al. 2021b, Eq. 6), x_T ∼ N(0, I) → x₀.
 
     One model call per step; the last step (to ᾱ = 1) adds no noise, as Algorithm 2 of Ho et
-    al. 2020 and the final denoising step of Song et al. 2021 (Appendix G). On the full chain
+    al. 2020 and the final denoising step of Song et al. 2021b (Appendix G). On the full chain
     this is the "reverse diffusion" sampler, Algorithm 2 to first order in β.
     Returns x₀, or (x₀, [TrajectoryStep, …]) with ``return_trajectory=True``.
     """
@@ -118,7 +119,7 @@ def reverse_sde_sample(model, schedule, shape, steps=None, spacing="uniform", *,
 def probability_flow_sample(model, schedule, shape, steps=50, spacing="uniform", *, rng=None, prediction="eps",
                             clip_denoised=True, dynamic_threshold=None, x_T=None, callback=None,
                             return_trajectory=False):
-    """Heun's method on the probability-flow ODE (Song et al. 2021, Eq. 13; Karras et al. 2022, Algorithm 1).
+    """Heun's method on the probability-flow ODE (Song et al. 2021b, Eq. 13; Karras et al. 2022, Algorithm 1).
 
     Each step takes the Euler step with the velocity at x_t, then averages that velocity with
     the one at the Euler endpoint (two model calls); the last step, to ᾱ = 1 where there is no
@@ -147,7 +148,7 @@ def probability_flow_sample(model, schedule, shape, steps=50, spacing="uniform",
 def predictor_corrector_sample(model, schedule, shape, steps=None, spacing="uniform", *, rng=None, prediction="eps",
                                clip_denoised=True, dynamic_threshold=None, x_T=None, callback=None,
                                return_trajectory=False, snr=0.16, corrector_steps=1):
-    """Predictor–corrector sampling of the VP SDE (Song et al. 2021, Appendix G, Algorithms 1 and 5).
+    """Predictor–corrector sampling of the VP SDE (Song et al. 2021b, Appendix G, Algorithms 1 and 5).
 
     At each index, ``corrector_steps`` Langevin steps (:func:`langevin_correct`, signal-to-noise
     ratio ``snr``) pull x_t towards p_t, then a reverse-SDE Euler–Maruyama step

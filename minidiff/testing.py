@@ -1,15 +1,8 @@
 """Property testing of schedule identities: the hypothesis strategies and the checks minidiff's
 own suite uses, for users who test schedules of their own.
 
-Needs hypothesis (``pip install 'minidiff[test]'``). A property for your own schedule::
-
-    from hypothesis import given
-    from minidiff.schedule import NoiseSchedule
-    from minidiff.testing import batches, check_round_trips
-
-    @given(batches(NoiseSchedule.from_alphas_cumprod(my_alphas_cumprod)))
-    def test_my_schedule_round_trips(batch):
-        check_round_trips(my_schedule, *batch)
+Needs hypothesis (``pip install 'minidiff[test]'``). ``docs/math.md`` ("Property testing your own
+schedule") shows a property written with them.
 
 Strategies: :func:`schedules` (every family with random valid parameters, rescaled to zero
 terminal SNR and respaced), :func:`respacings`, :func:`timesteps`, :func:`batches` (x₀, t, ε).

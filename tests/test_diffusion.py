@@ -27,6 +27,7 @@ from minidiff.diffusion import (
     q_mean_variance,
     q_posterior_mean_variance,
     q_sample,
+    q_step,
     snr_loss_weight,
     ScheduleSampler,
     training_loss,
@@ -79,6 +80,18 @@ def test_one_step_kernels_compose_to_q_xt_given_xs_and_x0(schedule, data):
         mean, q_variance, _ = q_mean_variance(schedule, x0, np.array([t]))
         np.testing.assert_allclose(mean, coefficient * x0, rtol=1e-10, atol=1e-300)
         np.testing.assert_allclose(q_variance, [variance], rtol=1e-10)
+
+
+def test_forward_steps_compose_to_q_sample_in_distribution():
+    # Ho et al. 2020: t steps of Eq. 2 give the marginal of Eq. 4.
+    schedule, n, x0 = NoiseSchedule.cosine(50), 20000, 0.7
+    rng = np.random.default_rng(0)
+    x = np.full(n, x0)
+    for t in range(30):
+        x = q_step(schedule, x, np.full(n, t), rng.standard_normal(n))
+    mean, variance, _ = q_mean_variance(schedule, np.array([x0]), np.array([29]))
+    assert abs(x.mean() - mean[0]) < 4 * math.sqrt(variance[0] / n)
+    assert abs(x.var() - variance[0]) < 4 * variance[0] * math.sqrt(2 / n)
 
 
 @given(schedules(allow_zero_terminal_snr=False), st.data())
