@@ -94,26 +94,31 @@ def langevin_correct(x, score, z, alpha, snr):
     return x + step * score + xp.sqrt(2.0 * step) * z
 
 
+def _begin(schedule, steps, spacing, rng, shape, x_T, callback, return_trajectory):
+    """What every sampler here starts from: the respaced schedule, its ∫β per step, the step
+    reporter and trajectory, the generator and x_T."""
+    schedule = respaced(schedule, steps, spacing)
+    report, trajectory = _recorder(callback, return_trajectory)
+    rng, x = _start(rng, shape, x_T)
+    return schedule, integrated_betas(schedule), report, trajectory, rng, x
+
+
 def reverse_sde_sample(model, schedule, shape, steps=None, spacing="uniform", *, rng=None, prediction="eps",
                        clip_denoised=True, dynamic_threshold=None, x_T=None, callback=None, return_trajectory=False):
     """Euler–Maruyama on the reverse-time VP SDE (Song et al. 2021b, Eq. 6), x_T ∼ N(0, I) → x₀.
 
-    One model call per step; the last step (to ᾱ = 1) adds no noise, as Algorithm 2 of Ho et
-    al. 2020 and the final denoising step of Song et al. 2021b (Appendix G). On the full chain
-    this is the "reverse diffusion" sampler, Algorithm 2 to first order in β.
+    The predictor alone (Song et al. 2021b, Table 1, "P1000"): :func:`predictor_corrector_sample`
+    with no corrector steps, one model call per step. The last step (to ᾱ = 1) adds no noise,
+    as Algorithm 2 of Ho et al. 2020 and the final denoising step of Song et al. 2021b
+    (Appendix G). On the full chain this is the "reverse diffusion" sampler, Algorithm 2 to first
+    order in β. Euler–Maruyama is only accurate while every step's ∫β is small: the cosine
+    schedule's last β, clipped at 0.999, is a single step of ∫β ≈ 6.9.
     Returns x₀, or (x₀, [TrajectoryStep, …]) with ``return_trajectory=True``.
     """
-    schedule = respaced(schedule, steps, spacing)
-    integrated = integrated_betas(schedule)
-    report, trajectory = _recorder(callback, return_trajectory)
-    rng, x = _start(rng, shape, x_T)
-    for index, t in enumerate(range(schedule.T - 1, -1, -1)):
-        t_batch = _timestep_batch(t, x)
-        x0_hat, score = model_score(model, schedule, x, t_batch, prediction, clip_denoised, dynamic_threshold)
-        report(index, int(schedule.timesteps[t]), x, x0_hat)
-        z = standard_normal(rng, x) if t > 0 else 0.0
-        x = reverse_sde_update(x, score, integrated[t], z)
-    return (x, trajectory) if return_trajectory else x
+    return predictor_corrector_sample(
+        model, schedule, shape, steps, spacing, rng=rng, prediction=prediction, clip_denoised=clip_denoised,
+        dynamic_threshold=dynamic_threshold, x_T=x_T, callback=callback, return_trajectory=return_trajectory,
+        corrector_steps=0)
 
 
 def probability_flow_sample(model, schedule, shape, steps=50, spacing="uniform", *, rng=None, prediction="eps",
@@ -127,10 +132,8 @@ def probability_flow_sample(model, schedule, shape, steps=50, spacing="uniform",
     Eq. 14) integrates the same ODE in other coordinates.
     Returns x₀, or (x₀, [TrajectoryStep, …]) with ``return_trajectory=True``.
     """
-    schedule = respaced(schedule, steps, spacing)
-    integrated = integrated_betas(schedule)
-    report, trajectory = _recorder(callback, return_trajectory)
-    _, x = _start(rng, shape, x_T)
+    schedule, integrated, report, trajectory, _, x = _begin(schedule, steps, spacing, rng, shape, x_T, callback,
+                                                            return_trajectory)
     for index, t in enumerate(range(schedule.T - 1, -1, -1)):
         t_batch = _timestep_batch(t, x)
         x0_hat, score = model_score(model, schedule, x, t_batch, prediction, clip_denoised, dynamic_threshold)
@@ -156,10 +159,8 @@ def predictor_corrector_sample(model, schedule, shape, steps=None, spacing="unif
     which keeps every corrector step at an index where the score exists. ``corrector_steps + 1``
     model calls per step. Returns x₀, or (x₀, [TrajectoryStep, …]) with ``return_trajectory=True``.
     """
-    schedule = respaced(schedule, steps, spacing)
-    integrated = integrated_betas(schedule)
-    report, trajectory = _recorder(callback, return_trajectory)
-    rng, x = _start(rng, shape, x_T)
+    schedule, integrated, report, trajectory, rng, x = _begin(schedule, steps, spacing, rng, shape, x_T, callback,
+                                                              return_trajectory)
     for index, t in enumerate(range(schedule.T - 1, -1, -1)):
         t_batch = _timestep_batch(t, x)
         for _ in range(corrector_steps):  # corrector: Langevin MCMC at this noise level, Algorithm 5
