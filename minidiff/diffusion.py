@@ -10,6 +10,8 @@ Papers:
 - Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models"
   (importance-sampled L_vlb, Eq. 18; bits/dim evaluation).
 - Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models" (x₀ from ε, Eq. 9).
+- Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole 2021 ("2021b"), "Score-Based Generative
+  Modeling through Stochastic Differential Equations" (the forward chain's SDE limit, Eq. 10).
 - Kingma, Salimans, Poole & Ho 2021, "Variational Diffusion Models" (the bound in terms of SNR).
 - Salimans & Ho 2022, "Progressive Distillation for Fast Sampling of Diffusion Models"
   (v-parameterisation).
@@ -49,6 +51,14 @@ def mean_flat(x):
 # The forward process ----------------------------------------------------------------
 
 
+def q_step(schedule, x_prev, t, noise):
+    """x_t = √(1 − β_t) x_{t−1} + √β_t ε, one step of the forward process q(x_t | x_{t−1}) (Ho et al. 2020, Eq. 2).
+
+    ``x_prev`` is x_{t−1} (x₀ at t = 0). Its small-β limit is the VP SDE (Song et al. 2021b, Eq. 10).
+    """
+    return extract(np.sqrt(schedule.alphas), t, x_prev) * x_prev + extract(np.sqrt(schedule.betas), t, x_prev) * noise
+
+
 def q_mean_variance(schedule, x0, t):
     """Mean, variance and log-variance of q(x_t | x₀) = N(√ᾱ_t x₀, (1 − ᾱ_t) I) (Ho et al. 2020, Eq. 4)."""
     mean = extract(schedule.sqrt_alphas_cumprod, t, x0) * x0
@@ -77,7 +87,7 @@ def q_posterior_mean_variance(schedule, x0, x_t, t):
 
 
 def predict_x0_from_eps(schedule, x_t, t, eps):
-    """x̂₀ = (x_t − √(1 − ᾱ_t) ε̂)/√ᾱ_t (Ho et al. 2020, Eq. 4 solved for x₀; Song et al. 2021, Eq. 9).
+    """x̂₀ = (x_t − √(1 − ᾱ_t) ε̂)/√ᾱ_t (Ho et al. 2020, Eq. 4 solved for x₀, as in Eq. 9; Song et al. 2021, Eq. 9).
 
     Undefined (inf·0) where ᾱ_t = 0, i.e. at the end of a zero-terminal-SNR schedule.
     """
@@ -304,7 +314,8 @@ class LossSecondMomentResampler(ScheduleSampler):
 def normal_kl(mean1, logvar1, mean2, logvar2):
     """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) per element, in nats.
 
-    The closed form that makes each L_{t−1} of Ho et al. 2020, Eq. 5 computable.
+    The closed form that makes each L_{t−1} of Ho et al. 2020, Eq. 5 computable; with equal
+    variances σ² it is ‖mean1 − mean2‖²/(2σ²), Eq. 8.
     """
     xp = get_array_module(mean1 - mean2)
     log_ratio = logvar1 - logvar2
@@ -352,7 +363,7 @@ def model_log_variances(schedule, variance="fixed_small"):
 
 
 def p_mean_variance(schedule, x_t, t, x0_hat, variance="fixed_small"):
-    """Mean, variance and log-variance of p_θ(x_{t−1} | x_t) given the model's x̂₀.
+    """Mean, variance and log-variance of p_θ(x_{t−1} | x_t) = N(μ_θ, σ_t² I) given the model's x̂₀ (Ho et al. 2020, Eq. 1).
 
     μ_θ = μ̃_t(x_t, x̂₀) (Ho et al. 2020, Eq. 7 with x̂₀ for x₀; equal to Eq. 11 for
     x̂₀ from ε̂), σ_t² fixed as in :func:`model_log_variances`.
@@ -366,7 +377,8 @@ def vb_terms_bpd(schedule, x0, x_t, t, x0_hat, variance="fixed_small"):
     """Per-example term of the variational bound at t, in bits per dimension.
 
     t ≥ 1: L_{t−1} = KL(q(x_{t−1} | x_t, x₀) ‖ p_θ(x_{t−1} | x_t)); t = 0: the decoder
-    L_0 = −log p_θ(x₀ | x_1) (Ho et al. 2020, Eqs. 5 and 13, zero-indexed).
+    L_0 = −log p_θ(x₀ | x_1) (Ho et al. 2020, Eqs. 5 and 13, zero-indexed). For an ε-model each KL is
+    Eq. 12, β_t²/(2σ_t² α_t (1 − ᾱ_t)) ‖ε − ε̂‖²; L_simple (Eq. 14) drops that weight.
     """
     true_mean, _, true_log_variance = q_posterior_mean_variance(schedule, x0, x_t, t)
     model_mean, _, model_log_variance = p_mean_variance(schedule, x_t, t, x0_hat, variance)
@@ -387,7 +399,7 @@ def prior_bpd(schedule, x0):
 
 
 def calc_bpd_loop(model, schedule, x0, rng=None, prediction="eps", variance="fixed_small", clip_denoised=True):
-    """The full variational bound −log p(x₀) ≤ L_T + Σ_t L_{t−1} + L_0, in bits per dimension.
+    """The full variational bound −log p(x₀) ≤ L_T + Σ_t L_{t−1} + L_0 (Ho et al. 2020, Eq. 3), in bits per dimension.
 
     Every term of Ho et al. 2020, Eq. 5 evaluated once with a fresh x_t ∼ q(x_t | x₀) (a
     one-sample estimate of each expectation), as improved-diffusion's ``calc_bpd_loop``

@@ -16,13 +16,18 @@ from .backend import device_of, performance_settings, to_device, to_numpy
 from .files import atomic_write
 from .images import save_image_grid
 from .sampling import ddim_sample, ddpm_sample, dpm_solver_pp_sample
+from .sde import predictor_corrector_sample, probability_flow_sample, reverse_sde_sample
 from .unet import as_denoiser
 
-SAMPLER_FUNCTIONS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm-solver++": dpm_solver_pp_sample}
+SAMPLER_FUNCTIONS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm-solver++": dpm_solver_pp_sample,
+                     "reverse-sde": reverse_sde_sample, "pf-ode": probability_flow_sample,
+                     "pc": predictor_corrector_sample}
 SAMPLERS = tuple(SAMPLER_FUNCTIONS)
 # Steps when none are asked for: the full chain for ancestral sampling (Ho et al. 2020,
-# Algorithm 2), 50 for DDIM (Song et al. 2021, §5) and 20 for DPM-Solver++ (Lu et al. 2022, §6).
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20}
+# Algorithm 2) and for the SDE samplers (Song et al. 2021, Table 1: P1000, PC1000), 50 for DDIM
+# (Song et al. 2021, §5) and for Heun on the probability-flow ODE (99 model calls), 20 for
+# DPM-Solver++ (Lu et al. 2022, §6).
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20, "reverse-sde": None, "pf-ode": 50, "pc": None}
 GRID_SCALE = 2  # 28-pixel digits are too small to judge at 1:1
 
 
@@ -56,10 +61,12 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device.
 
     ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
-    steps or the full chain), ``"ddim"`` (Song et al. 2021, with ``eta``) or ``"dpm-solver++"``
-    (Lu et al. 2022). ``seed`` fixes x_T and every noise draw. ``labels`` (n,) condition a
-    class-conditional model. ``callback(index, t, x_t, x0_hat)`` sees every step of the first
-    :data:`BATCH` samples: more are drawn :data:`BATCH` at a time, so memory stays bounded.
+    steps or the full chain), ``"ddim"`` (Song et al. 2021, with ``eta``), ``"dpm-solver++"``
+    (Lu et al. 2022), or one of the VP-SDE samplers of :mod:`minidiff.sde`: ``"reverse-sde"``,
+    ``"pf-ode"`` or ``"pc"`` (predictor–corrector). ``seed`` fixes x_T and every noise draw.
+    ``labels`` (n,) condition a class-conditional model. ``callback(index, t, x_t, x0_hat)`` sees
+    every step of the first :data:`BATCH` samples: more are drawn :data:`BATCH` at a time, so
+    memory stays bounded.
     """
     num_steps = sampler_steps(sampler, steps, schedule.T)
     if eta and sampler != "ddim":

@@ -36,3 +36,16 @@ def swiss_roll(n: int, noise: float = 0.02, rng: RngLike = 0) -> np.ndarray:
     theta = rng.uniform(1.5 * np.pi, 4.5 * np.pi, n)
     points = np.stack([theta * np.cos(theta), theta * np.sin(theta)], axis=1) / (4.5 * np.pi)
     return (points + noise * rng.standard_normal((n, 2))).astype(np.float32)
+
+
+def checkerboard(n: int, squares: int = 4, rng: RngLike = 0) -> np.ndarray:
+    """Points uniform on the dark squares of a ``squares`` × ``squares`` board over [−1, 1]²
+    (``squares`` even); float32 (n, 2)."""
+    if squares < 2 or squares % 2:
+        raise ValueError(f"squares must be a positive even number, got {squares}")
+    rng = np.random.default_rng(rng)
+    # A dark square is one whose column and row indices have an even sum.
+    column = rng.integers(squares, size=n)
+    row = 2 * rng.integers(squares // 2, size=n) + column % 2
+    cells = np.stack([column, row], axis=1) + rng.random((n, 2))
+    return (2.0 * cells / squares - 1.0).astype(np.float32)

@@ -104,7 +104,8 @@ def test_nan_loss_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch, ca
     assert load_checkpoint(tmp_path).step == 2
 
 
-@pytest.mark.parametrize("sampler, steps", [("ddpm", None), ("ddpm", "5"), ("ddim", "3"), ("dpm-solver++", "3")])
+@pytest.mark.parametrize("sampler, steps", [("ddpm", None), ("ddpm", "5"), ("ddim", "3"), ("dpm-solver++", "3"),
+                                            ("reverse-sde", "3"), ("pf-ode", "3"), ("pc", "3")])
 def test_sample_writes_grid_npy_and_trajectory(run, tmp_path, capsys, sampler, steps):
     out, npy, trajectory = tmp_path / "grid.png", tmp_path / "samples.npy", tmp_path / "traj.png"
     argv = ["sample", str(run), "--sampler", sampler, "--n", "3", "--seed", "1", "--out", str(out),

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_schedule import schedules
 
 from minidiff.diffusion import (
     BIN_WIDTH,
@@ -19,15 +18,14 @@ from minidiff.diffusion import (
     dynamic_thresholding,
     normal_kl,
     p_mean_variance,
-    predict_eps_from_v,
     predict_eps_from_x0,
     predict_v,
     predict_x0,
     predict_x0_from_eps,
-    predict_x0_from_v,
     q_mean_variance,
     q_posterior_mean_variance,
     q_sample,
+    q_step,
     snr_loss_weight,
     ScheduleSampler,
     training_loss,
@@ -35,35 +33,21 @@ from minidiff.diffusion import (
     vb_terms_bpd,
 )
 from minidiff.autograd import Tensor
+from minidiff.oracles import GaussianMixture, mixture_denoiser
 from minidiff.schedule import NoiseSchedule
-
-
-def model_alphas_cumprod(schedule):
-    """ᾱ indexed by the model's (original) timesteps, which a respaced schedule skips."""
-    lookup = np.full(schedule.timesteps.max() + 1, np.nan)
-    lookup[schedule.timesteps] = schedule.alphas_cumprod
-    return lookup
+from minidiff.testing import batches, check_round_trips, schedules
 
 
 def gaussian_oracle(schedule, mu, s):
-    """The optimal ε̂(x_t, t) = E[ε | x_t] for data x₀ ~ N(μ, s²): x₀ | x_t is Gaussian, so
-    E[ε | x_t] = √(1 − ᾱ_t)(x_t − √ᾱ_t μ)/(ᾱ_t s² + 1 − ᾱ_t). Called with model timesteps."""
-    alphas_cumprod = model_alphas_cumprod(schedule)
+    """The optimal ε̂(x_t, t) for data whose every element is an independent draw of N(μ, s²):
+    the one-component mixture's denoiser, applied element by element. Called with model timesteps."""
+    denoiser = mixture_denoiser(GaussianMixture.isotropic([[mu]], s), schedule)
 
     def model(x_t, t):
-        alpha_bar = alphas_cumprod[t].reshape((-1,) + (1,) * (x_t.ndim - 1))
-        return np.sqrt(1 - alpha_bar) * (x_t - np.sqrt(alpha_bar) * mu) / (alpha_bar * s**2 + 1 - alpha_bar)
+        per_element = x_t[0].size
+        return denoiser(x_t.reshape(-1, 1), np.repeat(t, per_element)).reshape(x_t.shape)
 
     return model
-
-
-@st.composite
-def batches(draw, schedule, min_t=0):
-    """(x₀, t, ε) for a random batch shape and seed."""
-    shape = draw(st.sampled_from([(5,), (3, 4), (2, 1, 3, 3)]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    t = rng.integers(min_t, schedule.T, size=shape[0])
-    return rng.standard_normal(shape), t, rng.standard_normal(shape)
 
 
 # The forward process ------------------------------------------------------------------------
@@ -96,6 +80,18 @@ def test_one_step_kernels_compose_to_q_xt_given_xs_and_x0(schedule, data):
         np.testing.assert_allclose(q_variance, [variance], rtol=1e-10)
 
 
+def test_forward_steps_compose_to_q_sample_in_distribution():
+    # Ho et al. 2020: t steps of Eq. 2 give the marginal of Eq. 4.
+    schedule, n, x0 = NoiseSchedule.cosine(50), 20000, 0.7
+    rng = np.random.default_rng(0)
+    x = np.full(n, x0)
+    for t in range(30):
+        x = q_step(schedule, x, np.full(n, t), rng.standard_normal(n))
+    mean, variance, _ = q_mean_variance(schedule, np.array([x0]), np.array([29]))
+    assert abs(x.mean() - mean[0]) < 4 * math.sqrt(variance[0] / n)
+    assert abs(x.var() - variance[0]) < 4 * variance[0] * math.sqrt(2 / n)
+
+
 @given(schedules(allow_zero_terminal_snr=False), st.data())
 def test_posterior_mean_in_eps_form_equals_x0_form(schedule, data):
     # Ho et al. 2020, Eq. 11: μ = (x_t − β_t/√(1 − ᾱ_t) ε)/√α_t equals Eq. 7 with x₀ from ε.
@@ -113,17 +109,7 @@ def test_posterior_mean_in_eps_form_equals_x0_form(schedule, data):
 
 @given(schedules(), st.data())
 def test_eps_x0_v_conversions_round_trip(schedule, data):
-    x0, t, eps = data.draw(batches(schedule))
-    x_t = q_sample(schedule, x0, t, eps)
-    v = predict_v(schedule, x0, t, eps)
-    np.testing.assert_allclose(predict_x0_from_v(schedule, x_t, t, v), x0, atol=1e-9)
-    np.testing.assert_allclose(predict_eps_from_v(schedule, x_t, t, v), eps, atol=1e-9)
-    np.testing.assert_allclose(predict_eps_from_x0(schedule, x_t, t, x0), eps, atol=1e-6)
-    for prediction, output in (("x0", x0), ("v", v)):
-        np.testing.assert_allclose(predict_x0(schedule, x_t, t, output, prediction), x0, atol=1e-9)
-    if schedule.alphas_cumprod[-1] > 0:
-        x0_from_eps = predict_x0(schedule, x_t, t, eps, "eps")
-        np.testing.assert_allclose(x0_from_eps, x0, atol=1e-9 / schedule.sqrt_alphas_cumprod[t].min())
+    check_round_trips(schedule, *data.draw(batches(schedule)))
 
 
 @given(schedules(), st.data())

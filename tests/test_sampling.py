@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_diffusion import gaussian_oracle, model_alphas_cumprod
-from test_schedule import schedules
+from test_diffusion import gaussian_oracle
 
 from minidiff.diffusion import predict_v, q_sample
 from minidiff.sampling import (
@@ -18,7 +17,9 @@ from minidiff.sampling import (
     ddpm_sample,
     dpm_solver_pp_sample,
 )
+from minidiff.oracles import model_alphas_cumprod
 from minidiff.schedule import NoiseSchedule, space_timesteps
+from minidiff.testing import schedules
 
 
 def point_mass_oracle(schedule, x0):

@@ -17,7 +17,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     what ``sample --seed S`` shows."""
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default: %(default)s")
     parser.add_argument("--steps", type=int, default=None,
-                        help="denoising steps (default: the full chain for ddpm, 50 for ddim, 20 for dpm-solver++)")
+                        help="denoising steps (default: the full chain for ddpm, reverse-sde and pc, 50 for ddim and "
+                             "pf-ode, 20 for dpm-solver++)")
     parser.add_argument("--eta", type=float, default=0.0,
                         help="DDIM noise scale η: 0 deterministic, 1 DDPM-like (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")

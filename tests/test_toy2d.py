@@ -1,0 +1,56 @@
+"""examples/toy2d.py on tiny settings (figures only where matplotlib is installed), and the
+checkerboard it draws from."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minidiff.toy import checkerboard
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "toy2d.py"
+
+
+@pytest.fixture(scope="module")
+def toy2d():
+    spec = importlib.util.spec_from_file_location("toy2d", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def results(toy2d):
+    return toy2d.run(steps=3, n=40)
+
+
+def test_the_example_computes_every_picture(toy2d, results):
+    assert set(results["samples"]) == set(toy2d.DATASETS)
+    for name, samples in results["samples"].items():
+        assert samples.shape == (40, 2) and np.isfinite(samples).all(), name
+        assert len(results["forward"][name]) == 5
+    learned, exact = next(iter(results["scores"].values()))
+    assert learned.shape == exact.shape == results["grid"].shape
+    assert set(results["paths"]) == {"reverse SDE", "probability-flow ODE"}
+    t, x_t, x0_hat = results["modes"]
+    assert t[0] == toy2d.T - 1 and t[-1] == 0
+    # E[x₀ | x_T] is the data mean (the origin); at the end it sits on one of the 8 modes.
+    assert np.linalg.norm(x0_hat[0] - toy2d.EIGHT_GAUSSIANS.mean()) < 0.2  # the modes are 1 away
+    assert np.linalg.norm(toy2d.EIGHT_GAUSSIANS.means - x0_hat[-1], axis=1).min() < 0.2
+
+
+def test_the_example_writes_its_figures(toy2d, results, tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'minidiff[plot]')")
+    paths = toy2d.save_figures(results, tmp_path)
+    assert len(paths) == 5 and all(path.stat().st_size > 1000 for path in paths)
+
+
+def test_checkerboard_points_lie_on_the_dark_squares():
+    points = checkerboard(5000, squares=4, rng=1)
+    cells = np.floor((points + 1) / 2 * 4).astype(int)
+    assert points.dtype == np.float32 and np.all(np.abs(points) <= 1)
+    assert np.all(cells.sum(axis=1) % 2 == 0)
+    assert len(np.unique(cells, axis=0)) == 8
+    with pytest.raises(ValueError, match="even"):
+        checkerboard(10, squares=3)
