@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import device_of, to_device, to_numpy
+from .distributed import RowsOf, world
 from .files import atomic_write
 from .images import save_image_grid
 from .sampling import ddim_sample, ddpm_sample, dpm_solver_pp_sample
@@ -50,13 +51,16 @@ def class_labels(n: int, num_classes: int | None, label: int | None = None):
 
 
 def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None = None, eta: float = 0.0,
-             seed: int = 0, labels=None, prediction: str = "eps", callback=None, progress: bool = False):
+             seed: int = 0, labels=None, prediction: str = "eps", callback=None, progress: bool = False,
+             rows: slice = slice(None)):
     """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device.
 
     ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
     steps or the full chain), ``"ddim"`` (Song et al. 2021, with ``eta``) or ``"dpm-solver++"``
     (Lu et al. 2022). ``seed`` fixes x_T and every noise draw. ``labels`` (n,) condition a
-    class-conditional model. ``callback(index, t, x_t, x0_hat)`` sees every step.
+    class-conditional model. ``callback(index, t, x_t, x0_hat)`` sees every step. ``rows`` draws
+    only those of the n samples (an MPI rank's share): every random draw is still made for all n
+    and sliced, so they are exactly the rows one process drawing all n would return.
     """
     num_steps = sampler_steps(sampler, steps, schedule.T)
     if eta and sampler != "ddim":
@@ -66,13 +70,22 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     rng = np.random.default_rng(seed)
     # x_T is drawn on the host, so one seed gives the same samples on CPU and GPU.
     device = device_of(next(model.parameters()).data)
-    x_T = to_device(rng.standard_normal(shape).astype(np.float32), device)
-    denoiser = as_denoiser(model, labels)
-    options = dict(rng=rng, prediction=prediction, x_T=x_T, callback=_with_progress(callback, num_steps, progress))
+    x_T = to_device(rng.standard_normal(shape).astype(np.float32)[rows], device)
+    denoiser = as_denoiser(model, None if labels is None else labels[rows])
+    options = dict(rng=RowsOf(rng, n, rows), prediction=prediction, x_T=x_T,
+                   callback=_with_progress(callback, num_steps, progress))
     if sampler == "ddim":
         options["eta"] = eta
-    samples = SAMPLER_FUNCTIONS[sampler](denoiser, schedule, shape, num_steps, **options)
+    samples = SAMPLER_FUNCTIONS[sampler](denoiser, schedule, x_T.shape, num_steps, **options)
     return np.asarray(to_numpy(samples), dtype=np.float32)
+
+
+def generate_on_ranks(model, schedule, n: int, *args, progress: bool = False, **kwargs):
+    """:func:`generate` split across the ranks of an MPI job (its arguments), each drawing its share:
+    all n samples on rank 0 and None on the others; in a single process, just :func:`generate`."""
+    ranks = world()
+    share = generate(model, schedule, n, *args, progress=progress and ranks.is_root, rows=ranks.rows(n), **kwargs)
+    return ranks.gather_rows(share)
 
 
 def _with_progress(callback, total: int, progress: bool):
