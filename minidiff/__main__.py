@@ -77,7 +77,7 @@ def main(argv=None) -> int:
             args.parser.error(exc)  # exits with status 2
         except KeyboardInterrupt:
             print(f"{args.parser.prog}: interrupted", file=sys.stderr)
-            world().end_job(130)
+            world().end_job(130, interrupted=True)
             return 130  # the conventional status of a process stopped by SIGINT
 
 

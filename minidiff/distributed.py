@@ -20,6 +20,7 @@ import functools
 import hashlib
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -31,6 +32,8 @@ from .backend import get_array_module, to_numpy
 LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 # Debug mode: hash the parameters every M steps and stop if the ranks disagree (0: never).
 SYNC_CHECK_VARIABLE = "MINIDIFF_SYNC_CHECK_EVERY"
+# How long the other ranks give rank 0 to save its checkpoint after a Ctrl-C before ending the job.
+INTERRUPT_GRACE_S = 30
 
 
 class World:
@@ -58,9 +61,13 @@ class World:
     def check_identical(self, params, what: str) -> None:
         """Raise if the ``params`` arrays are not bitwise the same on every rank."""
 
-    def end_job(self, status: int) -> None:
+    def end_job(self, status: int, interrupted: bool = False) -> None:
         """Called by a rank about to exit with ``status``: a failure ends every rank (MPI_Abort),
-        since the others may be waiting for it in a collective. Nothing to end in one process."""
+        since the others may be waiting for it in a collective. Nothing to end in one process.
+
+        Ctrl-C (``interrupted``) reaches every rank, and rank 0 saves a checkpoint on its way out:
+        the others leave the ending to it (or to the grace period, should it be stuck).
+        """
 
 
 class MPIWorld(World):
@@ -77,7 +84,9 @@ class MPIWorld(World):
         buffer = np.concatenate([to_numpy(param.grad).ravel() for param in grads]
                                 + [np.array([loss], dtype=np.float32)]).astype(np.float32, copy=False)
         self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
-        buffer /= self.size  # the same division on the same sum: every rank gets the same bits
+        # MPI hands every rank the same sum (MPICH's reductions do; MINIDIFF_SYNC_CHECK_EVERY
+        # verifies it), and the same division of it gives every rank the same bits.
+        buffer /= self.size
         start = 0
         for param in grads:
             size = param.grad.size
@@ -104,11 +113,14 @@ class MPIWorld(World):
             listed = ", ".join(f"rank {rank}: {value[:12]}" for rank, value in enumerate(digests))
             raise RuntimeError(f"{what}: the parameters differ across ranks ({listed})")
 
-    def end_job(self, status: int) -> None:
-        if status:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            self.comm.Abort(status)
+    def end_job(self, status: int, interrupted: bool = False) -> None:
+        if not status:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if interrupted and not self.is_root:
+            time.sleep(INTERRUPT_GRACE_S)
+        self.comm.Abort(status)
 
 
 @functools.cache

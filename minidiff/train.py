@@ -303,8 +303,9 @@ class Trainer:
             except KeyboardInterrupt:
                 if self.saved_step != self.step:
                     self.save()
-                tqdm.write(f"interrupted at step {self.step}; saved {self.checkpoint_file}. Resume with:\n"
-                           f"  python -m minidiff train --resume {self.run_dir}", file=sys.stderr)
+                if root:
+                    tqdm.write(f"interrupted at step {self.step}; saved {self.checkpoint_file}. Resume with:\n"
+                               f"  python -m minidiff train --resume {self.run_dir}", file=sys.stderr)
                 raise
             finally:
                 bar.close()
