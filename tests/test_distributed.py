@@ -2,13 +2,15 @@
 N ranks draw what one process draws, and — where mpi4py and an MPI are installed (the ``[mpi]``
 extra) — 2 ranks launched with ``mpiexec`` against one process: the same weights after training
 and resuming, the same samples, one clear error for a batch that does not split, and a dying
-rank ending the job with the last checkpoint intact."""
+or interrupted job ending, with the last checkpoint intact."""
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +199,20 @@ def test_the_sync_check_catches_ranks_whose_parameters_differ(tmp_path):
                     env={"FAULT": "drift", "MINIDIFF_SYNC_CHECK_EVERY": "2"}, timeout=60)
     assert result.returncode != 0
     assert "step 4: the parameters differ across ranks (rank 0: " in result.stderr
+
+
+@needs_mpi
+def test_ctrl_c_ends_the_job_with_rank_0s_checkpoint_of_the_last_step(tmp_path):
+    command = [MPIEXEC, "-n", "2", sys.executable, "-m", "minidiff", "train", *TINY, "--steps", "100000",
+               "--checkpoint-every", "1000", "--out", str(tmp_path)]
+    job = subprocess.Popen(command, env={**os.environ, "MINIDIFF_NUM_THREADS": "1"}, cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log_file, deadline = tmp_path / "log.jsonl", time.monotonic() + 60
+    while not (log_file.exists() and len(log_file.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    job.send_signal(signal.SIGINT)  # mpiexec passes it to every rank
+    _, stderr = job.communicate(timeout=60)  # a hang fails here
+    assert job.returncode == 130, stderr
+    assert stderr.count("interrupted at step") == 1  # rank 0's word, once
+    step = int(stderr.split("interrupted at step ")[1].split(";")[0])
+    assert load_checkpoint(tmp_path).step == step == len(log_file.read_text().splitlines())
