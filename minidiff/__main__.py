@@ -6,7 +6,8 @@ this file only wires them to subparsers. To add one, append ``(name, module, hel
 
 Errors the user can fix — a bad flag value, a missing data folder, a corrupt checkpoint or one
 of another model, an unavailable device — are reported as one line, ``minidiff <command>: error:
-…``, with exit status 2, never as a traceback.
+…``, with exit status 2, never as a traceback. Under ``mpirun`` a rank that exits with an error
+ends the whole job (:mod:`minidiff.distributed`), so no rank is left waiting for it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import warnings
 from . import bench
 from .backend import DeviceError, performance_settings
 from .commands import evaluate, sample, train
+from .distributed import world
 from .runfolder import RunFolderBusy
 from .train import DivergenceError
 
@@ -37,6 +39,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())}\n")
+
+    def exit(self, status=0, message=None):
+        if message:
+            self._print_message(message, sys.stderr)
+        world().end_job(status)
+        sys.exit(status)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +78,7 @@ def main(argv=None) -> int:
             args.parser.error(exc)  # exits with status 2
         except KeyboardInterrupt:
             print(f"{args.parser.prog}: interrupted", file=sys.stderr)
+            world().end_job(130, interrupted=True)
             return 130  # the conventional status of a process stopped by SIGINT
 
 

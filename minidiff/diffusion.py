@@ -220,7 +220,7 @@ def snr_loss_weight(schedule, t, prediction="eps", min_snr_gamma=None):
 
 
 def training_loss(model, schedule, x0, rng, *, prediction="eps", min_snr_gamma=None, timestep_sampler=None,
-                  device="cpu"):
+                  device="cpu", rows=slice(None)):
     """One draw of the training loss on a batch x₀ (Ho et al. 2020, Algorithm 1), as a Tensor.
 
     ``model(x_t, t)`` returns a Tensor (close over class labels in it); ``x0`` is a NumPy batch
@@ -233,10 +233,15 @@ def training_loss(model, schedule, x0, rng, *, prediction="eps", min_snr_gamma=N
     Dhariwal 2021, Eq. 18), so any sampler gives an unbiased estimate of the uniform loss.
     Returns a :class:`LossDraw`: the scalar loss, t and the unweighted per-example losses
     (what :meth:`LossSecondMomentResampler.update` learns from).
+
+    ``rows`` keeps a slice of the batch: t and ε are drawn for all of x₀ and the loss is the
+    mean over those rows only, so a data-parallel rank (:mod:`minidiff.distributed`) computes
+    exactly the single process's terms for its rows, and ``rng`` advances alike on every rank.
     """
     timestep_sampler = UniformSampler(schedule.T) if timestep_sampler is None else timestep_sampler
     t, importance = timestep_sampler.sample(len(x0), rng)  # line 3: t ∼ Uniform({1, …, T}), or p_t
     noise = rng.standard_normal(x0.shape, dtype=np.float32)  # line 4: ε ∼ N(0, I)
+    x0, t, importance, noise = x0[rows], t[rows], importance[rows], noise[rows]
     x_t = q_sample(schedule, x0, t, noise)  # √ᾱ_t x₀ + √(1 − ᾱ_t) ε (Eq. 4)
     target = training_target(schedule, x0, t, noise, prediction)
     output = call_model(model, schedule, Tensor(to_device(x_t, device)), t)  # ε_θ(x_t, t)

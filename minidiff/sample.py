@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import device_of, performance_settings, to_device, to_numpy
+from .distributed import RowsOf, world
 from .files import atomic_write
 from .images import save_image_grid
 from .sampling import ddim_sample, ddpm_sample, dpm_solver_pp_sample
@@ -57,42 +58,59 @@ def class_labels(n: int, num_classes: int | None, label: int | None = None):
 
 
 def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None = None, eta: float = 0.0,
-             seed: int = 0, labels=None, prediction: str = "eps", callback=None, progress: bool = False):
+             seed: int = 0, labels=None, prediction: str = "eps", callback=None, progress: bool = False,
+             rows: slice = slice(None)):
     """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device.
 
     ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
     steps or the full chain), ``"ddim"`` (Song et al. 2021, with ``eta``), ``"dpm-solver++"``
     (Lu et al. 2022), or one of the VP-SDE samplers of :mod:`minidiff.sde`: ``"reverse-sde"``,
-    ``"pf-ode"`` or ``"pc"`` (predictor–corrector). ``seed`` fixes x_T and every noise draw.
-    ``labels`` (n,) condition a class-conditional model. ``callback(index, t, x_t, x0_hat)`` sees
-    every step of the first :data:`BATCH` samples: more are drawn :data:`BATCH` at a time, so
-    memory stays bounded.
+    ``"pf-ode"`` or ``"pc"`` (predictor–corrector). ``labels`` (n,) condition a class-conditional
+    model. ``callback(index, t, x_t, x0_hat)`` sees every step of the first batch.
+
+    The samples are drawn :data:`BATCH` at a time, so memory stays bounded: batch k draws x_T and
+    its noise from ``default_rng(seed)`` for k = 0 and ``default_rng((seed, k))`` after, so ``seed``
+    fixes every draw. ``rows`` draws only those of the n samples (an MPI rank's share): each
+    draw is still made for the whole batch and sliced, so they are exactly the rows one process
+    drawing all n would return.
     """
     num_steps = sampler_steps(sampler, steps, schedule.T)
     if eta and sampler != "ddim":
         raise ValueError(f"eta applies to the ddim sampler only, not {sampler}")
     config = model.config
-    shape = (n, config["in_channels"], config["image_size"], config["image_size"])
-    rng = np.random.default_rng(seed)
-    # x_T is drawn on the host, so one seed gives the same samples on CPU and GPU.
+    image_shape = (config["in_channels"], config["image_size"], config["image_size"])
     device = device_of(next(model.parameters()).data)
-    x_T = rng.standard_normal(shape).astype(np.float32)
-    samples = np.empty(shape, dtype=np.float32)
-    batches = [slice(start, min(start + BATCH, n)) for start in range(0, n, BATCH)]
-    with performance_settings(), _progress_bar(num_steps * len(batches), progress) as bar:
-        for batch in batches:
-            report = _reporting(callback if batch.start == 0 else None, bar)
-            denoiser = as_denoiser(model, None if labels is None else labels[batch])
-            options = dict(rng=rng, prediction=prediction, x_T=to_device(x_T[batch], device), callback=report)
+    wanted = range(n)[rows]
+    batches = [range(start, min(start + BATCH, n)) for start in range(0, n, BATCH)]
+    shares = [(k, batch, range(max(batch.start, wanted.start), min(batch.stop, wanted.stop)))
+              for k, batch in enumerate(batches)]
+    shares = [(k, batch, share) for k, batch, share in shares if len(share)]
+    samples = []
+    with performance_settings(), _progress_bar(num_steps * len(shares), progress) as bar:
+        for k, batch, share in shares:
+            rng = np.random.default_rng(seed if k == 0 else (seed, k))
+            local = slice(share.start - batch.start, share.stop - batch.start)  # this share within the batch
+            # x_T is drawn on the host, so one seed gives the same samples on CPU and GPU.
+            x_T = to_device(rng.standard_normal((len(batch), *image_shape)).astype(np.float32)[local], device)
+            denoiser = as_denoiser(model, None if labels is None else labels[share.start:share.stop])
+            options = dict(rng=RowsOf(rng, len(batch), local), prediction=prediction, x_T=x_T,
+                           callback=_reporting(callback if k == 0 else None, bar))
             if sampler == "ddim":
                 options["eta"] = eta
-            drawn = SAMPLER_FUNCTIONS[sampler](denoiser, schedule, (len(x_T[batch]),) + shape[1:], num_steps, **options)
-            samples[batch] = to_numpy(drawn)
-    return samples
+            samples.append(to_numpy(SAMPLER_FUNCTIONS[sampler](denoiser, schedule, x_T.shape, num_steps, **options)))
+    return np.concatenate(samples).astype(np.float32, copy=False) if samples else np.empty((0, *image_shape), np.float32)
 
 
 # Samples drawn at once by generate(): the U-Net's activations for this many images fit in memory.
 BATCH = 500
+
+
+def generate_on_ranks(model, schedule, n: int, *args, progress: bool = False, **kwargs):
+    """:func:`generate` split across the ranks of an MPI job (its arguments), each drawing its share:
+    all n samples on rank 0 and None on the others; in a single process, just :func:`generate`."""
+    ranks = world()
+    share = generate(model, schedule, n, *args, progress=progress and ranks.is_root, rows=ranks.rows(n), **kwargs)
+    return ranks.gather_rows(share)
 
 
 def _progress_bar(total: int, progress: bool):

@@ -11,6 +11,9 @@ Resuming is exact: the weights, the Adam moments, the EMA, the data order and ev
 generator (t, ε and flips; dropout) are checkpointed, and a Ctrl-C is held until
 the step it lands in — loss, update, EMA, log line, preview and checkpoint — is complete. A run
 stopped and resumed so computes the very same losses, bit for bit, as one that never stopped.
+Under ``mpirun -n N`` the step is data-parallel (:mod:`minidiff.distributed`): ``batch_size`` is
+the global batch, each rank computes its rows' loss, the gradients are averaged, and rank 0
+writes the run folder.
 The files of a run are :mod:`minidiff.runfolder`'s; the ``train`` command is
 :mod:`minidiff.commands.train`.
 """
@@ -29,6 +32,7 @@ from .batching import Batcher
 from .checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, model_config, save_checkpoint
 from .datasets import DATASETS, load_dataset
 from .diffusion import PREDICTIONS, UniformSampler, training_loss
+from .distributed import sync_check_every, world
 from .images import save_image_grid
 from .optim import EMA, Adam, clip_grad_norm, linear_warmup
 from .runfolder import RunFolder, sigint_deferred
@@ -204,6 +208,10 @@ class Trainer:
     def __init__(self, config: TrainConfig, data=None, resume=None, progress: bool = True):
         self.config, self.progress = config, progress
         self.device = check_device(config.device)
+        self.world = world()
+        if config.batch_size % self.world.size:
+            raise ValueError(f"batch_size (--batch-size) is the global batch and must divide by the {self.world.size} "
+                             f"MPI ranks, got {config.batch_size}")
         self.folder = RunFolder(config.out)
         self.run_config = config.run_config()
         if resume is None and self.folder.checkpoint_file.exists():
@@ -231,6 +239,9 @@ class Trainer:
         self.step, self.elapsed_s, self.saved_step = 0, 0.0, None
         if resume is not None:
             self._resume(resume)
+        # Dropout masks differ across ranks: rank r's stream is rank 0's jumped r times (2^127
+        # draws each), and jumping commutes with drawing, so rank 0's checkpoint restores them all.
+        self.model_rng.bit_generator.state = self.model_rng.bit_generator.jumped(self.world.rank).state
 
     @property
     def run_dir(self) -> Path:
@@ -266,10 +277,11 @@ class Trainer:
         if config.hflip:
             flip = self.rng.random(len(x0)) < 0.5
             x0 = np.where(flip[:, None, None, None], x0[..., ::-1], x0)
-        labels = y if config.num_classes is not None else None
+        rows = self.world.rows(len(x0))  # this rank's share; all of it in a single process
+        labels = y[rows] if config.num_classes is not None else None
         return training_loss(lambda x_t, t: self.model(x_t, t, labels), self.schedule, x0, self.rng,
                              prediction=config.prediction, min_snr_gamma=config.min_snr_gamma,
-                             timestep_sampler=self.timestep_sampler, device=self.device).loss
+                             timestep_sampler=self.timestep_sampler, device=self.device, rows=rows).loss
 
     def train_step(self) -> tuple[float, float]:
         """Draw a batch, take one optimiser step; returns (loss, gradient norm before clipping).
@@ -279,10 +291,11 @@ class Trainer:
         """
         x0, y = next(self.batcher)
         loss = self.loss(x0, y)
-        value = float(loss.item())
-        self._check_finite("loss", value)
         self.model.zero_grad()
         loss.backward()
+        # One Allreduce (none in a single process): the global batch's mean loss and gradients.
+        value = self.world.average_gradients(self.model.parameters(), float(loss.item()))
+        self._check_finite("loss", value)
         grad_norm = clip_grad_norm(self.model, self.config.grad_clip or math.inf)
         self._check_finite("gradient norm", grad_norm)
         self.optimizer.lr = linear_warmup(self.step, self.config.warmup_steps, self.config.lr)
@@ -311,20 +324,23 @@ class Trainer:
     def _fit(self) -> Path:
         from tqdm import tqdm
 
-        config = self.config
-        self.folder.acquire()
+        config, root = self.config, self.world.is_root
+        if root:  # rank 0 alone owns the run folder
+            self.folder.acquire()
         try:
-            self.folder.write_config(self.run_config)
-            self.folder.truncate_log(self.step)
+            if root:
+                self.folder.write_config(self.run_config)
+                self.folder.truncate_log(self.step)
             bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True,
-                       disable=not self.progress)
+                       disable=not (self.progress and root))
             try:
                 self._loop(bar)
             except KeyboardInterrupt:
                 if self.saved_step != self.step:
                     self.save()
-                tqdm.write(f"interrupted at step {self.step}; saved {self.checkpoint_file}. Resume with:\n"
-                           f"  python -m minidiff train --resume {self.run_dir}", file=sys.stderr)
+                if root:
+                    tqdm.write(f"interrupted at step {self.step}; saved {self.checkpoint_file}. Resume with:\n"
+                               f"  python -m minidiff train --resume {self.run_dir}", file=sys.stderr)
                 raise
             finally:
                 bar.close()
@@ -335,7 +351,7 @@ class Trainer:
         return self.checkpoint_file
 
     def _loop(self, bar):
-        config = self.config
+        config, root, check_every = self.config, self.world.is_root, sync_check_every()
         clock_start, elapsed_start = time.perf_counter(), self.elapsed_s
         window_start, window_steps = clock_start, 0
         while self.step < config.steps:
@@ -347,11 +363,13 @@ class Trainer:
                 images_per_s = window_steps * config.batch_size / max(now - window_start, 1e-9)
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}", refresh=False)
                 bar.update(1)
-                if self.step % config.log_every == 0:
+                if check_every and self.step % check_every == 0:
+                    self.world.check_identical(self.model.parameters(), f"step {self.step}")
+                if root and self.step % config.log_every == 0:
                     self.folder.append_log(dict(step=self.step, loss=loss, lr=self.optimizer.lr, grad_norm=grad_norm,
                                                 images_per_s=images_per_s, elapsed=self.elapsed_s))
                     window_start, window_steps = now, 0
-                if config.sample_every and self.step % config.sample_every == 0:
+                if root and config.sample_every and self.step % config.sample_every == 0:
                     self.save_samples()
                 if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                     self.save()
@@ -360,8 +378,12 @@ class Trainer:
         """Write the checkpoint (atomically: the previous one survives a crash mid-write).
 
         Weights that are not finite are never written: the run stops with a
-        :class:`DivergenceError` and the previous checkpoint stays the last good one.
+        :class:`DivergenceError` and the previous checkpoint stays the last good one. Under MPI
+        only rank 0 writes: the weights are the same on every rank.
         """
+        if not self.world.is_root:
+            self.saved_step = self.step
+            return self.checkpoint_file
         for name, param in self.model.named_parameters():
             if not np.isfinite(param.numpy()).all():
                 self._check_finite(f"parameter {name}", float("nan"))

@@ -17,9 +17,10 @@ import numpy as np
 from ..backend import check_device
 from ..checkpoint import load_checkpoint, load_model
 from ..datasets import DATASETS, load_dataset
+from ..distributed import world
 from ..files import atomic_write
 from ..metrics import IMAGE_SHAPE, TRAIN_STEPS, check_sample_images, evaluate_samples, feature_classifier
-from ..sample import class_labels, generate, sampler_steps
+from ..sample import class_labels, generate_on_ranks, sampler_steps
 from .sample import add_sampling_arguments, check_sampling_arguments
 
 MIN_N = 4  # precision/recall (k = 3) needs more than 3 samples, FID at least 2
@@ -64,6 +65,8 @@ def run(args) -> int:
     else:
         samples, drawn_with = _draw(checkpoint, args, device)
         report.update(drawn_with)
+    if not world().is_root:  # under MPI, rank 0 scores what the ranks drew (gathered there)
+        return 0
 
     classifier = feature_classifier(dataset, data_dir, train_steps=args.classifier_steps, progress=True).to(device)
     real_images, _ = load_dataset(dataset, "auto", data_dir)
@@ -86,8 +89,9 @@ def _draw(checkpoint, args, device):
         raise ValueError(f"checkpoint {checkpoint.path} makes {channels}-channel {size}×{size} images; "
                          "eval scores 1-channel 28×28 digits only")
     num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
-    samples = generate(model, schedule, args.n, args.sampler, num_steps, eta=args.eta, seed=args.seed,
-                       labels=class_labels(args.n, model.num_classes), prediction=config["prediction"], progress=True)
+    samples = generate_on_ranks(model, schedule, args.n, args.sampler, num_steps, eta=args.eta, seed=args.seed,
+                                labels=class_labels(args.n, model.num_classes), prediction=config["prediction"],
+                                progress=True)
     return samples, {"sampler": args.sampler, "steps": num_steps, "seed": args.seed, "ema": not args.no_ema}
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from ..backend import check_device
 from ..checkpoint import checkpoint_path, load_checkpoint, load_model
+from ..distributed import world
 from ..images import save_image_grid
-from ..sample import GRID_SCALE, SAMPLERS, TrajectoryRecorder, class_labels, generate, sampler_steps, save_npy
+from ..sample import (GRID_SCALE, SAMPLERS, TrajectoryRecorder, class_labels, generate_on_ranks, sampler_steps,
+                      save_npy)
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,9 +64,13 @@ def run(args) -> int:
     model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
     labels = class_labels(args.n, model.num_classes, args.label)
     num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
-    recorder = TrajectoryRecorder(num_steps) if args.trajectory else None
-    samples = generate(model, schedule, args.n, args.sampler, num_steps, eta=args.eta, seed=args.seed,
-                       labels=labels, prediction=config["prediction"], callback=recorder, progress=True)
+    # Under MPI each rank draws a share of the samples (the trajectory's come from rank 0's);
+    # rank 0 writes them all.
+    recorder = TrajectoryRecorder(num_steps) if args.trajectory and world().is_root else None
+    samples = generate_on_ranks(model, schedule, args.n, args.sampler, num_steps, eta=args.eta, seed=args.seed,
+                                labels=labels, prediction=config["prediction"], callback=recorder, progress=True)
+    if samples is None:
+        return 0
     out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent / "samples.png"
     # One class per column when the labels cycle through all of them.
     nrow = model.num_classes if labels is not None and args.label is None and args.n >= model.num_classes else None

@@ -67,5 +67,6 @@ def run(args) -> int:
     config = TrainConfig.from_checkpoint(checkpoint, **explicit) if checkpoint else TrainConfig(**explicit)
     trainer = Trainer(config, resume=checkpoint)
     path = trainer.fit()  # on Ctrl-C it saves, says how to resume, and re-raises
-    print(f"trained to step {trainer.step} in {trainer.elapsed_s:.0f} s; checkpoint {path}")
+    if trainer.world.is_root:  # one report for an MPI job
+        print(f"trained to step {trainer.step} in {trainer.elapsed_s:.0f} s; checkpoint {path}")
     return 0
