@@ -1,0 +1,101 @@
+"""The ``python -m minidiff figures RUN`` command: two pictures of a trained model at work.
+
+- ``trajectory.png``: the denoising strip — for a few samples, x_t and the model's x̂₀ at 8
+  points of a DDIM chain, noise on the left, digit on the right;
+- ``spectrum.png``: the spectral view (:mod:`minidiff.spectrum`): per frequency band, when the
+  forward process drowns the data under the linear and the cosine schedule, and how the model's
+  x̂₀ settles band by band along the reverse chain — coarse layout first, detail last.
+
+The spectrum needs matplotlib (``pip install 'minidiff[plot]'``).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import check_device
+from ..checkpoint import checkpoint_path, load_checkpoint, load_model
+from ..datasets import load_dataset
+from ..files import atomic_write
+from ..plot import MISSING, pyplot
+from ..sample import TrajectoryRecorder, generate
+from ..schedule import schedule_by_name
+from ..spectrum import band_crossings, forward_snr_per_band, radial_power_spectrum
+
+REAL_IMAGES = 2000  # enough for a smooth data spectrum
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint .npz or a run folder holding checkpoint.npz")
+    parser.add_argument("--out", default=None, help="folder for the PNGs (default: the run folder)")
+    parser.add_argument("--n", type=int, default=64, help="samples whose x̂₀ spectra are averaged (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument("--data-dir", default=None, help="the real images (default: the checkpoint's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+
+
+def run(args) -> int:
+    if not 2 <= args.n <= 10_000:
+        raise ValueError(f"--n must be between 2 and 10,000, got {args.n}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    try:
+        plt = pyplot()
+    except ImportError:
+        raise ValueError(MISSING) from None
+    checkpoint = load_checkpoint(args.checkpoint)
+    model, schedule, config = load_model(checkpoint, device=check_device(args.device))
+    if not 1 <= args.steps <= schedule.T:
+        raise ValueError(f"--steps {args.steps} is outside [1, {schedule.T}], the checkpoint's timesteps")
+    out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent
+    out.mkdir(parents=True, exist_ok=True)
+
+    recorder = TrajectoryRecorder(args.steps)
+    x0_hats = []  # (steps, n, C, H, W): every step's x̂₀, for the spectra
+
+    def record(index, t, x_t, x0_hat):
+        recorder(index, t, x_t, x0_hat)
+        x0_hats.append((t, np.asarray(x0_hat, dtype=np.float32)))
+
+    labels = np.arange(args.n) % model.num_classes if model.num_classes else None
+    generate(model, schedule, args.n, "ddim", args.steps, seed=args.seed, labels=labels,
+             prediction=config["prediction"], callback=record, progress=True)
+    written = [recorder.save(out / "trajectory.png")]
+
+    real, _ = load_dataset(config.get("dataset", "mnist"), "auto", args.data_dir or config.get("data_dir"))
+    written.append(_spectrum_figure(plt, real[:REAL_IMAGES], x0_hats, schedule.T, out / "spectrum.png"))
+    print(f"figures of {checkpoint.path} (step {checkpoint.step}): " + ", ".join(map(str, written)))
+    return 0
+
+
+def _spectrum_figure(plt, real, x0_hats, T: int, path: Path) -> Path:
+    data_spectrum = radial_power_spectrum(real)  # (bands,)
+    bands = np.arange(len(data_spectrum))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), constrained_layout=True)
+    for ax, name in zip(axes[:2], ("linear", "cosine")):
+        schedule = schedule_by_name(name, T)
+        snr = forward_snr_per_band(schedule, data_spectrum)  # (T, bands)
+        image = ax.imshow(np.log10(snr).T, origin="lower", aspect="auto", cmap="RdBu_r", vmin=-4, vmax=4,
+                          extent=(0, T, -0.5, bands[-1] + 0.5))
+        ax.plot(band_crossings(snr), bands, "k-", lw=2, label="SNR = 1")
+        ax.set(title=f"forward, {name} schedule: SNR_t(f) per band", xlabel="t", ylabel="frequency band f (cycles/image)")
+        ax.legend(loc="upper right")
+    fig.colorbar(image, ax=axes[:2], shrink=0.9, label="log₁₀ SNR (red: signal above the noise)")
+
+    final = radial_power_spectrum(x0_hats[-1][1])
+    chosen = np.unique(np.linspace(0, len(x0_hats) - 1, 8).round().astype(int))
+    colours = plt.cm.viridis(np.linspace(0, 1, len(chosen)))
+    for colour, index in zip(colours, chosen):
+        t, x0_hat = x0_hats[index]
+        axes[2].plot(bands, radial_power_spectrum(x0_hat) / final, color=colour, label=f"t = {t}")
+    axes[2].axhline(1.0, color="grey", lw=0.8)
+    axes[2].set(yscale="log", title="reverse: power of x̂₀ / final sample's, per band",
+                xlabel="frequency band f (cycles/image)", ylabel="ratio (1: settled)")
+    axes[2].legend(fontsize=8)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,51 @@
+"""The spectral view of diffusion: which spatial frequencies the forward process drowns first,
+and which the reverse process settles first.
+
+Noise is white: with the orthonormal 2-D Fourier transform, N(0, I) has expected power 1 at every
+frequency. Images are not: their power falls steeply with frequency. So in
+x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε (Ho et al. 2020, Eq. 4) the signal-to-noise ratio of one frequency
+band f is
+
+    SNR_t(f) = ᾱ_t P_x₀(f) / (1 − ᾱ_t),
+
+the schedule's SNR (Kingma et al. 2021, Eq. 3) times the data's power in that band: the fine
+detail (high f, little power) sinks below the noise early in the forward process, the coarse
+layout (low f) only near the end. Run backwards, the sampler decides the coarse layout first and
+the detail last — "approximate autoregression in the frequency domain" (Dieleman 2024,
+"Diffusion is spectral autoregression", sander.ai; Rissanen et al. 2023, "Generative Modelling with
+Inverse Heat Dissipation"). The cosine schedule (Nichol & Dhariwal 2021, §3.2) keeps ᾱ high
+for longer: on MNIST every band stays above the noise longer, the finer ones about twice as many steps as under the
+linear schedule, which leaves more of the chain to the detail. ``python -m minidiff figures RUN``
+draws both, and how a trained model's x̂₀ settles band by band.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def radial_power_spectrum(images) -> np.ndarray:
+    """Mean power per radial frequency band of (N, C, H, W) images: (⌊min(H, W)/2⌋ + 1,) bands.
+
+    Band r holds the frequencies (k_y, k_x) with round(√(k_y² + k_x²)) = r, in cycles per image;
+    the transform is orthonormal, so white noise of variance 1 has power 1 in every band.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    height, width = images.shape[-2:]
+    power = np.abs(np.fft.fft2(images, norm="ortho")) ** 2  # (N, C, H, W)
+    power = power.reshape(-1, height, width).mean(axis=0)  # (H, W): averaged over images and channels
+    k_y, k_x = np.meshgrid(np.fft.fftfreq(height) * height, np.fft.fftfreq(width) * width, indexing="ij")
+    band = np.round(np.hypot(k_y, k_x)).astype(int)  # (H, W): the radius of each frequency
+    bands = min(height, width) // 2 + 1
+    keep = band < bands  # the corners beyond the inscribed circle have no full ring
+    return np.bincount(band[keep], weights=power[keep], minlength=bands) / np.bincount(band[keep], minlength=bands)
+
+
+def forward_snr_per_band(schedule, data_spectrum) -> np.ndarray:
+    """SNR_t(f) = ᾱ_t P_x₀(f)/(1 − ᾱ_t) for every index t and band f: (T, bands) (see the module docstring)."""
+    return schedule.snr[:, None] * np.asarray(data_spectrum)[None, :]
+
+
+def band_crossings(snr_per_band) -> np.ndarray:
+    """For each band, the first index t at which its SNR falls below 1 (T where it never does)."""
+    below = snr_per_band < 1.0  # (T, bands)
+    return np.where(below.any(axis=0), below.argmax(axis=0), len(snr_per_band))
