@@ -23,6 +23,18 @@ from __future__ import annotations
 import numpy as np
 
 
+def _bands(height: int, width: int):
+    """(band index of each frequency (H, W), number of bands, mask of the frequencies in a band)."""
+    k_y, k_x = np.meshgrid(np.fft.fftfreq(height) * height, np.fft.fftfreq(width) * width, indexing="ij")
+    band = np.round(np.hypot(k_y, k_x)).astype(int)  # (H, W): the radius of each frequency
+    bands = min(height, width) // 2 + 1
+    return band, bands, band < bands  # the corners beyond the inscribed circle have no full ring
+
+
+def _band_sums(values, band, bands, keep) -> np.ndarray:
+    return np.bincount(band[keep], weights=values[keep], minlength=bands)
+
+
 def radial_power_spectrum(images) -> np.ndarray:
     """Mean power per radial frequency band of (N, C, H, W) images: (⌊min(H, W)/2⌋ + 1,) bands.
 
@@ -33,11 +45,26 @@ def radial_power_spectrum(images) -> np.ndarray:
     height, width = images.shape[-2:]
     power = np.abs(np.fft.fft2(images, norm="ortho")) ** 2  # (N, C, H, W)
     power = power.reshape(-1, height, width).mean(axis=0)  # (H, W): averaged over images and channels
-    k_y, k_x = np.meshgrid(np.fft.fftfreq(height) * height, np.fft.fftfreq(width) * width, indexing="ij")
-    band = np.round(np.hypot(k_y, k_x)).astype(int)  # (H, W): the radius of each frequency
-    bands = min(height, width) // 2 + 1
-    keep = band < bands  # the corners beyond the inscribed circle have no full ring
-    return np.bincount(band[keep], weights=power[keep], minlength=bands) / np.bincount(band[keep], minlength=bands)
+    band, bands, keep = _bands(height, width)
+    return _band_sums(power, band, bands, keep) / np.bincount(band[keep], minlength=bands)
+
+
+def band_correlation(images, reference) -> np.ndarray:
+    """Per frequency band, how far ``images`` already are ``reference`` (paired, (N, C, H, W) each):
+    Re Σ X·conj(R) / √(Σ|X|² Σ|R|²) over the band's Fourier coefficients and all images, in [−1, 1].
+
+    1 means the band is settled (equal up to a positive scale); 0, unrelated. Along a reverse chain,
+    with the final sample as the reference, it shows which bands the sampler has decided so far.
+    """
+    images, reference = (np.fft.fft2(np.asarray(a, dtype=np.float64), norm="ortho") for a in (images, reference))
+    height, width = images.shape[-2:]
+    band, bands, keep = _bands(height, width)
+
+    def per_band(values):  # (N, C, H, W) → summed over images and channels, then per band
+        return _band_sums(values.reshape(-1, height, width).sum(axis=0), band, bands, keep)
+
+    cross = per_band(np.real(images * np.conj(reference)))
+    return cross / np.sqrt(per_band(np.abs(images) ** 2) * per_band(np.abs(reference) ** 2))
 
 
 def forward_snr_per_band(schedule, data_spectrum) -> np.ndarray:

@@ -7,7 +7,7 @@ from test_cli import MNIST_DIR, expect_error, train
 from minidiff.__main__ import main
 from minidiff.datasets import load_dataset
 from minidiff.schedule import NoiseSchedule, schedule_by_name
-from minidiff.spectrum import band_crossings, forward_snr_per_band, radial_power_spectrum
+from minidiff.spectrum import band_correlation, band_crossings, forward_snr_per_band, radial_power_spectrum
 
 
 def test_white_noise_has_unit_power_in_every_band():
@@ -60,3 +60,15 @@ def test_figures_writes_both_pictures_or_says_what_is_missing(tmp_path, capsys, 
 
     monkeypatch.setattr("minidiff.commands.figures.pyplot", no_matplotlib)
     assert "pip install 'minidiff[plot]'" in expect_error(capsys, ["figures", str(tmp_path)])
+
+
+def test_band_correlation_is_one_for_the_same_images_at_any_scale_and_near_zero_for_unrelated_ones():
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((2, 200, 1, 28, 28))
+    np.testing.assert_allclose(band_correlation(a, 3.0 * a), 1.0)
+    np.testing.assert_allclose(band_correlation(a, -a), -1.0)
+    assert np.abs(band_correlation(a, b)).max() < 0.1
+    # a blurred copy keeps the coarse bands and loses the fine ones
+    blurred = (a + np.roll(a, 1, -1) + np.roll(a, -1, -1) + np.roll(a, 1, -2) + np.roll(a, -1, -2)) / 5
+    correlation = band_correlation(blurred, a)
+    assert correlation[1] > 0.95 and correlation[1] > correlation[10]
