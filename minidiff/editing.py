@@ -90,13 +90,15 @@ def repaint_sample(model, schedule, shape, steps=None, spacing="uniform", *, kno
     rng, x = _start(rng, shape, x_T)
     xp = get_array_module(x)
     visited = repaint_timesteps(schedule.T, jump_length, jump_n_sample)
-    for index, (t, t_next) in enumerate(zip(visited[:-1], visited[1:])):
+    steps_down = 0  # the index reported: model steps so far, jumps not counted
+    for t, t_next in zip(visited[:-1], visited[1:]):
         if t_next > t:  # resampling jump: x_{t+1} ∼ q(x_{t+1} | x_t), Eq. 2
             x = q_step(schedule, x, _timestep_batch(t_next, x), standard_normal(rng, x))
             continue
         t_batch = _timestep_batch(t, x)
         x0_hat, eps_hat = denoise(model, schedule, x, t_batch, prediction, clip_denoised, dynamic_threshold)
-        report(index, int(schedule.timesteps[t]), x, x0_hat)
+        report(steps_down, int(schedule.timesteps[t]), x, x0_hat)
+        steps_down += 1
         variance = extract(variances, t_batch, x)
         unknown = ddim_update(x0_hat, eps_hat, extract(schedule.alphas_cumprod_prev, t_batch, x), variance)
         unknown = unknown + xp.sqrt(variance) * standard_normal(rng, x)  # x^unknown ∼ p_θ(x_{t−1} | x_t)

@@ -102,7 +102,7 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
               for k, batch in enumerate(batches)]
     shares = [(k, batch, share) for k, batch, share in shares if len(share)]
     samples = []
-    total_steps = _denoising_steps(num_steps, init, strength, mask, jumps) * len(shares)
+    total_steps = denoising_steps(num_steps, init, strength, mask, jumps) * len(shares)
     with performance_settings(), _progress_bar(total_steps, progress) as bar:
         for k, batch, share in shares:
             rng = np.random.default_rng(seed if k == 0 else (seed, k))
@@ -145,7 +145,7 @@ def seed_noise(seed: int, image_shape) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((1, *image_shape)).astype(np.float32)
 
 
-def _denoising_steps(num_steps: int, init, strength: float, mask, jumps) -> int:
+def denoising_steps(num_steps: int, init, strength: float, mask, jumps) -> int:
     """Model steps per batch: all of them, SDEdit's share, or RePaint's steps down between jumps."""
     if mask is not None:
         visited = repaint_timesteps(num_steps, *jumps)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..editing import interpolation_path
 from ..images import load_image
-from ..sample import DETERMINISTIC, class_labels, encode, seed_noise
+from ..sample import DETERMINISTIC, class_labels, denoising_steps, encode, seed_noise
 
 DEFAULT_STRENGTH = 0.6  # SDEdit's middle ground between faithful to the guide and realistic (Meng et al. 2022)
 
@@ -81,12 +81,14 @@ def check_arguments(args) -> None:
 
 @dataclass
 class Plan:
-    """What to draw: ``n`` images with ``labels``, the grid's ``nrow``, and generate()'s editing keywords."""
+    """What to draw: ``n`` images with ``labels``, the grid's ``nrow``, generate()'s editing keywords,
+    and the model ``steps`` each batch takes (what a trajectory picture spreads its columns over)."""
 
     n: int
     labels: object
     nrow: int | None
     options: dict = field(default_factory=dict)
+    steps: int = 0
 
 
 def plan(args, model, schedule, prediction: str, num_steps: int) -> Plan:
@@ -106,7 +108,7 @@ def plan(args, model, schedule, prediction: str, num_steps: int) -> Plan:
             ends = np.split(encode(model, schedule, images, num_steps, None if labels is None else labels[:2],
                                    args.guidance, prediction), 2)
         options["x_T"] = interpolation_path(*ends, args.n)
-        return Plan(args.n, labels, args.n, options)
+        return Plan(args.n, labels, args.n, options, num_steps)
 
     if args.label == "all":
         if num_classes is None:
@@ -126,7 +128,9 @@ def plan(args, model, schedule, prediction: str, num_steps: int) -> Plan:
             options.update(mask=(mask > 0).astype(np.float32), jumps=(args.jump_length, args.jump_n_sample))
         else:
             options["strength"] = DEFAULT_STRENGTH if args.strength is None else args.strength
-    return Plan(n, labels, nrow, options)
+    steps = denoising_steps(num_steps, options.get("init"), options.get("strength", 1.0), options.get("mask"),
+                            options.get("jumps", (1, 1)))
+    return Plan(n, labels, nrow, options, steps)
 
 
 def _one_label(n: int, model, label, flag: str):

@@ -66,7 +66,7 @@ def run(args) -> int:
     drawing = editing.plan(args, model, schedule, config["prediction"], num_steps)
     # Under MPI each rank draws a share of the samples (the trajectory's come from rank 0's);
     # rank 0 writes them all.
-    recorder = TrajectoryRecorder(num_steps) if args.trajectory and world().is_root else None
+    recorder = TrajectoryRecorder(drawing.steps) if args.trajectory and world().is_root else None
     samples = generate_on_ranks(model, schedule, drawing.n, args.sampler, num_steps, eta=args.eta, seed=args.seed,
                                 labels=drawing.labels, prediction=config["prediction"], callback=recorder,
                                 progress=True, **drawing.options)
