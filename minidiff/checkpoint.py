@@ -201,13 +201,20 @@ MODEL_RULES = {
     "num_groups": _INT, "image_size": _INT,
     "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "in [0, 1)"),
     "num_classes": (lambda v: v is None or _INT[0](v), "null or a positive integer"),
+    "null_class": (lambda v: isinstance(v, bool), "true or false"),
 }
+# Model-config keys newer than the checkpoints that lack them, and the value those were trained with.
+MODEL_DEFAULTS = {"null_class": False}
 
 
 def _check_config(config, path: Path) -> None:
-    """Refuse a config whose fields could not rebuild a model, naming the file and the field."""
+    """Refuse a config whose fields could not rebuild a model, naming the file and the field; a
+    checkpoint older than a :data:`MODEL_DEFAULTS` key gets its default."""
     if not isinstance(config, dict):
         raise CheckpointError(f"checkpoint {path}: its config is a JSON {type(config).__name__}, not an object")
+    if isinstance(config.get("model"), dict):
+        for key, value in MODEL_DEFAULTS.items():
+            config["model"].setdefault(key, value)
     for rules, where, prefix in ((CONFIG_RULES, config, ""), (MODEL_RULES, config.get("model"), "model.")):
         for key, (ok, what) in rules.items():
             if key not in where:
@@ -230,7 +237,7 @@ def model_config(preset: str, **overrides) -> dict:
     """The UNet constructor arguments of ``preset`` with ``overrides`` (e.g. dropout, num_classes)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return {**PRESETS[preset], "num_classes": None, **overrides}
+    return {**PRESETS[preset], "num_classes": None, "null_class": False, **overrides}
 
 
 def build_model(config: dict, rng=None) -> UNet:

@@ -77,3 +77,19 @@ def save_image_grid(
     with atomic_write(path) as out:
         Image.fromarray(grid).save(out, format="PNG")
     return path
+
+
+def load_image(path, flag: str, channels: int, size: int, nearest: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image file at ``path`` (PNG or anything Pillow reads) as (channels, size, size) float32
+    in [−1, 1], and its own (width, height) before resizing; unreadable files are refused in one
+    line naming ``flag``. Resizing is bicubic, or nearest-neighbour for masks (``nearest``)."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+    except (OSError, ValueError) as exc:  # a missing file, not an image, a truncated one
+        raise ValueError(f"{flag} {path}: cannot read it as an image ({exc})") from None
+    original = image.size
+    if original != (size, size):
+        image = image.resize((size, size), Image.NEAREST if nearest else Image.BICUBIC)
+    array = np.asarray(image, np.float32) / 127.5 - 1.0
+    return (array[None] if channels == 1 else array.transpose(2, 0, 1)), original

@@ -16,9 +16,10 @@ from .backend import device_of, performance_settings, to_device, to_numpy
 from .distributed import RowsOf, world
 from .files import atomic_write
 from .images import save_image_grid
-from .sampling import ddim_sample, ddpm_sample, dpm_solver_pp_sample
+from .editing import repaint_sample, repaint_timesteps, sdedit_start, strength_steps
+from .guidance import guided_denoiser
+from .sampling import ddim_encode, ddim_sample, ddpm_sample, dpm_solver_pp_sample, respaced
 from .sde import predictor_corrector_sample, probability_flow_sample, reverse_sde_sample
-from .unet import as_denoiser
 
 SAMPLER_FUNCTIONS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm-solver++": dpm_solver_pp_sample,
                      "reverse-sde": reverse_sde_sample, "pf-ode": probability_flow_sample,
@@ -29,6 +30,10 @@ SAMPLERS = tuple(SAMPLER_FUNCTIONS)
 # (Song et al. 2021, §5) and for Heun on the probability-flow ODE (99 model calls), 20 for
 # DPM-Solver++ (Lu et al. 2022, §6).
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20, "reverse-sde": None, "pf-ode": 50, "pc": None}
+# Samplers that are a deterministic map of x_T (interpolation decodes with one of these).
+DETERMINISTIC = ("ddim", "dpm-solver++", "pf-ode")
+# RePaint's step is DDIM's with σ_t(η): ddpm is η = 1.
+INPAINTING_SAMPLERS = ("ddpm", "ddim")
 GRID_SCALE = 2  # 28-pixel digits are too small to judge at 1:1
 
 
@@ -59,14 +64,22 @@ def class_labels(n: int, num_classes: int | None, label: int | None = None):
 
 def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None = None, eta: float = 0.0,
              seed: int = 0, labels=None, prediction: str = "eps", callback=None, progress: bool = False,
-             rows: slice = slice(None)):
+             rows: slice = slice(None), guidance: float = 0.0, x_T=None, init=None, strength: float = 1.0,
+             mask=None, jumps=(1, 1)):
     """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device.
 
     ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
     steps or the full chain), ``"ddim"`` (Song et al. 2021, with ``eta``), ``"dpm-solver++"``
     (Lu et al. 2022), or one of the VP-SDE samplers of :mod:`minidiff.sde`: ``"reverse-sde"``,
     ``"pf-ode"`` or ``"pc"`` (predictor–corrector). ``labels`` (n,) condition a class-conditional
-    model. ``callback(index, t, x_t, x0_hat)`` sees every step of the first batch.
+    model, towards which ``guidance`` w > 0 pushes (classifier-free guidance,
+    :func:`minidiff.guidance.guided_denoiser`). ``callback(index, t, x_t, x0_hat)`` sees every
+    step of the first batch.
+
+    Editing (:mod:`minidiff.editing`): ``x_T`` (n, C, H, W) replaces the drawn starting noise
+    (interpolation); an ``init`` image (C, H, W) in [−1, 1] is noised to ``strength`` and
+    denoised from there (SDEdit); ``init`` with a ``mask`` (H, W; 1 where to paint) is inpainted
+    by RePaint with resampling ``jumps`` = (jump_length, jump_n_sample), for ``sampler`` ddpm or ddim.
 
     The samples are drawn :data:`BATCH` at a time, so memory stays bounded: batch k draws x_T and
     its noise from ``default_rng(seed)`` for k = 0 and ``default_rng((seed, k))`` after, so ``seed``
@@ -77,6 +90,9 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     num_steps = sampler_steps(sampler, steps, schedule.T)
     if eta and sampler != "ddim":
         raise ValueError(f"eta applies to the ddim sampler only, not {sampler}")
+    if mask is not None and sampler not in INPAINTING_SAMPLERS:
+        raise ValueError(f"inpainting takes RePaint's ancestral steps: use sampler {' or '.join(INPAINTING_SAMPLERS)}, "
+                         f"not {sampler}")
     config = model.config
     image_shape = (config["in_channels"], config["image_size"], config["image_size"])
     device = device_of(next(model.parameters()).data)
@@ -86,18 +102,29 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
               for k, batch in enumerate(batches)]
     shares = [(k, batch, share) for k, batch, share in shares if len(share)]
     samples = []
-    with performance_settings(), _progress_bar(num_steps * len(shares), progress) as bar:
+    total_steps = denoising_steps(num_steps, init, strength, mask, jumps) * len(shares)
+    with performance_settings(), _progress_bar(total_steps, progress) as bar:
         for k, batch, share in shares:
             rng = np.random.default_rng(seed if k == 0 else (seed, k))
             local = slice(share.start - batch.start, share.stop - batch.start)  # this share within the batch
-            # x_T is drawn on the host, so one seed gives the same samples on CPU and GPU.
-            x_T = to_device(rng.standard_normal((len(batch), *image_shape)).astype(np.float32)[local], device)
-            denoiser = as_denoiser(model, None if labels is None else labels[share.start:share.stop])
-            options = dict(rng=RowsOf(rng, len(batch), local), prediction=prediction, x_T=x_T,
+            # x_T (or SDEdit's ε) is drawn on the host, so one seed gives the same samples on CPU and GPU.
+            noise = to_device(rng.standard_normal((len(batch), *image_shape)).astype(np.float32)[local], device)
+            denoiser = guided_denoiser(model, None if labels is None else labels[share.start:share.stop], guidance)
+            options = dict(rng=RowsOf(rng, len(batch), local), prediction=prediction, x_T=noise,
                            callback=_reporting(callback if k == 0 else None, bar))
             if sampler == "ddim":
                 options["eta"] = eta
-            samples.append(to_numpy(SAMPLER_FUNCTIONS[sampler](denoiser, schedule, x_T.shape, num_steps, **options)))
+            sample = SAMPLER_FUNCTIONS[sampler]
+            if x_T is not None:
+                options["x_T"] = to_device(np.asarray(x_T[share.start:share.stop], np.float32), device)
+            elif mask is not None:
+                sample = repaint_sample
+                options.update(known=to_device(init, device), mask=to_device(mask, device), jump_length=jumps[0],
+                               jump_n_sample=jumps[1], eta=1.0 if sampler == "ddpm" else eta)
+            elif init is not None:
+                guide = to_device(np.broadcast_to(init, noise.shape).astype(np.float32), device)
+                options["x_T"], options["t_start"] = sdedit_start(respaced(schedule, num_steps), guide, strength, noise)
+            samples.append(to_numpy(sample(denoiser, schedule, noise.shape, num_steps, **options)))
     return np.concatenate(samples).astype(np.float32, copy=False) if samples else np.empty((0, *image_shape), np.float32)
 
 
@@ -111,6 +138,29 @@ def generate_on_ranks(model, schedule, n: int, *args, progress: bool = False, **
     ranks = world()
     share = generate(model, schedule, n, *args, progress=progress and ranks.is_root, rows=ranks.rows(n), **kwargs)
     return ranks.gather_rows(share)
+
+
+def seed_noise(seed: int, image_shape) -> np.ndarray:
+    """The x_T (1, C, H, W) that ``generate(n=1, seed=seed)`` starts from: what interpolation between seeds joins."""
+    return np.random.default_rng(seed).standard_normal((1, *image_shape)).astype(np.float32)
+
+
+def denoising_steps(num_steps: int, init, strength: float, mask, jumps) -> int:
+    """Model steps per batch: all of them, SDEdit's share, or RePaint's steps down between jumps."""
+    if mask is not None:
+        visited = repaint_timesteps(num_steps, *jumps)
+        return sum(later < earlier for earlier, later in zip(visited, visited[1:]))
+    return num_steps if init is None else strength_steps(strength, num_steps)
+
+
+def encode(model, schedule, images, steps: int = 50, labels=None, guidance: float = 0.0, prediction: str = "eps"):
+    """x_T of ``images`` (N, C, H, W) by the deterministic DDIM ODE run forwards
+    (:func:`minidiff.sampling.ddim_encode`) with ``model`` guided as in :func:`generate`."""
+    device = device_of(next(model.parameters()).data)
+    with performance_settings():
+        x_T = ddim_encode(guided_denoiser(model, labels, guidance), schedule, to_device(images, device), steps,
+                          prediction=prediction)
+    return to_numpy(x_T)
 
 
 def _progress_bar(total: int, progress: bool):

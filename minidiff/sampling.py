@@ -5,12 +5,14 @@ Each sampler is one visible ``for`` loop over its timesteps whose body is the pa
 2021, Eq. 12, and :func:`dpm_solver_pp_sample` Lu et al. 2022, Algorithm 2 (DPM-Solver++(2M)).
 
 They share one signature: ``(model, schedule, shape, steps=…, spacing=…, *, rng, prediction,
-clip_denoised, dynamic_threshold, x_T, callback, return_trajectory)``. ``steps`` timesteps are
+clip_denoised, dynamic_threshold, x_T, t_start, callback, return_trajectory)``. ``steps`` timesteps are
 chosen from the model's T by ``spacing`` (:func:`minidiff.schedule.space_timesteps`) and the
 schedule respaced to them (Nichol & Dhariwal 2021, §4); ``steps=None`` walks the whole chain.
 
 ``x_t`` is an (N, …) NumPy or CuPy array and ``t`` an int64 array of shape (N,) holding the
-model's own (training) timesteps; the prediction is ε, x₀ or v (``prediction=``). Class labels
+model's own (training) timesteps; the prediction is ε, x₀ or v (``prediction=``). ``t_start``
+starts the loop part-way down the respaced chain, at that index, with ``x_T`` the state there
+(SDEdit, :mod:`minidiff.editing`); −1 returns ``x_T`` untouched. Class labels
 or guidance are the caller's business: close over them in ``model``. A NumPy ``rng`` makes every
 sampler reproducible: noise is drawn on the host and moved to the array module of ``x_T``, so
 pass a CuPy ``x_T`` to sample on the GPU. Each step's input x_t and its x̂₀ are exposed through
@@ -72,6 +74,15 @@ def _recorder(callback, return_trajectory):
     return report, trajectory
 
 
+def _first_index(schedule, t_start):
+    """The respaced index the loop starts at: ``t_start``, by default the last, T − 1."""
+    if t_start is None:
+        return schedule.T - 1
+    if not -1 <= t_start < schedule.T:
+        raise ValueError(f"t_start={t_start} is outside [-1, {schedule.T}), the sampler's steps")
+    return t_start
+
+
 def _timestep_batch(t, x):
     xp = get_array_module(x)
     return xp.full(len(x), t, dtype=xp.int64)
@@ -81,7 +92,7 @@ def _timestep_batch(t, x):
 
 
 def ddpm_sample(model, schedule, shape, steps=None, spacing="uniform", *, rng=None, variance="fixed_small",
-                prediction="eps", clip_denoised=True, dynamic_threshold=None, x_T=None, callback=None,
+                prediction="eps", clip_denoised=True, dynamic_threshold=None, x_T=None, t_start=None, callback=None,
                 return_trajectory=False):
     """Ancestral sampling x_T → x₀ (Ho et al. 2020, Algorithm 2), on ``steps`` respaced steps or the whole chain.
 
@@ -94,7 +105,7 @@ def ddpm_sample(model, schedule, shape, steps=None, spacing="uniform", *, rng=No
     sigmas = np.exp(0.5 * model_log_variances(schedule, variance))  # σ_t, §3.2
     report, trajectory = _recorder(callback, return_trajectory)
     rng, x = _start(rng, shape, x_T)  # line 1: x_T ∼ N(0, I)
-    for index, t in enumerate(range(schedule.T - 1, -1, -1)):  # line 2: for t = T, …, 1
+    for index, t in enumerate(range(_first_index(schedule, t_start), -1, -1)):  # line 2: for t = T, …, 1
         t_batch = _timestep_batch(t, x)
         x0_hat, _ = denoise(model, schedule, x, t_batch, prediction, clip_denoised, dynamic_threshold)
         report(index, int(schedule.timesteps[t]), x, x0_hat)
@@ -136,7 +147,8 @@ def ddim_update(x0_hat, eps_hat, alphas_cumprod_prev, variance=0.0):
 
 
 def ddim_sample(model, schedule, shape, steps=50, spacing="uniform", *, eta=0.0, rng=None, prediction="eps",
-                clip_denoised=True, dynamic_threshold=None, x_T=None, callback=None, return_trajectory=False):
+                clip_denoised=True, dynamic_threshold=None, x_T=None, t_start=None, callback=None,
+                return_trajectory=False):
     """DDIM sampling on ``steps`` timesteps of ``schedule`` (Song et al. 2021, Eq. 12 and §4.2).
 
     x_{t−1} = √ᾱ_{t−1} x̂₀ + √(1 − ᾱ_{t−1} − σ_t²) ε̂ + σ_t z, with σ_t(η) from Eq. 16: η = 0 is
@@ -147,7 +159,7 @@ def ddim_sample(model, schedule, shape, steps=50, spacing="uniform", *, eta=0.0,
     variances = ddim_variance(schedule, eta)  # σ_t(η)², Eq. 16
     report, trajectory = _recorder(callback, return_trajectory)
     rng, x = _start(rng, shape, x_T)
-    for index, t in enumerate(range(schedule.T - 1, -1, -1)):
+    for index, t in enumerate(range(_first_index(schedule, t_start), -1, -1)):
         t_batch = _timestep_batch(t, x)
         x0_hat, eps_hat = denoise(model, schedule, x, t_batch, prediction, clip_denoised, dynamic_threshold)
         report(index, int(schedule.timesteps[t]), x, x0_hat)
@@ -180,7 +192,7 @@ def ddim_encode(model, schedule, x0, steps=50, spacing="uniform", *, prediction=
 
 
 def dpm_solver_pp_sample(model, schedule, shape, steps=20, spacing="uniform", *, rng=None, prediction="eps",
-                         clip_denoised=True, dynamic_threshold=None, x_T=None, callback=None,
+                         clip_denoised=True, dynamic_threshold=None, x_T=None, t_start=None, callback=None,
                          return_trajectory=False):
     """DPM-Solver++(2M) sampling on ``steps`` timesteps of ``schedule`` (Lu et al. 2022, Algorithm 2).
 
@@ -196,7 +208,7 @@ def dpm_solver_pp_sample(model, schedule, shape, steps=20, spacing="uniform", *,
     report, trajectory = _recorder(callback, return_trajectory)
     _, x = _start(rng, shape, x_T)
     x0_hat_last = None
-    for index, t in enumerate(range(schedule.T - 1, -1, -1)):
+    for index, t in enumerate(range(_first_index(schedule, t_start), -1, -1)):
         t_batch = _timestep_batch(t, x)
         x0_hat, _ = denoise(model, schedule, x, t_batch, prediction, clip_denoised, dynamic_threshold)
         report(index, int(schedule.timesteps[t]), x, x0_hat)

@@ -1,7 +1,7 @@
 """The continuous-time view: the VP-SDE whose discretisation is the DDPM chain, and samplers of
 its reverse-time SDE (Euler–Maruyama), its probability-flow ODE (Heun) and a predictor–corrector
 scheme with annealed Langevin dynamics — all on any ``model(x_t, t)``, with the signature of
-:mod:`minidiff.sampling`'s samplers.
+:mod:`minidiff.sampling`'s samplers (``t_start`` included).
 
 The forward SDE is dx = −½β(t) x dt + √β(t) dw (Song et al. 2021b, Eq. 11, the "VP SDE": Eq. 5
 with f(x, t) = −½β(t) x and g(t) = √β(t)). Its Euler–Maruyama step with β(t) dt = β_i is
@@ -33,7 +33,7 @@ import numpy as np
 
 from .backend import get_array_module
 from .diffusion import denoise
-from .sampling import _recorder, _start, _timestep_batch, respaced
+from .sampling import _first_index, _recorder, _start, _timestep_batch, respaced
 from .schedule import extract, standard_normal
 
 
@@ -104,7 +104,8 @@ def _begin(schedule, steps, spacing, rng, shape, x_T, callback, return_trajector
 
 
 def reverse_sde_sample(model, schedule, shape, steps=None, spacing="uniform", *, rng=None, prediction="eps",
-                       clip_denoised=True, dynamic_threshold=None, x_T=None, callback=None, return_trajectory=False):
+                       clip_denoised=True, dynamic_threshold=None, x_T=None, t_start=None, callback=None,
+                       return_trajectory=False):
     """Euler–Maruyama on the reverse-time VP SDE (Song et al. 2021b, Eq. 6), x_T ∼ N(0, I) → x₀.
 
     The predictor alone (Song et al. 2021b, Table 1, "P1000"): :func:`predictor_corrector_sample`
@@ -117,12 +118,12 @@ def reverse_sde_sample(model, schedule, shape, steps=None, spacing="uniform", *,
     """
     return predictor_corrector_sample(
         model, schedule, shape, steps, spacing, rng=rng, prediction=prediction, clip_denoised=clip_denoised,
-        dynamic_threshold=dynamic_threshold, x_T=x_T, callback=callback, return_trajectory=return_trajectory,
-        corrector_steps=0)
+        dynamic_threshold=dynamic_threshold, x_T=x_T, t_start=t_start, callback=callback,
+        return_trajectory=return_trajectory, corrector_steps=0)
 
 
 def probability_flow_sample(model, schedule, shape, steps=50, spacing="uniform", *, rng=None, prediction="eps",
-                            clip_denoised=True, dynamic_threshold=None, x_T=None, callback=None,
+                            clip_denoised=True, dynamic_threshold=None, x_T=None, t_start=None, callback=None,
                             return_trajectory=False):
     """Heun's method on the probability-flow ODE (Song et al. 2021b, Eq. 13; Karras et al. 2022, Algorithm 1).
 
@@ -134,7 +135,7 @@ def probability_flow_sample(model, schedule, shape, steps=50, spacing="uniform",
     """
     schedule, integrated, report, trajectory, _, x = _begin(schedule, steps, spacing, rng, shape, x_T, callback,
                                                             return_trajectory)
-    for index, t in enumerate(range(schedule.T - 1, -1, -1)):
+    for index, t in enumerate(range(_first_index(schedule, t_start), -1, -1)):
         t_batch = _timestep_batch(t, x)
         x0_hat, score = model_score(model, schedule, x, t_batch, prediction, clip_denoised, dynamic_threshold)
         report(index, int(schedule.timesteps[t]), x, x0_hat)
@@ -149,7 +150,7 @@ def probability_flow_sample(model, schedule, shape, steps=50, spacing="uniform",
 
 
 def predictor_corrector_sample(model, schedule, shape, steps=None, spacing="uniform", *, rng=None, prediction="eps",
-                               clip_denoised=True, dynamic_threshold=None, x_T=None, callback=None,
+                               clip_denoised=True, dynamic_threshold=None, x_T=None, t_start=None, callback=None,
                                return_trajectory=False, snr=0.16, corrector_steps=1):
     """Predictor–corrector sampling of the VP SDE (Song et al. 2021b, Appendix G, Algorithms 1 and 5).
 
@@ -161,7 +162,7 @@ def predictor_corrector_sample(model, schedule, shape, steps=None, spacing="unif
     """
     schedule, integrated, report, trajectory, rng, x = _begin(schedule, steps, spacing, rng, shape, x_T, callback,
                                                               return_trajectory)
-    for index, t in enumerate(range(schedule.T - 1, -1, -1)):
+    for index, t in enumerate(range(_first_index(schedule, t_start), -1, -1)):
         t_batch = _timestep_batch(t, x)
         for _ in range(corrector_steps):  # corrector: Langevin MCMC at this noise level, Algorithm 5
             _, score = model_score(model, schedule, x, t_batch, prediction, clip_denoised, dynamic_threshold)

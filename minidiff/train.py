@@ -33,6 +33,7 @@ from .checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoin
 from .datasets import DATASETS, load_dataset
 from .diffusion import PREDICTIONS, UniformSampler, training_loss
 from .distributed import sync_check_every, world
+from .guidance import drop_labels
 from .images import save_image_grid
 from .optim import EMA, Adam, clip_grad_norm, linear_warmup
 from .runfolder import RunFolder, sigint_deferred
@@ -58,6 +59,7 @@ class TrainConfig:
     preset: str = "mnist"
     dropout: float | None = None  # None keeps the preset's
     num_classes: int | None = None  # class-conditional when set
+    p_uncond: float = 0.0  # > 0: labels dropped to the null class with this probability (classifier-free guidance)
     # diffusion
     schedule: str = "linear"
     timesteps: int = 1000
@@ -110,6 +112,9 @@ class TrainConfig:
         need(self.dropout is None or is_real(self.dropout) and 0 <= self.dropout < 1, "dropout", "in [0, 1)")
         need(self.min_snr_gamma is None or is_real(self.min_snr_gamma) and self.min_snr_gamma > 0,
              "min_snr_gamma", "a positive finite number")
+        need(is_real(self.p_uncond) and 0 <= self.p_uncond < 1, "p_uncond", "in [0, 1)")
+        need(not self.p_uncond or self.num_classes is not None, "p_uncond",
+             "0 without --num-classes (it drops class labels)")
         for name, choices in (("dataset", DATASETS), ("preset", PRESETS), ("schedule", SCHEDULES),
                               ("prediction", PREDICTIONS), ("device", DEVICES)):
             need(isinstance(getattr(self, name), str) and getattr(self, name) in choices, name,
@@ -153,15 +158,15 @@ class TrainConfig:
 
     def run_config(self) -> dict:
         """The JSON-ready config of a run: these fields plus the model's constructor arguments."""
-        overrides = {"num_classes": self.num_classes}
+        overrides = {"num_classes": self.num_classes, "null_class": bool(self.p_uncond)}
         if self.dropout is not None:
             overrides["dropout"] = self.dropout
         return {**dataclasses.asdict(self), "model": model_config(self.preset, **overrides)}
 
 
 # What defines the experiment a checkpoint belongs to: refused as an override on --resume.
-FIXED_ON_RESUME = ("dataset", "limit_data", "hflip", "preset", "dropout", "num_classes", "schedule", "timesteps",
-                   "prediction", "min_snr_gamma", "batch_size", "seed")
+FIXED_ON_RESUME = ("dataset", "limit_data", "hflip", "preset", "dropout", "num_classes", "p_uncond", "schedule",
+                   "timesteps", "prediction", "min_snr_gamma", "batch_size", "seed")
 
 # The chain must end close to pure noise, or sampling from N(0, I) starts far from q(x_T).
 MAX_FINAL_ALPHA_BAR = 0.05
@@ -272,13 +277,17 @@ class Trainer:
     # ----------------------------------------------------------------- one step
     def loss(self, x0: np.ndarray, y: np.ndarray | None = None):
         """The training loss on a batch x₀, a differentiable scalar (:func:`minidiff.diffusion.training_loss`,
-        Ho et al. 2020, Algorithm 1), after random horizontal flips when ``hflip`` is on."""
+        Ho et al. 2020, Algorithm 1), after random horizontal flips when ``hflip`` is on and with
+        labels dropped to the null class at rate ``p_uncond`` (:func:`minidiff.guidance.drop_labels`)."""
         config = self.config
         if config.hflip:
             flip = self.rng.random(len(x0)) < 0.5
             x0 = np.where(flip[:, None, None, None], x0[..., ::-1], x0)
         rows = self.world.rows(len(x0))  # this rank's share; all of it in a single process
-        labels = y[rows] if config.num_classes is not None else None
+        labels = None
+        if config.num_classes is not None:
+            labels = drop_labels(y, config.p_uncond, config.num_classes, self.rng) if config.p_uncond else y
+            labels = labels[rows]
         return training_loss(lambda x_t, t: self.model(x_t, t, labels), self.schedule, x0, self.rng,
                              prediction=config.prediction, min_snr_gamma=config.min_snr_gamma,
                              timestep_sampler=self.timestep_sampler, device=self.device, rows=rows).loss

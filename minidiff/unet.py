@@ -186,6 +186,8 @@ class UNet(nn.Module):
             sizes are accepted when they halve evenly ``len(channel_mults) − 1`` times.
         num_classes: when set, a class-conditional model: a learned (num_classes, 4·base)
             embedding of the label y is added to the time embedding, as in improved-diffusion.
+        null_class: with ``num_classes = K``, one more learned embedding row, label K: the null
+            condition ∅ of classifier-free guidance (Ho & Salimans 2021; :mod:`minidiff.guidance`).
         rng: NumPy Generator for the initialisation (the module default of :mod:`minidiff.nn` if None).
         dtype: parameter dtype (float64 for gradient checks).
 
@@ -195,14 +197,19 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults=(1, 2, 2),
                  num_res_blocks: int = 2, attn_resolutions=(7,), num_groups: int = 8, dropout: float = 0.0,
-                 image_size: int = 28, num_classes: int | None = None, rng=None, dtype=DEFAULT_DTYPE):
+                 image_size: int = 28, num_classes: int | None = None, null_class: bool = False, rng=None,
+                 dtype=DEFAULT_DTYPE):
         super().__init__()
         channel_mults, attn_resolutions = tuple(channel_mults), tuple(attn_resolutions)
         self.config = dict(in_channels=in_channels, base_channels=base_channels, channel_mults=channel_mults,
                            num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions,
                            num_groups=num_groups, dropout=dropout, image_size=image_size,
-                           num_classes=num_classes)
+                           num_classes=num_classes, null_class=null_class)
         self.in_channels, self.base_channels, self.num_classes = in_channels, base_channels, num_classes
+        if null_class and num_classes is None:
+            raise ValueError("UNet: null_class=True needs num_classes (the null row is label num_classes)")
+        # ∅'s label, one past the classes; None without a null row.
+        self.null_label = num_classes if null_class else None
         self.num_downsamples = len(channel_mults) - 1
         resolutions = [image_size // 2**level for level in range(len(channel_mults))]
         if image_size % 2**self.num_downsamples:
@@ -226,7 +233,8 @@ class UNet(nn.Module):
         if num_classes is not None:
             # N(0, 1) entries, as torch.nn.Embedding initialises them.
             init_rng = nn.default_rng() if rng is None else rng
-            self.label_embed = nn.Parameter(init_rng.standard_normal((num_classes, temb_dim)), dtype=dtype)
+            rows = num_classes + 1 if null_class else num_classes
+            self.label_embed = nn.Parameter(init_rng.standard_normal((rows, temb_dim)), dtype=dtype)
 
         def res_block(cin, cout):
             return ResBlock(cin, cout, temb_dim, num_groups, dropout, **layer)
@@ -278,7 +286,8 @@ class UNet(nn.Module):
         return cls(**{**PRESETS[name], **overrides})
 
     def forward(self, x, t, y=None):
-        """ε̂ = ε_θ(x_t, t[, y]): x (N, C, H, W), t integer timesteps (N,), y labels (N,).
+        """ε̂ = ε_θ(x_t, t[, y]): x (N, C, H, W), t integer timesteps (N,), y labels (N,)
+        (``null_label``, when the model has one, is ∅: no condition).
 
         x is a Tensor or an array. A constant x (one that needs no gradient) is cast to the
         parameters' dtype, so a float64 NumPy batch does not silently run a float32 model in
@@ -328,7 +337,7 @@ class UNet(nn.Module):
                 raise ValueError(f"UNet: this model is class-conditional (num_classes={self.num_classes}); pass labels y")
             if tuple(np.shape(y)) != (n,):
                 raise ValueError(f"UNet: expected labels of shape ({n},), got shape {tuple(np.shape(y))}")
-            _check_indices("class labels y", y, 0, self.num_classes)
+            _check_indices("class labels y", y, 0, self.label_embed.shape[0])
 
     def extra_repr(self):
         return ", ".join(f"{k}={v}" for k, v in self.config.items())

@@ -51,8 +51,8 @@ def resume_to(run_dir, steps, **overrides):
     return Trainer(config, data=DATA, resume=checkpoint, progress=False).fit()
 
 
-# Every source of randomness at once: dropout masks, flips, t and ε draws, labels.
-EVERYTHING = dict(dropout=0.1, hflip=True, num_classes=10, prediction="v", min_snr_gamma=5.0)
+# Every source of randomness at once: dropout masks, flips, t and ε draws, labels and their dropout.
+EVERYTHING = dict(dropout=0.1, hflip=True, num_classes=10, p_uncond=0.3, prediction="v", min_snr_gamma=5.0)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,7 @@ def test_run_folder_has_config_log_and_checkpoint(straight_run):
     config = json.loads((straight_run / "config.json").read_text())
     assert config["preset"] == "tiny" and config["model"]["base_channels"] == 16
     assert config["model"]["dropout"] == 0.1 and config["model"]["num_classes"] == 10
+    assert config["p_uncond"] == 0.3 and config["model"]["null_class"] is True
     records = [json.loads(line) for line in (straight_run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert set(records[0]) == {"step", "loss", "lr", "grad_norm", "images_per_s", "elapsed"}
@@ -186,6 +187,8 @@ def test_fresh_run_refuses_a_folder_that_holds_a_checkpoint(straight_run):
     ("steps", 0, r"--steps\) must be a positive integer"),
     ("ema_decay", 1.0, r"ema_decay .* must be in \[0, 1\)"),
     ("schedule", "quadratic", r"must be one of linear, cosine, sigmoid"),
+    ("p_uncond", 1.0, r"p_uncond \(--p-uncond\) must be in \[0, 1\)"),
+    ("p_uncond", 0.1, r"p_uncond \(--p-uncond\) must be 0 without --num-classes"),
 ])
 def test_config_refuses_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):

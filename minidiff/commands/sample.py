@@ -10,8 +10,8 @@ from ..backend import check_device
 from ..checkpoint import checkpoint_path, load_checkpoint, load_model
 from ..distributed import world
 from ..images import save_image_grid
-from ..sample import (GRID_SCALE, SAMPLERS, TrajectoryRecorder, class_labels, generate_on_ranks, sampler_steps,
-                      save_npy)
+from ..sample import GRID_SCALE, SAMPLERS, TrajectoryRecorder, generate_on_ranks, sampler_steps, save_npy
+from . import editing
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,9 +48,8 @@ def check_sampling_arguments(args) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint .npz or a run folder holding checkpoint.npz")
     parser.add_argument("--n", type=int, default=16, help="number of samples (default: %(default)s)")
-    parser.add_argument("--label", type=int, default=None,
-                        help="class to draw, for class-conditional checkpoints (default: cycle through 0..K-1)")
     add_sampling_arguments(parser)
+    editing.add_arguments(parser)
     parser.add_argument("--out", default=None, help="PNG grid of the samples (default: <run folder>/samples.png)")
     parser.add_argument("--npy", default=None, help="also save the samples, float32 in [-1, 1], as .npy")
     parser.add_argument("--trajectory", default=None,
@@ -59,27 +58,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     check_sampling_arguments(args)
+    editing.check_arguments(args)
     device = check_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
-    labels = class_labels(args.n, model.num_classes, args.label)
     num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
+    drawing = editing.plan(args, model, schedule, config["prediction"], num_steps)
     # Under MPI each rank draws a share of the samples (the trajectory's come from rank 0's);
     # rank 0 writes them all.
-    recorder = TrajectoryRecorder(num_steps) if args.trajectory and world().is_root else None
-    samples = generate_on_ranks(model, schedule, args.n, args.sampler, num_steps, eta=args.eta, seed=args.seed,
-                                labels=labels, prediction=config["prediction"], callback=recorder, progress=True)
+    recorder = TrajectoryRecorder(drawing.steps) if args.trajectory and world().is_root else None
+    samples = generate_on_ranks(model, schedule, drawing.n, args.sampler, num_steps, eta=args.eta, seed=args.seed,
+                                labels=drawing.labels, prediction=config["prediction"], callback=recorder,
+                                progress=True, **drawing.options)
     if samples is None:
         return 0
     out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent / "samples.png"
-    # One class per column when the labels cycle through all of them.
-    nrow = model.num_classes if labels is not None and args.label is None and args.n >= model.num_classes else None
-    written = [save_image_grid(samples, out, nrow=nrow, scale=GRID_SCALE)]
+    written = [save_image_grid(samples, out, nrow=drawing.nrow, scale=GRID_SCALE)]
     if args.npy:
         written.append(save_npy(samples, args.npy))
     if recorder is not None:
         written.append(recorder.save(args.trajectory))
     weights = "live" if args.no_ema else "EMA"
-    print(f"{args.n} samples from {checkpoint.path} (step {checkpoint.step}, {weights} weights, "
+    print(f"{drawing.n} samples from {checkpoint.path} (step {checkpoint.step}, {weights} weights, "
           f"{args.sampler}, {num_steps} steps): " + ", ".join(map(str, written)))
     return 0

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option("model", "--preset", choices=list(PRESETS), help="U-Net size")
     option("model", "--dropout", type=float, help="dropout in the ResBlocks (default: the preset's)")
     option("model", "--num-classes", type=int, metavar="K", help="train a class-conditional model on K classes")
+    option("model", "--p-uncond", type=float, metavar="P",
+           help="drop labels to a learned null class with probability P, for classifier-free guidance "
+                "(Ho & Salimans 2021 use 0.1 or 0.2)")
     option("model", "--conditional", action="store_true",
            help="same as --num-classes 10 (MNIST and Fashion-MNIST have 10 classes)")
     option("diffusion", "--schedule", choices=SCHEDULES, help="noise schedule (linear is scaled by 1000/T)")
