@@ -86,6 +86,10 @@ def cases(run: Path, tmp: Path) -> list[tuple[str, list[str], str]]:
     for name, array in samples.items():
         np.save(tmp / f"{name}.npy", array)
     np.savez(tmp / "arch.npz", a=np.zeros(3))
+    from PIL import Image
+
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp / "digit.png")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp / "big.png")
     result = [
         *bad("--lr", "inf", "nan", "-1", "0", "abc"),
         *bad("--steps", "0", "-5", "1.5", "abc"),
@@ -153,6 +157,18 @@ def cases(run: Path, tmp: Path) -> list[tuple[str, list[str], str]]:
         ("sample --device cuda (no CuPy)", ["sample", str(run), "--device", "cuda"], "cuda"),
         *[(f"eval --samples {name}", ["eval", "--samples", str(tmp / f"{name}.npy"), "--data-dir", str(MNIST)],
            f"{name}.npy") for name in samples],
+        *bad("--p-uncond", "1", "-0.1", "nan"),
+        ("train --p-uncond without --num-classes", train("--p-uncond", "0.1"), "--p-uncond"),
+        ("sample --guidance on an unconditional model", ["sample", str(run), "--guidance", "2"], "--guidance"),
+        ("sample --label all on an unconditional model", ["sample", str(run), "--label", "all"], "--label"),
+        ("sample --init missing", ["sample", str(run), "--init", str(tmp / "missing.png")], "missing.png"),
+        ("sample --init not an image", ["sample", str(run), "--init", str(tmp / "afile")], "afile"),
+        *[(f"sample --strength {v}", ["sample", str(run), "--init", str(tmp / "digit.png"), "--strength", v], "--strength")
+          for v in ("-0.1", "1.5", "nan")],
+        ("sample --mask of another size",
+         ["sample", str(run), "--init", str(tmp / "digit.png"), "--mask", str(tmp / "big.png")], "mask"),
+        ("sample --interpolate with ddpm", ["sample", str(run), "--interpolate", "1", "2", "--sampler", "ddpm"],
+         "--interpolate"),
         ("eval --samples an .npz", ["eval", "--samples", str(tmp / "arch.npz")], "arch.npz"),
         ("eval --samples missing", ["eval", "--samples", str(tmp / "missing.npy")], "missing.npy"),
         ("eval --n 1", ["eval", str(run), "--n", "1"], "--n"),
