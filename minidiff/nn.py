@@ -10,6 +10,9 @@ implementations: weights and biases of :class:`Linear` and :class:`Conv2d` are d
 U(−1/√fan_in, 1/√fan_in), which is what ``kaiming_uniform_(a=√5)`` gives (see
 :func:`kaiming_uniform_bound`). Random draws come from a NumPy ``Generator`` passed as ``rng=``
 or, when none is given, from this module's default generator, reseeded by :func:`manual_seed`.
+
+It runs past 300 lines because ``Module`` (parameters, children, ``state_dict``, devices) and the
+handful of layers built on it are read together: each layer is a few lines once ``Module`` is known.
 """
 from __future__ import annotations
 

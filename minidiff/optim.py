@@ -12,6 +12,10 @@ State dicts are flat: names → plain arrays and numbers, so they can be written
 ``.npz`` checkpoint (:func:`minidiff.files.save_npz`) and read back exactly. Per-parameter
 state is keyed by the parameter's index in the list given to the optimiser
 (``state.3.exp_avg``), which is stable because ``Module.parameters()`` has a fixed order.
+
+It runs past 300 lines because Adam's textbook update (the reference the fused kernel is tested
+against) and its checkpointable state live beside the EMA, gradient clipping and warm-up that
+the training loop uses with it.
 """
 from __future__ import annotations
 

@@ -22,6 +22,9 @@ Zero terminal SNR: after :meth:`NoiseSchedule.rescale_zero_terminal_snr`,
 x₀ cannot be recovered from ε there (Lin et al. 2023, §3.2), so use x₀- or v-prediction.
 The posterior variance β̃_0 is 0 for every schedule; its log is "clipped" to log β̃_1
 as in improved-diffusion (see ``posterior_log_variance_clipped``).
+
+It runs past 300 lines because every schedule family and every derived quantity of Ho et al.'s
+notation is built in one class, so that each name has exactly one definition.
 """
 
 import math

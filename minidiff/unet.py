@@ -15,6 +15,9 @@ untrained model predicts ε̂ = 0, which keeps the early loss near 1 and the res
 well-conditioned however deep it is. It changes no parameter count.
 
 Shapes follow the NCHW convention: x is (N, C, H, W), the time embedding (N, 4·base).
+
+It runs past 300 lines because the U-Net and its four kinds of block (ResBlock, attention,
+down/up-sampling) are one architecture, specified together in DESIGN.md and read together here.
 """
 from __future__ import annotations
 
