@@ -59,14 +59,18 @@ def class_labels(n: int, num_classes: int | None, label: int | None = None):
 
 def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None = None, eta: float = 0.0,
              seed: int = 0, labels=None, prediction: str = "eps", callback=None, progress: bool = False,
-             rows: slice = slice(None)):
+             rows: slice = slice(None), spacing: str | None = None, clip_denoised: bool = True,
+             dynamic_threshold: float | None = None, variance: str | None = None):
     """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device.
 
     ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
     steps or the full chain), ``"ddim"`` (Song et al. 2021, with ``eta``), ``"dpm-solver++"``
     (Lu et al. 2022), or one of the VP-SDE samplers of :mod:`minidiff.sde`: ``"reverse-sde"``,
     ``"pf-ode"`` or ``"pc"`` (predictor–corrector). ``labels`` (n,) condition a class-conditional
-    model. ``callback(index, t, x_t, x0_hat)`` sees every step of the first batch.
+    model. ``callback(index, t, x_t, x0_hat)`` sees every step of the first batch. ``spacing``
+    (None: the sampler's default), ``clip_denoised`` and ``dynamic_threshold`` go to the sampler;
+    ``variance`` is DDPM's σ_t² (None: ``"learned"`` for a model with ``learn_sigma``, else
+    ``"fixed_small"``).
 
     The samples are drawn :data:`BATCH` at a time, so memory stays bounded: batch k draws x_T and
     its noise from ``default_rng(seed)`` for k = 0 and ``default_rng((seed, k))`` after, so ``seed``
@@ -77,6 +81,8 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     num_steps = sampler_steps(sampler, steps, schedule.T)
     if eta and sampler != "ddim":
         raise ValueError(f"eta applies to the ddim sampler only, not {sampler}")
+    if variance is not None and sampler != "ddpm":
+        raise ValueError(f"variance applies to the ddpm sampler only, not {sampler}")
     config = model.config
     image_shape = (config["in_channels"], config["image_size"], config["image_size"])
     device = device_of(next(model.parameters()).data)
@@ -95,10 +101,24 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
             denoiser = as_denoiser(model, None if labels is None else labels[share.start:share.stop])
             options = dict(rng=RowsOf(rng, len(batch), local), prediction=prediction, x_T=x_T,
                            callback=_reporting(callback if k == 0 else None, bar))
+            options.update(clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
+            if spacing is not None:
+                options["spacing"] = spacing
             if sampler == "ddim":
                 options["eta"] = eta
+            if sampler == "ddpm":
+                options["variance"] = ddpm_variance(model, variance)
             samples.append(to_numpy(SAMPLER_FUNCTIONS[sampler](denoiser, schedule, x_T.shape, num_steps, **options)))
     return np.concatenate(samples).astype(np.float32, copy=False) if samples else np.empty((0, *image_shape), np.float32)
+
+
+def ddpm_variance(model, variance: str | None = None) -> str:
+    """DDPM's σ_t² for ``model``: ``variance``, or by default its own (Nichol & Dhariwal 2021, Eq. 15)
+    when it learnt them, else β̃_t. ``"learned"`` is refused for a model that has none."""
+    learned = bool(model.config.get("learn_sigma"))
+    if variance == "learned" and not learned:
+        raise ValueError("--variance learned needs a checkpoint trained with --learn-sigma")
+    return variance or ("learned" if learned else "fixed_small")
 
 
 # Samples drawn at once by generate(): the U-Net's activations for this many images fit in memory.

@@ -334,18 +334,23 @@ def _check_T(T):
         raise ValueError(f"number of timesteps T must be a positive integer, got {T}")
 
 
-SCHEDULES = ("linear", "cosine", "sigmoid")
+SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid")
 
 
-def schedule_by_name(name: str, T: int) -> NoiseSchedule:
-    """The named schedule a run config asks for, with T steps: ``"linear"``, ``"cosine"`` or ``"sigmoid"``.
+def schedule_by_name(name: str, T: int, zero_terminal_snr: bool = False) -> NoiseSchedule:
+    """The named schedule a run config asks for, with T steps: ``"linear"``, ``"scaled_linear"``,
+    ``"cosine"`` or ``"sigmoid"``, rescaled to zero terminal SNR when asked (Lin et al. 2023, Algorithm 1).
 
-    The linear schedule is scaled by 1000/T (Nichol & Dhariwal 2021, improved-diffusion's
+    The linear schedules are scaled by 1000/T (Nichol & Dhariwal 2021, improved-diffusion's
     ``get_named_beta_schedule``), so a short chain, e.g. T = 50 for a quick test, still ends in
     nearly pure noise.
     """
     if name == "linear":
-        return NoiseSchedule.linear(T, scale_to_T=True)
-    if name in ("cosine", "sigmoid"):
-        return getattr(NoiseSchedule, name)(T)
-    raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+        schedule = NoiseSchedule.linear(T, scale_to_T=True)
+    elif name == "scaled_linear":
+        schedule = NoiseSchedule.scaled_linear(T, 0.00085 * 1000 / T, 0.012 * 1000 / T)
+    elif name in ("cosine", "sigmoid"):
+        schedule = getattr(NoiseSchedule, name)(T)
+    else:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    return schedule.rescale_zero_terminal_snr() if zero_terminal_snr else schedule

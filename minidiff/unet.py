@@ -186,6 +186,8 @@ class UNet(nn.Module):
             sizes are accepted when they halve evenly ``len(channel_mults) − 1`` times.
         num_classes: when set, a class-conditional model: a learned (num_classes, 4·base)
             embedding of the label y is added to the time embedding, as in improved-diffusion.
+        learn_sigma: when True the output has 2·in_channels channels, ε̂ then the variance
+            interpolation v of Nichol & Dhariwal 2021, Eq. 15 (their ``learn_sigma``).
         rng: NumPy Generator for the initialisation (the module default of :mod:`minidiff.nn` if None).
         dtype: parameter dtype (float64 for gradient checks).
 
@@ -195,13 +197,14 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults=(1, 2, 2),
                  num_res_blocks: int = 2, attn_resolutions=(7,), num_groups: int = 8, dropout: float = 0.0,
-                 image_size: int = 28, num_classes: int | None = None, rng=None, dtype=DEFAULT_DTYPE):
+                 image_size: int = 28, num_classes: int | None = None, learn_sigma: bool = False, rng=None,
+                 dtype=DEFAULT_DTYPE):
         super().__init__()
         channel_mults, attn_resolutions = tuple(channel_mults), tuple(attn_resolutions)
         self.config = dict(in_channels=in_channels, base_channels=base_channels, channel_mults=channel_mults,
                            num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions,
                            num_groups=num_groups, dropout=dropout, image_size=image_size,
-                           num_classes=num_classes)
+                           num_classes=num_classes, learn_sigma=learn_sigma)
         self.in_channels, self.base_channels, self.num_classes = in_channels, base_channels, num_classes
         self.num_downsamples = len(channel_mults) - 1
         resolutions = [image_size // 2**level for level in range(len(channel_mults))]
@@ -267,7 +270,7 @@ class UNet(nn.Module):
 
         self.out = nn.Sequential(
             nn.GroupNorm(num_groups, ch, dtype=dtype),
-            _zero_init(nn.Conv2d(ch, in_channels, 3, padding=1, **layer)),
+            _zero_init(nn.Conv2d(ch, in_channels * (2 if learn_sigma else 1), 3, padding=1, **layer)),
         )
 
     @classmethod
@@ -302,7 +305,7 @@ class UNet(nn.Module):
         for block in self.output_blocks:
             h = block(F.concat([h, hs.pop()], axis=1), temb)  # (N, ch + skip channels, H, W)
         norm, conv = self.out  # a pair, so that checkpoints name them out.0 and out.1
-        return conv(F.silu(norm(h)))  # (N, in_channels, H, W)
+        return conv(F.silu(norm(h)))  # (N, in_channels, H, W), or (N, 2·in_channels, H, W) with learn_sigma
 
     def _check_inputs(self, x, t, y):
         if len(x.shape) != 4:

@@ -20,8 +20,8 @@ from ..datasets import DATASETS, load_dataset
 from ..distributed import world
 from ..files import atomic_write
 from ..metrics import IMAGE_SHAPE, TRAIN_STEPS, check_sample_images, evaluate_samples, feature_classifier
-from ..sample import class_labels, generate_on_ranks, sampler_steps
-from .sample import add_sampling_arguments, check_sampling_arguments
+from ..sample import class_labels, ddpm_variance, generate_on_ranks, sampler_steps
+from .sample import add_sampling_arguments, check_sampling_arguments, sampling_options
 
 MIN_N = 4  # precision/recall (k = 3) needs more than 3 samples, FID at least 2
 
@@ -89,10 +89,14 @@ def _draw(checkpoint, args, device):
         raise ValueError(f"checkpoint {checkpoint.path} makes {channels}-channel {size}×{size} images; "
                          "eval scores 1-channel 28×28 digits only")
     num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
-    samples = generate_on_ranks(model, schedule, args.n, args.sampler, num_steps, eta=args.eta, seed=args.seed,
+    options = sampling_options(args)
+    samples = generate_on_ranks(model, schedule, args.n, args.sampler, num_steps,
                                 labels=class_labels(args.n, model.num_classes), prediction=config["prediction"],
-                                progress=True)
-    return samples, {"sampler": args.sampler, "steps": num_steps, "seed": args.seed, "ema": not args.no_ema}
+                                progress=True, **options)
+    drawn_with = {"sampler": args.sampler, "steps": num_steps, "ema": not args.no_ema, **options}
+    if args.sampler == "ddpm":
+        drawn_with["variance"] = ddpm_variance(model, args.variance)
+    return samples, drawn_with
 
 
 def _load_samples(path) -> np.ndarray:
