@@ -3,8 +3,10 @@ scores out — FID, Inception Score, precision/recall and the class histogram of
 :mod:`minidiff.metrics`, measured on the feature classifier of the checkpoint's dataset.
 
 Samples are drawn with :func:`minidiff.sample.generate`, exactly as ``sample`` draws them, so
-``eval --seed S`` scores the images that ``sample --seed S --n N`` shows. The real reference
-images are the first ``--n`` of the same dataset.
+``eval --seed S`` scores the images that ``sample --seed S --n N`` shows. The reference is ``--n``
+real images of the test split, and ``"floor"`` holds the same scores for ``--n`` other held-out
+real images (:func:`minidiff.metrics.real_image_splits`; ``"real_images"`` says which): at a
+given N, no sample set is expected to beat it, so a score is read against its floor.
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ import numpy as np
 
 from ..backend import check_device
 from ..checkpoint import load_checkpoint, load_model
-from ..datasets import DATASETS, load_dataset
+from ..datasets import DATASETS
 from ..distributed import world
 from ..files import atomic_write
-from ..metrics import IMAGE_SHAPE, TRAIN_STEPS, check_sample_images, evaluate_samples, feature_classifier
+from ..metrics import (IMAGE_SHAPE, TRAIN_STEPS, check_sample_images, evaluate_samples, feature_classifier,
+                       real_image_splits)
 from ..sample import class_labels, ddpm_variance, generate_on_ranks, sampler_steps
 from .sample import add_sampling_arguments, check_sampling_arguments, sampling_options
 
@@ -68,10 +71,17 @@ def run(args) -> int:
     if not world().is_root:  # under MPI, rank 0 scores what the ranks drew (gathered there)
         return 0
 
-    classifier = feature_classifier(dataset, data_dir, train_steps=args.classifier_steps, progress=True).to(device)
-    real_images, _ = load_dataset(dataset, "auto", data_dir)
-    scores = evaluate_samples(samples, classifier, real_images[: len(samples)], progress=True)
-    report = {**scores, "dataset": dataset, **report}
+    real = real_image_splits(dataset, data_dir)
+    n = len(samples)
+    if n > min(len(real.reference), len(real.floor)):
+        raise ValueError(f"--n {n} is more than the {min(len(real.reference), len(real.floor))} real images "
+                         f"each of the reference and the floor has ({real.source})")
+    classifier = feature_classifier(dataset, data_dir, train_steps=args.classifier_steps, progress=True,
+                                    real=real).to(device)
+    scores = evaluate_samples(samples, classifier, real.reference[:n], progress=True)
+    floor = evaluate_samples(real.floor[:n], classifier, real.reference[:n])
+    floor = {key: floor[key] for key in ("fid", "inception_score", "precision", "recall")}
+    report = {**scores, "floor": floor, "real_images": real.source, "dataset": dataset, **report}
     line = json.dumps(report)
     print(line)
     if args.json:
