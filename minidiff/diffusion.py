@@ -512,7 +512,8 @@ def bpd_estimate(model, schedule, x0, num_timesteps, rng, prediction="eps", vari
     L = L_T + L_0 + Σ_{t=1}^{T−1} L_t (Ho et al. 2020, Eq. 5, zero-indexed): the prior L_T and
     the decoder L_0, the largest single term, are computed exactly; the T − 1 KL terms are
     estimated from K = ``num_timesteps`` − 1 timesteps drawn uniformly without replacement for
-    each example, scaled by (T − 1)/K -- Eq. 18 of Nichol & Dhariwal 2021 with uniform p_t.
+    each example, scaled by (T − 1)/K: L_vlb = E_{t∼p_t}[L_t/p_t] with uniform p_t
+    (Nichol & Dhariwal 2021, Eq. 18).
     With ``num_timesteps = T`` it is every term once, as the full loop. Returns (N,) float64.
     """
     T = schedule.T

@@ -81,8 +81,8 @@ def space_timesteps(T, steps, spacing="uniform", log_snr=None):
     down from T−1 (Lin et al. 2023, Table 2), so the last one is T/steps − 1, not 0;
     ``"quadratic"`` places them at (T−1)·(i/(steps−1))², crowding the low-noise end as in
     DDIM's CIFAR10 experiments (Song et al. 2021, §D.2); ``"logsnr"`` is uniform in
-    λ = ½ log SNR between t = 0 and T−1, the "time-uniform in λ" steps of DPM-Solver (Lu et al.
-    2022, §3.3 and App. D.1), and needs the schedule's ``log_snr``.
+    λ = ½ log SNR between t = 0 and T−1, the "time-uniform in λ" steps of DPM-Solver
+    (Lu et al. 2022, §3.3), and needs the schedule's ``log_snr``.
     """
     check_steps(steps, T)
     if spacing not in SPACINGS:
