@@ -27,7 +27,7 @@ def max_error(sampler, model, schedule, x_T, steps, **kwargs):
 
 def main():
     data = {"Gaussian": GaussianMixture.isotropic([[MU]], S), "8-Gaussian circle": GaussianMixture.on_circle()}
-    variants = [("ddim", ddim_sample, {}), ("dpm-solver++", dpm_solver_pp_sample, {}),
+    variants = [("ddim", ddim_sample, {}), ("dpm-solver++", dpm_solver_pp_sample, {"lower_order_final": False}),
                 ("dpm-solver++ lower_order_final", dpm_solver_pp_sample, {"lower_order_final": True})]
     cases = [(law, name, schedule) for law in data
              for name, schedule in (("linear", NoiseSchedule.linear(1000)), ("cosine", NoiseSchedule.cosine(1000)))]
