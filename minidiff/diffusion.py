@@ -506,24 +506,44 @@ def vb_terms_at(model, schedule, x0, timesteps, rng, prediction="eps", variance=
 
 
 def bpd_estimate(model, schedule, x0, num_timesteps, rng, prediction="eps", variance="fixed_small",
-                 clip_denoised=True):
+                 clip_denoised=True, probabilities=None):
     """An unbiased estimate of :func:`calc_bpd_loop`'s ``total_bpd`` from ``num_timesteps`` of its T terms per example.
 
     L = L_T + L_0 + Σ_{t=1}^{T−1} L_t (Ho et al. 2020, Eq. 5, zero-indexed): the prior L_T and
     the decoder L_0, the largest single term, are computed exactly; the T − 1 KL terms are
-    estimated from K = ``num_timesteps`` − 1 timesteps drawn uniformly without replacement for
-    each example, scaled by (T − 1)/K: L_vlb = E_{t∼p_t}[L_t/p_t] with uniform p_t
-    (Nichol & Dhariwal 2021, Eq. 18).
-    With ``num_timesteps = T`` it is every term once, as the full loop. Returns (N,) float64.
+    estimated from K = ``num_timesteps`` − 1 timesteps per example, as E_{t∼p_t}[L_t/p_t]
+    (Nichol & Dhariwal 2021, Eq. 18): drawn uniformly without replacement and scaled by
+    (T − 1)/K, or, given ``probabilities`` p_t over t = 1, …, T−1, drawn from them with
+    replacement and weighted 1/(K p_t) (importance sampling). With ``num_timesteps = T`` and
+    uniform draws it is every term once, as the full loop. Returns (N,) float64.
     """
     T = schedule.T
     if int(num_timesteps) != num_timesteps or not 1 <= num_timesteps <= T:
         raise ValueError(f"number of timesteps must be an integer in [1, {T}], got {num_timesteps}")
     n, k = len(x0), num_timesteps - 1
-    drawn = np.argsort(rng.random((n, T - 1)), axis=1)[:, :k] + 1  # K distinct t ∈ {1, …, T−1} per example
+    if probabilities is None:
+        drawn = np.argsort(rng.random((n, T - 1)), axis=1)[:, :k] + 1  # K distinct t ∈ {1, …, T−1} per example
+        weights = np.full((n, k), (T - 1) / max(k, 1))
+    else:
+        drawn = rng.choice(np.arange(1, T), size=(n, k), p=probabilities)
+        weights = 1.0 / (k * probabilities[drawn - 1])
     timesteps = np.concatenate([np.zeros((n, 1), dtype=np.int64), drawn], axis=1)
     xp = get_array_module(x0)
     terms = to_numpy(vb_terms_at(model, schedule, x0, xp.asarray(timesteps), rng, prediction, variance,
                                  clip_denoised)).astype(np.float64)
-    kl_sum = terms[:, 1:].sum(axis=1) * ((T - 1) / k) if k else 0.0
+    kl_sum = (terms[:, 1:] * weights).sum(axis=1)
     return to_numpy(prior_bpd(schedule, x0)).astype(np.float64) + terms[:, 0] + kl_sum
+
+
+def pilot_probabilities(model, schedule, x0, grid, rng, prediction="eps", variance="fixed_small",
+                        clip_denoised=True, uniform_mix=0.1):
+    """p_t ∝ √E[L_t²] over t = 1, …, T−1 from a pilot run: the terms at ``grid`` timesteps of the
+    examples ``x0``, interpolated linearly in t, mixed with ``uniform_mix`` of the uniform
+    distribution (Nichol & Dhariwal 2021, Eq. 18, whose p_t this is; the mixture bounds the weights)."""
+    grid = np.unique(np.clip(np.asarray(grid), 1, schedule.T - 1))
+    xp = get_array_module(x0)
+    terms = to_numpy(vb_terms_at(model, schedule, x0, xp.asarray(np.tile(grid, (len(x0), 1))), rng, prediction,
+                                 variance, clip_denoised)).astype(np.float64)
+    rms = np.interp(np.arange(1, schedule.T), grid, np.sqrt(np.mean(terms**2, axis=0)))
+    p = rms / rms.sum()
+    return (1.0 - uniform_mix) * p + uniform_mix / (schedule.T - 1)

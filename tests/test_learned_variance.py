@@ -5,8 +5,8 @@ import pytest
 
 from minidiff.autograd import Tensor
 from minidiff.checkpoint import build_model, load_model, save_checkpoint
-from minidiff.diffusion import (bpd_estimate, calc_bpd_loop, hybrid_vlb_term, learned_log_variance, q_sample,
-                                training_loss)
+from minidiff.diffusion import (bpd_estimate, calc_bpd_loop, hybrid_vlb_term, learned_log_variance,
+                                pilot_probabilities, q_sample, training_loss)
 from minidiff.gradcheck import gradcheck
 from minidiff.sampling import ddpm_sample
 from minidiff.schedule import NoiseSchedule
@@ -115,5 +115,9 @@ def test_bpd_estimate_is_unbiased_and_exact_with_every_timestep():
     assert abs(subset.mean() - full.mean()) < 4 * se
     assert subset.std() > every.std()  # fewer terms: more variance
     assert abs(every.mean() - full.mean()) < 4 * np.hypot(full.std(), every.std()) / np.sqrt(len(x0))
+    p = pilot_probabilities(model, schedule, x0[:8], [1, 5, 9], np.random.default_rng(3), clip_denoised=False)
+    assert p.shape == (9,) and np.isclose(p.sum(), 1) and p.min() >= 0.1 / 9
+    weighted = bpd_estimate(model, schedule, x0, 3, np.random.default_rng(4), clip_denoised=False, probabilities=p)
+    assert abs(weighted.mean() - full.mean()) < 4 * np.hypot(full.std(), weighted.std()) / np.sqrt(len(x0))
     with pytest.raises(ValueError, match=r"number of timesteps must be an integer in \[1, 10\], got 11"):
         bpd_estimate(model, schedule, x0, 11, np.random.default_rng(0))
