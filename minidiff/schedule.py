@@ -22,6 +22,9 @@ Zero terminal SNR: after :meth:`NoiseSchedule.rescale_zero_terminal_snr`,
 x₀ cannot be recovered from ε there (Lin et al. 2023, §3.2), so use x₀- or v-prediction.
 The posterior variance β̃_0 is 0 for every schedule; its log is "clipped" to log β̃_1
 as in improved-diffusion (see ``posterior_log_variance_clipped``).
+
+A little over 300 lines: the schedules and the choice of timesteps on them (respacing and
+:func:`space_timesteps`) belong together, since logSNR spacing reads the schedule's λ.
 """
 
 import math
