@@ -17,7 +17,7 @@ import warnings
 
 from . import bench
 from .backend import DeviceError, performance_settings
-from .commands import evaluate, figures, sample, train
+from .commands import bpd, evaluate, figures, sample, train
 from .distributed import world
 from .runfolder import RunFolderBusy
 from .train import DivergenceError
@@ -27,6 +27,7 @@ COMMANDS = [
     ("sample", sample, "draw images from a trained checkpoint"),
     ("eval", evaluate, "score samples of a checkpoint: FID, Inception Score, precision/recall"),
     ("figures", figures, "draw the denoising trajectory and the spectral view of a checkpoint (PNG)"),
+    ("bpd", bpd, "bits/dim of held-out images under the variational bound (Ho et al. 2020, Eq. 3)"),
     ("bench", bench, "time the U-Net's training step and forward pass (JSON)"),
 ]
 

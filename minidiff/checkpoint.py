@@ -39,7 +39,7 @@ SECTIONS = ("model", "ema", "optimizer", "batcher", "rng")
 # The entries of a run's config that decide what its network computes: a checkpoint is refused
 # where one of them differs, since its weights would be loaded into the wrong model or sampled
 # with the wrong noise schedule. Everything in config["model"] is compared as well.
-IDENTITY_KEYS = ("preset", "schedule", "timesteps", "prediction")
+IDENTITY_KEYS = ("preset", "schedule", "zero_terminal_snr", "timesteps", "prediction")
 
 
 class CheckpointError(ValueError):
@@ -194,6 +194,7 @@ CONFIG_RULES = {
     "timesteps": _INT,
     "prediction": (lambda v: v in PREDICTIONS, f"one of {', '.join(PREDICTIONS)}"),
     "model": (lambda v: isinstance(v, dict), "a JSON object"),
+    "zero_terminal_snr": (lambda v: isinstance(v, bool), "true or false"),
 }
 MODEL_RULES = {
     "in_channels": _INT, "base_channels": _INT, "channel_mults": _INTS, "num_res_blocks": _INT,
@@ -202,9 +203,11 @@ MODEL_RULES = {
     "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "in [0, 1)"),
     "num_classes": (lambda v: v is None or _INT[0](v), "null or a positive integer"),
     "null_class": (lambda v: isinstance(v, bool), "true or false"),
+    "learn_sigma": (lambda v: isinstance(v, bool), "true or false"),
 }
-# Model-config keys newer than the checkpoints that lack them, and the value those were trained with.
-MODEL_DEFAULTS = {"null_class": False}
+# Fields newer than some checkpoints: a config without one gets the value every older run had.
+CONFIG_DEFAULTS = {"zero_terminal_snr": False}
+MODEL_DEFAULTS = {"null_class": False, "learn_sigma": False}
 
 
 def _check_config(config, path: Path) -> None:
@@ -212,9 +215,10 @@ def _check_config(config, path: Path) -> None:
     checkpoint older than a :data:`MODEL_DEFAULTS` key gets its default."""
     if not isinstance(config, dict):
         raise CheckpointError(f"checkpoint {path}: its config is a JSON {type(config).__name__}, not an object")
+    for key, value in CONFIG_DEFAULTS.items():
+        config.setdefault(key, value)
     if isinstance(config.get("model"), dict):
-        for key, value in MODEL_DEFAULTS.items():
-            config["model"].setdefault(key, value)
+        config["model"] = {**MODEL_DEFAULTS, **config["model"]}
     for rules, where, prefix in ((CONFIG_RULES, config, ""), (MODEL_RULES, config.get("model"), "model.")):
         for key, (ok, what) in rules.items():
             if key not in where:
@@ -254,7 +258,8 @@ def load_model(path, ema: bool = True, device: str = "cpu"):
     checkpoint = path if isinstance(path, Checkpoint) else load_checkpoint(path)
     try:
         model = build_model(checkpoint.config)
-        schedule = schedule_by_name(checkpoint.config["schedule"], checkpoint.config["timesteps"])
+        schedule = schedule_by_name(checkpoint.config["schedule"], checkpoint.config["timesteps"],
+                                    checkpoint.config["zero_terminal_snr"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {checkpoint.path} has an unusable config: {exc}") from exc
     checkpoint.restore(model, "model", checkpoint.model_weights(ema))

@@ -2,13 +2,18 @@
 loss (Algorithm 1, :func:`training_loss`), timestep samplers, and the variational bound in bits/dim.
 
 Everything but :func:`training_loss` works on plain NumPy (or CuPy, following the input
-arrays); the loss is built from Tensors so that it can be differentiated.
+arrays); the loss is built from Tensors so that it can be differentiated, and the variational
+bound's functions accept Tensors too, so that L_hybrid's L_vlb term reuses them.
+
+The module is longer than minidiff's usual 300 lines on purpose: Algorithm 1 and the bound it
+simplifies (Ho et al. 2020, Eqs. 5–14; L_hybrid of Nichol & Dhariwal 2021) read against each
+other, and the learned variance is a term of both.
 
 Papers:
 
 - Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic Models" (Eqs. 4–14, Algorithm 1).
 - Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models"
-  (importance-sampled L_vlb, Eq. 18; bits/dim evaluation).
+  (learned variances, Eq. 15; L_hybrid, Eq. 16; importance-sampled L_vlb, Eq. 18; bits/dim).
 - Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models" (x₀ from ε, Eq. 9).
 - Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole 2021 ("2021b"), "Score-Based Generative
   Modeling through Stochastic Differential Equations" (the forward chain's SDE limit, Eq. 10).
@@ -31,7 +36,8 @@ from .backend import get_array_module, to_device, to_numpy
 from .schedule import extract, gather, standard_normal
 
 PREDICTIONS = ("eps", "x0", "v")
-VARIANCES = ("fixed_small", "fixed_large")
+VARIANCES = ("fixed_small", "fixed_large", "learned")
+HYBRID_LAMBDA = 0.001  # λ of L_hybrid = L_simple + λ L_vlb (Nichol & Dhariwal 2021, §3.1)
 
 # Data in [−1, 1] quantised to 256 levels: bins are 2/255 wide (Ho et al. 2020, Eq. 13).
 BIN_WIDTH = 2.0 / 255.0
@@ -46,6 +52,14 @@ def check_choice(kind, value, choices):
 def mean_flat(x):
     """Mean over every axis but the batch axis."""
     return x.reshape(len(x), -1).mean(axis=1)
+
+
+def _math(*values):
+    """The namespace whose ``exp``, ``expm1``, ``log``, ``tanh``, ``maximum`` and ``where`` fit ``values``:
+    :mod:`minidiff.functional` when one is a Tensor (so the result is differentiable), else NumPy or CuPy."""
+    if any(isinstance(value, Tensor) for value in values):
+        return F
+    return get_array_module(*values)
 
 
 # The forward process ----------------------------------------------------------------
@@ -166,14 +180,30 @@ def call_model(model, schedule, x_t, t):
     return model(x_t, xp.asarray(gather(schedule.timesteps, t)))
 
 
+def model_output_parts(output, x_t):
+    """(the ε̂ / x̂₀ / v̂ prediction, v or None): a network with learned variances returns both stacked on
+    the channel axis, twice x_t's channels (Nichol & Dhariwal 2021, §3.1); any other output is all prediction."""
+    channels = x_t.shape[1] if x_t.ndim > 1 else None
+    if channels is None or output.ndim != x_t.ndim or output.shape[1] != 2 * channels:
+        return output, None
+    return output[:, :channels], output[:, channels:]
+
+
 def denoise(model, schedule, x_t, t, prediction="eps", clip_denoised=False, dynamic_threshold=None):
-    """(x̂₀, ε̂) from one model call, x̂₀ clipped and ε̂ recomputed from the clipped x̂₀.
+    """(x̂₀, ε̂) from one model call, x̂₀ clipped and ε̂ recomputed from the clipped x̂₀: :func:`denoise_output`
+    of ``model(x_t, t)``."""
+    return denoise_output(schedule, x_t, t, call_model(model, schedule, x_t, t), prediction, clip_denoised,
+                          dynamic_threshold)
+
+
+def denoise_output(schedule, x_t, t, output, prediction="eps", clip_denoised=False, dynamic_threshold=None):
+    """(x̂₀, ε̂) from a model output (its learned variance, if any, set aside), x̂₀ clipped and ε̂ recomputed.
 
     Clipping x̂₀ to the data range [−1, 1] (Ho et al. 2020, §3.3 and their released code), or
     dynamic thresholding at percentile ``dynamic_threshold`` (Saharia et al. 2022, §2.3); ε̂
     then follows from Ho et al. 2020, Eq. 4 so that both stay consistent with x_t.
     """
-    x0_hat = predict_x0(schedule, x_t, t, call_model(model, schedule, x_t, t), prediction)
+    x0_hat = predict_x0(schedule, x_t, t, model_output_parts(output, x_t)[0], prediction)
     if dynamic_threshold is not None:
         x0_hat = dynamic_thresholding(x0_hat, dynamic_threshold)
     elif clip_denoised:
@@ -230,7 +260,9 @@ def training_loss(model, schedule, x0, rng, *, prediction="eps", min_snr_gamma=N
     The loss is the batch mean of w_t · ‖target − model(x_t, t)‖² / dim, where the target is ε
     (Eq. 14, L_simple), x₀ or v (Salimans & Ho 2022, §4) and w_t multiplies the Min-SNR-γ weight
     (Hang et al. 2023, §3.4) by the timestep sampler's importance weight 1/(T p_t) (Nichol &
-    Dhariwal 2021, Eq. 18), so any sampler gives an unbiased estimate of the uniform loss.
+    Dhariwal 2021, Eq. 18), so any sampler gives an unbiased estimate of the uniform loss. A
+    model that also outputs the variance interpolation v (:func:`model_output_parts`) is trained
+    on L_hybrid = L_simple + λ L_vlb (Nichol & Dhariwal 2021, Eq. 16; :func:`hybrid_vlb_term`).
     Returns a :class:`LossDraw`: the scalar loss, t and the unweighted per-example losses
     (what :meth:`LossSecondMomentResampler.update` learns from).
 
@@ -244,11 +276,28 @@ def training_loss(model, schedule, x0, rng, *, prediction="eps", min_snr_gamma=N
     x0, t, importance, noise = x0[rows], t[rows], importance[rows], noise[rows]
     x_t = q_sample(schedule, x0, t, noise)  # √ᾱ_t x₀ + √(1 − ᾱ_t) ε (Eq. 4)
     target = training_target(schedule, x0, t, noise, prediction)
-    output = call_model(model, schedule, Tensor(to_device(x_t, device)), t)  # ε_θ(x_t, t)
+    x_t = to_device(x_t, device)
+    output, v = model_output_parts(call_model(model, schedule, Tensor(x_t), t), x_t)  # ε_θ(x_t, t) [and v]
     per_example = mean_flat(F.mse_loss(output, Tensor(to_device(target, device)), reduction="none"))
     weight = (importance * snr_loss_weight(schedule, t, prediction, min_snr_gamma)).astype(np.float32)
-    loss = (per_example * Tensor(to_device(weight, device))).mean()  # line 5: the gradient step's objective
+    objective = per_example * Tensor(to_device(weight, device))
+    if v is not None:  # learned Σ_θ: L_hybrid = L_simple + λ L_vlb (Nichol & Dhariwal 2021, Eq. 16)
+        vlb = hybrid_vlb_term(schedule, to_device(x0, device), x_t, t, output, v, prediction)
+        objective = objective + vlb * Tensor(to_device(importance.astype(np.float32), device))
+    loss = objective.mean()  # line 5: the gradient step's objective
     return LossDraw(loss, t, to_numpy(per_example.data))
+
+
+def hybrid_vlb_term(schedule, x0, x_t, t, output, v, prediction="eps"):
+    """λ T L_t per example, in bits/dim: the L_vlb part of L_hybrid = L_simple + λ L_vlb (Nichol & Dhariwal 2021, Eq. 16).
+
+    With t drawn uniformly, T L_t estimates L_vlb = Σ_t L_t (Ho et al. 2020, Eq. 5); λ = 0.001
+    keeps it from swamping L_simple (improved-diffusion's T/1000 factor is this λ T). μ_θ comes
+    from the detached ``output`` -- the paper's stop-gradient -- so L_vlb trains only the
+    variance interpolation ``v`` (a Tensor, Eq. 15) and L_simple alone trains the mean.
+    """
+    x0_hat = predict_x0(schedule, x_t, t, output.data, prediction)  # stop-gradient: a constant to L_vlb
+    return HYBRID_LAMBDA * schedule.T * vb_terms_bpd(schedule, x0, x_t, t, x0_hat, "learned", v)
 
 
 LossDraw = namedtuple("LossDraw", "loss t per_example")
@@ -322,10 +371,10 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     The closed form that makes each L_{t−1} of Ho et al. 2020, Eq. 5 computable; with equal
     variances σ² it is ‖mean1 − mean2‖²/(2σ²), Eq. 8.
     """
-    xp = get_array_module(mean1 - mean2)
+    ops = _math(mean1, logvar1, mean2, logvar2)
     log_ratio = logvar1 - logvar2
     # e^r − 1 − r via expm1 is exactly 0 at r = 0 and never rounds below 0.
-    return 0.5 * (xp.expm1(log_ratio) - log_ratio + (mean1 - mean2) ** 2 * xp.exp(-logvar2))
+    return 0.5 * (ops.expm1(log_ratio) - log_ratio + (mean1 - mean2) ** 2 * ops.exp(-logvar2))
 
 
 def approx_standard_normal_cdf(x):
@@ -334,8 +383,7 @@ def approx_standard_normal_cdf(x):
     NumPy has no vectorised erf; this tanh approximation (Page 1977) is the one
     improved-diffusion uses for the decoder of Ho et al. 2020, Eq. 13.
     """
-    xp = get_array_module(x)
-    return 0.5 * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * (1.0 + _math(x).tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def discretized_gaussian_log_likelihood(x, means, log_scales):
@@ -344,7 +392,7 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
     Ho et al. 2020, Eq. 13: bins of width 2/255 around x, with the outermost bins extended
     to ±∞ so the 256 probabilities sum to 1. Probabilities are floored at 10⁻¹² before the log.
     """
-    xp = get_array_module(x)
+    xp = _math(x, means, log_scales)
     centered = x - means
     inv_stdv = xp.exp(-log_scales)
     cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered + BIN_WIDTH / 2))
@@ -359,40 +407,62 @@ def model_log_variances(schedule, variance="fixed_small"):
     """log σ_t² of the reverse process for every t (Ho et al. 2020, §3.2).
 
     ``"fixed_small"``: σ_t² = β̃_t, ``"fixed_large"``: σ_t² = β_t. Both use log β̃_1 at t = 0,
-    where only the decoder needs a scale, as improved-diffusion does.
+    where only the decoder needs a scale, as improved-diffusion does. ``"learned"`` depends on
+    the model's output: :func:`learned_log_variance`.
     """
     check_choice("variance", variance, VARIANCES)
+    if variance == "learned":
+        raise ValueError("variance 'learned' is the model's: pass its v (learned_log_variance), or choose a fixed one")
     if variance == "fixed_small":
         return schedule.posterior_log_variance_clipped
     return np.append(schedule.posterior_log_variance_clipped[0], np.log(schedule.betas[1:]))
 
 
-def p_mean_variance(schedule, x_t, t, x0_hat, variance="fixed_small"):
+def learned_log_variance(schedule, t, v):
+    """log Σ_θ = v log β_t + (1 − v) log β̃_t, the network's interpolation (Nichol & Dhariwal 2021, Eq. 15).
+
+    ``v`` is the model's raw second output (array or Tensor, per element): v = 0 is β̃_t, v = 1
+    is β_t (improved-diffusion feeds (v + 1)/2 instead; v here is the paper's). Both ends come
+    from ``schedule``, so on a respaced schedule v interpolates between the respaced β and β̃,
+    as improved-diffusion does. log β̃_0 is clipped to log β̃_1 (:func:`model_log_variances`).
+    """
+    like = v.data if isinstance(v, Tensor) else v
+    max_log = extract(np.log(schedule.betas), t, like)
+    min_log = extract(schedule.posterior_log_variance_clipped, t, like)
+    return v * max_log + (1.0 - v) * min_log
+
+
+def p_mean_variance(schedule, x_t, t, x0_hat, variance="fixed_small", v=None):
     """Mean, variance and log-variance of p_θ(x_{t−1} | x_t) = N(μ_θ, σ_t² I) given the model's x̂₀ (Ho et al. 2020, Eq. 1).
 
     μ_θ = μ̃_t(x_t, x̂₀) (Ho et al. 2020, Eq. 7 with x̂₀ for x₀; equal to Eq. 11 for
-    x̂₀ from ε̂), σ_t² fixed as in :func:`model_log_variances`.
+    x̂₀ from ε̂), σ_t² fixed as in :func:`model_log_variances` or, for ``variance="learned"``,
+    from the model's ``v`` (:func:`learned_log_variance`).
     """
     mean, _, _ = q_posterior_mean_variance(schedule, x0_hat, x_t, t)
-    log_variance = extract(model_log_variances(schedule, variance), t, x_t)
-    return mean, get_array_module(x_t).exp(log_variance), log_variance
+    if variance == "learned" and v is not None:
+        log_variance = learned_log_variance(schedule, t, v)
+    else:
+        log_variance = extract(model_log_variances(schedule, variance), t, x_t)
+    return mean, _math(log_variance).exp(log_variance), log_variance
 
 
-def vb_terms_bpd(schedule, x0, x_t, t, x0_hat, variance="fixed_small"):
+def vb_terms_bpd(schedule, x0, x_t, t, x0_hat, variance="fixed_small", v=None):
     """Per-example term of the variational bound at t, in bits per dimension.
 
     t ≥ 1: L_{t−1} = KL(q(x_{t−1} | x_t, x₀) ‖ p_θ(x_{t−1} | x_t)); t = 0: the decoder
     L_0 = −log p_θ(x₀ | x_1) (Ho et al. 2020, Eqs. 5 and 13, zero-indexed). For an ε-model each KL is
-    Eq. 12, β_t²/(2σ_t² α_t (1 − ᾱ_t)) ‖ε − ε̂‖²; L_simple (Eq. 14) drops that weight.
+    Eq. 12, β_t²/(2σ_t² α_t (1 − ᾱ_t)) ‖ε − ε̂‖²; L_simple (Eq. 14) drops that weight. With a
+    learned variance ``v`` (a Tensor while training) the result is differentiable in ``v``.
     """
     true_mean, _, true_log_variance = q_posterior_mean_variance(schedule, x0, x_t, t)
-    model_mean, _, model_log_variance = p_mean_variance(schedule, x_t, t, x0_hat, variance)
+    model_mean, _, model_log_variance = p_mean_variance(schedule, x_t, t, x0_hat, variance, v)
     kl = mean_flat(normal_kl(true_mean, true_log_variance, model_mean, model_log_variance)) / math.log(2.0)
     decoder_nll = -mean_flat(
         discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_variance)
     ) / math.log(2.0)
-    xp = get_array_module(kl)
-    return xp.where(xp.asarray(t) == 0, decoder_nll, kl)
+    is_decoder = get_array_module(x0).asarray(t) == 0
+    return _math(kl).where(is_decoder, decoder_nll, kl)
 
 
 def prior_bpd(schedule, x0):
@@ -413,12 +483,67 @@ def calc_bpd_loop(model, schedule, x0, rng=None, prediction="eps", variance="fix
     """
     rng = np.random.default_rng() if rng is None else rng
     xp = get_array_module(x0)
-    terms = []
-    for step in range(schedule.T):
-        t = xp.full(len(x0), step, dtype=xp.int64)
-        x_t = q_sample(schedule, x0, t, standard_normal(rng, x0))
-        x0_hat, _ = denoise(model, schedule, x_t, t, prediction, clip_denoised)
-        terms.append(vb_terms_bpd(schedule, x0, x_t, t, x0_hat, variance))
-    vb = xp.stack(terms, axis=1)
+    steps = xp.arange(schedule.T)[None, :].repeat(len(x0), axis=0)
+    vb = vb_terms_at(model, schedule, x0, steps, rng, prediction, variance, clip_denoised)
     prior = prior_bpd(schedule, x0)
     return {"total_bpd": vb.sum(axis=1) + prior, "prior_bpd": prior, "vb": vb}
+
+
+def vb_terms_at(model, schedule, x0, timesteps, rng, prediction="eps", variance="fixed_small", clip_denoised=True):
+    """The terms L_t (Ho et al. 2020, Eq. 5) at ``timesteps`` (N, K) of each example, in bits/dim, shape (N, K).
+
+    Column k evaluates example i's term at ``timesteps[i, k]`` with a fresh x_t ∼ q(x_t | x₀): one
+    model call per column. A learned-variance model's v is used when ``variance="learned"``.
+    """
+    columns = []
+    for k in range(timesteps.shape[1]):
+        t = timesteps[:, k]
+        x_t = q_sample(schedule, x0, t, standard_normal(rng, x0))
+        output = call_model(model, schedule, x_t, t)
+        x0_hat, _ = denoise_output(schedule, x_t, t, output, prediction, clip_denoised)
+        columns.append(vb_terms_bpd(schedule, x0, x_t, t, x0_hat, variance, model_output_parts(output, x_t)[1]))
+    return get_array_module(x0).stack(columns, axis=1)
+
+
+def bpd_estimate(model, schedule, x0, num_timesteps, rng, prediction="eps", variance="fixed_small",
+                 clip_denoised=True, probabilities=None):
+    """An unbiased estimate of :func:`calc_bpd_loop`'s ``total_bpd`` from ``num_timesteps`` of its T terms per example.
+
+    L = L_T + L_0 + Σ_{t=1}^{T−1} L_t (Ho et al. 2020, Eq. 5, zero-indexed): the prior L_T and
+    the decoder L_0, the largest single term, are computed exactly; the T − 1 KL terms are
+    estimated from K = ``num_timesteps`` − 1 timesteps per example, as E_{t∼p_t}[L_t/p_t]
+    (Nichol & Dhariwal 2021, Eq. 18): drawn uniformly without replacement and scaled by
+    (T − 1)/K, or, given ``probabilities`` p_t over t = 1, …, T−1, drawn from them with
+    replacement and weighted 1/(K p_t) (importance sampling). With ``num_timesteps = T`` and
+    uniform draws it is every term once, as the full loop. Returns (N,) float64.
+    """
+    T = schedule.T
+    if int(num_timesteps) != num_timesteps or not 1 <= num_timesteps <= T:
+        raise ValueError(f"number of timesteps must be an integer in [1, {T}], got {num_timesteps}")
+    n, k = len(x0), num_timesteps - 1
+    if probabilities is None:
+        drawn = np.argsort(rng.random((n, T - 1)), axis=1)[:, :k] + 1  # K distinct t ∈ {1, …, T−1} per example
+        weights = np.full((n, k), (T - 1) / max(k, 1))
+    else:
+        drawn = rng.choice(np.arange(1, T), size=(n, k), p=probabilities)
+        weights = 1.0 / (k * probabilities[drawn - 1])
+    timesteps = np.concatenate([np.zeros((n, 1), dtype=np.int64), drawn], axis=1)
+    xp = get_array_module(x0)
+    terms = to_numpy(vb_terms_at(model, schedule, x0, xp.asarray(timesteps), rng, prediction, variance,
+                                 clip_denoised)).astype(np.float64)
+    kl_sum = (terms[:, 1:] * weights).sum(axis=1)
+    return to_numpy(prior_bpd(schedule, x0)).astype(np.float64) + terms[:, 0] + kl_sum
+
+
+def pilot_probabilities(model, schedule, x0, grid, rng, prediction="eps", variance="fixed_small",
+                        clip_denoised=True, uniform_mix=0.1):
+    """p_t ∝ √E[L_t²] over t = 1, …, T−1 from a pilot run: the terms at ``grid`` timesteps of the
+    examples ``x0``, interpolated linearly in t, mixed with ``uniform_mix`` of the uniform
+    distribution (Nichol & Dhariwal 2021, Eq. 18, whose p_t this is; the mixture bounds the weights)."""
+    grid = np.unique(np.clip(np.asarray(grid), 1, schedule.T - 1))
+    xp = get_array_module(x0)
+    terms = to_numpy(vb_terms_at(model, schedule, x0, xp.asarray(np.tile(grid, (len(x0), 1))), rng, prediction,
+                                 variance, clip_denoised)).astype(np.float64)
+    rms = np.interp(np.arange(1, schedule.T), grid, np.sqrt(np.mean(terms**2, axis=0)))
+    p = rms / rms.sum()
+    return (1.0 - uniform_mix) * p + uniform_mix / (schedule.T - 1)

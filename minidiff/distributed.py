@@ -34,6 +34,7 @@ LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 SYNC_CHECK_VARIABLE = "MINIDIFF_SYNC_CHECK_EVERY"
 # How long the other ranks give rank 0 to save its checkpoint after a Ctrl-C before ending the job.
 INTERRUPT_GRACE_S = 30
+OUTPUT_GRACE_S = 1.0  # before an Abort, for the launcher to forward what this rank printed
 
 
 class World:
@@ -118,8 +119,9 @@ class MPIWorld(World):
             return
         sys.stdout.flush()
         sys.stderr.flush()
-        if interrupted and not self.is_root:
-            time.sleep(INTERRUPT_GRACE_S)
+        # The launcher forwards each rank's output through a pipe and stops forwarding once a rank
+        # aborts: a moment's wait lets the reason reach the terminal (it was lost on a busy machine).
+        time.sleep(INTERRUPT_GRACE_S if interrupted and not self.is_root else OUTPUT_GRACE_S)
         self.comm.Abort(status)
 
 
@@ -140,7 +142,9 @@ def world() -> World:
 
 
 def _abort_on_exception(mpi_world: MPIWorld, kind, value, tb) -> None:
-    print(f"minidiff: rank {mpi_world.rank} of {mpi_world.size} failed; ending the MPI job", file=sys.stderr)
+    # The reason first, on one line: another rank's Abort may end this process mid-traceback.
+    print(f"minidiff: rank {mpi_world.rank} of {mpi_world.size} failed ({kind.__name__}: {value}); "
+          "ending the MPI job", file=sys.stderr, flush=True)
     traceback.print_exception(kind, value, tb)
     mpi_world.end_job(1)
 

@@ -7,11 +7,23 @@ trained on the dataset the diffusion model learnt. The numbers are therefore com
 between runs scored with the same classifier — same dataset, training steps and seed — not
 with FIDs published for other networks.
 
+Which real images play which part (:func:`real_image_splits`): where the dataset's train split is
+on disk, the classifier trains on it, and the test split is cut in two halves: the first holds the
+reference images the samples are compared with, the second the *floor* images -- real digits
+scored exactly like samples, at the same N, the best score a sample set of that size can hope for.
+Where only the test split is at hand (``../shared/data/mnist`` holds t10k only), its first half
+trains the classifier and serves as the reference, and its second half, disjoint from both,
+gives the floor images (and the classifier's held-out accuracy); the output says so. The
+diffusion model may itself have trained on all of t10k then.
+
 The classifier is trained once (a few seconds to a minute on a CPU) and cached in
 ``$XDG_CACHE_HOME/minidiff/classifier-<dataset>.npz`` (by default ``~/.cache/minidiff``),
 together with the settings it was trained with and its held-out accuracy. A cache file trained
 with other settings is replaced; an unreadable one too, with a warning naming it: a cache holds
 nothing that retraining cannot rebuild.
+
+A little over 300 lines: the classifier, the real images it and the scores use, and the scores
+themselves are one yardstick, kept in one place.
 """
 from __future__ import annotations
 
@@ -26,7 +38,7 @@ from . import nn
 from .autograd import Tensor, no_grad
 from .backend import device_of, performance_settings, to_device
 from .batching import Batcher
-from .datasets import load_dataset
+from .datasets import DataError, load_dataset
 from .datasets import cache_dir as default_cache_dir
 from .files import load_npz, save_npz
 from .optim import Adam
@@ -34,7 +46,7 @@ from .optim import Adam
 NUM_CLASSES = 10  # MNIST digits and Fashion-MNIST garments alike
 IMAGE_SHAPE = (1, 28, 28)  # what the classifier reads: one 28×28 grey image
 FEATURE_DIM = 128
-HELD_OUT = 1000  # the last images of the dataset, never trained on, measure the accuracy
+HELD_OUT = 1000  # floor images, never trained on, measure the accuracy
 TRAIN_STEPS = 500
 BATCH_SIZE = 128
 LEARNING_RATE = 3e-3
@@ -111,17 +123,44 @@ def classifier_accuracy(classifier: DigitClassifier, images, labels) -> float:
     return float(np.mean(probs.argmax(axis=1) == labels))
 
 
+class RealImages:
+    """The real images of an evaluation (:func:`real_image_splits`): the classifier's training images
+    and labels, the reference and floor images (each a half of the test split), and ``source``, a line
+    saying where they came from."""
+
+    def __init__(self, train, train_labels, reference, floor, floor_labels, source):
+        self.train, self.train_labels, self.reference = train, train_labels, reference
+        self.floor, self.floor_labels, self.source = floor, floor_labels, source
+
+
+def real_image_splits(dataset: str = "mnist", data_dir=None) -> RealImages:
+    """Train split → classifier; test split halves → reference | floor. With the test split alone, its
+    first half trains the classifier and is the reference, its second the floor (module docstring)."""
+    test, test_labels = load_dataset(dataset, "test", data_dir, download=False)
+    half = len(test) // 2
+    try:  # "all" is train then test, and refuses (rather than falls back) when train is absent
+        everything, labels = load_dataset(dataset, "all", data_dir, download=False)
+        train, train_labels = everything[: -len(test)], labels[: -len(test)]
+        source = f"{dataset}: classifier on the train split, reference test[:{half}], floor test[{half}:]"
+    except DataError:
+        train, train_labels = test[:half], test_labels[:half]
+        source = (f"{dataset}: only the test (t10k) split is on disk: classifier and reference on t10k[:{half}], "
+                  f"floor t10k[{half}:]")
+    return RealImages(train, train_labels, test[:half], test[half:], test_labels[half:], source)
+
+
 def feature_classifier(dataset: str = "mnist", data_dir=None, cache_dir=None, train_steps: int = TRAIN_STEPS,
-                       seed: int = 0, progress: bool = False) -> DigitClassifier:
+                       seed: int = 0, progress: bool = False, real: RealImages | None = None) -> DigitClassifier:
     """The :class:`DigitClassifier` of ``dataset``: from the cache, else trained and cached.
 
-    It trains on the images of ``load_dataset(dataset, "auto", data_dir)`` but the last
-    :data:`HELD_OUT`, and its ``.accuracy`` is measured on those. The cache file
+    It trains on ``real.train`` (:func:`real_image_splits` by default) and its ``.accuracy`` is
+    measured on the first :data:`HELD_OUT` floor images, which it never saw. The cache file
     ``<cache_dir>/classifier-<dataset>.npz`` is written atomically; it is used only when it was
-    trained with the same ``train_steps`` and ``seed``, and retrained with a warning when unreadable.
+    trained with the same ``train_steps``, ``seed`` and images, and retrained with a warning when unreadable.
     """
+    real = real_image_splits(dataset, data_dir) if real is None else real
     path = Path(cache_dir or default_cache_dir()) / f"classifier-{dataset}.npz"
-    settings = {"dataset": dataset, "train_steps": train_steps, "seed": seed}
+    settings = {"dataset": dataset, "train_steps": train_steps, "seed": seed, "train_images": len(real.train)}
     if path.exists():
         try:
             return _load_classifier(path, settings)
@@ -129,11 +168,8 @@ def feature_classifier(dataset: str = "mnist", data_dir=None, cache_dir=None, tr
             pass
         except (ValueError, KeyError, RuntimeError):  # not an .npz, no settings, other layer shapes
             warnings.warn(f"classifier cache {path} is unreadable or of another classifier; retraining it")
-    images, labels = load_dataset(dataset, "auto", data_dir)
-    if len(images) <= HELD_OUT:
-        raise ValueError(f"{dataset} has {len(images)} images; the feature classifier needs more than {HELD_OUT}")
-    classifier = train_classifier(images[:-HELD_OUT], labels[:-HELD_OUT], train_steps, seed, progress)
-    classifier.accuracy = classifier_accuracy(classifier, images[-HELD_OUT:], labels[-HELD_OUT:])
+    classifier = train_classifier(real.train, real.train_labels, train_steps, seed, progress)
+    classifier.accuracy = classifier_accuracy(classifier, real.floor[:HELD_OUT], real.floor_labels[:HELD_OUT])
     path.parent.mkdir(parents=True, exist_ok=True)
     save_npz({**classifier.state_dict(), "settings": json.dumps({**settings, "accuracy": classifier.accuracy})},
                        path)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import inspect
+
 import numpy as np
 
 from .backend import device_of, performance_settings, to_device, to_numpy
@@ -64,8 +66,9 @@ def class_labels(n: int, num_classes: int | None, label: int | None = None):
 
 def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None = None, eta: float = 0.0,
              seed: int = 0, labels=None, prediction: str = "eps", callback=None, progress: bool = False,
-             rows: slice = slice(None), guidance: float = 0.0, x_T=None, init=None, strength: float = 1.0,
-             mask=None, jumps=(1, 1)):
+             rows: slice = slice(None), spacing: str | None = None, clip_denoised: bool = True,
+             dynamic_threshold: float | None = None, variance: str | None = None, guidance: float = 0.0,
+             x_T=None, init=None, strength: float = 1.0, mask=None, jumps=(1, 1)):
     """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device.
 
     ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
@@ -74,7 +77,9 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     ``"pf-ode"`` or ``"pc"`` (predictor–corrector). ``labels`` (n,) condition a class-conditional
     model, towards which ``guidance`` w > 0 pushes (classifier-free guidance,
     :func:`minidiff.guidance.guided_denoiser`). ``callback(index, t, x_t, x0_hat)`` sees every
-    step of the first batch.
+    step of the first batch. ``spacing`` (None: the sampler's default), ``clip_denoised`` and
+    ``dynamic_threshold`` go to the sampler; ``variance`` is DDPM's σ_t² (None: ``"learned"``
+    for a model with ``learn_sigma``, else ``"fixed_small"``).
 
     Editing (:mod:`minidiff.editing`): ``x_T`` (n, C, H, W) replaces the drawn starting noise
     (interpolation); an ``init`` image (C, H, W) in [−1, 1] is noised to ``strength`` and
@@ -93,6 +98,8 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     if mask is not None and sampler not in INPAINTING_SAMPLERS:
         raise ValueError(f"inpainting takes RePaint's ancestral steps: use sampler {' or '.join(INPAINTING_SAMPLERS)}, "
                          f"not {sampler}")
+    if variance is not None and sampler != "ddpm":
+        raise ValueError(f"variance applies to the ddpm sampler only, not {sampler}")
     config = model.config
     image_shape = (config["in_channels"], config["image_size"], config["image_size"])
     device = device_of(next(model.parameters()).data)
@@ -112,6 +119,9 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
             denoiser = guided_denoiser(model, None if labels is None else labels[share.start:share.stop], guidance)
             options = dict(rng=RowsOf(rng, len(batch), local), prediction=prediction, x_T=noise,
                            callback=_reporting(callback if k == 0 else None, bar))
+            options.update(clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
+            if spacing is not None:
+                options["spacing"] = spacing
             if sampler == "ddim":
                 options["eta"] = eta
             sample = SAMPLER_FUNCTIONS[sampler]
@@ -123,9 +133,26 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
                                jump_n_sample=jumps[1], eta=1.0 if sampler == "ddpm" else eta)
             elif init is not None:
                 guide = to_device(np.broadcast_to(init, noise.shape).astype(np.float32), device)
-                options["x_T"], options["t_start"] = sdedit_start(respaced(schedule, num_steps), guide, strength, noise)
+                chain = respaced(schedule, num_steps, options.get("spacing", default_spacing(sample)))
+                options["x_T"], options["t_start"] = sdedit_start(chain, guide, strength, noise)
+            if sample is SAMPLER_FUNCTIONS["ddpm"]:
+                options["variance"] = ddpm_variance(model, variance)
             samples.append(to_numpy(sample(denoiser, schedule, noise.shape, num_steps, **options)))
     return np.concatenate(samples).astype(np.float32, copy=False) if samples else np.empty((0, *image_shape), np.float32)
+
+
+def default_spacing(sampler) -> str:
+    """The spacing ``sampler`` (a sampling function) uses when given none: its own default."""
+    return inspect.signature(sampler).parameters["spacing"].default
+
+
+def ddpm_variance(model, variance: str | None = None) -> str:
+    """DDPM's σ_t² for ``model``: ``variance``, or by default its own (Nichol & Dhariwal 2021, Eq. 15)
+    when it learnt them, else β̃_t. ``"learned"`` is refused for a model that has none."""
+    learned = bool(model.config.get("learn_sigma"))
+    if variance == "learned" and not learned:
+        raise ValueError("--variance learned needs a checkpoint trained with --learn-sigma")
+    return variance or ("learned" if learned else "fixed_small")
 
 
 # Samples drawn at once by generate(): the U-Net's activations for this many images fit in memory.

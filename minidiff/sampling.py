@@ -36,7 +36,8 @@ from collections import namedtuple
 import numpy as np
 
 from .backend import get_array_module
-from .diffusion import denoise, model_log_variances, predict_eps_from_x0, q_posterior_mean_variance
+from .diffusion import (call_model, denoise, denoise_output, model_output_parts, p_mean_variance,
+                        predict_eps_from_x0)
 from .schedule import extract, space_timesteps, standard_normal
 
 TrajectoryStep = namedtuple("TrajectoryStep", "index t x_t x0_hat")
@@ -47,7 +48,7 @@ def respaced(schedule, steps=None, spacing="uniform"):
     """``schedule`` on ``steps`` of its timesteps chosen by ``spacing``; itself when ``steps`` is None."""
     if steps is None:
         return schedule
-    return schedule.respace(space_timesteps(schedule.T, steps, spacing))
+    return schedule.respace(space_timesteps(schedule.T, steps, spacing, schedule.log_snr))
 
 
 def _start(rng, shape, x_T):
@@ -98,20 +99,23 @@ def ddpm_sample(model, schedule, shape, steps=None, spacing="uniform", *, rng=No
 
     Each step draws x_{t−1} = μ_θ(x_t, t) + σ_t z (Eq. 11). μ_θ is computed in its x₀-form
     μ̃_t(x_t, x̂₀) (Eq. 7), which equals Eq. 11 when x̂₀ comes from ε̂ and also honours a clipped
-    x̂₀. σ_t² is β̃_t (``"fixed_small"``) or β_t (``"fixed_large"``), §3.2.
+    x̂₀. σ_t² is β̃_t (``"fixed_small"``) or β_t (``"fixed_large"``), §3.2, or ``"learned"``:
+    the model's Σ_θ = exp(v log β_t + (1 − v) log β̃_t) (Nichol & Dhariwal 2021, Eq. 15), between
+    the respaced schedule's β and β̃ when ``steps`` respaces it.
     Returns x₀, or (x₀, [TrajectoryStep, …]) with ``return_trajectory=True``.
     """
     schedule = respaced(schedule, steps, spacing)
-    sigmas = np.exp(0.5 * model_log_variances(schedule, variance))  # σ_t, §3.2
     report, trajectory = _recorder(callback, return_trajectory)
     rng, x = _start(rng, shape, x_T)  # line 1: x_T ∼ N(0, I)
     for index, t in enumerate(range(_first_index(schedule, t_start), -1, -1)):  # line 2: for t = T, …, 1
         t_batch = _timestep_batch(t, x)
-        x0_hat, _ = denoise(model, schedule, x, t_batch, prediction, clip_denoised, dynamic_threshold)
+        output = call_model(model, schedule, x, t_batch)
+        x0_hat, _ = denoise_output(schedule, x, t_batch, output, prediction, clip_denoised, dynamic_threshold)
         report(index, int(schedule.timesteps[t]), x, x0_hat)
         z = standard_normal(rng, x) if t > 0 else 0.0  # line 3: z ∼ N(0, I) if t > 1, else z = 0
-        mean, _, _ = q_posterior_mean_variance(schedule, x0_hat, x, t_batch)  # μ_θ(x_t, t) = μ̃_t(x_t, x̂₀), Eq. 7
-        x = mean + extract(sigmas, t_batch, x) * z  # line 4: x_{t−1} = μ_θ(x_t, t) + σ_t z (Eq. 11)
+        # μ_θ(x_t, t) = μ̃_t(x_t, x̂₀) (Eq. 7) and log σ_t² (§3.2, or the learned Eq. 15 of Nichol & Dhariwal 2021)
+        mean, _, log_variance = p_mean_variance(schedule, x, t_batch, x0_hat, variance, model_output_parts(output, x)[1])
+        x = mean + get_array_module(x).exp(0.5 * log_variance) * z  # line 4: x_{t−1} = μ_θ(x_t, t) + σ_t z (Eq. 11)
     return (x, trajectory) if return_trajectory else x  # line 6: return x_0
 
 
@@ -191,16 +195,22 @@ def ddim_encode(model, schedule, x0, steps=50, spacing="uniform", *, prediction=
 # DPM-Solver++ ------------------------------------------------------------------------------
 
 
-def dpm_solver_pp_sample(model, schedule, shape, steps=20, spacing="uniform", *, rng=None, prediction="eps",
-                         clip_denoised=True, dynamic_threshold=None, x_T=None, t_start=None, callback=None,
-                         return_trajectory=False):
+def dpm_solver_pp_sample(model, schedule, shape, steps=20, spacing="quadratic", *, rng=None, prediction="eps",
+                         clip_denoised=True, dynamic_threshold=None, lower_order_final=True, x_T=None, t_start=None,
+                         callback=None, return_trajectory=False):
     """DPM-Solver++(2M) sampling on ``steps`` timesteps of ``schedule`` (Lu et al. 2022, Algorithm 2).
 
     With λ = ½ log SNR = log(α/σ), h = λ_{t−1} − λ_t and r = (λ_t − λ_{t+1})/h, each step forms
     the data estimate D = (1 + 1/(2r)) x̂₀ − 1/(2r) x̂₀_last from this and the previous step's
     x̂₀ and moves x_{t−1} = (σ_{t−1}/σ_t) x_t − α_{t−1}(e^{−h} − 1) D, which is exactly the η = 0
     DDIM update (Song et al. 2021, Eq. 12) with D for x̂₀. The first step (no x̂₀_last yet) and
-    the final one to x₀ (λ_{−1} = ∞) are first order, D = x̂₀. ``rng`` only draws x_T.
+    the final one to x₀ (λ_{−1} = ∞) are first order, D = x̂₀; ``lower_order_final=True`` makes
+    the step onto the last retained timestep first order too ("lower_order_final" in Lu et al.'s
+    code and diffusers): with few steps it spans a wide interval of λ, where the multistep
+    extrapolation of x̂₀ overshoots. The defaults, quadratic spacing and ``lower_order_final``,
+    are the most accurate on exact Gaussian and mixture denoisers across the linear and cosine
+    schedules (``benchmarks/sampler_accuracy.py``; ``"logsnr"`` spacing wins on the linear
+    schedule only). ``rng`` only draws x_T.
     Returns x₀, or (x₀, [TrajectoryStep, …]) with ``return_trajectory=True``.
     """
     schedule = respaced(schedule, steps, spacing)
@@ -213,7 +223,7 @@ def dpm_solver_pp_sample(model, schedule, shape, steps=20, spacing="uniform", *,
         x0_hat, _ = denoise(model, schedule, x, t_batch, prediction, clip_denoised, dynamic_threshold)
         report(index, int(schedule.timesteps[t]), x, x0_hat)
         data_estimate = x0_hat  # D: first order
-        if x0_hat_last is not None and t > 0:  # Algorithm 2: the multistep second-order correction
+        if x0_hat_last is not None and t > int(lower_order_final):  # Algorithm 2: the multistep second-order correction
             h = lambdas[t - 1] - lambdas[t]
             r = (lambdas[t] - lambdas[t + 1]) / h
             data_estimate = (1.0 + 0.5 / r) * x0_hat - (0.5 / r) * x0_hat_last

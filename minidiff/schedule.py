@@ -23,8 +23,8 @@ x₀ cannot be recovered from ε there (Lin et al. 2023, §3.2), so use x₀- or
 The posterior variance β̃_0 is 0 for every schedule; its log is "clipped" to log β̃_1
 as in improved-diffusion (see ``posterior_log_variance_clipped``).
 
-It runs past 300 lines because every schedule family and every derived quantity of Ho et al.'s
-notation is built in one class, so that each name has exactly one definition.
+A little over 300 lines: the schedules and the choice of timesteps on them (respacing and
+:func:`space_timesteps`) belong together, since logSNR spacing reads the schedule's λ.
 """
 
 import math
@@ -72,25 +72,56 @@ def extract(coefficients, t, x):
     return values.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-def space_timesteps(T, steps, spacing="uniform"):
+SPACINGS = ("uniform", "trailing", "quadratic", "logsnr")
+
+
+def space_timesteps(T, steps, spacing="uniform", log_snr=None):
     """``steps`` distinct timesteps from ``{0, …, T−1}``, ascending, always including T−1.
 
     ``"uniform"`` spreads them evenly from 0 to T−1 (the "linspace" spacing of Lin et al.
     2023, §3.3 and Table 2: sampling must start at the last timestep, and ending at t = 0
-    keeps the final jump to x₀ small); ``"quadratic"`` places them at (T−1)·(i/(steps−1))²,
-    crowding the low-noise end as in DDIM's CIFAR10 experiments (Song et al. 2021, §D.2).
+    keeps the final jump to x₀ small); ``"trailing"`` takes every (T/steps)-th step counting
+    down from T−1 (Lin et al. 2023, Table 2), so the last one is T/steps − 1, not 0;
+    ``"quadratic"`` places them at (T−1)·(i/(steps−1))², crowding the low-noise end as in
+    DDIM's CIFAR10 experiments (Song et al. 2021, §D.2); ``"logsnr"`` is uniform in
+    λ = ½ log SNR between t = 0 and T−1, the "time-uniform in λ" steps of DPM-Solver
+    (Lu et al. 2022, §3.3), and needs the schedule's ``log_snr``.
     """
     check_steps(steps, T)
-    powers = {"uniform": 1, "quadratic": 2}
-    if spacing not in powers:
-        raise ValueError(f"unknown spacing {spacing!r}; expected one of {sorted(powers)}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
+    if spacing == "trailing":
+        # round(T − i·T/steps) − 1 for i = steps−1, …, 0: Table 2's arange(T, 0, −T/steps) without its float count.
+        return np.round(T * (1.0 - np.arange(steps)[::-1] / steps)).astype(np.int64) - 1
     # Counting down from 1 makes a single step start from pure noise at T−1.
     fractions = np.linspace(1.0, 0.0, steps)[::-1]
-    timesteps = np.round((T - 1) * fractions ** powers[spacing]).astype(np.int64)
-    # Quadratic spacing rounds its first steps onto the same integer; lifting each one
-    # just past its predecessor keeps them distinct and never pushes the last past T−1.
+    if spacing == "logsnr":
+        timesteps = _timesteps_uniform_in_log_snr(fractions, log_snr, T)
+    else:
+        timesteps = np.round((T - 1) * fractions ** {"uniform": 1, "quadratic": 2}[spacing]).astype(np.int64)
+    # Quadratic and logSNR spacings round neighbouring steps onto the same integer: lifting each
+    # one just past its predecessor makes them distinct, and capping step i at T − steps + i keeps
+    # room for the ones after it (both keep the order strict, so the last stays T−1).
     index = np.arange(steps)
-    return index + np.maximum.accumulate(timesteps - index)
+    return np.minimum(index + np.maximum.accumulate(timesteps - index), T - steps + index)
+
+
+def _timesteps_uniform_in_log_snr(fractions, log_snr, T):
+    """The timestep whose λ = ½ log SNR is nearest each of the points λ_0 − f·(λ_0 − λ_{T−1}), f ∈ ``fractions``.
+
+    λ decreases with t, so each target is found by a binary search on −λ. Under zero terminal SNR
+    λ_{T−1} = −∞: the targets then end at the last finite λ and the final step at T−1 is kept.
+    """
+    if log_snr is None or len(log_snr) != T:
+        raise ValueError(f"logsnr spacing needs the schedule's log_snr ({T} values)")
+    lambdas = 0.5 * np.asarray(log_snr, dtype=np.float64)
+    finite = lambdas[np.isfinite(lambdas)]
+    targets = lambdas[0] - fractions * (lambdas[0] - finite[-1])
+    right = np.clip(np.searchsorted(-lambdas, -targets), 1, T - 1)  # −λ_{right−1} < −target ≤ −λ_right
+    nearer_left = np.abs(lambdas[right - 1] - targets) <= np.abs(lambdas[right] - targets)
+    timesteps = np.where(nearer_left, right - 1, right)
+    timesteps[-1] = T - 1
+    return timesteps.astype(np.int64)
 
 
 def check_steps(steps, T):
@@ -306,18 +337,23 @@ def _check_T(T):
         raise ValueError(f"number of timesteps T must be a positive integer, got {T}")
 
 
-SCHEDULES = ("linear", "cosine", "sigmoid")
+SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid")
 
 
-def schedule_by_name(name: str, T: int) -> NoiseSchedule:
-    """The named schedule a run config asks for, with T steps: ``"linear"``, ``"cosine"`` or ``"sigmoid"``.
+def schedule_by_name(name: str, T: int, zero_terminal_snr: bool = False) -> NoiseSchedule:
+    """The named schedule a run config asks for, with T steps: ``"linear"``, ``"scaled_linear"``,
+    ``"cosine"`` or ``"sigmoid"``, rescaled to zero terminal SNR when asked (Lin et al. 2023, Algorithm 1).
 
-    The linear schedule is scaled by 1000/T (Nichol & Dhariwal 2021, improved-diffusion's
+    The linear schedules are scaled by 1000/T (Nichol & Dhariwal 2021, improved-diffusion's
     ``get_named_beta_schedule``), so a short chain, e.g. T = 50 for a quick test, still ends in
     nearly pure noise.
     """
     if name == "linear":
-        return NoiseSchedule.linear(T, scale_to_T=True)
-    if name in ("cosine", "sigmoid"):
-        return getattr(NoiseSchedule, name)(T)
-    raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+        schedule = NoiseSchedule.linear(T, scale_to_T=True)
+    elif name == "scaled_linear":
+        schedule = NoiseSchedule.scaled_linear(T, 0.00085 * 1000 / T, 0.012 * 1000 / T)
+    elif name in ("cosine", "sigmoid"):
+        schedule = getattr(NoiseSchedule, name)(T)
+    else:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    return schedule.rescale_zero_terminal_snr() if zero_terminal_snr else schedule

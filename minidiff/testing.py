@@ -22,7 +22,7 @@ from .diffusion import (
 )
 from .schedule import NoiseSchedule, space_timesteps
 
-SPACINGS = ("uniform", "quadratic")
+SPACINGS = ("uniform", "trailing", "quadratic")  # logsnr needs a schedule: see space_timesteps
 
 
 @st.composite

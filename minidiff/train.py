@@ -62,9 +62,11 @@ class TrainConfig:
     p_uncond: float = 0.0  # > 0: labels dropped to the null class with this probability (classifier-free guidance)
     # diffusion
     schedule: str = "linear"
+    zero_terminal_snr: bool = False  # rescale the schedule so ᾱ_{T−1} = 0 (Lin et al. 2023)
     timesteps: int = 1000
     prediction: str = "eps"
     min_snr_gamma: float | None = None
+    learn_sigma: bool = False  # also learn Σ_θ, trained with L_hybrid (Nichol & Dhariwal 2021)
     # optimisation (Ho et al. 2020, App. B, but a shorter warm-up for short MNIST runs)
     steps: int = 5000
     batch_size: int = 64
@@ -119,12 +121,13 @@ class TrainConfig:
                               ("prediction", PREDICTIONS), ("device", DEVICES)):
             need(isinstance(getattr(self, name), str) and getattr(self, name) in choices, name,
                  "one of " + ", ".join(choices))
-        need(isinstance(self.hflip, bool), "hflip", "true or false")
+        for name in ("hflip", "zero_terminal_snr", "learn_sigma"):
+            need(isinstance(getattr(self, name), bool), name, "true or false")
         need(isinstance(self.out, str) and self.out.strip() != "", "out", "a folder name")
         need(self.data_dir is None or isinstance(self.data_dir, str) and self.data_dir.strip() != "",
              "data_dir", "a folder name")
         if not problems:
-            problems += _schedule_problems(self.schedule, self.timesteps, self.prediction)
+            problems += _schedule_problems(self.schedule, self.timesteps, self.prediction, self.zero_terminal_snr)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -158,7 +161,7 @@ class TrainConfig:
 
     def run_config(self) -> dict:
         """The JSON-ready config of a run: these fields plus the model's constructor arguments."""
-        overrides = {"num_classes": self.num_classes, "null_class": bool(self.p_uncond)}
+        overrides = {"num_classes": self.num_classes, "null_class": bool(self.p_uncond), "learn_sigma": self.learn_sigma}
         if self.dropout is not None:
             overrides["dropout"] = self.dropout
         return {**dataclasses.asdict(self), "model": model_config(self.preset, **overrides)}
@@ -166,19 +169,19 @@ class TrainConfig:
 
 # What defines the experiment a checkpoint belongs to: refused as an override on --resume.
 FIXED_ON_RESUME = ("dataset", "limit_data", "hflip", "preset", "dropout", "num_classes", "p_uncond", "schedule",
-                   "timesteps", "prediction", "min_snr_gamma", "batch_size", "seed")
+                   "zero_terminal_snr", "timesteps", "prediction", "min_snr_gamma", "learn_sigma", "batch_size", "seed")
 
 # The chain must end close to pure noise, or sampling from N(0, I) starts far from q(x_T).
 MAX_FINAL_ALPHA_BAR = 0.05
 
 
-def _schedule_problems(name: str, T: int, prediction: str) -> list[str]:
-    """Why ``--schedule name --timesteps T`` cannot train a ``prediction`` model (empty when it can)."""
-    where = f"--schedule {name} with --timesteps {T}"
+def _schedule_problems(name: str, T: int, prediction: str, zero_terminal_snr: bool = False) -> list[str]:
+    """Why ``--schedule name --timesteps T [--zero-terminal-snr]`` cannot train a ``prediction`` model (empty when it can)."""
+    where = f"--schedule {name}{' --zero-terminal-snr' if zero_terminal_snr else ''} with --timesteps {T}"
     if T > 100_000:
         return [f"{where}: at most 100000 timesteps are supported"]
     try:
-        schedule = schedule_by_name(name, T)
+        schedule = schedule_by_name(name, T, zero_terminal_snr)
     except ValueError as exc:
         return [f"{where} is not a valid schedule ({exc})"]
     final = schedule.alphas_cumprod[-1]
@@ -235,7 +238,7 @@ class Trainer:
         # The initialisation generator lives on in the Dropout layers, which draw their masks from it.
         self.model_rng = np.random.default_rng(model_seed)
         self.rng = np.random.default_rng(train_seed)  # t, ε and flips
-        self.schedule = schedule_by_name(config.schedule, config.timesteps)
+        self.schedule = schedule_by_name(config.schedule, config.timesteps, config.zero_terminal_snr)
         self.model = build_model(self.run_config, rng=self.model_rng).to(self.device)
         self.ema = EMA(self.model, decay=config.ema_decay)  # after .to(): the averages live with the weights
         self.optimizer = Adam(self.model, lr=config.lr)

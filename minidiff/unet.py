@@ -191,6 +191,8 @@ class UNet(nn.Module):
             embedding of the label y is added to the time embedding, as in improved-diffusion.
         null_class: with ``num_classes = K``, one more learned embedding row, label K: the null
             condition ∅ of classifier-free guidance (Ho & Salimans 2021; :mod:`minidiff.guidance`).
+        learn_sigma: when True the output has 2·in_channels channels, ε̂ then the variance
+            interpolation v of Nichol & Dhariwal 2021, Eq. 15 (their ``learn_sigma``).
         rng: NumPy Generator for the initialisation (the module default of :mod:`minidiff.nn` if None).
         dtype: parameter dtype (float64 for gradient checks).
 
@@ -200,14 +202,15 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults=(1, 2, 2),
                  num_res_blocks: int = 2, attn_resolutions=(7,), num_groups: int = 8, dropout: float = 0.0,
-                 image_size: int = 28, num_classes: int | None = None, null_class: bool = False, rng=None,
+                 image_size: int = 28, num_classes: int | None = None, null_class: bool = False,
+                 learn_sigma: bool = False, rng=None,
                  dtype=DEFAULT_DTYPE):
         super().__init__()
         channel_mults, attn_resolutions = tuple(channel_mults), tuple(attn_resolutions)
         self.config = dict(in_channels=in_channels, base_channels=base_channels, channel_mults=channel_mults,
                            num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions,
                            num_groups=num_groups, dropout=dropout, image_size=image_size,
-                           num_classes=num_classes, null_class=null_class)
+                           num_classes=num_classes, null_class=null_class, learn_sigma=learn_sigma)
         self.in_channels, self.base_channels, self.num_classes = in_channels, base_channels, num_classes
         if null_class and num_classes is None:
             raise ValueError("UNet: null_class=True needs num_classes (the null row is label num_classes)")
@@ -278,7 +281,7 @@ class UNet(nn.Module):
 
         self.out = nn.Sequential(
             nn.GroupNorm(num_groups, ch, dtype=dtype),
-            _zero_init(nn.Conv2d(ch, in_channels, 3, padding=1, **layer)),
+            _zero_init(nn.Conv2d(ch, in_channels * (2 if learn_sigma else 1), 3, padding=1, **layer)),
         )
 
     @classmethod
@@ -314,7 +317,7 @@ class UNet(nn.Module):
         for block in self.output_blocks:
             h = block(F.concat([h, hs.pop()], axis=1), temb)  # (N, ch + skip channels, H, W)
         norm, conv = self.out  # a pair, so that checkpoints name them out.0 and out.1
-        return conv(F.silu(norm(h)))  # (N, in_channels, H, W)
+        return conv(F.silu(norm(h)))  # (N, in_channels, H, W), or (N, 2·in_channels, H, W) with learn_sigma
 
     def _check_inputs(self, x, t, y):
         if len(x.shape) != 4:

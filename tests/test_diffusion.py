@@ -317,7 +317,9 @@ def test_unknown_names_and_bad_values_are_refused():
         training_target(schedule, x, t, x, "score")
     with pytest.raises(ValueError, match="unknown prediction 'score'"):
         predict_x0(schedule, x, t, x, "score")
-    with pytest.raises(ValueError, match="unknown variance 'learned'"):
+    with pytest.raises(ValueError, match="unknown variance 'fixed_medium'"):
+        p_mean_variance(schedule, x, t, x, "fixed_medium")
+    with pytest.raises(ValueError, match="variance 'learned' is the model's"):
         p_mean_variance(schedule, x, t, x, "learned")
     with pytest.raises(ValueError, match=r"t=10 is outside \[0, 10\)"):
         q_sample(schedule, x, np.array([0, 10]), x)

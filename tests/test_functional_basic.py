@@ -34,6 +34,7 @@ def forward(fn, *args, **kwargs):
 UNARY = {
     "neg": (F.neg, np.negative, randn),
     "exp": (F.exp, np.exp, randn),
+    "expm1": (F.expm1, np.expm1, randn),
     "log": (F.log, np.log, positive),
     "sqrt": (F.sqrt, np.sqrt, positive),
     "abs": (F.abs, np.abs, randn),

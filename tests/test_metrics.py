@@ -170,6 +170,10 @@ def test_eval_command_scores_a_checkpoint_and_saved_samples(run, classifier, cac
     assert printed == json.loads(out.read_text())
     assert {"fid", "inception_score", "precision", "recall", "class_histogram", "classifier_accuracy"} <= printed.keys()
     assert printed["n"] == 16 and printed["steps"] == 5 and printed["dataset"] == "mnist" and printed["fid"] > 0
+    # the floor: real held-out digits scored the same way at the same N, better than 2-step samples
+    assert set(printed["floor"]) == {"fid", "inception_score", "precision", "recall"}
+    assert 0 < printed["floor"]["fid"] < printed["fid"]
+    assert "only the test (t10k) split" in printed["real_images"]
 
     # the samples `sample` saves with the same seed score the same
     samples = tmp_path / "samples.npy"
@@ -208,3 +212,23 @@ def test_eval_refuses_bad_arguments_and_samples(tmp_path, capsys):
     expect_error(capsys, ["eval", "--samples", str(tmp_path / "rgb.npy"), "--n", "1"], "--n must be at least 4")
     expect_error(capsys, ["eval", "--samples", str(tmp_path / "rgb.npy"), "--classifier-steps", "0"],
                  "--classifier-steps must be at least 1")
+
+
+def test_real_image_splits_keep_reference_floor_and_classifier_images_apart():
+    real = metrics.real_image_splits("mnist", MNIST_DIR) if MNIST_DIR.exists() else pytest.skip("no MNIST")
+    assert len(real.reference) == len(real.floor) == 5000 and len(real.train) == 5000
+    floor = {image.tobytes() for image in real.floor}
+    assert not floor & {image.tobytes() for image in real.reference}
+    assert not floor & {image.tobytes() for image in real.train}
+
+
+@needs_mnist
+def test_bpd_command_reports_the_bound_with_its_standard_error(run, capsys):
+    capsys.readouterr()
+    assert main(["bpd", str(run), "--n", "6", "--timesteps", "4"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n"] == 6 and printed["timesteps_sampled"] == 4 and printed["T"] == 20
+    assert printed["bpd"] > 0 and printed["stderr"] > 0 and printed["variance"] == "fixed_small"
+    with pytest.raises(SystemExit):
+        main(["bpd", str(run), "--timesteps", "21"])
+    assert "--timesteps 21 is outside [1, 20]" in capsys.readouterr().err

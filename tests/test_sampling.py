@@ -18,7 +18,7 @@ from minidiff.sampling import (
     dpm_solver_pp_sample,
 )
 from minidiff.oracles import model_alphas_cumprod
-from minidiff.schedule import NoiseSchedule, space_timesteps
+from minidiff.schedule import SPACINGS, NoiseSchedule, space_timesteps
 from minidiff.testing import schedules
 
 
@@ -241,7 +241,9 @@ def test_bad_sampler_arguments_are_refused():
             ddim_sample(model, schedule, (2,), steps=steps, rng=rng)
         with pytest.raises(ValueError, match=rf"\[1, 10\], got {steps}"):
             dpm_solver_pp_sample(model, schedule, (2,), steps=steps, rng=rng)
-    with pytest.raises(ValueError, match="unknown variance 'learned'"):
+    with pytest.raises(ValueError, match="unknown variance 'fixed_medium'"):
+        ddpm_sample(model, schedule, (2,), variance="fixed_medium", rng=rng)
+    with pytest.raises(ValueError, match="variance 'learned' is the model's"):  # the oracle outputs no v
         ddpm_sample(model, schedule, (2,), variance="learned", rng=rng)
     with pytest.raises(ValueError, match="unknown prediction 'score'"):
         ddpm_sample(model, schedule, (2,), prediction="score", rng=rng)
@@ -298,3 +300,25 @@ def test_deterministic_samplers_converge_at_their_order():
     assert 2.5 < ddim_ratio < 6  # ≈ 4 for first order
     assert dpm_ratio > 10  # ≈ 16 for second order
     assert error(dpm_solver_pp_sample, 20) < error(ddim_sample, 20) / 3
+
+
+def test_dpm_solver_pp_is_at_least_as_accurate_as_ddim_at_few_steps():
+    # The Gaussian oracle, one x_T, error against a 1000-step run of the same sampler. Uniform
+    # spacing without a first-order final step is the configuration that lost to DDIM (its last
+    # second-order step spans a wide λ interval); every spacing with lower_order_final wins.
+    schedule = NoiseSchedule.linear(1000)
+    model = gaussian_oracle(schedule, MU, S)
+    x_T = np.random.default_rng(0).standard_normal(2000)
+
+    def error(sampler, steps, **kwargs):
+        reference = sampler(model, schedule, x_T.shape, steps=1000, x_T=x_T, clip_denoised=False, **kwargs)
+        return np.abs(sampler(model, schedule, x_T.shape, steps=steps, x_T=x_T, clip_denoised=False, **kwargs)
+                      - reference).max()
+
+    for steps in (10, 20):
+        ddim_default = error(ddim_sample, steps)
+        assert error(dpm_solver_pp_sample, steps) <= ddim_default / 3  # the defaults: quadratic, lower_order_final
+        for spacing in SPACINGS:
+            assert error(dpm_solver_pp_sample, steps, spacing=spacing) <= error(ddim_sample, steps, spacing=spacing)
+    old = error(dpm_solver_pp_sample, 20, spacing="uniform", lower_order_final=False)
+    assert old > error(ddim_sample, 20, spacing="uniform")

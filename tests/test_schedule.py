@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minidiff.schedule import NoiseSchedule, extract, gather, space_timesteps
+from minidiff.schedule import SPACINGS, NoiseSchedule, extract, gather, space_timesteps
 from minidiff.testing import check_alphas_cumprod, check_posterior, check_snr, schedules
 
 
@@ -139,20 +139,48 @@ def test_sigmoid_schedule_goes_from_clean_to_noise():
 # Timestep spacing --------------------------------------------------------------------------
 
 
-@given(st.integers(1, 2000), st.data(), st.sampled_from(["uniform", "quadratic"]))
+@given(st.integers(1, 2000), st.data(), st.sampled_from(SPACINGS))
 def test_space_timesteps_gives_distinct_sorted_steps_ending_at_T_minus_1(T, data, spacing):
     steps = data.draw(st.integers(1, T))
-    timesteps = space_timesteps(T, steps, spacing)
+    log_snr = NoiseSchedule.cosine(T).log_snr if T > 1 else None
+    if spacing == "logsnr" and T == 1:
+        return
+    timesteps = space_timesteps(T, steps, spacing, log_snr)
     assert timesteps.dtype == np.int64 and len(timesteps) == steps
     assert np.all(np.diff(timesteps) > 0)
     assert timesteps[-1] == T - 1
-    assert timesteps[0] >= 0 and (steps == 1 or timesteps[0] == 0)
+    starts_at_zero = steps == 1 or timesteps[0] == 0
+    assert timesteps[0] >= 0 and (spacing == "trailing" or starts_at_zero)
 
 
 def test_quadratic_spacing_crowds_the_low_noise_end():
     uniform, quadratic = space_timesteps(1000, 10), space_timesteps(1000, 10, "quadratic")
     np.testing.assert_array_equal(uniform, [0, 111, 222, 333, 444, 555, 666, 777, 888, 999])
     assert np.all(quadratic[1:-1] < uniform[1:-1])
+
+
+def test_trailing_spacing_counts_down_from_the_last_step():
+    # Lin et al. 2023, Table 2: trailing with T = 1000, 10 steps.
+    np.testing.assert_array_equal(space_timesteps(1000, 10, "trailing"), [99, 199, 299, 399, 499, 599, 699, 799, 899, 999])
+
+
+@pytest.mark.parametrize("schedule", [NoiseSchedule.linear(1000), NoiseSchedule.cosine(1000),
+                                      NoiseSchedule.linear(1000).rescale_zero_terminal_snr()])
+def test_logsnr_spacing_is_nearly_uniform_in_lambda(schedule):
+    timesteps = space_timesteps(1000, 12, "logsnr", schedule.log_snr)
+    lambdas = 0.5 * schedule.log_snr[timesteps[:-1]]  # the last is kept at T−1 even when λ = −∞
+    gaps = -np.diff(lambdas)
+    assert timesteps[0] == 0 and timesteps[-1] == 999
+    assert gaps.max() < 1.3 * np.median(gaps)  # uniform up to rounding onto integer t
+    uniform_gaps = -np.diff(0.5 * schedule.log_snr[space_timesteps(1000, 12)[:-1]])
+    assert uniform_gaps.max() > 2 * uniform_gaps.min()  # which uniform spacing is not
+
+
+def test_logsnr_spacing_needs_the_schedule():
+    with pytest.raises(ValueError, match="logsnr spacing needs the schedule's log_snr"):
+        space_timesteps(100, 10, "logsnr")
+    with pytest.raises(ValueError, match="unknown spacing 'cubic'"):
+        space_timesteps(100, 10, "cubic")
 
 
 # gather / extract ------------------------------------------------------------------------------

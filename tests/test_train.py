@@ -186,7 +186,7 @@ def test_fresh_run_refuses_a_folder_that_holds_a_checkpoint(straight_run):
     ("batch_size", 0, r"batch_size \(--batch-size\) must be a positive integer, got 0"),
     ("steps", 0, r"--steps\) must be a positive integer"),
     ("ema_decay", 1.0, r"ema_decay .* must be in \[0, 1\)"),
-    ("schedule", "quadratic", r"must be one of linear, cosine, sigmoid"),
+    ("schedule", "quadratic", r"must be one of linear, scaled_linear, cosine, sigmoid"),
     ("p_uncond", 1.0, r"p_uncond \(--p-uncond\) must be in \[0, 1\)"),
     ("p_uncond", 0.1, r"p_uncond \(--p-uncond\) must be 0 without --num-classes"),
 ])

@@ -75,7 +75,8 @@ def test_config_rebuilds_the_model_from_a_state_dict():
     clone.load_state_dict(model.state_dict())
     x, t, y = Tensor(np.random.default_rng(2).standard_normal((2, 1, 8, 8))), np.array([1, 2]), np.array([3, 4])
     np.testing.assert_array_equal(clone(x, t, y).data, model(x, t, y).data)
-    assert UNet.from_preset("tiny", num_classes=10).config == {**PRESETS["tiny"], "num_classes": 10, "null_class": False}
+    assert UNet.from_preset("tiny", num_classes=10).config == {**PRESETS["tiny"], "num_classes": 10, "null_class": False,
+                                                               "learn_sigma": False}
 
 
 def test_from_preset_overrides_and_unknown_name():

@@ -3,8 +3,10 @@ scores out — FID, Inception Score, precision/recall and the class histogram of
 :mod:`minidiff.metrics`, measured on the feature classifier of the checkpoint's dataset.
 
 Samples are drawn with :func:`minidiff.sample.generate`, exactly as ``sample`` draws them, so
-``eval --seed S`` scores the images that ``sample --seed S --n N`` shows. The real reference
-images are the first ``--n`` of the same dataset.
+``eval --seed S`` scores the images that ``sample --seed S --n N`` shows. The reference is ``--n``
+real images of the test split, and ``"floor"`` holds the same scores for ``--n`` other held-out
+real images (:func:`minidiff.metrics.real_image_splits`; ``"real_images"`` says which): at a
+given N, no sample set is expected to beat it, so a score is read against its floor.
 """
 from __future__ import annotations
 
@@ -16,12 +18,13 @@ import numpy as np
 
 from ..backend import check_device
 from ..checkpoint import load_checkpoint, load_model
-from ..datasets import DATASETS, load_dataset
+from ..datasets import DATASETS
 from ..distributed import world
 from ..files import atomic_write
-from ..metrics import IMAGE_SHAPE, TRAIN_STEPS, check_sample_images, evaluate_samples, feature_classifier
-from ..sample import class_labels, generate_on_ranks, sampler_steps
-from .sample import add_sampling_arguments, check_sampling_arguments
+from ..metrics import (IMAGE_SHAPE, TRAIN_STEPS, check_sample_images, evaluate_samples, feature_classifier,
+                       real_image_splits)
+from ..sample import class_labels, ddpm_variance, generate_on_ranks, sampler_steps
+from .sample import add_sampling_arguments, check_sampling_arguments, sampling_options
 
 MIN_N = 4  # precision/recall (k = 3) needs more than 3 samples, FID at least 2
 
@@ -68,10 +71,17 @@ def run(args) -> int:
     if not world().is_root:  # under MPI, rank 0 scores what the ranks drew (gathered there)
         return 0
 
-    classifier = feature_classifier(dataset, data_dir, train_steps=args.classifier_steps, progress=True).to(device)
-    real_images, _ = load_dataset(dataset, "auto", data_dir)
-    scores = evaluate_samples(samples, classifier, real_images[: len(samples)], progress=True)
-    report = {**scores, "dataset": dataset, **report}
+    real = real_image_splits(dataset, data_dir)
+    n = len(samples)
+    if n > min(len(real.reference), len(real.floor)):
+        raise ValueError(f"--n {n} is more than the {min(len(real.reference), len(real.floor))} real images "
+                         f"each of the reference and the floor has ({real.source})")
+    classifier = feature_classifier(dataset, data_dir, train_steps=args.classifier_steps, progress=True,
+                                    real=real).to(device)
+    scores = evaluate_samples(samples, classifier, real.reference[:n], progress=True)
+    floor = evaluate_samples(real.floor[:n], classifier, real.reference[:n])
+    floor = {key: floor[key] for key in ("fid", "inception_score", "precision", "recall")}
+    report = {**scores, "floor": floor, "real_images": real.source, "dataset": dataset, **report}
     line = json.dumps(report)
     print(line)
     if args.json:
@@ -89,10 +99,14 @@ def _draw(checkpoint, args, device):
         raise ValueError(f"checkpoint {checkpoint.path} makes {channels}-channel {size}×{size} images; "
                          "eval scores 1-channel 28×28 digits only")
     num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
-    samples = generate_on_ranks(model, schedule, args.n, args.sampler, num_steps, eta=args.eta, seed=args.seed,
+    options = sampling_options(args)
+    samples = generate_on_ranks(model, schedule, args.n, args.sampler, num_steps,
                                 labels=class_labels(args.n, model.num_classes), prediction=config["prediction"],
-                                progress=True)
-    return samples, {"sampler": args.sampler, "steps": num_steps, "seed": args.seed, "ema": not args.no_ema}
+                                progress=True, **options)
+    drawn_with = {"sampler": args.sampler, "steps": num_steps, "ema": not args.no_ema, **options}
+    if args.sampler == "ddpm":
+        drawn_with["variance"] = ddpm_variance(model, args.variance)
+    return samples, drawn_with
 
 
 def _load_samples(path) -> np.ndarray:

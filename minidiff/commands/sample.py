@@ -8,9 +8,11 @@ from pathlib import Path
 
 from ..backend import check_device
 from ..checkpoint import checkpoint_path, load_checkpoint, load_model
+from ..diffusion import VARIANCES
 from ..distributed import world
 from ..images import save_image_grid
 from ..sample import GRID_SCALE, SAMPLERS, TrajectoryRecorder, generate_on_ranks, sampler_steps, save_npy
+from ..schedule import SPACINGS
 from . import editing
 
 
@@ -23,6 +25,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                              "pf-ode, 20 for dpm-solver++)")
     parser.add_argument("--eta", type=float, default=0.0,
                         help="DDIM noise scale η: 0 deterministic, 1 DDPM-like (default: %(default)s)")
+    parser.add_argument("--spacing", choices=SPACINGS, default=None,
+                        help="which of the T timesteps the --steps are (default: quadratic for dpm-solver++, "
+                             "uniform for the others)")
+    parser.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
+    parser.add_argument("--dynamic-threshold", type=float, default=None, metavar="P",
+                        help="dynamic thresholding of the predicted x0 at percentile P in (0, 1] (Imagen), "
+                             "instead of clipping")
+    parser.add_argument("--variance", choices=VARIANCES, default=None,
+                        help="DDPM's reverse variance (default: learned for --learn-sigma checkpoints, else fixed_small)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--no-ema", action="store_true", help="sample with the live weights, not their EMA")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
@@ -43,6 +54,18 @@ def check_sampling_arguments(args) -> None:
         raise ValueError(f"--eta must be a finite number >= 0, got {args.eta}")
     if args.eta and args.sampler != "ddim":
         raise ValueError(f"--eta applies to --sampler ddim only, not {args.sampler}")
+    if args.dynamic_threshold is not None and not 0 < args.dynamic_threshold <= 1:
+        raise ValueError(f"--dynamic-threshold must be a percentile in (0, 1], got {args.dynamic_threshold}")
+    if args.dynamic_threshold is not None and args.no_clip:
+        raise ValueError("--dynamic-threshold and --no-clip contradict each other; give one of them")
+    if args.variance is not None and args.sampler != "ddpm":
+        raise ValueError(f"--variance applies to --sampler ddpm only, not {args.sampler}")
+
+
+def sampling_options(args) -> dict:
+    """The keyword arguments of :func:`minidiff.sample.generate` that the shared flags set."""
+    return dict(eta=args.eta, seed=args.seed, spacing=args.spacing, clip_denoised=not args.no_clip,
+                dynamic_threshold=args.dynamic_threshold, variance=args.variance)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,9 +90,9 @@ def run(args) -> int:
     # Under MPI each rank draws a share of the samples (the trajectory's come from rank 0's);
     # rank 0 writes them all.
     recorder = TrajectoryRecorder(drawing.steps) if args.trajectory and world().is_root else None
-    samples = generate_on_ranks(model, schedule, drawing.n, args.sampler, num_steps, eta=args.eta, seed=args.seed,
-                                labels=drawing.labels, prediction=config["prediction"], callback=recorder,
-                                progress=True, **drawing.options)
+    samples = generate_on_ranks(model, schedule, drawing.n, args.sampler, num_steps, labels=drawing.labels,
+                                prediction=config["prediction"], callback=recorder, progress=True,
+                                **sampling_options(args), **drawing.options)
     if samples is None:
         return 0
     out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent / "samples.png"

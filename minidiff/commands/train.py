@@ -36,10 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 "(Ho & Salimans 2021 use 0.1 or 0.2)")
     option("model", "--conditional", action="store_true",
            help="same as --num-classes 10 (MNIST and Fashion-MNIST have 10 classes)")
-    option("diffusion", "--schedule", choices=SCHEDULES, help="noise schedule (linear is scaled by 1000/T)")
+    option("diffusion", "--schedule", choices=SCHEDULES, help="noise schedule (linear and scaled_linear are scaled by 1000/T)")
+    option("diffusion", "--zero-terminal-snr", action="store_true",
+           help="rescale the schedule to end at alphas_cumprod = 0 (Lin et al. 2023); needs --prediction v or x0")
     option("diffusion", "--timesteps", type=int, metavar="T", help="length of the diffusion chain")
     option("diffusion", "--prediction", choices=PREDICTIONS, help="what the network predicts")
     option("diffusion", "--min-snr-gamma", type=float, metavar="GAMMA", help="Min-SNR-γ loss weighting (Hang et al. 2023)")
+    option("diffusion", "--learn-sigma", action="store_true",
+           help="also learn the reverse variances, trained with L_hybrid (Nichol & Dhariwal 2021); "
+                "sample --sampler ddpm then uses them"),
     option("optimisation", "--steps", type=int, help="train until this many optimiser steps")
     option("optimisation", "--batch-size", type=int, help="images per step")
     option("optimisation", "--lr", type=float, help="Adam learning rate after warm-up")

@@ -7,7 +7,7 @@ from ..backend import get_array_module
 from .fusion import absorb
 
 __all__ = [
-    "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt", "abs",
+    "add", "sub", "mul", "div", "neg", "pow", "exp", "expm1", "log", "sqrt", "abs",
     "clamp", "clip", "maximum", "minimum", "where",
 ]
 
@@ -93,6 +93,17 @@ class Exp(Function):
     def backward(self, grad):
         (out,) = self.saved
         return grad * out  # ∂eˣ/∂x = eˣ
+
+
+class Expm1(Function):
+    def forward(self, x):
+        out = get_array_module(x).expm1(x)  # eˣ − 1 without cancellation near x = 0
+        self.save_for_backward(out)
+        return out
+
+    def backward(self, grad):
+        (out,) = self.saved
+        return grad * (out + 1)  # ∂(eˣ − 1)/∂x = eˣ
 
 
 class Log(Function):
@@ -204,6 +215,10 @@ def pow(x, exponent):
 
 def exp(x):
     return Exp.apply(x)
+
+
+def expm1(x):
+    return Expm1.apply(x)
 
 
 def log(x):
