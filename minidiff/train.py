@@ -1,4 +1,4 @@
-"""Training a diffusion model: :class:`TrainConfig` and the :class:`Trainer` loop.
+"""Training a diffusion model: the :class:`Trainer` loop (its :class:`TrainConfig` is :mod:`minidiff.config`).
 
 The loss of one step is :func:`minidiff.diffusion.training_loss` — Ho et al. 2020, Algorithm 1:
 draw x₀ from the data, t ∼ Uniform({0, …, T−1}), ε ∼ N(0, I), take a gradient step on
@@ -19,7 +19,6 @@ The files of a run are :mod:`minidiff.runfolder`'s; the ``train`` command is
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
@@ -27,177 +26,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import DEVICES, check_device, performance_settings
+from .backend import check_device, performance_settings
 from .batching import Batcher
-from .checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, model_config, save_checkpoint
-from .datasets import DATASETS, load_dataset
-from .diffusion import PREDICTIONS, UniformSampler, training_loss
+from .checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .datasets import load_dataset
+from .diffusion import UniformSampler, training_loss
 from .distributed import sync_check_every, world
 from .guidance import drop_labels
 from .images import save_image_grid
 from .optim import EMA, Adam, clip_grad_norm, linear_warmup
 from .runfolder import RunFolder, sigint_deferred
 from .sample import GRID_SCALE, class_labels, generate
-from .schedule import SCHEDULES, schedule_by_name
-from .unet import PRESETS
+from .schedule import schedule_by_name
 
 
 class DivergenceError(RuntimeError):
     """The loss or the gradient became NaN or infinite; the run stopped without saving."""
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything that defines a training run; the CLI flags are these names with dashes."""
-
-    # data
-    dataset: str = "mnist"
-    data_dir: str | None = None
-    limit_data: int | None = None  # train on the first N images only (quick experiments, tests)
-    hflip: bool = False  # off by default: digits are not mirror-symmetric
-    # model
-    preset: str = "mnist"
-    dropout: float | None = None  # None keeps the preset's
-    num_classes: int | None = None  # class-conditional when set
-    p_uncond: float = 0.0  # > 0: labels dropped to the null class with this probability (classifier-free guidance)
-    # diffusion
-    schedule: str = "linear"
-    zero_terminal_snr: bool = False  # rescale the schedule so ᾱ_{T−1} = 0 (Lin et al. 2023)
-    timesteps: int = 1000
-    prediction: str = "eps"
-    min_snr_gamma: float | None = None
-    learn_sigma: bool = False  # also learn Σ_θ, trained with L_hybrid (Nichol & Dhariwal 2021)
-    # optimisation (Ho et al. 2020, App. B, but a shorter warm-up for short MNIST runs)
-    steps: int = 5000
-    batch_size: int = 64
-    lr: float = 2e-4
-    warmup_steps: int = 500
-    grad_clip: float = 1.0  # 0 turns clipping off
-    ema_decay: float = 0.9999
-    seed: int = 0
-    # the run folder and what goes into it
-    out: str | None = None  # default runs/<dataset>-<preset>
-    sample_every: int = 1000  # 0: no preview grids
-    sample_n: int = 16
-    sample_steps: int = 50
-    checkpoint_every: int = 500  # 0: only at the end (and on Ctrl-C)
-    log_every: int = 10
-    device: str = "cpu"
-
-    def __post_init__(self):
-        if self.out is None:
-            self.out = f"runs/{self.dataset}-{self.preset}"
-        problems = []
-
-        def need(ok, name, what):
-            if not ok:
-                problems.append(f"{name} (--{name.replace('_', '-')}) must be {what}, got {getattr(self, name)!r}")
-
-        def is_int(value):
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-        def is_real(value):
-            return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
-                and math.isfinite(value)
-
-        for name in ("steps", "batch_size", "timesteps", "sample_n", "sample_steps", "log_every"):
-            need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "a positive integer")
-        for name in ("warmup_steps", "sample_every", "checkpoint_every", "seed"):
-            need(is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "a non-negative integer")
-        for name in ("limit_data", "num_classes"):
-            need(getattr(self, name) is None or is_int(getattr(self, name)) and getattr(self, name) >= 1,
-                 name, "a positive integer")
-
-        need(is_real(self.lr) and self.lr > 0, "lr", "a positive finite number")
-        need(is_real(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a finite number >= 0 (0 turns clipping off)")
-        need(is_real(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
-        need(self.dropout is None or is_real(self.dropout) and 0 <= self.dropout < 1, "dropout", "in [0, 1)")
-        need(self.min_snr_gamma is None or is_real(self.min_snr_gamma) and self.min_snr_gamma > 0,
-             "min_snr_gamma", "a positive finite number")
-        need(is_real(self.p_uncond) and 0 <= self.p_uncond < 1, "p_uncond", "in [0, 1)")
-        need(not self.p_uncond or self.num_classes is not None, "p_uncond",
-             "0 without --num-classes (it drops class labels)")
-        for name, choices in (("dataset", DATASETS), ("preset", PRESETS), ("schedule", SCHEDULES),
-                              ("prediction", PREDICTIONS), ("device", DEVICES)):
-            need(isinstance(getattr(self, name), str) and getattr(self, name) in choices, name,
-                 "one of " + ", ".join(choices))
-        for name in ("hflip", "zero_terminal_snr", "learn_sigma"):
-            need(isinstance(getattr(self, name), bool), name, "true or false")
-        need(isinstance(self.out, str) and self.out.strip() != "", "out", "a folder name")
-        need(self.data_dir is None or isinstance(self.data_dir, str) and self.data_dir.strip() != "",
-             "data_dir", "a folder name")
-        if not problems:
-            problems += _schedule_problems(self.schedule, self.timesteps, self.prediction, self.zero_terminal_snr)
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, **overrides) -> TrainConfig:
-        """The config a checkpoint was trained with, writing to its folder, updated by ``overrides``.
-
-        The checkpoint is the source of truth: a saved field that is not valid is refused naming the
-        file; an override of a field in :data:`FIXED_ON_RESUME` that differs from the saved value is
-        refused naming the flag (it would silently change the experiment); and ``steps`` must lie
-        beyond the checkpoint's step. Other overrides (lr, steps, cadences, device) apply from here on.
-        """
-        names = {field.name for field in dataclasses.fields(cls)}
-        saved = {name: value for name, value in checkpoint.config.items() if name in names}
-        saved["out"] = str(checkpoint.path.parent)
-        try:
-            cls(**saved)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {checkpoint.path}: its config is not valid: {exc}") from None
-        changed = [name for name in FIXED_ON_RESUME if name in overrides and overrides[name] != saved.get(name)]
-        if changed:
-            flags = ", ".join(f"--{name.replace('_', '-')} {overrides[name]} (saved: {saved.get(name)})"
-                              for name in changed)
-            raise ValueError(f"{flags}: cannot change on --resume, since the resumed run would no longer "
-                             f"be the one in {checkpoint.path}; start a new run with another --out")
-        config = cls(**{**saved, **overrides})
-        if config.steps <= checkpoint.step:
-            raise ValueError(f"--steps {config.steps} is not beyond the checkpoint's step {checkpoint.step}: "
-                             "nothing to train; pass a larger --steps to continue")
-        return config
-
-    def run_config(self) -> dict:
-        """The JSON-ready config of a run: these fields plus the model's constructor arguments."""
-        overrides = {"num_classes": self.num_classes, "null_class": bool(self.p_uncond), "learn_sigma": self.learn_sigma}
-        if self.dropout is not None:
-            overrides["dropout"] = self.dropout
-        return {**dataclasses.asdict(self), "model": model_config(self.preset, **overrides)}
-
-
-# What defines the experiment a checkpoint belongs to: refused as an override on --resume.
-FIXED_ON_RESUME = ("dataset", "limit_data", "hflip", "preset", "dropout", "num_classes", "p_uncond", "schedule",
-                   "zero_terminal_snr", "timesteps", "prediction", "min_snr_gamma", "learn_sigma", "batch_size", "seed")
-
-# The chain must end close to pure noise, or sampling from N(0, I) starts far from q(x_T).
-MAX_FINAL_ALPHA_BAR = 0.05
-
-
-def _schedule_problems(name: str, T: int, prediction: str, zero_terminal_snr: bool = False) -> list[str]:
-    """Why ``--schedule name --timesteps T [--zero-terminal-snr]`` cannot train a ``prediction`` model (empty when it can)."""
-    where = f"--schedule {name}{' --zero-terminal-snr' if zero_terminal_snr else ''} with --timesteps {T}"
-    if T > 100_000:
-        return [f"{where}: at most 100000 timesteps are supported"]
-    try:
-        schedule = schedule_by_name(name, T, zero_terminal_snr)
-    except ValueError as exc:
-        return [f"{where} is not a valid schedule ({exc})"]
-    final = schedule.alphas_cumprod[-1]
-    if final > MAX_FINAL_ALPHA_BAR:
-        return [f"{where} ends at alphas_cumprod = {final:.3g}, far from pure noise (need <= {MAX_FINAL_ALPHA_BAR}); "
-                "use more timesteps"]
-    if final == 0 and prediction == "eps":
-        # ε-prediction cannot recover x₀ where ᾱ = 0; better to say so before training than after.
-        return [f"{where} reaches alphas_cumprod = 0 at the last step, where an eps-predicting model cannot "
-                "recover x0; use --prediction v or x0, more timesteps, or another schedule"]
-    return []
-
-
-CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig))
-
-
 
 
 def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:

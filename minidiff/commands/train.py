@@ -7,7 +7,8 @@ from ..checkpoint import load_checkpoint
 from ..datasets import DATASETS
 from ..diffusion import PREDICTIONS
 from ..schedule import SCHEDULES
-from ..train import CONFIG_FIELDS, TrainConfig, Trainer
+from ..config import CONFIG_FIELDS, TrainConfig
+from ..train import Trainer
 from ..unet import PRESETS
 
 
