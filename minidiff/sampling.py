@@ -144,8 +144,9 @@ def ddim_sample(model, schedule, shape, steps=50, spacing="uniform", *, eta=0.0,
     """DDIM sampling on ``steps`` timesteps of ``schedule`` (Song et al. 2021, Eq. 12 and §4.2).
 
     x_{t−1} = √ᾱ_{t−1} x̂₀ + √(1 − ᾱ_{t−1} − σ_t²) ε̂ + σ_t z, with σ_t(η) from Eq. 16: η = 0 is
-    the deterministic DDIM, η = 1 the DDPM posterior. ``spacing`` is ``"uniform"`` or
-    ``"quadratic"``. Returns x₀, or (x₀, [TrajectoryStep, …]) with ``return_trajectory=True``.
+    the deterministic DDIM, η = 1 the DDPM posterior. ``spacing`` is any of
+    :data:`minidiff.schedule.SPACINGS`. Returns x₀, or (x₀, [TrajectoryStep, …]) with
+    ``return_trajectory=True``.
     """
     schedule = respaced(schedule, steps, spacing)
     variances = ddim_variance(schedule, eta)  # σ_t(η)², Eq. 16
