@@ -11,6 +11,7 @@ def main(path):
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for line in open(path):
         r = json.loads(line)
+        # Rows written before --spacing defaulted to "uniform" hold null: DPM-Solver++'s default was quadratic then.
         how = r.get("spacing") or ("quadratic" if r["sampler"] == "dpm-solver++" else "uniform")
         if r["sampler"] == "ddpm":
             how += f", {r['variance']}"

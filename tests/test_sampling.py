@@ -317,7 +317,7 @@ def test_dpm_solver_pp_is_at_least_as_accurate_as_ddim_at_few_steps():
 
     for steps in (10, 20):
         ddim_default = error(ddim_sample, steps)
-        assert error(dpm_solver_pp_sample, steps) <= ddim_default / 3  # the defaults: quadratic, lower_order_final
+        assert error(dpm_solver_pp_sample, steps) <= ddim_default  # the defaults: uniform, lower_order_final
         for spacing in SPACINGS:
             assert error(dpm_solver_pp_sample, steps, spacing=spacing) <= error(ddim_sample, steps, spacing=spacing)
     old = error(dpm_solver_pp_sample, 20, spacing="uniform", lower_order_final=False)

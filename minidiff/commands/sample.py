@@ -25,9 +25,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                              "pf-ode, 20 for dpm-solver++)")
     parser.add_argument("--eta", type=float, default=0.0,
                         help="DDIM noise scale η: 0 deterministic, 1 DDPM-like (default: %(default)s)")
-    parser.add_argument("--spacing", choices=SPACINGS, default=None,
-                        help="which of the T timesteps the --steps are (default: quadratic for dpm-solver++, "
-                             "uniform for the others)")
+    parser.add_argument("--spacing", choices=SPACINGS, default="uniform",
+                        help="which of the T timesteps the --steps are (default: %(default)s)")
     parser.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     parser.add_argument("--dynamic-threshold", type=float, default=None, metavar="P",
                         help="dynamic thresholding of the predicted x0 at percentile P in (0, 1] (Imagen), "
