@@ -92,7 +92,8 @@ def _spectrum_figure(plt, real, x0_hats, T: int, path: Path) -> Path:
     for colour, index in zip(colours, chosen):
         t, x0_hat = x0_hats[index]
         axes[2].plot(bands, band_correlation(x0_hat, final), color=colour, marker=".", label=f"t = {t}")
-    axes[2].set(ylim=(-0.1, 1.05), title="reverse: x̂₀_t against the final sample, per band",
+    axes[2].set_ylim(top=1.05)
+    axes[2].set(title="reverse: x̂₀_t against the final sample, per band",
                 xlabel="frequency band f (cycles/image)", ylabel="correlation (1: settled)")
     axes[2].legend(fontsize=8, loc="lower left")
     with atomic_write(path) as f:
