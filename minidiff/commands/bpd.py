@@ -25,6 +25,7 @@ from ..checkpoint import load_checkpoint, load_model
 from ..diffusion import VARIANCES, bpd_estimate, pilot_probabilities
 from ..metrics import real_image_splits
 from ..sample import ddpm_variance
+from .sample import add_weights_arguments
 
 BATCH = 100  # images per model call
 PILOT_IMAGES = 8  # images of the pilot run that sets the importance weights (floor images past --n)
@@ -40,10 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "p_t ∝ sqrt(E[L_t^2]) (default: %(default)s)")
     parser.add_argument("--variance", choices=VARIANCES, default=None,
                         help="reverse variance (default: learned for --learn-sigma checkpoints, else fixed_small)")
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    parser.add_argument("--no-ema", action="store_true", help="score the live weights, not their EMA")
+    add_weights_arguments(parser, "score")
     parser.add_argument("--data-dir", default=None, help="where the dataset is (default: the checkpoint's)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
 
 
 def run(args) -> int:

@@ -33,8 +33,13 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                              "instead of clipping")
     parser.add_argument("--variance", choices=VARIANCES, default=None,
                         help="DDPM's reverse variance (default: learned for --learn-sigma checkpoints, else fixed_small)")
+    add_weights_arguments(parser, "sample with")
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser, use: str) -> None:
+    """``--seed``, ``--no-ema`` and ``--device``: which weights run where (``sample``, ``eval``, ``bpd``)."""
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    parser.add_argument("--no-ema", action="store_true", help="sample with the live weights, not their EMA")
+    parser.add_argument("--no-ema", action="store_true", help=f"{use} the live weights, not their EMA")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
 
 
