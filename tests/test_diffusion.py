@@ -13,7 +13,6 @@ from minidiff.diffusion import (
     LossSecondMomentResampler,
     UniformSampler,
     approx_standard_normal_cdf,
-    calc_bpd_loop,
     discretized_gaussian_log_likelihood,
     dynamic_thresholding,
     normal_kl,
@@ -33,6 +32,7 @@ from minidiff.diffusion import (
     vb_terms_bpd,
 )
 from minidiff.autograd import Tensor
+from minidiff.likelihood import calc_bpd_loop
 from minidiff.oracles import GaussianMixture, mixture_denoiser
 from minidiff.schedule import NoiseSchedule
 from minidiff.testing import batches, check_round_trips, schedules

@@ -5,8 +5,8 @@ import pytest
 
 from minidiff.autograd import Tensor
 from minidiff.checkpoint import build_model, load_model, save_checkpoint
-from minidiff.diffusion import (bpd_estimate, calc_bpd_loop, hybrid_vlb_term, learned_log_variance,
-                                pilot_probabilities, q_sample, training_loss)
+from minidiff.diffusion import hybrid_vlb_term, learned_log_variance, q_sample, training_loss
+from minidiff.likelihood import bpd_estimate, calc_bpd_loop, pilot_probabilities
 from minidiff.gradcheck import gradcheck
 from minidiff.sampling import ddpm_sample
 from minidiff.schedule import NoiseSchedule

@@ -4,7 +4,7 @@ Nichol & Dhariwal 2021, §2.3), with its standard error and the number of timest
 
 With T = 1000 the full bound costs T model calls per image; ``--timesteps K`` evaluates the prior
 and decoder terms exactly and K − 1 KL terms drawn uniformly without replacement per image
-(:func:`minidiff.diffusion.bpd_estimate`), an unbiased estimate whose standard error over the
+(:func:`minidiff.likelihood.bpd_estimate`), an unbiased estimate whose standard error over the
 images includes the timestep sampling. ``--timesteps T`` is the full bound. ``--weighting
 importance`` draws the KL terms from p_t ∝ √E[L_t²] of a pilot run instead (on
 :data:`PILOT_IMAGES` images at K evenly spaced timesteps; Nichol & Dhariwal 2021's p_t), which
@@ -22,7 +22,8 @@ import numpy as np
 
 from ..backend import check_device, to_device
 from ..checkpoint import load_checkpoint, load_model
-from ..diffusion import VARIANCES, bpd_estimate, pilot_probabilities
+from ..diffusion import VARIANCES
+from ..likelihood import bpd_estimate, pilot_probabilities
 from ..metrics import real_image_splits
 from ..sample import ddpm_variance
 from .sample import add_weights_arguments
