@@ -16,6 +16,7 @@ import numpy as np
 
 from .autograd import no_grad
 from .backend import get_array_module
+from .diffusion import model_output_parts
 from .unet import as_denoiser
 
 
@@ -44,7 +45,8 @@ def guided_denoiser(model, labels, guidance: float = 0.0):
     v-models this is the same guided sampler as guiding ε: at fixed (x_t, t), ε, x₀ and v are
     affine functions of each other (ε = (x_t − √ᾱ x₀)/√(1 − ᾱ), ε = √(1 − ᾱ) x_t + √ᾱ v), and
     an affine map commutes with a combination whose weights (1 + w) and −w sum to 1. Clipping
-    x̂₀ happens after guidance, in :func:`minidiff.diffusion.denoise`.
+    x̂₀ happens after guidance, in :func:`minidiff.diffusion.denoise`. A model with learned
+    variances keeps the conditional branch's v (Nichol & Dhariwal 2021, Eq. 15): only the mean is guided.
     """
     if not guidance:
         return as_denoiser(model, labels)
@@ -59,7 +61,10 @@ def guided_denoiser(model, labels, guidance: float = 0.0):
         xp = get_array_module(x_t)
         with no_grad():  # one forward of 2N: [x_t, x_t] with labels [c, ∅]
             out = model(xp.concatenate([x_t, x_t]), xp.concatenate([t, t]), np.concatenate([labels, null_labels])).data
-        conditional, unconditional = out[: len(x_t)], out[len(x_t):]
-        return (1.0 + guidance) * conditional - guidance * unconditional  # Eq. 6
+        conditional, v = model_output_parts(out[: len(x_t)], x_t)
+        unconditional, _ = model_output_parts(out[len(x_t):], x_t)
+        guided = (1.0 + guidance) * conditional - guidance * unconditional  # Eq. 6
+        # a learned variance is not guided: the conditional branch's v, as GLIDE and improved-diffusion do
+        return guided if v is None else xp.concatenate([guided, v], axis=1)
 
     return denoise

@@ -74,6 +74,17 @@ def test_batched_guided_forward_equals_two_separate_forwards():
     assert not np.allclose(guided, conditional)
 
 
+def test_a_learned_variance_is_not_guided():
+    model = guided_model(np.float64, learn_sigma=True)
+    rng = np.random.default_rng(3)
+    x, t, y, w = rng.standard_normal((2, 1, 8, 8)), np.array([5, 500]), np.array([0, 2]), 3.0
+    guided = guided_denoiser(model, y, w)(x, t)
+    conditional = as_denoiser(model, y)(x, t)
+    unconditional = as_denoiser(model, np.full(2, model.null_label))(x, t)
+    np.testing.assert_allclose(guided[:, :1], (1 + w) * conditional[:, :1] - w * unconditional[:, :1], rtol=1e-10)
+    np.testing.assert_allclose(guided[:, 1:], conditional[:, 1:], rtol=1e-12, atol=1e-14)  # v: the conditional branch's
+
+
 def test_guidance_zero_is_plain_conditional_and_skips_the_unconditional_branch():
     model = guided_model()
     counting = Counting(model)
