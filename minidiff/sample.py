@@ -1,4 +1,4 @@
-"""Drawing images from a trained model, and the ``python -m minidiff sample`` command.
+"""Drawing images from a trained model: :func:`generate` and what it needs.
 
 :mod:`minidiff.sampling` holds the samplers, which work on any ``model(x_t, t)`` callable;
 this module puts a trained U-Net in front of them: it picks the sampler by name, fixes the
@@ -8,18 +8,17 @@ command is :mod:`minidiff.commands.sample`.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import inspect
+from pathlib import Path
 
 import numpy as np
 
 from .backend import device_of, performance_settings, to_device, to_numpy
 from .distributed import RowsOf, world
 from .files import atomic_write
-from .images import save_image_grid
 from .editing import repaint_sample, repaint_timesteps, sdedit_start, strength_steps
 from .guidance import guided_denoiser
+from .images import save_image_grid
 from .sampling import ddim_encode, ddim_sample, ddpm_sample, dpm_solver_pp_sample, respaced
 from .sde import predictor_corrector_sample, probability_flow_sample, reverse_sde_sample
 

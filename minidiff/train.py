@@ -242,8 +242,10 @@ class Trainer:
             self.saved_step = self.step
             return self.checkpoint_file
         for name, param in self.model.named_parameters():
-            if not np.isfinite(param.numpy()).all():
-                self._check_finite(f"parameter {name}", float("nan"))
+            values = param.numpy()
+            bad = values[~np.isfinite(values)]
+            if bad.size:
+                self._check_finite(f"parameter {name}", float(bad[0]))
         save_checkpoint(
             self.checkpoint_file, config=self.run_config, step=self.step, elapsed_s=self.elapsed_s,
             model=self.model.state_dict(), ema=self.ema.state_dict(), optimizer=self.optimizer.state_dict(),

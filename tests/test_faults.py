@@ -56,7 +56,7 @@ def test_weights_that_are_not_finite_are_never_checkpointed(tmp_path):
     trainer = Trainer(make_config(tmp_path, steps=2), data=DATA, progress=False)
     trainer.fit()
     trainer.model.out[1].weight.data[0, 0, 0, 0] = np.inf
-    with pytest.raises(DivergenceError, match=r"parameter out.1.weight is nan; .* still holds step 2"):
+    with pytest.raises(DivergenceError, match=r"parameter out.1.weight is inf; .* still holds step 2"):
         trainer.save()
     assert load_checkpoint(tmp_path).step == 2
 
