@@ -55,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option("optimisation", "--seed", type=int, help="seeds initialisation, data order, t, noise and dropout")
     option("run", "--out", help="run folder")
     option("run", "--resume", help="continue the run in this folder (or from this checkpoint .npz); "
-                                   "flags given override its config")
+                                   "other flags (--steps, --lr, the cadences, --device, …) apply from there; "
+                                   "a flag that would change the experiment (--seed, the model, the schedule, "
+                                   "the batch) is refused")
     option("run", "--sample-every", type=int, metavar="N", help="preview grid every N steps; 0: never")
     option("run", "--sample-n", type=int, metavar="N", help="images in a preview grid")
     option("run", "--sample-steps", type=int, metavar="N", help="DDIM steps for a preview grid")
