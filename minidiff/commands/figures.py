@@ -21,7 +21,7 @@ from ..checkpoint import checkpoint_path, load_checkpoint, load_model
 from ..datasets import load_dataset
 from ..files import atomic_write
 from ..plot import MISSING, pyplot
-from ..sample import TrajectoryRecorder, generate
+from ..sample import TrajectoryRecorder, generate, sampler_steps
 from ..schedule import schedule_by_name
 from ..spectrum import band_correlation, band_crossings, forward_snr_per_band, radial_power_spectrum
 
@@ -41,20 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     if not 2 <= args.n <= 10_000:
         raise ValueError(f"--n must be between 2 and 10,000, got {args.n}")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed must be an integer in [0, 2^63), got {args.seed}")
     try:
         plt = pyplot()
     except ImportError:
         raise ValueError(MISSING) from None
     checkpoint = load_checkpoint(args.checkpoint)
     model, schedule, config = load_model(checkpoint, device=check_device(args.device))
-    if not 1 <= args.steps <= schedule.T:
-        raise ValueError(f"--steps {args.steps} is outside [1, {schedule.T}], the checkpoint's timesteps")
+    steps = sampler_steps("ddim", args.steps, schedule.T)  # refuses a count outside [1, T]
     out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
 
-    recorder = TrajectoryRecorder(args.steps)
+    recorder = TrajectoryRecorder(steps)
     x0_hats = []  # (steps, n, C, H, W): every step's x̂₀, for the spectra
 
     def record(index, t, x_t, x0_hat):
@@ -62,7 +61,7 @@ def run(args) -> int:
         x0_hats.append((t, np.asarray(x0_hat, dtype=np.float32)))
 
     labels = np.arange(args.n) % model.num_classes if model.num_classes else None
-    generate(model, schedule, args.n, "ddim", args.steps, seed=args.seed, labels=labels,
+    generate(model, schedule, args.n, "ddim", steps, seed=args.seed, labels=labels,
              prediction=config["prediction"], callback=record, progress=True)
     written = [recorder.save(out / "trajectory.png")]
 
