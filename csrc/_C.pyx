@@ -43,6 +43,7 @@ cdef extern from *:
     }
     """
 
+include "threads.pxi"
 include "im2col.pxi"
 include "groupnorm.pxi"
 include "winograd.pxi"

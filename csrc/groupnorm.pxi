@@ -106,7 +106,7 @@ def group_norm_forward(const real[:, :, ::1] x, int groups, const real[::1] weig
     """Per row: μ, σ² (two passes), rstd = 1/√(σ² + eps), x̂ = (x − μ)·rstd, a = γx̂ + β, y = a·σ(a) or a."""
     cdef Py_ssize_t n_images = x.shape[0], m = x.shape[2], per_group = x.shape[1] // groups, row, n, first
     with nogil:
-        for row in prange(n_images * groups, schedule="static"):
+        for row in prange(n_images * groups, schedule="static", num_threads=threads_for(n_images * x.shape[1] * m)):
             n = row // groups
             first = (row % groups) * per_group
             if real is float:
@@ -125,7 +125,7 @@ def group_norm_backward(const real[:, :, ::1] grad_y, const real[:, :, ::1] x, c
     cdef Py_ssize_t n_images = x.shape[0], m = x.shape[2], groups = rstd.shape[1]
     cdef Py_ssize_t per_group = x.shape[1] // groups, row, n, first
     with nogil:
-        for row in prange(n_images * groups, schedule="static"):
+        for row in prange(n_images * groups, schedule="static", num_threads=threads_for(n_images * x.shape[1] * m)):
             n = row // groups
             first = (row % groups) * per_group
             if real is float:

@@ -39,7 +39,7 @@ def im2col(const real[:, :, :, ::1] x, int kh, int kw, int stride, int padding,
     cdef const real* src
     cdef real* dst
     with nogil:
-        for row in prange(channels * kh * kw, schedule="static"):
+        for row in prange(channels * kh * kw, schedule="static", num_threads=threads_for(cols.shape[0] * cols.shape[1])):
             c = row // (kh * kw)
             i = (row // kw) % kh
             j = row % kw
@@ -79,7 +79,7 @@ def col2im(const real[:, ::1] cols, int kh, int kw, int stride, int padding,
     cdef real* dst
     cdef real* image
     with nogil:
-        for plane in prange(n_images * channels, schedule="static"):
+        for plane in prange(n_images * channels, schedule="static", num_threads=threads_for(cols.shape[0] * cols.shape[1])):
             n = plane // channels
             c = plane % channels
             image = &x[n, c, 0, 0]

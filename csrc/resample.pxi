@@ -10,7 +10,7 @@ def upsample_nearest_forward(const real[:, :, :, ::1] x, int scale, real[:, :, :
     cdef Py_ssize_t plane, n, c, i, j, b, a
     cdef const real* src
     cdef real* dst
-    for plane in prange(x.shape[0] * channels, nogil=True, schedule="static"):
+    for plane in prange(x.shape[0] * channels, nogil=True, schedule="static", num_threads=threads_for(y.shape[0] * channels * y.shape[2] * width)):
         n = plane // channels
         c = plane % channels
         for i in range(h):
@@ -31,7 +31,7 @@ def upsample_nearest_backward(const real[:, :, :, ::1] grad_y, int scale, real[:
     cdef const real* src
     cdef real* dst
     cdef real total, column
-    for plane in prange(grad_x.shape[0] * channels, nogil=True, schedule="static"):
+    for plane in prange(grad_x.shape[0] * channels, nogil=True, schedule="static", num_threads=threads_for(grad_y.shape[0] * channels * grad_y.shape[2] * width)):
         n = plane // channels
         c = plane % channels
         for i in range(h):

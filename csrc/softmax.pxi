@@ -45,7 +45,7 @@ def softmax_forward(const real[:, ::1] scores, double scale, real[:, ::1] probs)
     cdef Py_ssize_t r, length = scores.shape[1]
     if length == 0:
         return
-    for r in prange(scores.shape[0], nogil=True, schedule="static"):
+    for r in prange(scores.shape[0], nogil=True, schedule="static", num_threads=threads_for(scores.shape[0] * length)):
         if real is float:
             softmax_forward_row_f(&scores[r, 0], length, <float> scale, &probs[r, 0])
         else:
@@ -57,7 +57,7 @@ def softmax_backward(const real[:, ::1] probs, const real[:, ::1] grad_probs, re
     cdef Py_ssize_t r, length = probs.shape[1]
     if length == 0:
         return
-    for r in prange(probs.shape[0], nogil=True, schedule="static"):
+    for r in prange(probs.shape[0], nogil=True, schedule="static", num_threads=threads_for(probs.shape[0] * length)):
         if real is float:
             softmax_backward_row_f(&probs[r, 0], &grad_probs[r, 0], length, &grad_scores[r, 0])
         else:

@@ -241,7 +241,7 @@ def winograd_input_transform(const real[:, :, :, ::1] x, int padding, int th, in
     cdef real[:, ::1] buffers = _per_thread(4 * phase + 8 * (tiles + 1), &v[0, 0, 0])
     cdef real* planes = NULL
     cdef real* vc
-    with nogil, parallel():
+    with nogil, parallel(num_threads=threads_for(n_images * channels * h * w)):
         planes = &buffers[openmp.omp_get_thread_num(), 0]
         for c in prange(channels, schedule="static"):
             memset(planes, 0, 4 * phase * sizeof(real))  # the padding
@@ -271,7 +271,7 @@ def winograd_input_transform_adjoint(const real[:, :, ::1] grad_v, int padding, 
     cdef real[:, ::1] buffers = _per_thread(4 * phase + 8 * (tiles + 1), &grad_x[0, 0, 0, 0])
     cdef real* planes = NULL
     cdef const real* gv
-    with nogil, parallel():
+    with nogil, parallel(num_threads=threads_for(n_images * channels * h * w)):
         planes = &buffers[openmp.omp_get_thread_num(), 0]
         for c in prange(channels, schedule="static"):
             for xi in range(4):  # the transposes in reverse order: the columns' pass first
@@ -303,7 +303,7 @@ def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, con
     cdef real[:, ::1] buffers = _per_thread(8 * tiles, &y[0, 0, 0, 0])  # per thread: Aᵀ M for (output row parity a, ν)
     cdef real* at_m = NULL
     cdef const real* mo
-    with nogil, parallel():
+    with nogil, parallel(num_threads=threads_for(n_images * channels * ho * wo)):
         at_m = &buffers[openmp.omp_get_thread_num(), 0]
         for o in prange(channels, schedule="static"):
             for nu in range(4):  # Aᵀ down the rows
@@ -332,7 +332,7 @@ def winograd_output_transform_adjoint(const real[:, :, :, ::1] grad_y, real[:, :
     cdef real[:, ::1] buffers = _per_thread(12 * tiles, &grad_m[0, 0, 0])
     cdef real* planes = NULL
     cdef real* gm
-    with nogil, parallel():
+    with nogil, parallel(num_threads=threads_for(n_images * channels * ho * wo)):
         planes = &buffers[openmp.omp_get_thread_num(), 0]
         for o in prange(channels, schedule="static"):
             memset(planes, 0, 4 * tiles * sizeof(real))  # cropped positions and spare tiles
