@@ -159,7 +159,8 @@ def test_cython_softmax_matches_the_reference(shape, scale, spread, dtype, seed)
 
 
 KERNEL_NAMES = [
-    "im2col", "col2im", "group_norm_forward", "group_norm_backward", "winograd_input_transform",
+    "im2col", "col2im", "group_norm_forward", "group_norm_backward", "winograd_filter_transform",
+    "winograd_filter_transform_adjoint", "winograd_input_transform",
     "winograd_input_transform_adjoint", "winograd_output_transform", "winograd_output_transform_adjoint",
     "adam_update", "ema_update", "upsample_nearest_forward", "upsample_nearest_backward", "softmax_forward", "softmax_backward",
 ]

@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 import minidiff.functional as F
 from minidiff import Tensor, backend
 from minidiff.functional.fusion import module_call, no_fusion
-from minidiff.functional.winograd import TILE_ENTRIES, winograd_filter_transform, winograd_filter_transform_adjoint
 from minidiff.gradcheck import gradcheck
 from minidiff.kernels import cpu, reference
-from minidiff.kernels.reference import winograd_pack_tiles, winograd_tile_count, winograd_tiles, winograd_unpack_tiles
+from minidiff.kernels.reference import WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, winograd_pack_tiles, winograd_tile_count, winograd_tiles, winograd_unpack_tiles
 
 IMPLEMENTATIONS = [reference] + ([cpu] if backend.extension() is not None else [])
 needs_ext = pytest.mark.skipif(backend.extension() is None, reason="minidiff._C (the Cython kernels) is not built")
@@ -77,6 +76,12 @@ def test_cython_winograd_transforms_match_the_reference(problem):
     np.testing.assert_allclose(grad_m, reference.winograd_output_transform_adjoint(grad_y, plane_sums=reference_sums), **tolerance(x.dtype))
     np.testing.assert_allclose(sums, reference_sums, rtol=tolerance(x.dtype)["rtol"], atol=tolerance(x.dtype)["atol"] * np.abs(grad_y).sum())
     np.testing.assert_array_equal(grad_m, winograd_pack_tiles(tiles_without_spares(grad_m, x.shape[0], shape)))  # spares exactly zero
+    w = rng.standard_normal((3, x.shape[1], 3, 3)).astype(x.dtype)
+    u = cpu.winograd_filter_transform(w)
+    assert u.dtype == x.dtype
+    np.testing.assert_allclose(u, reference.winograd_filter_transform(w), **tolerance(x.dtype))
+    grad_u = rng.standard_normal(u.shape).astype(x.dtype)
+    np.testing.assert_allclose(cpu.winograd_filter_transform_adjoint(grad_u), reference.winograd_filter_transform_adjoint(grad_u), **tolerance(x.dtype))
 
 
 @settings(max_examples=30, deadline=None)
@@ -95,9 +100,10 @@ def test_each_winograd_adjoint_is_the_transpose_of_its_transform(problem):
         assert np.isclose(lhs, rhs, rtol=1e-12, atol=1e-10)
         lhs, rhs = np.vdot(impl.winograd_output_transform(m, shape), grad_y), np.vdot(m, impl.winograd_output_transform_adjoint(grad_y))
         assert np.isclose(lhs, rhs, rtol=1e-12, atol=1e-10)
-    w = rng.standard_normal((2, x.shape[1], 3, 3))
-    grad_u = rng.standard_normal((TILE_ENTRIES, 2, x.shape[1]))
-    assert np.isclose(np.vdot(winograd_filter_transform(w), grad_u), np.vdot(w, winograd_filter_transform_adjoint(grad_u)), rtol=1e-12)
+        w = rng.standard_normal((2, x.shape[1], 3, 3))
+        grad_u = rng.standard_normal((TILE_ENTRIES, 2, x.shape[1]))
+        lhs, rhs = np.vdot(impl.winograd_filter_transform(w), grad_u), np.vdot(w, impl.winograd_filter_transform_adjoint(grad_u))
+        assert np.isclose(lhs, rhs, rtol=1e-12)
 
 
 def conv_and_grads(x, w, b, padding, algorithm):

@@ -18,46 +18,19 @@ Every step is linear, so the backward pass is each step's adjoint in reverse ord
 
 and ∂b sums ∂Y over each plane, which the output adjoint does while it reads ∂Y.
 
-The input and output transforms are named kernels (NumPy reference, Cython on the CPU); the
-filter transforms act on the small weight and stay in NumPy.
+The filter, input and output transforms and their adjoints are named kernels (NumPy
+reference, Cython on the CPU).
 """
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
 from ..autograd import Function, Tensor
 from ..backend import get_array_module
 from ..kernels import kernel
-from ..kernels.reference import WINOGRAD_G, WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, winograd_tile_count
+from ..kernels.reference import WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, winograd_tile_count
 from .chunking import image_chunks, map_chunks, scratch, sum_shares
 from .fusion import pending
-
-__all__ = ["winograd_filter_transform", "winograd_filter_transform_adjoint"]
-
-
-@functools.lru_cache(maxsize=None)
-def _kron_g(xp, dtype):
-    """G ⊗ G, (α², 9): vec(G g Gᵀ) = (G ⊗ G)·vec(g) for row-major vec, so the filter transform
-    of every channel pair is one matrix product. Built once per array module and dtype."""
-    g = xp.asarray(WINOGRAD_G, dtype=dtype)
-    return xp.kron(g, g)
-
-
-def winograd_filter_transform(w):
-    """U = G g Gᵀ for every (output, input) channel pair: w (C_out, C, 3, 3) → U (α², C_out, C)."""
-    xp = get_array_module(w)
-    c_out, c = w.shape[:2]
-    u = _kron_g(xp, np.dtype(w.dtype)) @ w.reshape(c_out * c, 9).T  # (α², C_out·C)
-    return u.reshape(TILE_ENTRIES, c_out, c)
-
-
-def winograd_filter_transform_adjoint(grad_u):
-    """∂g = Gᵀ ∂U G, the adjoint of :func:`winograd_filter_transform`: (α², C_out, C) → (C_out, C, 3, 3)."""
-    xp = get_array_module(grad_u)
-    _, c_out, c = grad_u.shape
-    return (grad_u.reshape(TILE_ENTRIES, c_out * c).T @ _kron_g(xp, np.dtype(grad_u.dtype))).reshape(c_out, c, 3, 3)
 
 
 class WinogradConv2d(Function):
@@ -75,7 +48,7 @@ class WinogradConv2d(Function):
         c_out = w.shape[0]
         ho, wo = h + 2 * padding - 2, width + 2 * padding - 2
         tiles = winograd_tile_count(ho, wo)
-        u = winograd_filter_transform(w)  # (α², C_out, C)
+        u = kernel("winograd_filter_transform", w)(w)  # U = G g Gᵀ: (α², C_out, C)
         input_transform, output_transform = kernel("winograd_input_transform", x), kernel("winograd_output_transform", x)
         out = xp.empty((n, c_out, ho, wo), dtype=x.dtype)
 
@@ -123,7 +96,7 @@ class WinogradConv2d(Function):
             return None, grad_b
 
         grad_u, grad_b = sum_shares(map_chunks(backward_chunk, image_chunks(n, TILE_ENTRIES * max(c, c_out), tiles, x.itemsize, xp is not np), xp))
-        grad_w = None if grad_u is None else winograd_filter_transform_adjoint(grad_u)  # ∂g = Gᵀ ∂U G
+        grad_w = None if grad_u is None else kernel("winograd_filter_transform_adjoint", grad_u)(grad_u)  # ∂g = Gᵀ ∂U G
         grad_residual = grad_shift.reshape(residual_shape) if grad_shift is not None else grad if residual_shape is not None else None
         return grad_x, grad_w, grad_b, grad_residual  # ∂y/∂residual = 1, summed over the positions it was broadcast to
 

@@ -53,6 +53,20 @@ def group_norm_backward(grad_y, x, mean, rstd, weight, bias, silu: bool):
     return grad_x, grad_weight.sum(axis=0).astype(x.dtype), grad_bias.sum(axis=0).astype(x.dtype)
 
 
+def winograd_filter_transform(w):
+    c_out, c = w.shape[:2]
+    u = np.empty((TILE_ENTRIES, c_out, c), dtype=w.dtype)  # (α², C_out, C)
+    _C().winograd_filter_transform(np.ascontiguousarray(w).reshape(c_out * c, 9), u.reshape(TILE_ENTRIES, c_out * c))
+    return u
+
+
+def winograd_filter_transform_adjoint(grad_u):
+    _, c_out, c = grad_u.shape
+    grad_w = np.empty((c_out, c, 3, 3), dtype=grad_u.dtype)  # (C_out, C, 3, 3)
+    _C().winograd_filter_transform_adjoint(np.ascontiguousarray(grad_u).reshape(TILE_ENTRIES, c_out * c), grad_w.reshape(c_out * c, 9))
+    return grad_w
+
+
 def winograd_input_transform(x, padding: int, out=None):
     n, c, h, w = x.shape
     th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)

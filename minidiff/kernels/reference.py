@@ -134,6 +134,26 @@ def winograd_tile_count(ho: int, wo: int) -> int:
     return th * (tw + 1)
 
 
+def winograd_filter_transform(w):
+    """U = G g Gᵀ for every (output, input) channel pair: w (C_out, C, 3, 3) → U (α², C_out, C).
+
+    With row-major vec, vec(G g Gᵀ) = (G ⊗ G)·vec(g), so all pairs' transforms are one product.
+    """
+    xp = get_array_module(w)
+    c_out, c = w.shape[:2]
+    g = xp.asarray(WINOGRAD_G, dtype=w.dtype)
+    u = xp.kron(g, g) @ w.reshape(c_out * c, 9).T  # (α², 9) @ (9, C_out·C)
+    return u.reshape(WINOGRAD_TILE_ENTRIES, c_out, c)
+
+
+def winograd_filter_transform_adjoint(grad_u):
+    """∂g = Gᵀ ∂U G, the adjoint of :func:`winograd_filter_transform`: (α², C_out, C) → (C_out, C, 3, 3)."""
+    xp = get_array_module(grad_u)
+    _, c_out, c = grad_u.shape
+    g = xp.asarray(WINOGRAD_G, dtype=grad_u.dtype)
+    return (grad_u.reshape(WINOGRAD_TILE_ENTRIES, c_out * c).T @ xp.kron(g, g)).reshape(c_out, c, 3, 3)
+
+
 # Layout of transformed tiles, (α², C, tH·N·(tW + 1)): axis 0 runs over the α² entries (ξ, ν)
 # of a tile, row-major, so V[α·ξ + ν] is the right-hand side of one GEMM; along the last axis,
 # the tiles of each channel, row i of tiles of the N images side by side, tile (i, j) of image
