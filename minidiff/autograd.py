@@ -51,6 +51,8 @@ def is_grad_enabled() -> bool:
 
 
 def _as_array(data, dtype=None):
+    if dtype is None and type(data) is np.ndarray and data.dtype.kind == "f":  # an op's output: kept as it is
+        return data
     if isinstance(data, Tensor):
         data = data.data
     xp = get_array_module(data)
@@ -163,9 +165,7 @@ class Tensor:
 
     # ----------------------------------------------------------------- operators
     def _F(self):
-        from . import functional
-
-        return functional
+        return _functional or _import_functional()
 
     def __add__(self, other):
         return self._F().add(self, other)
@@ -305,7 +305,8 @@ class Function:
 
     def __init__(self, inputs: tuple):
         self.inputs = inputs
-        self.needs_input_grad = tuple(t is not None and t.requires_grad for t in inputs)
+        # under no_grad nothing will run backward, so no input needs a gradient and forward saves nothing
+        self.needs_input_grad = tuple([t is not None and t.requires_grad for t in inputs]) if _grad_enabled else (False,) * len(inputs)
         self.saved: tuple = ()
 
     def save_for_backward(self, *arrays):
@@ -320,9 +321,10 @@ class Function:
     @classmethod
     def apply(cls, *inputs, **options) -> Tensor:
         tensors = _as_tensors(inputs)
-        same_device(*(t.data for t in tensors if t is not None))
+        arrays = [None if t is None else t.data for t in tensors]
+        same_device(*arrays)
         ctx = cls(tensors)
-        output = ctx.forward(*(None if t is None else t.data for t in tensors), **options)
+        output = ctx.forward(*arrays, **options)
         for hook in apply_hooks:
             hook(ctx, output)
         result = Tensor(output)
@@ -332,7 +334,24 @@ class Function:
         return result
 
 
+_functional = None
+
+
+def _import_functional():
+    # minidiff.functional imports this module, so it is imported at the first operator, not above
+    global _functional
+    from . import functional
+
+    _functional = functional
+    return functional
+
+
 def _as_tensors(inputs) -> tuple:
+    for x in inputs:
+        if x is not None and not isinstance(x, Tensor):
+            break
+    else:
+        return inputs
     like = next((x for x in inputs if isinstance(x, Tensor)), None)
     dtype = like.dtype if like is not None else None
     converted = []

@@ -38,6 +38,7 @@ import ctypes
 import importlib
 import os
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -100,7 +101,13 @@ def _import_extension():
 
 def num_threads() -> int:
     """Worker threads for the convolutions: ``MINIDIFF_NUM_THREADS``, else ``OMP_NUM_THREADS``,
-    else the CPUs this process may run on. Read at every call."""
+    else the CPUs this process may run on. Read at every call (once per forward pass, see
+    :func:`settings_held`)."""
+    held = _held.values
+    return held["num_threads"] if held is not None else _read_num_threads()
+
+
+def _read_num_threads() -> int:
     for name in ("MINIDIFF_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(name, "").strip()
         if value:
@@ -158,11 +165,46 @@ def _reuse_freed_memory():
         pass
 
 
+class _HeldSettings(threading.local):
+    """The settings a forward pass on this thread read once at its start (``None`` outside one)."""
+
+    values: dict | None = None
+
+
+_held = _HeldSettings()
+
+
+@contextlib.contextmanager
+def settings_held():
+    """:func:`kernel_mode`, :func:`conv_algorithm` and :func:`num_threads` read once, for the block.
+
+    A model's forward pass asks for them at nearly every op: hundreds of environment reads at
+    about a microsecond each, 5 % of a batch-1 forward. The outermost module call holds them
+    (:func:`~minidiff.functional.fusion.module_call`), so a change of the environment takes
+    effect at the next forward pass, and everywhere else at the next call. Nesting keeps the
+    outer block's values.
+    """
+    if _held.values is not None:
+        yield
+        return
+    _held.values = {"kernel_mode": _read_kernel_mode(), "conv_algorithm": _read_conv_algorithm(), "num_threads": _read_num_threads()}
+    try:
+        yield
+    finally:
+        _held.values = None
+
+
 def kernel_mode() -> str:
     """The kernel family in force for CPU arrays: ``"reference"`` or ``"cpu"``.
 
-    Read from ``MINIDIFF_KERNELS`` at every call, so tests and benchmarks can switch it.
+    Read from ``MINIDIFF_KERNELS`` at every call (once per forward pass, see
+    :func:`settings_held`), so tests and benchmarks can switch it.
     """
+    held = _held.values
+    return held["kernel_mode"] if held is not None else _read_kernel_mode()
+
+
+def _read_kernel_mode() -> str:
     mode = os.environ.get("MINIDIFF_KERNELS", "auto").strip().lower() or "auto"
     if mode not in KERNEL_MODES:
         raise ValueError(f"MINIDIFF_KERNELS={mode!r}: expected one of {', '.join(KERNEL_MODES)}")
@@ -175,6 +217,11 @@ def kernel_mode() -> str:
 
 def conv_algorithm() -> str:
     """The convolution algorithm in force, from ``MINIDIFF_CONV``: ``"auto"``, ``"im2col"`` or ``"reference"``."""
+    held = _held.values
+    return held["conv_algorithm"] if held is not None else _read_conv_algorithm()
+
+
+def _read_conv_algorithm() -> str:
     algorithm = os.environ.get("MINIDIFF_CONV", "auto").strip().lower() or "auto"
     if algorithm not in CONV_ALGORITHMS:
         raise ValueError(f"MINIDIFF_CONV={algorithm!r}: expected one of {', '.join(CONV_ALGORITHMS)}")
@@ -208,7 +255,7 @@ def cuda_available() -> bool:
 
 
 def is_cupy_array(array) -> bool:
-    return type(array).__module__.startswith("cupy")
+    return type(array) is not np.ndarray and type(array).__module__.startswith("cupy")
 
 
 def get_array_module(*arrays):
@@ -253,6 +300,11 @@ def to_numpy(array) -> np.ndarray:
 
 def same_device(*arrays) -> str:
     """The common device of ``arrays``; mixing CPU and CUDA arrays in one op is refused."""
+    for a in arrays:
+        if a is not None and type(a) is not np.ndarray:
+            break
+    else:
+        return "cpu"
     devices = {device_of(a) for a in arrays if a is not None}
     if len(devices) > 1:
         raise DeviceError(

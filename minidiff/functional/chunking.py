@@ -39,7 +39,7 @@ def scratch(name: str, shape, dtype, xp):
     serves all.
     """
     size = math.prod(shape)
-    key = (name, np.dtype(dtype).str, xp.__name__, threading.get_ident())
+    key = (name, dtype, xp, threading.get_ident())
     buffer = _scratch.get(key)
     if buffer is None or buffer.size < size:
         buffer = _scratch[key] = xp.empty(size, dtype=dtype)

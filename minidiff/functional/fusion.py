@@ -57,12 +57,18 @@ def fusion_enabled() -> bool:
 def module_call(forward, args, kwargs):
     """``forward(*args, **kwargs)`` as ``Module.__call__`` runs it: results may stay pending
     inside, and the outermost call returns its result computed."""
-    _module_depth.value += 1
-    try:
-        out = forward(*args, **kwargs)
-    finally:
-        _module_depth.value -= 1
-    if _module_depth.value == 0:
+    if _module_depth.value:
+        _module_depth.value += 1
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            _module_depth.value -= 1
+    with backend.settings_held():  # the whole forward pass runs with one reading of the settings
+        _module_depth.value = 1
+        try:
+            out = forward(*args, **kwargs)
+        finally:
+            _module_depth.value = 0
         for result in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(result, Pending):
                 result.data  # runs the op
