@@ -3,8 +3,8 @@
 
 Builds exactly the architecture described in DESIGN.md ("The reference MNIST
 U-Net") in PyTorch, checks the parameter count (1,623,169), and times a full
-training step (forward + MSE + backward + Adam) and a no-grad forward pass.
-Prints one JSON line.
+training step (forward + MSE + backward + Adam) and a no-grad forward pass, or
+sampling --batch digits by DDIM-50 (--mode sample). Prints one JSON line.
 
 This script is standalone: minidiff never imports torch, and this file is not
 imported by minidiff.  It only runs when torch happens to be installed.
@@ -174,6 +174,26 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+def ddim_sample(model, n, batch, device, steps=50, T=1000):
+    """DDIM (η = 0) on the linear β schedule, as minidiff's ddim_sample with clip_denoised: `steps`
+    timesteps round((T − 1)·i/(steps − 1)), x̂₀ clipped to [−1, 1] and ε̂ recomputed from it."""
+    alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64), 0)
+    timesteps = torch.round(torch.linspace(0, T - 1, steps, dtype=torch.float64)).long()
+    samples = []
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            x = torch.randn(min(batch, n - start), 1, 28, 28, device=device)
+            for i in reversed(range(steps)):
+                t = timesteps[i]
+                a, a_prev = alphas_cumprod[t].item(), alphas_cumprod[timesteps[i - 1]].item() if i else 1.0
+                eps = model(x, torch.full((x.shape[0],), int(t), device=device))
+                x0 = ((x - math.sqrt(1 - a) * eps) / math.sqrt(a)).clamp(-1, 1)
+                eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
+                x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
+            samples.append(x)
+    return torch.cat(samples)
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -199,7 +219,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--mode", choices=("train", "forward", "both"), default="both")
+    p.add_argument("--mode", choices=("train", "forward", "both", "sample"), default="both",
+                   help="sample: --batch digits by DDIM-50, --sample-batch at a time (minidiff bench --mode sample's loop)")
+    p.add_argument("--sample-batch", type=int, default=500, help="images per model call when sampling")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -240,6 +262,12 @@ def main(argv=None):
         s = _time(train_step, args.warmup, args.steps, device)
         result["train_step_s"] = round(s, 6)
         result["train_images_per_s"] = round(n / s, 2)
+
+    if args.mode == "sample":
+        model.eval()
+        s = _time(lambda: ddim_sample(model, n, args.sample_batch, device), 0, args.steps, device)
+        result["sample_s"] = round(s, 6)
+        result["sample_images_per_s"] = round(n / s, 2)
 
     if args.mode in ("forward", "both"):
         model.eval()

@@ -1,8 +1,10 @@
-"""``python -m minidiff bench``: time the reference U-Net's training step and forward pass.
+"""``python -m minidiff bench``: time the reference U-Net's training step and forward pass, or sampling.
 
 Prints one JSON object per kernel family: seconds per step (median over ``--steps``),
 images/s, GFLOP/s (the matrix products counted by :mod:`minidiff.flops`; a training step is
-three forward passes) and the peak memory a training step allocates. With several
+three forward passes, DDIM-50 sampling fifty), the peak memory a training step allocates and
+NumPy's BLAS (its core type decides which GEMM kernels run). ``--mode sample`` times drawing
+``--batch`` digits as ``minidiff sample`` does, with random weights. With several
 ``--kernels`` the families run alternately, step by step, so that a busy machine slows them
 alike and their ratio stays honest. ``--profile`` adds the per-op time breakdown of one step.
 """
@@ -26,9 +28,12 @@ from . import backend, functional as F, no_grad
 from .autograd import Function, Tensor
 from .flops import count_flops
 from .optim import Adam
+from .sample import BATCH as SAMPLE_BATCH, generate
+from .schedule import NoiseSchedule
 from .unet import PRESETS, UNet
 
 KERNEL_CHOICES = ("cpu", "reference")
+SAMPLE_STEPS = 50  # DDIM steps of --mode sample
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=64, help="images per step (default: 64)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default: 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
-    parser.add_argument("--mode", choices=("train", "forward", "both"), default="both", help="what to time (default: both)")
+    parser.add_argument("--mode", choices=("train", "forward", "both", "sample"), default="both",
+                        help="what to time: a training step, a no-grad forward, both, or sampling --batch digits "
+                             f"with DDIM-{SAMPLE_STEPS} as `minidiff sample` does (default: both)")
     parser.add_argument("--kernels", default="cpu",
                         help="comma-separated kernel families to compare: cpu, reference (default: cpu)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -57,7 +64,7 @@ def run(args) -> int:
     device = backend.check_device(args.device)
     with backend.performance_settings():  # as training runs, also when run() is called from a script
         bench = Benchmark(args.preset, args.batch, device, args.seed)
-        modes = ("train", "forward") if args.mode == "both" else (args.mode,)
+        modes = {"both": ("train", "forward")}.get(args.mode, (args.mode,))
         results = bench.measure_alternately(kernels, modes, args.steps, args.warmup)
         for kernel_family, timings in results.items():
             print(json.dumps(bench.report(kernel_family, timings)))
@@ -96,6 +103,7 @@ class Benchmark:
         with no_grad(), count_flops() as counter:
             self.model(self.x, self.t)
         self.forward_flops = counter.total
+        self.schedule = NoiseSchedule.linear(1000)
 
     def train_step(self):
         self.optimizer.zero_grad()
@@ -108,10 +116,14 @@ class Benchmark:
         with no_grad():
             self.model(self.x, self.t).numpy()
 
+    def sample(self):
+        """``batch`` digits by DDIM-50 from x_T, as ``minidiff sample`` draws them (in its batches)."""
+        generate(self.model, self.schedule, self.batch, sampler="ddim", steps=SAMPLE_STEPS)
+
     def measure_alternately(self, families, modes, steps, warmup):
         timings = {f: {m: [] for m in modes} for f in families}
         for mode in modes:
-            step = self.train_step if mode == "train" else self.forward
+            step = {"train": self.train_step, "forward": self.forward, "sample": self.sample}[mode]
             for i in range(warmup + steps):
                 for family in families:
                     with setting("MINIDIFF_KERNELS", family):
@@ -140,7 +152,8 @@ class Benchmark:
             "device": self.device, "kernels": family if self.device == "cpu" else "cuda",
             "cpu_count": os.cpu_count(), "gflop_per_image_forward": round(self.forward_flops / self.batch / 1e9, 4),
         }
-        for mode, flops in (("train", 3 * self.forward_flops), ("forward", self.forward_flops)):
+        for mode, flops in (("train", 3 * self.forward_flops), ("forward", self.forward_flops),
+                            ("sample", SAMPLE_STEPS * self.forward_flops)):
             if mode in timings:
                 seconds = statistics.median(timings[mode])
                 out[f"{mode}_step_s"] = round(seconds, 4)
@@ -148,8 +161,24 @@ class Benchmark:
                 out[f"{mode}_gflops"] = round(flops / seconds / 1e9, 2)
         if timings.get("peak_memory_mib") is not None:
             out["train_peak_memory_mib"] = round(timings["peak_memory_mib"], 1)
+        if "sample" in timings:
+            out["sample_steps"], out["sample_batch"] = SAMPLE_STEPS, min(self.batch, SAMPLE_BATCH)
         out["machine"] = platform.processor() or platform.machine()
+        out["blas"] = blas_description()
         return out
+
+
+def blas_description() -> dict:
+    """NumPy's BLAS as threadpoolctl sees it: library, version and the CPU core type its kernels
+    were picked for (OpenBLAS's ``OPENBLAS_CORETYPE`` can force an older one), and
+    ``OPENBLAS_CORETYPE`` itself when it is set."""
+    from threadpoolctl import threadpool_info
+
+    info = next((i for i in threadpool_info() if i.get("user_api") == "blas"), {})
+    description = {key: info.get(key) for key in ("internal_api", "version", "architecture")}
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        description["OPENBLAS_CORETYPE"] = os.environ["OPENBLAS_CORETYPE"]
+    return description
 
 
 def print_profile(bench: Benchmark, top: int = 20):

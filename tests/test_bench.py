@@ -46,6 +46,15 @@ def test_bench_prints_one_json_line_per_kernel_family(capsys):
         assert line["train_peak_memory_mib"] > 0
 
 
+def test_bench_times_sampling_and_names_the_blas(capsys, monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")  # read back from the environment, not forced here
+    assert main(["bench", "--preset", "tiny", "--batch", "3", "--steps", "1", "--warmup", "0", "--mode", "sample"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["sample_steps"] == 50 and line["sample_batch"] == 3
+    assert line["sample_step_s"] > 0 and line["sample_images_per_s"] > 0 and "train_step_s" not in line
+    assert line["blas"]["OPENBLAS_CORETYPE"] == "Haswell" and {"internal_api", "architecture"} <= set(line["blas"])
+
+
 def test_bench_profile_names_the_ops(capsys):
     assert main(["bench", "--preset", "tiny", "--batch", "2", "--steps", "1", "--mode", "train", "--profile"]) == 0
     wall, profile = (json.loads(line) for line in capsys.readouterr().out.splitlines()[-2:])
