@@ -54,6 +54,8 @@ def image_chunks(n: int, column_rows: int, positions: int, itemsize: int, on_gpu
     evenly over them, so that 2 or 4 threads get equal shares; the chunks never depend on the
     thread count (the results must not either).
     """
+    if n == 1:
+        return [slice(0, 1)]
     per_image = column_rows * positions * itemsize
     size = n if on_gpu else max(1, min(n, COLUMN_CHUNK_BYTES // max(per_image, 1)))
     count = -(-n // size)

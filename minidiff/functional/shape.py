@@ -23,7 +23,7 @@ class Reshape(Function):
 class Transpose(Function):
     def forward(self, x, axes=None):
         axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(a % x.ndim for a in axes)
-        self.save_for_backward(tuple(np.argsort(axes).tolist()))
+        self.save_for_backward(tuple(sorted(range(len(axes)), key=axes.__getitem__)))  # the inverse permutation
         return x.transpose(axes)
 
     def backward(self, grad):
