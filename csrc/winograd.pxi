@@ -112,6 +112,37 @@ cdef extern from *:
         return total;                                                                            \
     }
 
+    /* u[k·stride + p] = (G g_p Gᵀ)[k / 4, k % 4] for the filters g_p = g[9p … 9p + 8], p < count
+       (count ≤ 64): G down the columns of g_p, then Gᵀ along the rows of G g_p, through local
+       blocks laid out entry by entry so that every loop runs along the filters (vectorised).
+       Read entry by entry, not filter by filter: a strided read the compiler vectorises, 2×
+       faster. u is written a row segment at a time: a column of 16 per filter thrashed the
+       cache (4× slower than NumPy's product). */
+    #define MINIDIFF_FILTER_BLOCK(T, NAME)                                                       \
+    MINIDIFF_CLONES static void NAME(const T *restrict g, ptrdiff_t count, ptrdiff_t stride,       \
+                                     T *restrict u) {                                              \
+        const T half = 0.5;                                                                      \
+        T gb[9][64], t[12][64]; /* g's entries; G g_p, entry (i, j) at 3i + j */                 \
+        for (int e = 0; e < 9; e++)                                                              \
+            for (ptrdiff_t p = 0; p < count; p++) gb[e][p] = g[9 * p + e];                       \
+        for (int r = 0; r < 3; r++)                                                              \
+            for (ptrdiff_t p = 0; p < count; p++) {                                              \
+                const T a = gb[r][p], b = gb[3 + r][p], c = gb[6 + r][p];                        \
+                t[r][p] = a; t[3 + r][p] = (a + b + c) * half;                                   \
+                t[6 + r][p] = (a - b + c) * half; t[9 + r][p] = c;                               \
+            }                                                                                    \
+        for (int i = 0; i < 4; i++) {                                                            \
+            T *restrict u0 = u + 4 * i * stride, *restrict u1 = u0 + stride;                     \
+            T *restrict u2 = u1 + stride, *restrict u3 = u2 + stride;                            \
+            for (ptrdiff_t p = 0; p < count; p++) {                                              \
+                const T a = t[3 * i][p], b = t[3 * i + 1][p], c = t[3 * i + 2][p];               \
+                u0[p] = a; u1[p] = (a + b + c) * half; u2[p] = (a - b + c) * half; u3[p] = c;    \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+    MINIDIFF_FILTER_BLOCK(float, winograd_filter_block_f)
+    MINIDIFF_FILTER_BLOCK(double, winograd_filter_block_d)
     MINIDIFF_BT_PASS(float, winograd_bt_pass_f)
     MINIDIFF_BT_PASS(double, winograd_bt_pass_d)
     MINIDIFF_B_PASS(float, winograd_b_pass_f)
@@ -154,6 +185,8 @@ cdef extern from *:
     void interleave_f(const float* even, const float* odd, Py_ssize_t width, float* dst) noexcept nogil
     void interleave_d(const double* even, const double* odd, Py_ssize_t width, double* dst) noexcept nogil
     float row_sum_f(const float* src, Py_ssize_t width) noexcept nogil
+    void winograd_filter_block_f(const float* g, Py_ssize_t count, Py_ssize_t stride, float* u) noexcept nogil
+    void winograd_filter_block_d(const double* g, Py_ssize_t count, Py_ssize_t stride, double* u) noexcept nogil
     double row_sum_d(const double* src, Py_ssize_t width) noexcept nogil
 
 
@@ -353,31 +386,22 @@ def winograd_output_transform_adjoint(const real[:, :, :, ::1] grad_y, real[:, :
 
 
 cdef enum:
-    FILTER_BLOCK = 64
+    FILTER_BLOCK = 64  # filters per block of winograd_filter_block_*
 
 
 def winograd_filter_transform(const real[:, ::1] g, real[:, ::1] u):
-    """u[4ξ + ν, p] = (G g_p Gᵀ)[ξ, ν] for every 3×3 filter g_p = g[p] (row-major, 9 entries):
-    G down the columns of g_p, then Gᵀ along the rows of G g_p. FILTER_BLOCK filters at a time
-    go through a local block, so that u is written a row segment at a time: its 16 rows lie
-    C_out·C apart, and writing a column of 16 per filter thrashed the cache (4× slower than NumPy)."""
-    cdef Py_ssize_t p, first, count, r, xi, k
-    cdef real t[4][3]  # G g_p
-    cdef real block[16][FILTER_BLOCK]
-    cdef real a, b, c, half = 0.5
+    """u[4ξ + ν, p] = (G g_p Gᵀ)[ξ, ν] for every 3×3 filter g_p = g[p] (row-major, 9 entries),
+    FILTER_BLOCK filters at a time. u's rows may be longer than the filters are many (the rest
+    is left alone): rows C_out·C apart, a multiple of 4 KiB for 32 or 64 channels, all start in
+    the same cache set, which cost a third of the time."""
+    cdef Py_ssize_t k, first
     with nogil:
         for k in range((g.shape[0] + FILTER_BLOCK - 1) // FILTER_BLOCK):
             first = k * FILTER_BLOCK
-            count = min(FILTER_BLOCK, g.shape[0] - first)
-            for p in range(count):
-                for r in range(3):
-                    a, b, c = g[first + p, r], g[first + p, 3 + r], g[first + p, 6 + r]
-                    t[0][r], t[1][r], t[2][r], t[3][r] = a, (a + b + c) * half, (a - b + c) * half, c
-                for xi in range(4):
-                    a, b, c = t[xi][0], t[xi][1], t[xi][2]
-                    block[4 * xi][p], block[4 * xi + 1][p], block[4 * xi + 2][p], block[4 * xi + 3][p] = a, (a + b + c) * half, (a - b + c) * half, c
-            for r in range(16):
-                memcpy(&u[r, first], &block[r][0], count * sizeof(real))
+            if real is float:
+                winograd_filter_block_f(&g[first, 0], min(FILTER_BLOCK, g.shape[0] - first), u.shape[1], &u[0, first])
+            else:
+                winograd_filter_block_d(&g[first, 0], min(FILTER_BLOCK, g.shape[0] - first), u.shape[1], &u[0, first])
 
 
 def winograd_filter_transform_adjoint(const real[:, ::1] grad_u, real[:, ::1] grad_g):
