@@ -79,24 +79,25 @@ def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, algorithm: str | Non
 
 
 def _check(x, w, b, stride, padding):
-    if len(x.shape) != 4:
-        raise ValueError(f"conv2d: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
-    if len(w.shape) != 4:
-        raise ValueError(f"conv2d: expected a 4-D weight (C_out, C, kh, kw), got shape {tuple(w.shape)}")
-    if x.shape[1] != w.shape[1]:
+    x_shape, w_shape = tuple(x.shape), tuple(w.shape)
+    if len(x_shape) != 4:
+        raise ValueError(f"conv2d: expected a 4-D input (N, C, H, W), got shape {x_shape}")
+    if len(w_shape) != 4:
+        raise ValueError(f"conv2d: expected a 4-D weight (C_out, C, kh, kw), got shape {w_shape}")
+    if x_shape[1] != w_shape[1]:
         raise ValueError(
-            f"conv2d: input has {x.shape[1]} channels (shape {tuple(x.shape)}) but weight expects "
-            f"{w.shape[1]} (shape {tuple(w.shape)})"
+            f"conv2d: input has {x_shape[1]} channels (shape {x_shape}) but weight expects "
+            f"{w_shape[1]} (shape {w_shape})"
         )
-    if b is not None and tuple(b.shape) != (w.shape[0],):
-        raise ValueError(f"conv2d: bias of shape {tuple(b.shape)} for {w.shape[0]} output channels")
+    if b is not None and tuple(b.shape) != (w_shape[0],):
+        raise ValueError(f"conv2d: bias of shape {tuple(b.shape)} for {w_shape[0]} output channels")
     if stride < 1 or padding < 0:
         raise ValueError(f"conv2d: stride must be ≥ 1 and padding ≥ 0, got stride={stride}, padding={padding}")
-    padded = (x.shape[2] + 2 * padding, x.shape[3] + 2 * padding)
-    if w.shape[2] > padded[0] or w.shape[3] > padded[1]:
+    padded = (x_shape[2] + 2 * padding, x_shape[3] + 2 * padding)
+    if w_shape[2] > padded[0] or w_shape[3] > padded[1]:
         raise ValueError(
-            f"conv2d: kernel {tuple(w.shape[2:])} is larger than the padded input {padded} "
-            f"(input shape {tuple(x.shape)}, padding={padding})"
+            f"conv2d: kernel {w_shape[2:]} is larger than the padded input {padded} "
+            f"(input shape {x_shape}, padding={padding})"
         )
 
 

@@ -64,8 +64,9 @@ def _check(name, x, num_groups, weight, bias):
 def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
     """``torch.nn.functional.group_norm``: x (N, C, *), weight and bias (C,) or None."""
     _check("group_norm", x, num_groups, weight, bias)
-    return pending(GroupNorm, (x, weight, bias), dict(num_groups=int(num_groups), eps=float(eps), silu=False), x.shape,
-                   silu=lambda: group_norm_silu(x, num_groups, weight, bias, eps))
+    options = dict(num_groups=int(num_groups), eps=float(eps))
+    return pending(GroupNorm, (x, weight, bias), dict(options, silu=False), x.shape,
+                   silu=lambda: GroupNorm.apply(x, weight, bias, **options, silu=True))  # arguments checked above
 
 
 def group_norm_silu(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):

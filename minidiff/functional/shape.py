@@ -1,6 +1,8 @@
 """Ops that move elements without changing them: their backward moves the gradient back."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ..autograd import Function, Tensor
@@ -35,7 +37,7 @@ class Concat(Function):
     def forward(self, *xs, axis=0):
         xp = get_array_module(*xs)
         sizes = [x.shape[axis] for x in xs]
-        self.save_for_backward(np.cumsum(sizes)[:-1].tolist(), axis)
+        self.save_for_backward(list(itertools.accumulate(sizes[:-1])), axis)  # where each input's slab ends
         if axis % xs[0].ndim == 0 or xp is not np:
             return xp.concatenate(xs, axis=axis)
         # joining along a later axis (the U-Net's skip channels) is a copy per image: the
