@@ -12,7 +12,7 @@ cdef extern from *:
     /* One row (image n, group g) forward: mean, two-pass variance, then in one pass x̂,
        a = γx̂ + β and y = a·σ(a) or a. Only y is written: the backward rebuilds x̂ from x. */
     #define MINIDIFF_GN_FORWARD(T, NAME, EXP)                                                   \
-    MINIDIFF_CLONES static void NAME(const T *restrict x, ptrdiff_t channels, ptrdiff_t m,      \
+    MINIDIFF_CLONES_WIDE static void NAME(const T *restrict x, ptrdiff_t channels, ptrdiff_t m, \
                      const T *restrict weight, const T *restrict bias, double eps, int silu,    \
                      T *restrict y, T *restrict mean_out, T *restrict rstd) {                   \
         ptrdiff_t len = channels * m;                                                           \
@@ -52,7 +52,7 @@ cdef extern from *:
     /* One row backward: x̂ = (x − μ)·rstd, da (through SiLU), dγ and dβ per channel, dx̂ = γ·da,
        then dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)). */
     #define MINIDIFF_GN_BACKWARD(T, NAME, EXP)                                                  \
-    MINIDIFF_CLONES static void NAME(const T *restrict dy, const T *restrict x, T mu, T rstd,   \
+    MINIDIFF_CLONES_WIDE static void NAME(const T *restrict dy, const T *restrict x, T mu, T rstd, \
                      ptrdiff_t channels, ptrdiff_t m, const T *restrict weight,                 \
                      const T *restrict bias, int silu, T *restrict dx,                          \
                      double *restrict dgamma, double *restrict dbeta) {                         \
