@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+import minidiff.functional as F
 from minidiff import Tensor, no_grad
 from minidiff.autograd import unbroadcast
 
@@ -140,3 +141,19 @@ def test_leaves_never_share_a_grad_array():
     (a + b).sum().backward()
     a.grad *= 0.5
     assert np.array_equal(b.grad, np.ones(3))
+
+
+def test_no_grad_ops_need_no_input_gradients_and_save_nothing(monkeypatch):
+    """Under no_grad nothing will run backward: every op sees needs_input_grad all False, so its
+    forward keeps no array alive for it (here Linear, which saves x and W only for gradients)."""
+    from minidiff import autograd
+
+    nodes = []
+    monkeypatch.setattr(autograd, "apply_hooks", [lambda ctx, output: nodes.append(ctx)])
+    x, w = Tensor(np.ones((2, 3)), requires_grad=True), Tensor(np.ones((4, 3)), requires_grad=True)
+    with no_grad():
+        F.linear(x, w)
+    F.linear(x, w)
+    quiet, recording = nodes
+    assert quiet.needs_input_grad == (False, False, False) and quiet.saved == (None, None)
+    assert recording.needs_input_grad == (True, True, False) and all(a is not None for a in recording.saved)

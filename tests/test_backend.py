@@ -94,3 +94,38 @@ def test_performance_settings_limit_blas_for_the_block_only():
         "    assert set(blas()) == {1}\n"
         "assert blas() == before"
     )
+
+
+def test_a_forward_pass_reads_the_settings_once(monkeypatch):
+    """The outermost module call holds MINIDIFF_KERNELS (and the conv algorithm and thread count)
+    for the whole forward pass; a change of the environment takes effect at the next one, and
+    outside a forward pass at once."""
+    from minidiff import nn
+
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(backend.kernel_mode())
+            monkeypatch.setenv("MINIDIFF_KERNELS", "auto")  # changed in the middle of the pass
+            seen.append(backend.kernel_mode())
+            return x
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Probe()
+
+        def forward(self, x):
+            return self.inner(x)
+
+    monkeypatch.setenv("MINIDIFF_KERNELS", "reference")
+    Outer()(minidiff.Tensor(np.zeros(2)))
+    assert seen == ["reference", "reference"]
+    assert backend.kernel_mode() == ("cpu" if backend.extension() is not None else "reference")
+    monkeypatch.setenv("MINIDIFF_KERNELS", "reference")
+    with backend.settings_held():
+        monkeypatch.setenv("MINIDIFF_KERNELS", "fast")  # a bad value is not even read inside the block
+        assert backend.kernel_mode() == "reference"
+    with pytest.raises(ValueError, match="MINIDIFF_KERNELS='fast'"):
+        backend.kernel_mode()
