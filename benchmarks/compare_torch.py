@@ -31,8 +31,15 @@ HERE = Path(__file__).resolve().parent
 
 
 def run_json(command) -> dict:
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[0])
+    """The first line of ``command``'s output, as JSON; its own last error line if it fails."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+    except OSError as exc:
+        sys.exit(f"compare_torch.py: error: cannot run {command[0]}: {exc.strerror}")
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        sys.exit(f"compare_torch.py: error: {' '.join(command[:4])} … failed: {last}")
+    return json.loads(done.stdout.strip().splitlines()[0])
 
 
 def positive_int(text: str) -> int:

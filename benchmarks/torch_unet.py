@@ -224,6 +224,9 @@ def main(argv=None):
     p.add_argument("--sample-batch", type=int, default=500, help="images per model call when sampling")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    for name, value in (("--batch", args.batch), ("--steps", args.steps), ("--sample-batch", args.sample_batch)):
+        if value < 1:
+            p.error(f"{name} must be at least 1, got {value}")
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("benchmarks/torch_unet.py: --device cuda requested but CUDA is not available.")
