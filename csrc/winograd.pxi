@@ -16,12 +16,12 @@
 # e[k], o[k], e[k + s], o[k + s], with s one row (N·(tW + 1)) or one column (1) of the flat
 # planes: Bᵀ down the rows is one pass over the phase planes, B along the columns one more.
 #
-# One channel is one task; its thread has private buffers (a row each of an array allocated by
-# NumPy, which raises MemoryError where malloc would return NULL), so no two threads write the
-# same element and the result does not depend on the thread count.
+# One channel is one task; its thread has private buffers (one malloc for all of the threads,
+# checked before the parallel region: MemoryError, never a write through NULL), so no two
+# threads write the same element and the result does not depend on the thread count.
 cimport openmp
-import numpy as np
 from cython.parallel cimport parallel
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 cdef extern from *:
@@ -257,9 +257,14 @@ cdef inline Py_ssize_t _phase_offset(Py_ssize_t r, Py_ssize_t q, Py_ssize_t phas
     return (2 * (r % 2) + q % 2) * phase + (r // 2) * row + q // 2
 
 
-cdef real[:, ::1] _per_thread(Py_ssize_t size, real* like):
-    """Scratch of ``size`` elements for each OpenMP thread, of the type ``like`` points to."""
-    return np.empty((openmp.omp_get_max_threads(), size), dtype=np.float32 if real is float else np.float64)
+cdef real* _per_thread(Py_ssize_t size, int threads, real* like) except NULL:
+    """Scratch of ``size`` elements for each of ``threads`` threads, of the type ``like`` points
+    to; the caller frees it. (NumPy's allocation and a memoryview of it cost a microsecond per
+    call, 1 % of a batch-1 forward.)"""
+    cdef real* buffers = <real*> malloc(threads * size * sizeof(real))
+    if buffers == NULL:
+        raise MemoryError(f"Winograd transform: no memory for {threads} × {size} scratch values")
+    return buffers
 
 
 def winograd_input_transform(const real[:, :, :, ::1] x, int padding, int th, int tw, real[:, :, ::1] v):
@@ -271,11 +276,12 @@ def winograd_input_transform(const real[:, :, :, ::1] x, int padding, int th, in
     cdef Py_ssize_t phase = (th + 1) * row + 1
     cdef Py_ssize_t c, n, r, xi, b
     # per thread: the 4 phase planes, then Bᵀ d for (ξ, column parity)
-    cdef real[:, ::1] buffers = _per_thread(4 * phase + 8 * (tiles + 1), &v[0, 0, 0])
+    cdef int threads = threads_for(n_images * channels * h * w)
+    cdef real* buffers = _per_thread(4 * phase + 8 * (tiles + 1), threads, &v[0, 0, 0])
     cdef real* planes = NULL
     cdef real* vc
-    with nogil, parallel(num_threads=threads_for(n_images * channels * h * w)):
-        planes = &buffers[openmp.omp_get_thread_num(), 0]
+    with nogil, parallel(num_threads=threads):
+        planes = buffers + openmp.omp_get_thread_num() * (4 * phase + 8 * (tiles + 1))
         for c in prange(channels, schedule="static"):
             memset(planes, 0, 4 * phase * sizeof(real))  # the padding
             for n in range(n_images):
@@ -291,6 +297,7 @@ def winograd_input_transform(const real[:, :, :, ::1] x, int padding, int th, in
                 vc = &v[4 * xi, c, 0]
                 _bt_pass(planes + 4 * phase + 2 * xi * (tiles + 1), planes + 4 * phase + (2 * xi + 1) * (tiles + 1), 1, tiles,
                          vc, vc + plane_stride, vc + 2 * plane_stride, vc + 3 * plane_stride)
+    free(buffers)
 
 
 def winograd_input_transform_adjoint(const real[:, :, ::1] grad_v, int padding, int th, int tw, real[:, :, :, ::1] grad_x):
@@ -301,11 +308,12 @@ def winograd_input_transform_adjoint(const real[:, :, ::1] grad_v, int padding, 
     cdef Py_ssize_t phase = (th + 1) * row + 1
     cdef Py_ssize_t c, n, r, xi, b
     # per thread: ∂ of the 4 phase planes, then ∂(Bᵀ d)
-    cdef real[:, ::1] buffers = _per_thread(4 * phase + 8 * (tiles + 1), &grad_x[0, 0, 0, 0])
+    cdef int threads = threads_for(n_images * channels * h * w)
+    cdef real* buffers = _per_thread(4 * phase + 8 * (tiles + 1), threads, &grad_x[0, 0, 0, 0])
     cdef real* planes = NULL
     cdef const real* gv
-    with nogil, parallel(num_threads=threads_for(n_images * channels * h * w)):
-        planes = &buffers[openmp.omp_get_thread_num(), 0]
+    with nogil, parallel(num_threads=threads):
+        planes = buffers + openmp.omp_get_thread_num() * (4 * phase + 8 * (tiles + 1))
         for c in prange(channels, schedule="static"):
             for xi in range(4):  # the transposes in reverse order: the columns' pass first
                 gv = &grad_v[4 * xi, c, 0]
@@ -320,6 +328,7 @@ def winograd_input_transform_adjoint(const real[:, :, ::1] grad_v, int padding, 
                     _interleave(planes + _phase_offset(r + padding, padding, phase, row) + n * (tw + 1),
                                 planes + _phase_offset(r + padding, padding + 1, phase, row) + n * (tw + 1),
                                 w, &grad_x[n, c, r, 0])
+    free(buffers)
 
 
 def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, const real[:, :, :, ::1] residual,
@@ -333,11 +342,12 @@ def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, con
     cdef real shift
     cdef bint per_plane = residual.shape[0] > 0 and residual.shape[2] == 1 and residual.shape[3] == 1 and ho * wo > 1
     cdef bint full = residual.shape[0] > 0 and not per_plane
-    cdef real[:, ::1] buffers = _per_thread(8 * tiles, &y[0, 0, 0, 0])  # per thread: Aᵀ M for (output row parity a, ν)
+    cdef int threads = threads_for(n_images * channels * ho * wo)
+    cdef real* buffers = _per_thread(8 * tiles, threads, &y[0, 0, 0, 0])  # per thread: Aᵀ M for (output row parity a, ν)
     cdef real* at_m = NULL
     cdef const real* mo
-    with nogil, parallel(num_threads=threads_for(n_images * channels * ho * wo)):
-        at_m = &buffers[openmp.omp_get_thread_num(), 0]
+    with nogil, parallel(num_threads=threads):
+        at_m = buffers + openmp.omp_get_thread_num() * (8 * tiles)
         for o in prange(channels, schedule="static"):
             for nu in range(4):  # Aᵀ down the rows
                 mo = &m[nu, o, 0]
@@ -350,6 +360,7 @@ def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, con
                 for r in range(ho):  # then A along the columns, one output row at a time
                     _at_row(at_m + 4 * (r % 2) * tiles + (r // 2) * row + n * (tw + 1), tiles, shift,
                             &residual[n, o, r, 0] if full else NULL, wo, &y[n, o, r, 0])
+    free(buffers)
 
 
 def winograd_output_transform_adjoint(const real[:, :, :, ::1] grad_y, real[:, :, ::1] grad_m, real[:, ::1] plane_sums):
@@ -362,11 +373,12 @@ def winograd_output_transform_adjoint(const real[:, :, :, ::1] grad_y, real[:, :
     cdef Py_ssize_t o, n, r, xi, b
     cdef double total
     # per thread: ∂Y split by row and column parity, then A ∂Y
-    cdef real[:, ::1] buffers = _per_thread(12 * tiles, &grad_m[0, 0, 0])
+    cdef int threads = threads_for(n_images * channels * ho * wo)
+    cdef real* buffers = _per_thread(12 * tiles, threads, &grad_m[0, 0, 0])
     cdef real* planes = NULL
     cdef real* gm
-    with nogil, parallel(num_threads=threads_for(n_images * channels * ho * wo)):
-        planes = &buffers[openmp.omp_get_thread_num(), 0]
+    with nogil, parallel(num_threads=threads):
+        planes = buffers + openmp.omp_get_thread_num() * (12 * tiles)
         for o in prange(channels, schedule="static"):
             memset(planes, 0, 4 * tiles * sizeof(real))  # cropped positions and spare tiles
             for n in range(n_images):
@@ -383,6 +395,7 @@ def winograd_output_transform_adjoint(const real[:, :, :, ::1] grad_y, real[:, :
                 gm = &grad_m[4 * xi, o, 0]
                 _a_pass(planes + (4 + 2 * xi) * tiles, planes + (5 + 2 * xi) * tiles, tiles,
                         gm, gm + plane_stride, gm + 2 * plane_stride, gm + 3 * plane_stride)
+    free(buffers)
 
 
 cdef enum:
