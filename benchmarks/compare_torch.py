@@ -55,6 +55,11 @@ def batch_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers like 1,64,256 ({exc})") from None
 
 
+def steps_for(batch: int, steps: int) -> int:
+    """Timed steps per round: at batch 1 at least 50, so that the median of a 10 ms forward is stable."""
+    return max(steps, 50) if batch == 1 else steps
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--torch-python", required=True, help="a Python interpreter that can import torch")
@@ -81,7 +86,7 @@ def main() -> int:
         for job, (batch, modes) in enumerate(jobs):
             sampling = modes == ("sample",)
             mode = modes[0] if len(modes) == 1 else "both"
-            steps = ["--steps", "1"] if sampling else ["--steps", str(args.steps)]
+            steps = ["--steps", str(1 if sampling else steps_for(batch, args.steps))]
             common = ["--batch", str(batch), "--device", args.device, "--mode", mode, *steps]
             ours = run_json([sys.executable, "-m", "minidiff", "bench", *common] + (["--warmup", "0"] if sampling else []))
             extra = ["--warmup", "0", "--sample-batch", str(ours["sample_batch"])] if sampling else []
@@ -95,7 +100,7 @@ def main() -> int:
                 reports[job].update(digits=batch, sample_steps=ours["sample_steps"], sample_batch=ours["sample_batch"])
                 del reports[job]["batch"]
             else:
-                reports[job]["steps_per_round"] = args.steps
+                reports[job]["steps_per_round"] = steps_for(batch, args.steps)
             if "train_peak_memory_mib" in ours:
                 reports[job]["minidiff_peak_train_memory_mib"] = ours["train_peak_memory_mib"]
     for job, (_, modes) in enumerate(jobs):
