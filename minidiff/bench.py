@@ -156,7 +156,7 @@ class Benchmark:
                             ("sample", SAMPLE_STEPS * self.forward_flops)):
             if mode in timings:
                 seconds = statistics.median(timings[mode])
-                out[f"{mode}_step_s"] = round(seconds, 4)
+                out[f"{mode}_step_s"] = round(seconds, 6)
                 out[f"{mode}_images_per_s"] = round(self.batch / seconds, 2)
                 out[f"{mode}_gflops"] = round(flops / seconds / 1e9, 2)
         if timings.get("peak_memory_mib") is not None:
