@@ -30,6 +30,16 @@ def test_chunks_cover_the_batch_in_a_multiple_of_four_even_pieces(n, per_image_r
     assert image_chunks(n, per_image_rows, 49, 4, on_gpu=True) == [slice(0, n)]
 
 
+@pytest.mark.parametrize("n", [2, 3, 4, 8])
+def test_a_batch_that_fits_one_chunk_is_split_when_both_halves_are_worth_a_core(n):
+    """Under 2·MIN_SPLIT_BYTES in all, one chunk; from there, at least two (a multiple of four
+    where the batch allows), each within the cache budget."""
+    per_image = -(-2 * chunking.MIN_SPLIT_BYTES // n)  # bytes per image (1 row × 1 position × itemsize 1), rounded up
+    assert image_chunks(n, per_image - 1, 1, 1, on_gpu=False) == [slice(0, n)]
+    split = image_chunks(n, per_image, 1, 1, on_gpu=False)
+    assert covers(split, n) and len(split) == min(n, chunking.CHUNK_MULTIPLE)
+
+
 @pytest.mark.parametrize("threads", ["1", "2", "3"])
 def test_map_chunks_returns_results_in_chunk_order_and_uses_the_calling_thread(monkeypatch, threads):
     monkeypatch.delenv("MINIDIFF_KERNELS", raising=False)
