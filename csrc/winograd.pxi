@@ -419,8 +419,9 @@ def winograd_filter_transform(const real[:, ::1] g, real[:, ::1] u):
 
 def winograd_filter_transform_adjoint(const real[:, ::1] grad_u, real[:, ::1] grad_g):
     """grad_g[p] = Gᵀ ∂U_p G with ∂U_p[ξ, ν] = grad_u[4ξ + ν, p]: the transposes of the two
-    passes above, in reverse order (G along the rows of ∂U_p, then down its columns), with
-    grad_u read through a local block as above."""
+    passes of winograd_filter_block_*, in reverse order (G along the rows of ∂U_p, then down its
+    columns), FILTER_BLOCK filters at a time, grad_u's rows copied to a local block first (once
+    per step, so its speed matters less than the forward's)."""
     cdef Py_ssize_t p, first, count, xi, col, k
     cdef real s[4][3]  # ∂U_p G
     cdef real block[16][FILTER_BLOCK]
