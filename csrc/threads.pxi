@@ -1,5 +1,5 @@
 # How many OpenMP threads a kernel's parallel loop uses. Waking a sleeping OpenMP thread (the
-# pool waits passively, see backend.performance_settings) costs more than a small kernel's
+# pool waits passively, see backend.extension) costs more than a small kernel's
 # whole run: at batch 1 every kernel paid it, and a forward pass took 22 ms on two threads
 # against 13 on one. So a kernel over fewer than `parallel_min_elements` values (of its
 # image-sized array) runs on the calling thread alone, and a larger one on all the threads

@@ -55,9 +55,9 @@ def group_norm_backward(grad_y, x, mean, rstd, weight, bias, silu: bool):
 
 def winograd_filter_transform(w):
     c_out, c = w.shape[:2]
-    u = np.empty((TILE_ENTRIES, c_out, c), dtype=w.dtype)  # (α², C_out, C)
-    _C().winograd_filter_transform(np.ascontiguousarray(w).reshape(c_out * c, 9), u.reshape(TILE_ENTRIES, c_out * c))
-    return u
+    rows = np.empty((TILE_ENTRIES, c_out * c + 16), dtype=w.dtype)  # (α², C_out·C + 16): the kernel says why 16
+    _C().winograd_filter_transform(np.ascontiguousarray(w).reshape(c_out * c, 9), rows)
+    return rows[:, : c_out * c].reshape(TILE_ENTRIES, c_out, c)  # (α², C_out, C), a view
 
 
 def winograd_filter_transform_adjoint(grad_u):
