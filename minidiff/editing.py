@@ -38,6 +38,9 @@ def strength_steps(strength: float, steps: int) -> int:
 def sdedit_start(schedule, x0, strength: float, noise):
     """(x_{t₀}, t₀): the guide image x₀ perturbed by q(x_{t₀} | x₀) at t₀ = strength·T (Meng et al. 2022, §3).
 
+    §3 writes the perturbation for the VE SDE, x_{t₀} ∼ N(x_guide, σ²(t₀) I); this is its VP
+    variant, the same step written with DDPM's q(x_t | x₀).
+
     ``schedule`` is the (respaced) schedule the sampler will run on; t₀ is its index
     round(strength·T) − 1, so that the sampler then takes round(strength·T) steps
     (``sampler(..., x_T=x_{t₀}, t_start=t₀)``). x_{t₀} = √ᾱ x₀ + √(1 − ᾱ) ε with ε = ``noise``

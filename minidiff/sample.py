@@ -27,9 +27,9 @@ SAMPLER_FUNCTIONS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm-solver++": d
                      "pc": predictor_corrector_sample}
 SAMPLERS = tuple(SAMPLER_FUNCTIONS)
 # Steps when none are asked for: the full chain for ancestral sampling (Ho et al. 2020,
-# Algorithm 2) and for the SDE samplers (Song et al. 2021, Table 1: P1000, PC1000), 50 for DDIM
+# Algorithm 2) and for the SDE samplers (Song et al. 2021b, Table 1: P1000, PC1000), 50 for DDIM
 # (Song et al. 2021, §5) and for Heun on the probability-flow ODE (99 model calls), 20 for
-# DPM-Solver++ (Lu et al. 2022, §6).
+# DPM-Solver++ (Lu et al. 2022b, §6).
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20, "reverse-sde": None, "pf-ode": 50, "pc": None}
 # Samplers that are a deterministic map of x_T (interpolation decodes with one of these).
 DETERMINISTIC = ("ddim", "dpm-solver++", "pf-ode")
@@ -72,7 +72,7 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
 
     ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
     steps or the full chain), ``"ddim"`` (Song et al. 2021, with ``eta``), ``"dpm-solver++"``
-    (Lu et al. 2022), or one of the VP-SDE samplers of :mod:`minidiff.sde`: ``"reverse-sde"``,
+    (Lu et al. 2022b), or one of the VP-SDE samplers of :mod:`minidiff.sde`: ``"reverse-sde"``,
     ``"pf-ode"`` or ``"pc"`` (predictor–corrector). ``labels`` (n,) condition a class-conditional
     model, towards which ``guidance`` w > 0 pushes (classifier-free guidance,
     :func:`minidiff.guidance.guided_denoiser`). ``callback(index, t, x_t, x0_hat)`` sees every

@@ -1,6 +1,6 @@
 """The ``python -m minidiff bpd`` command: a checkpoint in, one JSON line out -- the negative
 log-likelihood bound of held-out real images in bits per dimension (Ho et al. 2020, Eq. 3;
-Nichol & Dhariwal 2021, §2.3), with its standard error and the number of timesteps sampled.
+as improved-diffusion's ``calc_bpd_loop``), with its standard error and the number of timesteps sampled.
 
 With T = 1000 the full bound costs T model calls per image; ``--timesteps K`` evaluates the prior
 and decoder terms exactly and K − 1 KL terms drawn uniformly without replacement per image
