@@ -111,11 +111,11 @@ def reverse_sde_sample(model, schedule, shape, steps=None, spacing="uniform", *,
     """Euler–Maruyama on the reverse-time VP SDE (Song et al. 2021b, Eq. 6), x_T ∼ N(0, I) → x₀.
 
     The predictor alone (Song et al. 2021b, Table 1, "P1000"): :func:`predictor_corrector_sample`
-    with no corrector steps, one model call per step. The last step (to ᾱ = 1) adds no noise,
-    as Algorithm 2 of Ho et al. 2020 and the final denoising step of Song et al. 2021b
-    (Appendix G). On the full chain this is the "reverse diffusion" sampler: Ho et al. 2020's
-    Algorithm 2 to first order in β. Euler–Maruyama is only accurate while every step's ∫β is small: the cosine
-    schedule's last β, clipped at 0.999, is a single step of ∫β ≈ 6.9.
+    with no corrector steps, one model call per step. The last step (to ᾱ = 1) adds no noise, as
+    the final denoising step of Song et al. 2021b (Appendix G) and Ho et al. 2020's Algorithm 2 do.
+    On the full chain this is the "reverse diffusion" sampler: Algorithm 2 to first order in β.
+    Euler–Maruyama is only accurate while every step's ∫β is small: the cosine schedule's last β,
+    clipped at 0.999, is a single step of ∫β ≈ 6.9.
     Returns x₀, or (x₀, [TrajectoryStep, …]) with ``return_trajectory=True``.
     """
     return predictor_corrector_sample(
