@@ -21,7 +21,7 @@
 # derives them. Letters follow math.md's notation table: the papers count steps t = 1, …, T, the code
 # counts t = 0, …, T − 1, and the array entry at code index i is the papers' step i + 1.
 #
-# Run it as a script (`python docs/tutorial.py`, about 10 minutes on a laptop CPU: the training is
+# Run it as a script (`python docs/tutorial.py`, about 5 minutes on a laptop CPU: the training is
 # most of it), or open it as a notebook with jupytext. It writes its pictures to `docs/tutorial/`,
 # where the ones from a full run are committed. `MINIDIFF_TUTORIAL_TINY=1` shrinks everything so that
 # the test suite runs it in seconds (`tests/test_tutorial.py`); the pictures are then noise.
@@ -51,8 +51,8 @@ OUT = Path(os.environ.get("MINIDIFF_TUTORIAL_OUT", HERE / "tutorial"))
 DATA = [HERE.parent / ".." / "shared" / "data" / "mnist", None]  # None: $MINIDIFF_DATA, then the cache
 
 T = 30 if TINY else 200  # steps of the forward process
-TRAIN_STEPS = 2 if TINY else 600
-BATCH = 2 if TINY else 32
+TRAIN_STEPS = 2 if TINY else 400
+BATCH = 2 if TINY else 16
 SAMPLES = 2 if TINY else 8
 DIGIT = 0  # train on one class: a tiny U-Net learns it in minutes on a CPU
 rng = np.random.default_rng(0)

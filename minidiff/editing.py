@@ -83,8 +83,9 @@ def repaint_sample(model, schedule, shape, steps=None, spacing="uniform", *, kno
     Each step down draws x_{t−1}^known ∼ q(x_{t−1} | x₀) (Ho et al. 2020, Eq. 4; x₀ itself at the
     last step) and x_{t−1}^unknown ∼ p_θ(x_{t−1} | x_t) by the DDIM update with σ_t(η)
     (Song et al. 2021, Eqs. 12 and 16; η = 1 is DDPM's ancestral step, the paper's), and keeps
-    x_{t−1} = (1 − m) ⊙ x^known + m ⊙ x^unknown. A step up (a resampling jump,
-    :func:`repaint_timesteps`) is one forward step q(x_t | x_{t−1}) (Ho et al. 2020, Eq. 2).
+    x_{t−1} = (1 − mask) ⊙ x^known + mask ⊙ x^unknown: the paper's m, 1 on the known pixels, is
+    1 − ``mask``. A step up (a resampling jump, :func:`repaint_timesteps`) is one forward step
+    q(x_t | x_{t−1}) (Ho et al. 2020, Eq. 2).
     ``known`` and ``mask`` broadcast against ``shape``. Returns x₀, or (x₀, [TrajectoryStep, …]).
     """
     schedule = respaced(schedule, steps, spacing)
