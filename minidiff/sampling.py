@@ -201,7 +201,8 @@ def dpm_solver_pp_sample(model, schedule, shape, steps=20, spacing="uniform", *,
                          callback=None, return_trajectory=False):
     """DPM-Solver++(2M) sampling on ``steps`` timesteps of ``schedule`` (Lu et al. 2022b, Algorithm 2).
 
-    With λ = ½ log SNR = log(α/σ), h = λ_{t−1} − λ_t and r = (λ_t − λ_{t+1})/h, each step forms
+    In DPM-Solver's letters α_t = √ᾱ_t and σ_t = √(1 − ᾱ_t) (not DDPM's α_t nor DDIM's σ_t). With
+    λ = ½ log SNR = log(α/σ), h = λ_{t−1} − λ_t and r = (λ_t − λ_{t+1})/h, each step forms
     the data estimate D = (1 + 1/(2r)) x̂₀ − 1/(2r) x̂₀_last from this and the previous step's
     x̂₀ and moves x_{t−1} = (σ_{t−1}/σ_t) x_t − α_{t−1}(e^{−h} − 1) D, which is exactly the η = 0
     DDIM update (Song et al. 2021, Eq. 12) with D for x̂₀. The first step (no x̂₀_last yet) and
