@@ -21,7 +21,7 @@
 # derives them. Letters follow math.md's notation table: the papers count steps t = 1, …, T, the code
 # counts t = 0, …, T − 1, and the array entry at code index i is the papers' step i + 1.
 #
-# Run it as a script (`python docs/tutorial.py`, about 5 minutes on a laptop CPU: the training is
+# Run it as a script (`python docs/tutorial.py`, about 15 minutes on a laptop CPU: the training is
 # most of it), or open it as a notebook with jupytext. It writes its pictures to `docs/tutorial/`,
 # where the ones from a full run are committed. `MINIDIFF_TUTORIAL_TINY=1` shrinks everything so that
 # the test suite runs it in seconds (`tests/test_tutorial.py`); the pictures are then noise.
@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from minidiff.backend import performance_settings
 from minidiff.datasets import load_dataset
 from minidiff.diffusion import predict_x0_from_eps, q_sample, q_step, training_loss
 from minidiff.images import save_image_grid
@@ -51,7 +52,7 @@ OUT = Path(os.environ.get("MINIDIFF_TUTORIAL_OUT", HERE / "tutorial"))
 DATA = [HERE.parent / ".." / "shared" / "data" / "mnist", None]  # None: $MINIDIFF_DATA, then the cache
 
 T = 30 if TINY else 200  # steps of the forward process
-TRAIN_STEPS = 2 if TINY else 400
+TRAIN_STEPS = 2 if TINY else 1200
 BATCH = 2 if TINY else 16
 SAMPLES = 2 if TINY else 8
 DIGIT = 0  # train on one class: a tiny U-Net learns it in minutes on a CPU
@@ -155,20 +156,24 @@ plot_curves([schedule.alphas_cumprod, NoiseSchedule.cosine(T).alphas_cumprod], O
 # Algorithm 1 repeats: draw x₀ from the data, t uniformly, ε ∼ N(0, I), and take a gradient step on
 # that squared error. `training_loss` is lines 2–5 on one screen; the loop around it is the rest.
 # The model is minidiff's U-Net in its `tiny` preset (177k parameters), and ε_θ(x_t, t) is its output.
+# `performance_settings()` gives the convolutions the cores, as the command line does (the same
+# numbers, only faster).
 
 # %%
 model = UNet.from_preset("tiny")
 optimizer = Adam(model.parameters(), lr=2e-3)
 losses, start = [], time.perf_counter()
-for step in range(TRAIN_STEPS):
-    batch = digits[rng.integers(0, len(digits), size=BATCH)]  # line 2: x₀ ∼ q(x₀)
-    draw = training_loss(model, schedule, batch, rng)  # lines 3–4: t, ε, and ‖ε − ε_θ(x_t, t)‖²
-    optimizer.zero_grad()
-    draw.loss.backward()  # line 5: ∇_θ of the loss …
-    optimizer.step()  # … and the step
-    losses.append(float(draw.loss.data))
-    if step % max(1, TRAIN_STEPS // 6) == 0 or step == TRAIN_STEPS - 1:
-        print(f"step {step:4d}  loss {np.mean(losses[-20:]):.4f}  ({time.perf_counter() - start:.0f} s)")
+with performance_settings():
+    for step in range(TRAIN_STEPS):
+        batch = digits[rng.integers(0, len(digits), size=BATCH)]  # line 2: x₀ ∼ q(x₀)
+        draw = training_loss(model, schedule, batch, rng)  # lines 3–4: t, ε, and ‖ε − ε_θ(x_t, t)‖²
+        optimizer.zero_grad()
+        draw.loss.backward()  # line 5: ∇_θ of the loss …
+        optimizer.step()  # … and the step
+        losses.append(float(draw.loss.data))
+        if step % max(1, TRAIN_STEPS // 6) == 0 or step == TRAIN_STEPS - 1:
+            print(f"step {step:4d}  loss {np.mean(losses[-20:]):.4f}  ({time.perf_counter() - start:.0f} s)",
+                  flush=True)
 
 smoothed = np.convolve(losses, np.ones(10) / 10, mode="valid") if len(losses) >= 10 else np.asarray(losses)
 plot_curves([smoothed / max(smoothed.max(), 1e-12)], OUT / "loss.png")
@@ -207,8 +212,9 @@ save_image_grid(np.concatenate([noisy, np.clip(x0_hat, -1, 1)]), OUT / "denoise.
 # `return_trajectory=True` it also hands back x_t and x̂₀ at every step.
 
 # %%
-samples, trajectory = ddpm_sample(denoiser, schedule, (SAMPLES, 1, 28, 28), rng=np.random.default_rng(1),
-                                  return_trajectory=True)
+with performance_settings():
+    samples, trajectory = ddpm_sample(denoiser, schedule, (SAMPLES, 1, 28, 28), rng=np.random.default_rng(1),
+                                      return_trajectory=True)
 save_image_grid(samples, OUT / "samples.png", nrow=8, scale=3)
 kept = np.linspace(0, len(trajectory) - 1, 8).round().astype(int)
 rows = [np.stack([trajectory[i].x_t[0] for i in kept]), np.stack([np.clip(trajectory[i].x0_hat[0], -1, 1) for i in kept])]
@@ -234,7 +240,8 @@ print(f"{len(trajectory)} steps, one model call each")
 # the chain (derivations.md, D5). Twenty steps instead of T:
 
 # %%
-fast = ddim_sample(denoiser, schedule, (SAMPLES, 1, 28, 28), steps=5 if TINY else 20, rng=np.random.default_rng(1))
+with performance_settings():
+    fast = ddim_sample(denoiser, schedule, (SAMPLES, 1, 28, 28), steps=5 if TINY else 20, rng=np.random.default_rng(1))
 save_image_grid(fast, OUT / "ddim.png", nrow=8, scale=3)
 
 # %% [markdown]
