@@ -25,6 +25,7 @@
 # most of it), or open it as a notebook with jupytext. It writes its pictures to `docs/tutorial/`,
 # where the ones from a full run are committed. `MINIDIFF_TUTORIAL_TINY=1` shrinks everything so that
 # the test suite runs it in seconds (`tests/test_tutorial.py`); the pictures are then noise.
+# What the full run printed is in `docs/tutorial/output.txt`.
 #
 # The digits come from `../shared/data/mnist` (the MNIST test set), or from wherever `$MINIDIFF_DATA`
 # points; `MINIDIFF_TUTORIAL_OUT` redirects the pictures.
@@ -187,7 +188,10 @@ plot_curves([smoothed / max(smoothed.max(), 1e-12)], OUT / "loss.png")
 # > f_θ(x_t) = (x_t − √(1 − ᾱ_t) ε_θ(x_t))/√ᾱ_t, the predicted x₀
 #
 # Below, a held-out zero noised to each of the 8 code indices (top), and the model's x̂₀ from it
-# (bottom): the more noise, the more x̂₀ falls back to a blurred average zero.
+# (bottom). Up to moderate noise x̂₀ is the zero, blurred more as the noise grows; at the noisiest
+# levels x̂₀ turns to speckle, because Eq. 9 divides by √ᾱ_t (0.02 and 0.006 in the last two columns)
+# and so magnifies every error of ε̂. That is why the samplers clip x̂₀ to [−1, 1], and one reason to
+# predict v or x₀ instead (math.md, "Parameterisations and weights").
 
 # %%
 denoiser = as_denoiser(model)  # the U-Net as a function of arrays, model(x_t, t) → ε̂
@@ -223,6 +227,9 @@ print(f"{len(trajectory)} steps, one model call each")
 
 # %% [markdown]
 # ![8 samples](tutorial/samples.png)
+#
+# After 1200 steps on a CPU (the committed pictures): zeros, and fragments of zeros; more training
+# sharpens them, as the README's main job does for all ten digits.
 #
 # One sample on its way down (top: x_t at 8 of the steps; bottom: the model's x̂₀ there). The
 # coarse shape is settled first, the strokes last:
