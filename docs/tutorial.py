@@ -21,7 +21,7 @@
 # derives them. Letters follow math.md's notation table: the papers count steps t = 1, …, T, the code
 # counts t = 0, …, T − 1, and the array entry at code index i is the papers' step i + 1.
 #
-# Run it as a script (`python docs/tutorial.py`, about 15 minutes on a laptop CPU: the training is
+# Run it as a script (`python docs/tutorial.py`; 26 minutes on 2 cores shared with other jobs: the training is
 # most of it), or open it as a notebook with jupytext. It writes its pictures to `docs/tutorial/`,
 # where the ones from a full run are committed. `MINIDIFF_TUTORIAL_TINY=1` shrinks everything so that
 # the test suite runs it in seconds (`tests/test_tutorial.py`); the pictures are then noise.
