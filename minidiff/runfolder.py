@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import warnings
@@ -29,6 +30,19 @@ from .files import atomic_write, remove_stale_parts
 LOG_NAME = "log.jsonl"
 CONFIG_NAME = "config.json"
 LOCK_NAME = ".lock"
+PREVIEW_PATTERN = re.compile(r"samples_step\d+\.png")
+
+
+def run_file_owner(path) -> Path | None:
+    """The run folder whose own file ``path`` is (its checkpoint, config, log, lock or a preview grid),
+    else None: what no command but ``train`` may write over. A run folder is one holding a
+    checkpoint or a config."""
+    path = Path(path)
+    folder = path.parent
+    if not any((folder / name).is_file() for name in (CHECKPOINT_NAME, CONFIG_NAME)):
+        return None
+    own = path.name in (CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, LOCK_NAME) or PREVIEW_PATTERN.fullmatch(path.name)
+    return folder if own else None
 
 
 class RunFolderBusy(RuntimeError):
@@ -113,7 +127,7 @@ class RunFolder:
             f.write("".join(kept).encode())
 
     def preview_file(self, step: int) -> Path:
-        return self.path / f"samples_step{step}.png"
+        return self.path / f"samples_step{step}.png"  # matches PREVIEW_PATTERN
 
 
 @contextmanager

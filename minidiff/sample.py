@@ -68,7 +68,8 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
              rows: slice = slice(None), spacing: str | None = None, clip_denoised: bool = True,
              dynamic_threshold: float | None = None, variance: str | None = None, guidance: float = 0.0,
              x_T=None, init=None, strength: float = 1.0, mask=None, jumps=(1, 1)):
-    """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device.
+    """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device;
+    the sampler's final x₀ is clipped to [−1, 1], the data range, whatever the sampler and ``clip_denoised``.
 
     ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
     steps or the full chain), ``"ddim"`` (Song et al. 2021, with ``eta``), ``"dpm-solver++"``
@@ -137,7 +138,11 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
             if sample is SAMPLER_FUNCTIONS["ddpm"]:
                 options["variance"] = ddpm_variance(model, variance)
             samples.append(to_numpy(sample(denoiser, schedule, noise.shape, num_steps, **options)))
-    return np.concatenate(samples).astype(np.float32, copy=False) if samples else np.empty((0, *image_shape), np.float32)
+    if not samples:
+        return np.empty((0, *image_shape), np.float32)
+    # The data range, as every picture of them shows it: without clip_denoised, or on the SDE samplers,
+    # the last step can overshoot [−1, 1] a little, and eval and `sample --npy` promise the data range.
+    return np.clip(np.concatenate(samples), -1.0, 1.0).astype(np.float32, copy=False)
 
 
 def default_spacing(sampler) -> str:

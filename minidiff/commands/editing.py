@@ -79,6 +79,12 @@ def check_arguments(args) -> None:
             raise ValueError(f"{edits[0]} draws one class: give --label K, not --label all")
 
 
+def input_files(args) -> list[tuple[str, str]]:
+    """(flag, path) of the images the editing flags read: what no output may overwrite."""
+    return [("--init", args.init), ("--mask", args.mask),
+            *(("--interpolate-images", path) for path in args.interpolate_images or ())]
+
+
 @dataclass
 class Plan:
     """What to draw: ``n`` images with ``labels``, the grid's ``nrow``, generate()'s editing keywords,

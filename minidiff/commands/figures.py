@@ -20,12 +20,14 @@ from ..backend import check_device
 from ..checkpoint import checkpoint_path, load_checkpoint, load_model
 from ..datasets import load_dataset
 from ..files import atomic_write
+from ..outputs import Output, check_outputs
 from ..plot import MISSING, pyplot
 from ..sample import TrajectoryRecorder, generate, sampler_steps
 from ..schedule import schedule_by_name
 from ..spectrum import band_correlation, band_crossings, forward_snr_per_band, radial_power_spectrum
 
 REAL_IMAGES = 2000  # enough for a smooth data spectrum
+FIGURES = ("trajectory.png", "spectrum.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,10 +49,14 @@ def run(args) -> int:
         plt = pyplot()
     except ImportError:
         raise ValueError(MISSING) from None
+    out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent
+    check_outputs([Output("--out", out), *(Output("--out", out / name, (".png",)) for name in FIGURES)],
+                  inputs=[("the checkpoint", checkpoint_path(args.checkpoint))])
     checkpoint = load_checkpoint(args.checkpoint)
     model, schedule, config = load_model(checkpoint, device=check_device(args.device))
     steps = sampler_steps("ddim", args.steps, schedule.T)  # refuses a count outside [1, T]
-    out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent
+    # The real images before any sampling or writing, so that a bad --data-dir leaves nothing behind.
+    real, _ = load_dataset(config.get("dataset", "mnist"), "auto", args.data_dir or config.get("data_dir"))
     out.mkdir(parents=True, exist_ok=True)
 
     recorder = TrajectoryRecorder(steps)
@@ -63,10 +69,8 @@ def run(args) -> int:
     labels = np.arange(args.n) % model.num_classes if model.num_classes else None
     generate(model, schedule, args.n, "ddim", steps, seed=args.seed, labels=labels,
              prediction=config["prediction"], callback=record, progress=True)
-    written = [recorder.save(out / "trajectory.png")]
-
-    real, _ = load_dataset(config.get("dataset", "mnist"), "auto", args.data_dir or config.get("data_dir"))
-    written.append(_spectrum_figure(plt, real[:REAL_IMAGES], x0_hats, schedule.T, out / "spectrum.png"))
+    written = [recorder.save(out / FIGURES[0])]
+    written.append(_spectrum_figure(plt, real[:REAL_IMAGES], x0_hats, schedule.T, out / FIGURES[1]))
     print(f"figures of {checkpoint.path} (step {checkpoint.step}): " + ", ".join(map(str, written)))
     return 0
 

@@ -8,6 +8,7 @@ from ..datasets import DATASETS
 from ..diffusion import PREDICTIONS
 from ..schedule import SCHEDULES
 from ..config import CONFIG_FIELDS, TrainConfig
+from ..outputs import Output, check_outputs
 from ..train import Trainer
 from ..unet import PRESETS
 
@@ -76,6 +77,7 @@ def run(args) -> int:
     resume = getattr(args, "resume", None)
     checkpoint = load_checkpoint(resume) if resume else None
     config = TrainConfig.from_checkpoint(checkpoint, **explicit) if checkpoint else TrainConfig(**explicit)
+    check_outputs([Output("--out", config.out)], inputs=[("--data-dir", config.data_dir)])
     trainer = Trainer(config, resume=checkpoint)
     path = trainer.fit()  # on Ctrl-C it saves, says how to resume, and re-raises
     if trainer.world.is_root:  # one report for an MPI job
