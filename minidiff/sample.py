@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import device_of, performance_settings, to_device, to_numpy
-from .distributed import RowsOf, world
+from .distributed import RowsOf, batch_shares, world
 from .files import atomic_write
 from .editing import repaint_sample, repaint_timesteps, sdedit_start, strength_steps
 from .guidance import guided_denoiser
@@ -103,11 +103,7 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     config = model.config
     image_shape = (config["in_channels"], config["image_size"], config["image_size"])
     device = device_of(next(model.parameters()).data)
-    wanted = range(n)[rows]
-    batches = [range(start, min(start + BATCH, n)) for start in range(0, n, BATCH)]
-    shares = [(k, batch, range(max(batch.start, wanted.start), min(batch.stop, wanted.stop)))
-              for k, batch in enumerate(batches)]
-    shares = [(k, batch, share) for k, batch, share in shares if len(share)]
+    shares = batch_shares(n, BATCH, rows)
     samples = []
     total_steps = denoising_steps(num_steps, init, strength, mask, jumps) * len(shares)
     with performance_settings(), _progress_bar(total_steps, progress) as bar:
@@ -130,7 +126,9 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
             elif mask is not None:
                 sample = repaint_sample
                 options.update(known=to_device(init, device), mask=to_device(mask, device), jump_length=jumps[0],
-                               jump_n_sample=jumps[1], eta=1.0 if sampler == "ddpm" else eta)
+                               jump_n_sample=jumps[1], eta=eta)
+                if sampler == "ddpm":  # RePaint's ancestral step, with DDPM's σ_t² (--variance)
+                    options["variance"] = ddpm_variance(model, variance)
             elif init is not None:
                 guide = to_device(np.broadcast_to(init, noise.shape).astype(np.float32), device)
                 chain = respaced(schedule, num_steps, options.get("spacing", default_spacing(sample)))

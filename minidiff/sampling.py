@@ -35,6 +35,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from . import checks
 from .backend import get_array_module
 from .diffusion import (call_model, denoise, denoise_output, model_output_parts, p_mean_variance,
                         predict_eps_from_x0)
@@ -48,14 +49,19 @@ def respaced(schedule, steps=None, spacing="uniform"):
     """``schedule`` on ``steps`` of its timesteps chosen by ``spacing``; itself when ``steps`` is None."""
     if steps is None:
         return schedule
+    checks.integer(steps, "steps", 1, schedule.T)
     return schedule.respace(space_timesteps(schedule.T, steps, spacing, schedule.log_snr))
 
 
 def _start(rng, shape, x_T):
-    """The generator and the starting x_T ∼ N(0, I) (or the caller's x_T)."""
-    rng = np.random.default_rng() if rng is None else rng
+    """The generator and the starting x_T ∼ N(0, I) (or the caller's x_T), each checked."""
+    rng = np.random.default_rng() if checks.generator(rng) is None else rng
+    if not (isinstance(shape, (tuple, list)) and len(shape) >= 1
+            and all(isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 1 for size in shape)):
+        raise checks.ArgumentError(f"shape must be a tuple of positive integers (N, C, H, W), got {shape!r}")
     if x_T is None:
-        return rng, rng.standard_normal(shape)
+        return rng, rng.standard_normal(tuple(shape))
+    x_T = checks.float_array(x_T, "x_T")
     if tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
     return rng, x_T
@@ -79,6 +85,8 @@ def _first_index(schedule, t_start):
     """The respaced index the loop starts at: ``t_start``, by default the last, T − 1."""
     if t_start is None:
         return schedule.T - 1
+    if isinstance(t_start, bool) or not isinstance(t_start, (int, np.integer)):
+        raise checks.ArgumentError(f"t_start must be an integer index, got {t_start!r}")
     if not -1 <= t_start < schedule.T:
         raise ValueError(f"t_start={t_start} is outside [-1, {schedule.T}), the sampler's steps")
     return t_start
@@ -109,7 +117,7 @@ def ddpm_sample(model, schedule, shape, steps=None, spacing="uniform", *, rng=No
     rng, x = _start(rng, shape, x_T)  # line 1: x_T ∼ N(0, I)
     for index, t in enumerate(range(_first_index(schedule, t_start), -1, -1)):  # line 2: for t = T, …, 1
         t_batch = _timestep_batch(t, x)
-        output = call_model(model, schedule, x, t_batch)
+        output = call_model(model, schedule, x, t_batch, learned_variance=variance == "learned" or None)
         x0_hat, _ = denoise_output(schedule, x, t_batch, output, prediction, clip_denoised, dynamic_threshold)
         report(index, int(schedule.timesteps[t]), x, x0_hat)
         z = standard_normal(rng, x) if t > 0 else 0.0  # line 3: z ∼ N(0, I) if t > 1, else z = 0
@@ -128,8 +136,7 @@ def ddim_variance(schedule, eta):
     η = 1 gives the DDPM posterior variance β̃_t; η = 0 the deterministic DDIM. η is refused
     if negative, or so large that σ_t² exceeds 1 − ᾱ_{t−1} (Eq. 12 would need √ of a negative).
     """
-    if not eta >= 0:
-        raise ValueError(f"eta must be >= 0, got eta={eta}")
+    checks.real(eta, "eta", 0.0)
     alphas_cumprod, alphas_cumprod_prev = schedule.alphas_cumprod, schedule.alphas_cumprod_prev
     variance = eta**2 * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod) * (1.0 - alphas_cumprod / alphas_cumprod_prev)
     too_large = np.flatnonzero(variance > (1.0 - alphas_cumprod_prev) * (1.0 + 1e-9))

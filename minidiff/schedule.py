@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from .backend import get_array_module
+from .checks import ArgumentError, timestep_array
 
 
 def standard_normal(rng, like):
@@ -50,10 +51,8 @@ def gather(coefficients, t):
     Refuses timesteps outside ``[0, T)``, ``T = len(coefficients)``, instead of letting
     negative indices silently wrap around.
     """
+    t = timestep_array(t)
     xp = get_array_module(t)
-    t = xp.asarray(t)
-    if not xp.issubdtype(t.dtype, xp.integer):
-        raise ValueError(f"timesteps t must be integers, got dtype {t.dtype}")
     num_timesteps = len(coefficients)
     if t.size and (int(t.min()) < 0 or int(t.max()) >= num_timesteps):
         bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
@@ -68,6 +67,9 @@ def extract(coefficients, t, x):
     silently upcast float32 tensors (improved-diffusion's ``_extract_into_tensor``).
     """
     xp = get_array_module(x)
+    if np.dtype(x.dtype).kind != "f":  # cast to an integer dtype, every coefficient in (0, 1) would be 0
+        raise ArgumentError(f"an array of dtype {x.dtype} and shape {tuple(x.shape)} met the schedule's coefficients; "
+                            "x0, x_t, noise and model outputs must be floating point")
     values = xp.asarray(gather(coefficients, t)).astype(x.dtype, copy=False)
     return values.reshape((-1,) + (1,) * (x.ndim - 1))
 

@@ -136,7 +136,11 @@ class Trainer:
         if config.num_classes is not None:
             labels = drop_labels(y, config.p_uncond, config.num_classes, self.rng) if config.p_uncond else y
             labels = labels[rows]
-        return training_loss(lambda x_t, t: self.model(x_t, t, labels), self.schedule, x0, self.rng,
+        def denoiser(x_t, t):
+            return self.model(x_t, t, labels)
+
+        denoiser.learned_variance = self.model.learned_variance  # ε̂ and v stacked: L_hybrid
+        return training_loss(denoiser, self.schedule, x0, self.rng,
                              prediction=config.prediction, min_snr_gamma=config.min_snr_gamma,
                              timestep_sampler=self.timestep_sampler, device=self.device, rows=rows).loss
 
