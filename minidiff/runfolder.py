@@ -92,6 +92,20 @@ class RunFolder:
         with atomic_write(self.config_file) as f:
             f.write(json.dumps(config, indent=2).encode() + b"\n")
 
+    def config_edits(self, config: dict) -> list[str]:
+        """The top-level fields in which ``config.json`` differs from ``config`` (a checkpoint's), or a
+        word on why it cannot be compared; empty when they agree or there is no ``config.json``."""
+        if not self.config_file.exists():
+            return []
+        try:
+            on_disk = json.loads(self.config_file.read_text())
+        except (OSError, ValueError):
+            return ["(it is not valid JSON)"]
+        if not isinstance(on_disk, dict):
+            return ["(it is not a JSON object)"]
+        saved = json.loads(json.dumps(config))  # tuples as lists, as in the file
+        return sorted(key for key in set(on_disk) | set(saved) if on_disk.get(key) != saved.get(key))
+
     def append_log(self, record: dict) -> None:
         """One line of ``log.jsonl``, flushed at once so that a crash loses no logged step."""
         with open(self.log_file, "a") as log:
