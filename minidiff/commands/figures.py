@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint .npz or a run folder holding checkpoint.npz")
     parser.add_argument("--out", default=None, help="folder for the PNGs (default: the run folder)")
     parser.add_argument("--n", type=int, default=64, help="samples whose x̂₀ spectra are averaged (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 50, or T if the chain is shorter)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--data-dir", default=None, help="the real images (default: the checkpoint's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
@@ -49,8 +49,9 @@ def run(args) -> int:
         plt = pyplot()
     except ImportError:
         raise ValueError(MISSING) from None
-    out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent
-    check_outputs([Output("--out", out), *(Output("--out", out / name, (".png",)) for name in FIGURES)],
+    folder = args.out if args.out is not None else checkpoint_path(args.checkpoint).parent
+    out = Path(folder)
+    check_outputs([Output("--out", folder), *(Output("--out", out / name, (".png",)) for name in FIGURES)],
                   inputs=[("the checkpoint", checkpoint_path(args.checkpoint))])
     checkpoint = load_checkpoint(args.checkpoint)
     model, schedule, config = load_model(checkpoint, device=check_device(args.device))

@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     check_sampling_arguments(args)
     editing.check_arguments(args)
-    out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent / "samples.png"
+    out = args.out if args.out is not None else checkpoint_path(args.checkpoint).parent / "samples.png"
     check_outputs([Output("--out", out, (".png",)), Output("--npy", args.npy, (".npy",)),
                    Output("--trajectory", args.trajectory, (".png",))],
                   inputs=[("the checkpoint", checkpoint_path(args.checkpoint)), *editing.input_files(args)])
