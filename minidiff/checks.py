@@ -32,6 +32,11 @@ class ArgumentError(TypeError, ValueError):
     """An argument of the wrong type or out of range, named in the message."""
 
 
+class NonFiniteOutput(FloatingPointError, ValueError):
+    """The model returned NaN or infinite values: sampling stops (a ValueError too, so the command
+    line reports it in one line)."""
+
+
 def _describe(value) -> str:
     if isinstance(value, np.ndarray) or is_cupy_array(value):
         return f"an array of dtype {value.dtype} and shape {tuple(value.shape)}"
@@ -135,5 +140,5 @@ def finite_model_output(output, t) -> None:
     bad = int(xp.count_nonzero(~xp.isfinite(output)))
     if bad:
         step = int(xp.asarray(t).reshape(-1)[0]) if getattr(t, "size", 1) else "?"
-        raise FloatingPointError(f"the model returned {bad} NaN or infinite values (of {output.size}) at timestep "
+        raise NonFiniteOutput(f"the model returned {bad} NaN or infinite values (of {output.size}) at timestep "
                                  f"t={step}; sampling stopped")

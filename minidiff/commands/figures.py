@@ -45,10 +45,6 @@ def run(args) -> int:
         raise ValueError(f"--n must be between 2 and 10,000, got {args.n}")
     if not 0 <= args.seed < 2**63:
         raise ValueError(f"--seed must be an integer in [0, 2^63), got {args.seed}")
-    try:
-        plt = pyplot()
-    except ImportError:
-        raise ValueError(MISSING) from None
     folder = args.out if args.out is not None else checkpoint_path(args.checkpoint).parent
     out = Path(folder)
     check_outputs([Output("--out", folder), *(Output("--out", out / name, (".png",)) for name in FIGURES)],
@@ -58,6 +54,10 @@ def run(args) -> int:
     steps = sampler_steps("ddim", args.steps, schedule.T)  # refuses a count outside [1, T]
     # The real images before any sampling or writing, so that a bad --data-dir leaves nothing behind.
     real, _ = load_dataset(config.get("dataset", "mnist"), "auto", args.data_dir or config.get("data_dir"))
+    try:
+        plt = pyplot()
+    except ImportError:
+        raise ValueError(MISSING) from None
     out.mkdir(parents=True, exist_ok=True)
 
     recorder = TrajectoryRecorder(steps)
