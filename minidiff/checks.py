@@ -73,6 +73,13 @@ def timestep_array(t, name: str = "t"):
     return array
 
 
+def same_shape(array, name: str, like, like_name: str):
+    """``array`` if it has the shape of ``like``; refused otherwise (broadcasting would hide the mistake)."""
+    if tuple(array.shape) != tuple(like.shape):
+        raise ArgumentError(f"{name} has shape {tuple(array.shape)}, {like_name} {tuple(like.shape)}; they must match")
+    return array
+
+
 def generator(rng, name: str = "rng"):
     """``rng`` if it draws like a ``numpy.random.Generator`` (or is None, for a fresh one); refused otherwise."""
     from .distributed import RowsOf

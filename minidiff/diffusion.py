@@ -76,7 +76,8 @@ def q_step(schedule, x_prev, t, noise):
 
     ``x_prev`` is x_{t−1} (x₀ at t = 0). Its small-β limit is the VP SDE (Song et al. 2021b, Eq. 10).
     """
-    x_prev, noise = checks.float_array(x_prev, "x_prev"), checks.float_array(noise, "noise")
+    x_prev = checks.float_array(x_prev, "x_prev")
+    noise = checks.same_shape(checks.float_array(noise, "noise"), "noise", x_prev, "x_prev")
     return extract(np.sqrt(schedule.alphas), t, x_prev) * x_prev + extract(np.sqrt(schedule.betas), t, x_prev) * noise
 
 
@@ -91,7 +92,7 @@ def q_mean_variance(schedule, x0, t):
 
 def q_sample(schedule, x0, t, noise):
     """x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε, a sample of q(x_t | x₀) (Ho et al. 2020, Eq. 4)."""
-    x0, noise = checks.float_array(x0, "x0"), checks.float_array(noise, "noise")
+    x0, noise = checks.float_array(x0, "x0"), checks.same_shape(checks.float_array(noise, "noise"), "noise", x0, "x0")
     return (
         extract(schedule.sqrt_alphas_cumprod, t, x0) * x0
         + extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * noise
@@ -172,8 +173,8 @@ def dynamic_thresholding(x0_hat, percentile=0.995):
 
     Saharia et al. 2022, §2.3 ("dynamic thresholding"); s = 1 reduces it to static clipping.
     """
-    if not 0 < percentile <= 1:
-        raise ValueError(f"dynamic threshold percentile must lie in (0, 1], got {percentile}")
+    if not 0 < checks.real(percentile, "dynamic threshold percentile") <= 1:
+        raise checks.ArgumentError(f"dynamic threshold percentile must lie in (0, 1], got {percentile}")
     xp = get_array_module(x0_hat)
     s = xp.quantile(xp.abs(x0_hat).reshape(len(x0_hat), -1), percentile, axis=1)
     s = xp.maximum(s, 1.0).astype(x0_hat.dtype).reshape((-1,) + (1,) * (x0_hat.ndim - 1))
@@ -190,6 +191,8 @@ def call_model(model, schedule, x_t, t, learned_variance=None):
     attribute (a U-Net built with ``learn_sigma`` and :func:`minidiff.unet.as_denoiser` have one).
     A broadcastable wrong shape would otherwise pass silently.
     """
+    if not callable(model):
+        raise checks.ArgumentError(f"model must be a callable model(x_t, t), got {type(model).__name__}")
     xp = get_array_module(x_t)
     output = model(x_t, xp.asarray(gather(schedule.timesteps, t)))
     if learned_variance is None:
@@ -220,6 +223,9 @@ def denoise_output(schedule, x_t, t, output, prediction="eps", clip_denoised=Fal
     dynamic thresholding at percentile ``dynamic_threshold`` (Saharia et al. 2022, §2.3); ε̂
     then follows from Ho et al. 2020, Eq. 4 so that both stay consistent with x_t.
     """
+    if isinstance(output, Tensor):  # e.g. a U-Net handed to a sampler as it is
+        raise checks.ArgumentError("the model returned a minidiff Tensor; samplers take a model on arrays: wrap a "
+                                   "U-Net with minidiff.unet.as_denoiser(model)")
     checks.finite_model_output(output, gather(schedule.timesteps, t))  # NaN in, NaN samples out: stop here
     x0_hat = predict_x0(schedule, x_t, t, model_output_parts(output, x_t)[0], prediction)
     if dynamic_threshold is not None:
@@ -236,7 +242,7 @@ def training_target(schedule, x0, t, noise, prediction="eps"):
     """What the model should output at (x_t, t): ε (Ho et al. 2020, Eq. 14), x₀, or
     v = √ᾱ_t ε − √(1 − ᾱ_t) x₀ (Salimans & Ho 2022, §4)."""
     check_choice("prediction", prediction, PREDICTIONS)
-    x0, noise = checks.float_array(x0, "x0"), checks.float_array(noise, "noise")
+    x0, noise = checks.float_array(x0, "x0"), checks.same_shape(checks.float_array(noise, "noise"), "noise", x0, "x0")
     if prediction == "eps":
         return noise
     if prediction == "v":

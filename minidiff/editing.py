@@ -31,8 +31,8 @@ from .schedule import extract, standard_normal
 
 def strength_steps(strength: float, steps: int) -> int:
     """How many of ``steps`` denoising steps an SDEdit of ``strength`` ∈ [0, 1] runs: round(strength·steps)."""
-    if not 0 <= strength <= 1:
-        raise ValueError(f"strength must lie in [0, 1], got {strength}")
+    if not 0 <= checks.real(strength, "strength") <= 1:
+        raise checks.ArgumentError(f"strength must lie in [0, 1], got {strength}")
     return round(strength * steps)
 
 
@@ -93,6 +93,13 @@ def repaint_sample(model, schedule, shape, steps=None, spacing="uniform", *, kno
     report, trajectory = _recorder(callback, return_trajectory)
     rng, x = _start(rng, shape, x_T)
     known, mask = checks.float_array(known, "known"), checks.float_array(mask, "mask")
+    for name, array in (("known", known), ("mask", mask)):
+        if np.broadcast_shapes(array.shape, x.shape) != x.shape:
+            raise checks.ArgumentError(f"{name} has shape {array.shape}, which does not broadcast to the samples' "
+                                       f"{x.shape}")
+    if mask.size and (float(mask.min()) < 0 or float(mask.max()) > 1):  # 0 keep, 1 paint: a blend in between
+        raise checks.ArgumentError(f"mask values must lie in [0, 1] (1: paint, 0: keep), got "
+                                   f"[{float(mask.min()):.4g}, {float(mask.max()):.4g}]")
     xp = get_array_module(x)
     visited = repaint_timesteps(schedule.T, jump_length, jump_n_sample)
     steps_down = 0  # the index reported: model steps so far, jumps not counted

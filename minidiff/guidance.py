@@ -27,7 +27,7 @@ def drop_labels(labels: np.ndarray, p_uncond: float, null_label: int, rng: np.ra
     ``null_label`` is ∅'s index in the class embedding. One uniform draw per label from ``rng``
     (the trainer's stream), so a resumed run drops the same labels as one that never stopped.
     """
-    dropped = rng.random(len(labels)) < p_uncond
+    dropped = rng.random(len(labels)) < checks.real(p_uncond, "p_uncond", 0.0, 1.0)
     return np.where(dropped, null_label, labels)
 
 

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .files import atomic_write
 
@@ -101,6 +101,7 @@ def load_image(path, flag: str, channels: int, size: int, nearest: bool = False)
       black and 1 white, and refused when a value lies outside [0, 1] or is not finite;
     - an alpha channel is **composited on black**: each colour times its opacity, so transparent
       pixels are black (MNIST's background) and a sketch drawn in the alpha channel shows;
+    - a photo's EXIF orientation is applied; other colour spaces (CMYK, YCbCr, …) become RGB;
     - colour becomes grey by ITU-R 601 luma, 0.299 R + 0.587 G + 0.114 B, for a 1-channel
       model; grey is repeated for a 3-channel one.
 
@@ -114,7 +115,8 @@ def load_image(path, flag: str, channels: int, size: int, nearest: bool = False)
             with Image.open(path) as image:
                 original = image.size
                 if original[0] * original[1] <= MAX_INPUT_PIXELS:
-                    colour = _intensities(image, flag, path)
+                    colour = _intensities(ImageOps.exif_transpose(image), flag, path)  # a camera's rotation
+                    original = colour.shape[1::-1]
     except ImageRefused:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -153,5 +155,7 @@ def _intensities(image, flag: str, path) -> np.ndarray:
                              f"(16-bit), got [{values.min():.0f}, {values.max():.0f}]")
         return values[..., None] / INTEGER_FULL_SCALE
     grey = image.mode in ("1", "L", "LA", "La")
+    if not grey and image.mode not in ("P", "PA", "RGB", "RGBA", "RGBa"):  # CMYK, YCbCr, LAB, HSV, …
+        image = image.convert("RGB")
     values = np.asarray(image.convert("LA" if grey else "RGBA"), np.float64) / 255.0  # palette: through its colours
     return values[..., :-1] * values[..., -1:]  # composited on black

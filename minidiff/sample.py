@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checks
 from .backend import device_of, performance_settings, to_device, to_numpy
 from .distributed import RowsOf, batch_shares, world
 from .files import atomic_write
@@ -93,6 +94,10 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     drawing all n would return.
     """
     num_steps = sampler_steps(sampler, steps, schedule.T)
+    n = checks.integer(n, "n", 0)
+    for name, array in (("x_T", x_T), ("init", init), ("mask", mask)):  # an int image would be read as [-1, 1]
+        if array is not None:
+            checks.float_array(array, name)
     if eta and sampler != "ddim":
         raise ValueError(f"eta applies to the ddim sampler only, not {sampler}")
     if mask is not None and sampler not in INPAINTING_SAMPLERS:

@@ -39,7 +39,7 @@ from . import checks
 from .backend import get_array_module
 from .diffusion import (call_model, denoise, denoise_output, model_output_parts, p_mean_variance,
                         predict_eps_from_x0)
-from .schedule import extract, space_timesteps, standard_normal
+from .schedule import NoiseSchedule, extract, space_timesteps, standard_normal
 
 TrajectoryStep = namedtuple("TrajectoryStep", "index t x_t x0_hat")
 TrajectoryStep.__doc__ = "One sampler step: its index, the model timestep t, the input x_t and the model's x̂₀."
@@ -47,6 +47,8 @@ TrajectoryStep.__doc__ = "One sampler step: its index, the model timestep t, the
 
 def respaced(schedule, steps=None, spacing="uniform"):
     """``schedule`` on ``steps`` of its timesteps chosen by ``spacing``; itself when ``steps`` is None."""
+    if not isinstance(schedule, NoiseSchedule):
+        raise checks.ArgumentError(f"schedule must be a minidiff NoiseSchedule, got {type(schedule).__name__}")
     if steps is None:
         return schedule
     checks.integer(steps, "steps", 1, schedule.T)
@@ -62,6 +64,9 @@ def _start(rng, shape, x_T):
     if x_T is None:
         return rng, rng.standard_normal(tuple(shape))
     x_T = checks.float_array(x_T, "x_T")
+    bad = int(get_array_module(x_T).count_nonzero(~get_array_module(x_T).isfinite(x_T)))
+    if bad:
+        raise checks.ArgumentError(f"x_T holds {bad} NaN or infinite values")
     if tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
     return rng, x_T

@@ -71,6 +71,9 @@ def extract(coefficients, t, x):
         raise ArgumentError(f"an array of dtype {x.dtype} and shape {tuple(x.shape)} met the schedule's coefficients; "
                             "x0, x_t, noise and model outputs must be floating point")
     values = xp.asarray(gather(coefficients, t)).astype(x.dtype, copy=False)
+    if values.ndim > 1 or (x.ndim and values.size not in (1, x.shape[0])):  # one t, or one per example
+        raise ArgumentError(f"timesteps t of shape {tuple(values.shape)} do not fit a batch of "
+                            f"{x.shape[0] if x.ndim else 0}: give one t per example (N,) or a single one")
     return values.reshape((-1,) + (1,) * (x.ndim - 1))
 
 

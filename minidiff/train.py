@@ -49,6 +49,9 @@ class DivergenceError(RuntimeError):
 def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 1, 28, 28) in [−1, 1] and labels of ``config.dataset``, the first ``limit_data`` only."""
     images, labels = load_dataset(config.dataset, split="auto", data_dir=config.data_dir)
+    if config.limit_data is not None and config.limit_data > len(images):  # the run would record a limit it never had
+        raise ValueError(f"--limit-data {config.limit_data} is more than the {len(images)} images found; "
+                         f"give at most {len(images)}")
     return images[: config.limit_data], labels[: config.limit_data]
 
 

@@ -190,3 +190,39 @@ def test_the_schedules_strategy_draws_valid_schedules_from_one_step(schedule, da
 def test_round_trips_hold_on_float32_arrays_to_float32_precision(schedule, data):
     x0, t, eps = data.draw(batches(schedule))
     check_round_trips(schedule, x0.astype(np.float32), t, eps.astype(np.float32))
+
+
+def test_shapes_that_would_broadcast_into_a_wrong_answer_are_refused():
+    with pytest.raises(ArgumentError, match=r"noise has shape \(1, 1, 4, 4\), x0 \(2, 1, 4, 4\); they must match"):
+        q_sample(SCHEDULE, X, T, X[:1])
+    with pytest.raises(ArgumentError, match=r"timesteps t of shape \(3,\) do not fit a batch of 2"):
+        q_sample(SCHEDULE, X, np.array([1, 2, 3]), X)
+    np.testing.assert_array_equal(q_sample(SCHEDULE, X, 3, X), q_sample(SCHEDULE, X, np.array([3, 3]), X))  # one t
+    for known, mask, words in ((np.zeros((3, 4, 4)), np.ones((4, 4)), "known has shape"),
+                               (np.zeros((1, 4, 4)), np.full((4, 4), 255.0), r"mask values must lie in \[0, 1\]")):
+        with pytest.raises(ArgumentError, match=words):
+            repaint_sample(zeros, SCHEDULE, SHAPE, known=known, mask=mask)
+
+
+def test_a_model_that_is_not_a_callable_on_arrays_is_named():
+    with pytest.raises(ArgumentError, match="model must be a callable model"):
+        ddim_sample(3, SCHEDULE, SHAPE, 3)
+    unet = UNet(in_channels=1, base_channels=8, channel_mults=(1,), num_res_blocks=1, attn_resolutions=(),
+                num_groups=4, image_size=4, rng=np.random.default_rng(0))
+    with pytest.raises(ArgumentError, match=r"returned a minidiff Tensor.*as_denoiser"):
+        ddim_sample(unet, SCHEDULE, SHAPE, 3)
+    with pytest.raises(ArgumentError, match="schedule must be a minidiff NoiseSchedule, got str"):
+        ddim_sample(zeros, "linear", SHAPE, 3)
+    with pytest.raises(ArgumentError, match="x_T holds 1 NaN or infinite values"):
+        ddim_sample(zeros, SCHEDULE, SHAPE, 3, x_T=np.where(np.arange(32).reshape(SHAPE) == 5, np.nan, 0.0))
+
+
+def test_generate_refuses_integer_images_and_a_fractional_count():
+    from minidiff.sample import generate
+
+    unet = UNet(in_channels=1, base_channels=8, channel_mults=(1,), num_res_blocks=1, attn_resolutions=(),
+                num_groups=4, image_size=4, rng=np.random.default_rng(0))
+    with pytest.raises(ArgumentError, match="n must be an integer, got float 2.0"):
+        generate(unet, SCHEDULE, 2.0, "ddim", 3)
+    with pytest.raises(ArgumentError, match="init has dtype uint8"):
+        generate(unet, SCHEDULE, 2, "ddim", 3, init=np.zeros((1, 4, 4), np.uint8))

@@ -143,3 +143,26 @@ def test_generate_returns_the_data_range_whatever_the_sampler_and_clipping():
     samples = generate(model, NoiseSchedule.cosine(20), 2, "pf-ode", 4, clip_denoised=False)
     assert samples.min() == -1.0 or samples.max() == 1.0  # it did overshoot, and was clipped
     assert -1.0 <= samples.min() and samples.max() <= 1.0
+
+
+@needs_mnist
+@pytest.mark.parametrize("flags, words", [
+    (["--limit-data", "20000"], "--limit-data 20000 is more than the 10000 images"),
+])
+def test_train_refuses_a_data_limit_beyond_the_data(tmp_path, capsys, flags, words):
+    assert words in refusal(capsys, ["train", *TINY, "--out", str(tmp_path / "r"), "--steps", "1", *flags])
+
+
+@needs_mnist
+@pytest.mark.parametrize("flags, words", [
+    (["--sampler", "pf-ode"], "use sampler ddpm or ddim, not pf-ode"),
+    (["--sampler", "ddpm", "--steps", "5", "--jump-length", "5", "--jump-n-sample", "2"],
+     "--jump-length 5 must be less than the 5 sampling steps"),
+])
+def test_inpainting_flags_that_cannot_work_are_refused_before_sampling(run, tmp_path, capsys, no_work, flags, words):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "digit.png")
+    Image.fromarray(np.full((28, 28), 255, np.uint8)).save(tmp_path / "mask.png")
+    argv = ["sample", str(run), "--init", str(tmp_path / "digit.png"), "--mask", str(tmp_path / "mask.png"), *flags]
+    assert words in refusal(capsys, argv)

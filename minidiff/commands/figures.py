@@ -19,6 +19,7 @@ import numpy as np
 from ..backend import check_device
 from ..checkpoint import checkpoint_path, load_checkpoint, load_model
 from ..datasets import load_dataset
+from ..distributed import world
 from ..files import atomic_write
 from ..outputs import Output, check_outputs
 from ..plot import MISSING, pyplot
@@ -51,6 +52,8 @@ def run(args) -> int:
                   inputs=[("the checkpoint", checkpoint_path(args.checkpoint))])
     checkpoint = load_checkpoint(args.checkpoint)
     model, schedule, config = load_model(checkpoint, device=check_device(args.device))
+    if not world().is_root:  # under mpirun, one picture is drawn, once: rank 0's (every rank checked the flags)
+        return 0
     steps = sampler_steps("ddim", args.steps, schedule.T)  # refuses a count outside [1, T]
     # The real images before any sampling or writing, so that a bad --data-dir leaves nothing behind.
     real, _ = load_dataset(config.get("dataset", "mnist"), "auto", args.data_dir or config.get("data_dir"))
