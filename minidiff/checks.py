@@ -64,13 +64,34 @@ def timestep_array(t, name: str = "t"):
     """``t`` as an array of integer timesteps (a list or a Python int is converted); refused otherwise."""
     from .autograd import Tensor
 
-    if t is None or isinstance(t, Tensor) or isinstance(t, bool):
+    if t is None or isinstance(t, Tensor):
         raise ArgumentError(f"timesteps {name} must be integers (an int64 array of shape (N,)), got {_describe(t)}")
     xp = get_array_module(t)
     array = xp.asarray(t)
     if array.dtype.kind not in "iu":
         raise ArgumentError(f"timesteps {name} must be integers, got dtype {array.dtype}")
     return array
+
+
+def finite(array, name: str):
+    """``array`` if every value is finite; refused naming how many are not."""
+    bad = _nonfinite(array)
+    if bad:
+        raise ArgumentError(f"{name} holds {bad} NaN or infinite values")
+    return array
+
+
+def _nonfinite(array) -> int:
+    xp = get_array_module(array)
+    return int(xp.count_nonzero(~xp.isfinite(array)))
+
+
+def shape(value, name: str = "shape") -> tuple:
+    """``value`` as a tuple if it is a non-empty tuple or list of positive integers (an array shape)."""
+    if not (isinstance(value, (tuple, list)) and value and all(
+            isinstance(size, numbers.Integral) and not isinstance(size, bool) and size >= 1 for size in value)):
+        raise ArgumentError(f"{name} must be a tuple of positive integers (N, C, H, W), got {value!r}")
+    return tuple(value)
 
 
 def same_shape(array, name: str, like, like_name: str):
@@ -125,10 +146,10 @@ def probabilities(p, name: str, size: int) -> np.ndarray:
 def model_output(output, x_t, learned_variance: bool):
     """``output`` if its shape fits x_t: the same, or with twice the channels where ``learned_variance``
     (ε̂ and Nichol & Dhariwal's v stacked); refused naming both shapes otherwise."""
-    shape = tuple(getattr(output, "shape", ()))
     if not hasattr(output, "shape"):
         raise ArgumentError(f"the model returned {_describe(output)}; it must return an array shaped like "
                             f"x_t {tuple(x_t.shape)}")
+    shape = tuple(output.shape)
     expected = tuple(x_t.shape)
     doubled = expected[:1] + (2 * expected[1],) + expected[2:] if len(expected) > 1 else None
     if shape == expected or (learned_variance and shape == doubled):
@@ -143,9 +164,7 @@ def model_output(output, x_t, learned_variance: bool):
 
 def finite_model_output(output, t) -> None:
     """Refuse a model output holding NaN or infinite values, naming the timestep and how many."""
-    xp = get_array_module(output)
-    bad = int(xp.count_nonzero(~xp.isfinite(output)))
-    if bad:
-        step = int(xp.asarray(t).reshape(-1)[0]) if getattr(t, "size", 1) else "?"
+    bad = _nonfinite(output)
+    if bad:  # t: the model's timesteps, one per example (the same one in a sampler's batch)
         raise NonFiniteOutput(f"the model returned {bad} NaN or infinite values (of {output.size}) at timestep "
-                                 f"t={step}; sampling stopped")
+                              f"t={int(get_array_module(output).asarray(t).reshape(-1)[0])}; sampling stopped")

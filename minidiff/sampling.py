@@ -58,15 +58,10 @@ def respaced(schedule, steps=None, spacing="uniform"):
 def _start(rng, shape, x_T):
     """The generator and the starting x_T ∼ N(0, I) (or the caller's x_T), each checked."""
     rng = np.random.default_rng() if checks.generator(rng) is None else rng
-    if not (isinstance(shape, (tuple, list)) and len(shape) >= 1
-            and all(isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 1 for size in shape)):
-        raise checks.ArgumentError(f"shape must be a tuple of positive integers (N, C, H, W), got {shape!r}")
+    shape = checks.shape(shape)
     if x_T is None:
-        return rng, rng.standard_normal(tuple(shape))
-    x_T = checks.float_array(x_T, "x_T")
-    bad = int(get_array_module(x_T).count_nonzero(~get_array_module(x_T).isfinite(x_T)))
-    if bad:
-        raise checks.ArgumentError(f"x_T holds {bad} NaN or infinite values")
+        return rng, rng.standard_normal(shape)
+    x_T = checks.finite(checks.float_array(x_T, "x_T"), "x_T")
     if tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
     return rng, x_T
@@ -90,9 +85,7 @@ def _first_index(schedule, t_start):
     """The respaced index the loop starts at: ``t_start``, by default the last, T − 1."""
     if t_start is None:
         return schedule.T - 1
-    if isinstance(t_start, bool) or not isinstance(t_start, (int, np.integer)):
-        raise checks.ArgumentError(f"t_start must be an integer index, got {t_start!r}")
-    if not -1 <= t_start < schedule.T:
+    if not -1 <= checks.integer(t_start, "t_start", -1) < schedule.T:
         raise ValueError(f"t_start={t_start} is outside [-1, {schedule.T}), the sampler's steps")
     return t_start
 

@@ -154,7 +154,7 @@ def test_eta_shape_and_t_start_are_named():
         ddim_sample(zeros, SCHEDULE, SHAPE, 3, eta="1")
     with pytest.raises(ArgumentError, match="shape must be a tuple of positive integers"):
         ddim_sample(zeros, SCHEDULE, (2, 0, 4, 4), 3)
-    with pytest.raises(ArgumentError, match="t_start must be an integer index, got 2.5"):
+    with pytest.raises(ArgumentError, match="t_start must be an integer, got float 2.5"):
         ddim_sample(zeros, SCHEDULE, SHAPE, 3, t_start=2.5)
 
 
