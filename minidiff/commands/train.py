@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            help="rescale the schedule to end at alphas_cumprod = 0 (Lin et al. 2023); needs --prediction v or x0")
     option("diffusion", "--timesteps", type=int, metavar="T", help="length of the diffusion chain")
     option("diffusion", "--prediction", choices=PREDICTIONS, help="what the network predicts")
-    option("diffusion", "--min-snr-gamma", type=float, metavar="GAMMA", help="Min-SNR-γ loss weighting (Hang et al. 2023)")
+    option("diffusion", "--min-snr-gamma", type=float, metavar="GAMMA", help="Min-SNR-γ loss weighting (Hang et al. 2023; they use 5), γ in [0.01, 1e4]")
     option("diffusion", "--learn-sigma", action="store_true",
            help="also learn the reverse variances, trained with L_hybrid (Nichol & Dhariwal 2021); "
                 "sample --sampler ddpm then uses them"),
