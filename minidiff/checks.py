@@ -94,6 +94,17 @@ def shape(value, name: str = "shape") -> tuple:
     return tuple(value)
 
 
+def broadcasts_to(array, name: str, shape: tuple):
+    """``array`` if it broadcasts to ``shape`` (e.g. one image for a batch); refused naming both shapes otherwise."""
+    try:
+        fits = np.broadcast_shapes(tuple(array.shape), tuple(shape)) == tuple(shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ArgumentError(f"{name} has shape {tuple(array.shape)}, which does not broadcast to {tuple(shape)}")
+    return array
+
+
 def same_shape(array, name: str, like, like_name: str):
     """``array`` if it has the shape of ``like``; refused otherwise (broadcasting would hide the mistake)."""
     if tuple(array.shape) != tuple(like.shape):

@@ -94,9 +94,7 @@ def repaint_sample(model, schedule, shape, steps=None, spacing="uniform", *, kno
     rng, x = _start(rng, shape, x_T)
     known, mask = checks.float_array(known, "known"), checks.float_array(mask, "mask")
     for name, array in (("known", known), ("mask", mask)):
-        if np.broadcast_shapes(array.shape, x.shape) != x.shape:
-            raise checks.ArgumentError(f"{name} has shape {array.shape}, which does not broadcast to the samples' "
-                                       f"{x.shape}")
+        checks.broadcasts_to(array, name, x.shape)
     if mask.size and (float(mask.min()) < 0 or float(mask.max()) > 1):  # 0 keep, 1 paint: a blend in between
         raise checks.ArgumentError(f"mask values must lie in [0, 1] (1: paint, 0: keep), got "
                                    f"[{float(mask.min()):.4g}, {float(mask.max()):.4g}]")

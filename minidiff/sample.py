@@ -94,7 +94,7 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     drawing all n would return.
     """
     num_steps = sampler_steps(sampler, steps, schedule.T)
-    n = checks.integer(n, "n", 0)
+    n, seed = checks.integer(n, "n", 0), checks.integer(seed, "seed", 0)
     for name, array in (("x_T", x_T), ("init", init), ("mask", mask)):  # an int image would be read as [-1, 1]
         if array is not None:
             checks.float_array(array, name)

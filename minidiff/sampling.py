@@ -71,6 +71,9 @@ def _recorder(callback, return_trajectory):
     """(report, trajectory): ``report(index, t, x_t, x0_hat)`` calls ``callback`` and, when asked,
     appends a TrajectoryStep to ``trajectory``."""
     trajectory = [] if return_trajectory else None
+    if callback is not None and not callable(callback):
+        raise checks.ArgumentError(f"callback must be a function callback(index, t, x_t, x0_hat), got "
+                                   f"{type(callback).__name__}")
 
     def report(index, t, x_t, x0_hat):
         if callback is not None:

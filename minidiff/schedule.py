@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from .backend import get_array_module
+from . import checks
 from .checks import ArgumentError, timestep_array
 
 
@@ -281,6 +282,7 @@ class NoiseSchedule:
     def cosine(cls, T=1000, s=0.008, max_beta=0.999):
         """ᾱ(τ) = f(τ)/f(0), f(τ) = cos²((τ + s)/(1 + s) · π/2) (Nichol & Dhariwal 2021, Eq. 17)."""
         _check_T(T)
+        s = checks.real(s, "s (the cosine schedule's offset)", 0.0, 1.0)
 
         def alpha_bar(tau):
             return np.cos((tau + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
@@ -295,6 +297,9 @@ class NoiseSchedule:
         β is then clipped at ``max_beta`` as for the cosine schedule.
         """
         _check_T(T)
+        checks.real(tau, "tau", 1e-6)
+        if not checks.real(start, "start") < checks.real(end, "end"):
+            raise checks.ArgumentError(f"the sigmoid schedule needs start < end, got start={start}, end={end}")
 
         def sigmoid(z):
             return 1.0 / (1.0 + np.exp(-z))

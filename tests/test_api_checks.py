@@ -226,3 +226,14 @@ def test_generate_refuses_integer_images_and_a_fractional_count():
         generate(unet, SCHEDULE, 2.0, "ddim", 3)
     with pytest.raises(ArgumentError, match="init has dtype uint8"):
         generate(unet, SCHEDULE, 2, "ddim", 3, init=np.zeros((1, 4, 4), np.uint8))
+
+
+def test_schedule_parameters_callbacks_and_seeds_are_named():
+    with pytest.raises(ArgumentError, match="s \\(the cosine schedule's offset\\) must be"):
+        NoiseSchedule.cosine(10, s=-1)
+    with pytest.raises(ArgumentError, match="tau must be"):
+        NoiseSchedule.sigmoid(10, tau=0)
+    with pytest.raises(ArgumentError, match="callback must be a function"):
+        ddim_sample(zeros, SCHEDULE, SHAPE, 3, callback=3)
+    with pytest.raises(ArgumentError, match=r"mask has shape \(5, 5\), which does not broadcast to \(2, 1, 4, 4\)"):
+        repaint_sample(zeros, SCHEDULE, SHAPE, known=np.zeros((1, 4, 4)), mask=np.ones((5, 5)))
