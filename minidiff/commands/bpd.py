@@ -31,14 +31,16 @@ from ..sample import ddpm_variance
 from .sample import add_weights_arguments
 
 BATCH = 100  # images per model call
+DEFAULT_TIMESTEPS = 50
 PILOT_IMAGES = 8  # images of the pilot run that sets the importance weights (floor images past --n)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint .npz or a run folder holding checkpoint.npz")
     parser.add_argument("--n", type=int, default=100, help="held-out images to score (default: %(default)s)")
-    parser.add_argument("--timesteps", type=int, default=50, metavar="K",
-                        help="terms of the bound evaluated per image, from 2 to T (T: every term) (default: %(default)s)")
+    parser.add_argument("--timesteps", type=int, default=None, metavar="K",
+                        help="terms of the bound evaluated per image, from 2 to T (T: every term) (default: "
+                             f"{DEFAULT_TIMESTEPS}, or T if the chain is shorter)")
     parser.add_argument("--weighting", choices=("uniform", "importance"), default="uniform",
                         help="how the KL terms are drawn: uniformly without replacement, or from a pilot run's "
                              "p_t ∝ sqrt(E[L_t^2]) (default: %(default)s)")
@@ -53,12 +55,14 @@ def run(args) -> int:
         raise ValueError(f"--n must be at least 2 (for a standard error), got {args.n}")
     if not 0 <= args.seed < 2**63:
         raise ValueError(f"--seed must be an integer in [0, 2^63), got {args.seed}")
-    if args.timesteps < 2:  # the decoder alone: every KL term dropped, a "bound" far too low
+    if args.timesteps is not None and args.timesteps < 2:  # the decoder alone: every KL term dropped, a "bound" far too low
         raise ValueError(f"--timesteps must be at least 2 (the decoder term and at least one KL term), "
                          f"got {args.timesteps}")
     device = check_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
+    if args.timesteps is None:
+        args.timesteps = min(DEFAULT_TIMESTEPS, schedule.T)
     if args.timesteps > schedule.T:
         raise ValueError(f"--timesteps {args.timesteps} is outside [2, {schedule.T}], the checkpoint's timesteps")
     variance = ddpm_variance(model, args.variance)
