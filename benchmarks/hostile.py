@@ -308,6 +308,12 @@ def python_api_edges() -> list:
          "sum to 1"),
         ("API bpd_estimate with 1 timestep", lambda: bpd_estimate(zeros, schedule, x, 1, np.random.default_rng(0)),
          "num_timesteps"),
+        ("API q_sample with noise of another shape", lambda: q_sample(schedule, x, t, x[:1]), "noise has shape"),
+        ("API q_sample with 3 timesteps for 2 images", lambda: q_sample(schedule, x, np.arange(3), x), "timesteps t"),
+        ("API a U-Net handed to a sampler as it is",
+         ddim(UNet(in_channels=1, base_channels=8, channel_mults=(1,), num_res_blocks=1, attn_resolutions=(),
+                   num_groups=4, image_size=4, rng=np.random.default_rng(0))), "as_denoiser"),
+        ("API NoiseSchedule.cosine(s=-1)", lambda: NoiseSchedule.cosine(10, s=-1), "s (the cosine"),
         ("API testing.schedules(min_T=1)", one_step_schedules, lambda ok: ok),
         ("API check_round_trips on float32", float32_round_trips, lambda ok: ok),
     ]
@@ -376,6 +382,12 @@ def semantics(run: Path, tmp: Path, train) -> list:
     (edited / "config.json").write_text(json.dumps({**config, "lr": 0.5}))
     return [
         ("bpd --timesteps 1 (drops every KL term)", ["bpd", str(run), "--timesteps", "1"], "--timesteps"),
+        ("train --limit-data beyond the data", train("--limit-data", "20000"), "--limit-data 20000"),
+        ("sample --mask with --sampler pf-ode", ["sample", str(run), "--init", str(tmp / "digit.png"), "--mask",
+                                                 str(tmp / "digit.png"), "--sampler", "pf-ode"], "--sampler"),
+        ("sample --jump-length as long as the chain", ["sample", str(run), "--init", str(tmp / "digit.png"), "--mask",
+                                                       str(tmp / "digit.png"), "--sampler", "ddpm", "--steps", "4",
+                                                       "--jump-length", "4", "--jump-n-sample", "2"], "--jump-length 4"),
         *[(f"train --num-classes {k} on MNIST", train("--num-classes", k), f"--num-classes {k}") for k in ("20", "11")],
         *[(f"train --min-snr-gamma {g}", train("--min-snr-gamma", g), "--min-snr-gamma") for g in ("1e-300", "1e30")],
         ("inpainting honours the DDPM variance", lambda: (inpaint("fixed_small"), inpaint("fixed_large")),
