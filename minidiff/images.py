@@ -126,7 +126,7 @@ def load_image(path, flag: str, channels: int, size: int, nearest: bool = False)
         raise ImageRefused(f"{flag} {path}: cannot read it as an image ({type(exc).__name__}: {exc})") from None
     if original[0] * original[1] > MAX_INPUT_PIXELS:
         raise ImageRefused(f"{flag} {path} is {original[0]}×{original[1]} pixels, more than the "
-                         f"{MAX_INPUT_PIXELS:,} read (a guard against decompression bombs); shrink it first")
+                           f"{MAX_INPUT_PIXELS:,} read (a guard against decompression bombs); shrink it first")
     if channels == 1 and colour.shape[-1] == 3:
         colour = colour @ np.array([0.299, 0.587, 0.114])[:, None]
     elif channels == 3 and colour.shape[-1] == 1:
@@ -146,13 +146,13 @@ def _intensities(image, flag: str, path) -> np.ndarray:
         values = np.asarray(image, np.float64)
         if not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
             raise ImageRefused(f"{flag} {path}: a float image must hold values in [0, 1] (0 black, 1 white); "
-                             f"this one lies in [{np.nanmin(values):.4g}, {np.nanmax(values):.4g}]")
+                               f"this one lies in [{np.nanmin(values):.4g}, {np.nanmax(values):.4g}]")
         return values[..., None]
     if image.mode.startswith("I"):  # 16- or 32-bit integers
         values = np.asarray(image).astype(np.float64)
         if values.min() < 0 or values.max() > INTEGER_FULL_SCALE:
             raise ImageRefused(f"{flag} {path}: integer pixel values must lie in [0, {INTEGER_FULL_SCALE}] "
-                             f"(16-bit), got [{values.min():.0f}, {values.max():.0f}]")
+                               f"(16-bit), got [{values.min():.0f}, {values.max():.0f}]")
         return values[..., None] / INTEGER_FULL_SCALE
     grey = image.mode in ("1", "L", "LA", "La")
     if not grey and image.mode not in ("P", "PA", "RGB", "RGBA", "RGBa"):  # CMYK, YCbCr, LAB, HSV, …
