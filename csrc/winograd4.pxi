@@ -70,13 +70,13 @@ cdef extern from *:
         }                                                                                        \\
     }
 
-    /* The transpose of the Aᵀ pass: (h0 … h5) = A (g0 … g3), every k < len; h_x = h[x·stride + k]. */
+    /* The transpose of the Aᵀ pass: (h0 … h5) = A (g0 … g3), every k < len. (Six output
+       parameters, not one base and a stride: GCC vectorises only when each is `restrict`.) */
     #define MINIDIFF_A6_PASS(T, NAME)                                                            \\
     MINIDIFF_CLONES static void NAME(const T *restrict g0, const T *restrict g1,                   \\
                                      const T *restrict g2, const T *restrict g3, ptrdiff_t len,    \\
-                                     T *restrict h, ptrdiff_t stride) {                            \\
-        T *restrict h0 = h, *restrict h1 = h + stride, *restrict h2 = h + 2 * stride;            \\
-        T *restrict h3 = h + 3 * stride, *restrict h4 = h + 4 * stride, *restrict h5 = h + 5 * stride; \\
+                                     T *restrict h0, T *restrict h1, T *restrict h2,               \\
+                                     T *restrict h3, T *restrict h4, T *restrict h5) {             \\
         for (ptrdiff_t k = 0; k < len; k++) {                                                    \\
             const T a = g0[k] + g2[k], b = g1[k] + g3[k], c = g0[k] + 4 * g2[k], d = 2 * g1[k] + 8 * g3[k]; \\
             h0[k] = g0[k]; h1[k] = a + b; h2[k] = a - b; h3[k] = c + d; h4[k] = c - d; h5[k] = g3[k]; \\
@@ -84,20 +84,24 @@ cdef extern from *:
     }
 
     /* One output row: y[4j + b] = (Aᵀ (s0 … s5))[b] at tile j, + shift (+ residual), for the
-       `width` columns kept; s_x = s[x·stride + j]. */
+       `width` columns kept: whole tiles in one loop, then the last tile's first width % 4. */
     #define MINIDIFF_AT6_ROW(T, NAME)                                                            \\
-    MINIDIFF_CLONES static void NAME(const T *restrict s, ptrdiff_t stride, T shift,               \\
+    MINIDIFF_CLONES static void NAME(const T *restrict s0, const T *restrict s1,                   \\
+                                     const T *restrict s2, const T *restrict s3,                   \\
+                                     const T *restrict s4, const T *restrict s5, T shift,          \\
                                      const T *restrict residual, ptrdiff_t width, T *restrict y) { \\
-        const T *restrict s0 = s, *restrict s1 = s + stride, *restrict s2 = s + 2 * stride;      \\
-        const T *restrict s3 = s + 3 * stride, *restrict s4 = s + 4 * stride;                    \\
-        const T *restrict s5 = s + 5 * stride;                                                   \\
         const ptrdiff_t whole = width / 4;                                                       \\
-        for (ptrdiff_t j = 0; j <= whole && 4 * j < width; j++) {                                \\
+        for (ptrdiff_t j = 0; j < whole; j++) {                                                  \\
             const T a = s1[j] + s2[j], b = s1[j] - s2[j], c = s3[j] + s4[j], d = s3[j] - s4[j];  \\
-            const T out[4] = {s0[j] + a + c + shift, b + 2 * d + shift, a + 4 * c + shift,       \\
-                              b + 8 * d + s5[j] + shift};                                        \\
-            const ptrdiff_t kept = width - 4 * j < 4 ? width - 4 * j : 4;                        \\
-            for (ptrdiff_t q = 0; q < kept; q++) y[4 * j + q] = out[q];                          \\
+            y[4 * j] = s0[j] + a + c + shift; y[4 * j + 1] = b + 2 * d + shift;                  \\
+            y[4 * j + 2] = a + 4 * c + shift; y[4 * j + 3] = b + 8 * d + s5[j] + shift;          \\
+        }                                                                                        \\
+        if (width % 4) {                                                                         \\
+            const ptrdiff_t j = whole;                                                           \\
+            const T a = s1[j] + s2[j], b = s1[j] - s2[j], c = s3[j] + s4[j], d = s3[j] - s4[j];  \\
+            y[4 * j] = s0[j] + a + c + shift;                                                    \\
+            if (width % 4 > 1) y[4 * j + 1] = b + 2 * d + shift;                                 \\
+            if (width % 4 > 2) y[4 * j + 2] = a + 4 * c + shift;                                 \\
         }                                                                                        \\
         if (residual)                                                                            \\
             for (ptrdiff_t k = 0; k < width; k++) y[k] += residual[k];                           \\
@@ -156,11 +160,13 @@ cdef extern from *:
     void winograd4_at_pass_f(const float* m, Py_ssize_t stride, Py_ssize_t length, float* s0, float* s1, float* s2, float* s3) noexcept nogil
     void winograd4_at_pass_d(const double* m, Py_ssize_t stride, Py_ssize_t length, double* s0, double* s1, double* s2, double* s3) noexcept nogil
     void winograd4_a_pass_f(const float* g0, const float* g1, const float* g2, const float* g3, Py_ssize_t length,
-                            float* h, Py_ssize_t stride) noexcept nogil
+                            float* h0, float* h1, float* h2, float* h3, float* h4, float* h5) noexcept nogil
     void winograd4_a_pass_d(const double* g0, const double* g1, const double* g2, const double* g3, Py_ssize_t length,
-                            double* h, Py_ssize_t stride) noexcept nogil
-    void winograd4_at_row_f(const float* s, Py_ssize_t stride, float shift, const float* residual, Py_ssize_t width, float* y) noexcept nogil
-    void winograd4_at_row_d(const double* s, Py_ssize_t stride, double shift, const double* residual, Py_ssize_t width, double* y) noexcept nogil
+                            double* h0, double* h1, double* h2, double* h3, double* h4, double* h5) noexcept nogil
+    void winograd4_at_row_f(const float* s0, const float* s1, const float* s2, const float* s3, const float* s4, const float* s5,
+                            float shift, const float* residual, Py_ssize_t width, float* y) noexcept nogil
+    void winograd4_at_row_d(const double* s0, const double* s1, const double* s2, const double* s3, const double* s4, const double* s5,
+                            double shift, const double* residual, Py_ssize_t width, double* y) noexcept nogil
     void deinterleave4_f(const float* src, Py_ssize_t width, float* d0, float* d1, float* d2, float* d3) noexcept nogil
     void deinterleave4_d(const double* src, Py_ssize_t width, double* d0, double* d1, double* d2, double* d3) noexcept nogil
     void interleave4_f(const float* d0, const float* d1, const float* d2, const float* d3, Py_ssize_t width, float* dst) noexcept nogil
@@ -196,16 +202,18 @@ cdef inline void _at6(const real* m, Py_ssize_t stride, Py_ssize_t length, real*
 
 cdef inline void _a6(const real* g, Py_ssize_t g_stride, Py_ssize_t length, real* h, Py_ssize_t stride) noexcept nogil:
     if real is float:
-        winograd4_a_pass_f(g, g + g_stride, g + 2 * g_stride, g + 3 * g_stride, length, h, stride)
+        winograd4_a_pass_f(g, g + g_stride, g + 2 * g_stride, g + 3 * g_stride, length,
+                           h, h + stride, h + 2 * stride, h + 3 * stride, h + 4 * stride, h + 5 * stride)
     else:
-        winograd4_a_pass_d(g, g + g_stride, g + 2 * g_stride, g + 3 * g_stride, length, h, stride)
+        winograd4_a_pass_d(g, g + g_stride, g + 2 * g_stride, g + 3 * g_stride, length,
+                           h, h + stride, h + 2 * stride, h + 3 * stride, h + 4 * stride, h + 5 * stride)
 
 
 cdef inline void _at6_row(const real* s, Py_ssize_t stride, real shift, const real* residual, Py_ssize_t width, real* y) noexcept nogil:
     if real is float:
-        winograd4_at_row_f(s, stride, shift, residual, width, y)
+        winograd4_at_row_f(s, s + stride, s + 2 * stride, s + 3 * stride, s + 4 * stride, s + 5 * stride, shift, residual, width, y)
     else:
-        winograd4_at_row_d(s, stride, shift, residual, width, y)
+        winograd4_at_row_d(s, s + stride, s + 2 * stride, s + 3 * stride, s + 4 * stride, s + 5 * stride, shift, residual, width, y)
 
 
 cdef inline Py_ssize_t _phase4(Py_ssize_t r, Py_ssize_t q, Py_ssize_t phase, Py_ssize_t row) noexcept nogil:
