@@ -8,6 +8,7 @@ command is :mod:`minidiff.commands.sample`.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .files import atomic_write
 from .editing import repaint_sample, repaint_timesteps, sdedit_start, strength_steps
 from .guidance import guided_denoiser
 from .images import save_image_grid
-from .sampling import ddim_encode, ddim_sample, ddpm_sample, dpm_solver_pp_sample, respaced
+from .sampling import NonFiniteError, ddim_encode, ddim_sample, ddpm_sample, dpm_solver_pp_sample, respaced
 from .sde import predictor_corrector_sample, probability_flow_sample, reverse_sde_sample
 
 SAMPLER_FUNCTIONS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm-solver++": dpm_solver_pp_sample,
@@ -138,6 +139,17 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
                 options["variance"] = ddpm_variance(model, variance)
             samples.append(to_numpy(sample(denoiser, schedule, noise.shape, num_steps, **options)))
     return np.concatenate(samples).astype(np.float32, copy=False) if samples else np.empty((0, *image_shape), np.float32)
+
+
+@contextlib.contextmanager
+def refusing_non_finite(checkpoint):
+    """Inside the block, a sampler stopped by non-finite values (:class:`minidiff.sampling.NonFiniteError`)
+    becomes one line naming ``checkpoint`` and the step: finite weights can still make NaN images (an
+    overflowing activation), and no such image is written or scored (``sample``, ``eval``, ``figures``)."""
+    try:
+        yield
+    except NonFiniteError as exc:
+        raise ValueError(f"checkpoint {checkpoint.path} makes non-finite images: {exc}; nothing written") from None
 
 
 def default_spacing(sampler) -> str:

@@ -16,7 +16,8 @@ starts the loop part-way down the respaced chain, at that index, with ``x_T`` th
 or guidance are the caller's business: close over them in ``model``. A NumPy ``rng`` makes every
 sampler reproducible: noise is drawn on the host and moved to the array module of ``x_T``, so
 pass a CuPy ``x_T`` to sample on the GPU. Each step's input x_t and its x̂₀ are exposed through
-``callback(step_index, t, x_t, x0_hat)`` or ``return_trajectory=True``.
+``callback(step_index, t, x_t, x0_hat)`` or ``return_trajectory=True``. A step whose x_t or x̂₀ holds a
+NaN or an infinity stops the sampler with :class:`NonFiniteError`, naming the step (:func:`check_finite`).
 
 Papers:
 
@@ -61,12 +62,31 @@ def _start(rng, shape, x_T):
     return rng, x_T
 
 
+class NonFiniteError(ValueError):
+    """A sampler's state or x̂₀ went NaN or infinite: ``index`` is the sampler step (0 the first),
+    ``t`` the model timestep, ``count`` the non-finite values."""
+
+    def __init__(self, index: int, t: int, count: int):
+        super().__init__(f"values went non-finite at sampler step {index + 1} (t = {t}): {count} NaN or infinite")
+        self.index, self.t, self.count = index, t, count
+
+
+def check_finite(index: int, t: int, *arrays) -> None:
+    """Stop the sampler with :class:`NonFiniteError` when ``arrays`` (x_t, x̂₀) hold a NaN or an infinity:
+    from there every later step and the image would be NaN. Every sampler calls it once a step, through
+    :func:`_recorder`'s report."""
+    count = sum(int(get_array_module(a).count_nonzero(~get_array_module(a).isfinite(a))) for a in arrays)
+    if count:
+        raise NonFiniteError(index, t, count)
+
+
 def _recorder(callback, return_trajectory):
-    """(report, trajectory): ``report(index, t, x_t, x0_hat)`` calls ``callback`` and, when asked,
-    appends a TrajectoryStep to ``trajectory``."""
+    """(report, trajectory): ``report(index, t, x_t, x0_hat)`` checks both are finite (:func:`check_finite`),
+    calls ``callback`` and, when asked, appends a TrajectoryStep to ``trajectory``."""
     trajectory = [] if return_trajectory else None
 
     def report(index, t, x_t, x0_hat):
+        check_finite(index, t, x_t, x0_hat)
         if callback is not None:
             callback(index, t, x_t, x0_hat)
         if trajectory is not None:

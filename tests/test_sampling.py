@@ -11,6 +11,7 @@ from test_diffusion import gaussian_oracle
 
 from minidiff.diffusion import predict_v, q_sample
 from minidiff.sampling import (
+    NonFiniteError,
     ddim_encode,
     ddim_sample,
     ddim_variance,
@@ -322,3 +323,20 @@ def test_dpm_solver_pp_is_at_least_as_accurate_as_ddim_at_few_steps():
             assert error(dpm_solver_pp_sample, steps, spacing=spacing) <= error(ddim_sample, steps, spacing=spacing)
     old = error(dpm_solver_pp_sample, 20, spacing="uniform", lower_order_final=False)
     assert old > error(ddim_sample, 20, spacing="uniform")
+
+
+@pytest.mark.parametrize("sampler", [ddpm_sample, ddim_sample, dpm_solver_pp_sample])
+def test_a_model_output_going_non_finite_stops_every_sampler_naming_the_step(sampler):
+    schedule = NoiseSchedule.cosine(20)
+    calls = []
+
+    def overflowing(x_t, t):  # finite for two steps, then one NaN
+        calls.append(t)
+        eps = np.zeros_like(x_t)
+        if len(calls) == 3:
+            eps[0, 0, 0, 0] = np.nan
+        return eps
+
+    with pytest.raises(NonFiniteError, match=r"values went non-finite at sampler step 3 \(t = \d+\): 1 NaN") as info:
+        sampler(overflowing, schedule, (2, 1, 4, 4), steps=10, rng=np.random.default_rng(0))
+    assert (info.value.index, info.value.count) == (2, 1) and len(calls) == 3

@@ -21,7 +21,7 @@ from ..checkpoint import checkpoint_path, load_checkpoint, load_model
 from ..datasets import load_dataset
 from ..files import atomic_write
 from ..plot import MISSING, pyplot
-from ..sample import TrajectoryRecorder, generate, sampler_steps
+from ..sample import TrajectoryRecorder, generate, refusing_non_finite, sampler_steps
 from ..schedule import schedule_by_name
 from ..spectrum import band_correlation, band_crossings, forward_snr_per_band, radial_power_spectrum
 
@@ -50,8 +50,6 @@ def run(args) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
     model, schedule, config = load_model(checkpoint, device=check_device(args.device))
     steps = sampler_steps("ddim", args.steps, schedule.T)  # refuses a count outside [1, T]
-    out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent
-    out.mkdir(parents=True, exist_ok=True)
 
     recorder = TrajectoryRecorder(steps)
     x0_hats = []  # (steps, n, C, H, W): every step's x̂₀, for the spectra
@@ -61,8 +59,11 @@ def run(args) -> int:
         x0_hats.append((t, np.asarray(x0_hat, dtype=np.float32)))
 
     labels = np.arange(args.n) % model.num_classes if model.num_classes else None
-    generate(model, schedule, args.n, "ddim", steps, seed=args.seed, labels=labels,
-             prediction=config["prediction"], callback=record, progress=True)
+    with refusing_non_finite(checkpoint):
+        generate(model, schedule, args.n, "ddim", steps, seed=args.seed, labels=labels,
+                 prediction=config["prediction"], callback=record, progress=True)
+    out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent
+    out.mkdir(parents=True, exist_ok=True)  # after sampling: a refused checkpoint leaves no folder behind
     written = [recorder.save(out / "trajectory.png")]
 
     real, _ = load_dataset(config.get("dataset", "mnist"), "auto", args.data_dir or config.get("data_dir"))
