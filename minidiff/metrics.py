@@ -26,10 +26,10 @@ for samples of the data's distribution; it comes with a standard error, and can 
 negative. IS, precision and recall are read against their floors too.
 
 The classifier is trained once (a few minutes on two CPU cores) and cached in
-``$XDG_CACHE_HOME/minidiff/classifier-<dataset>.npz`` (by default ``~/.cache/minidiff``),
-together with the settings it was trained with and its held-out accuracy. A cache file of another
-architecture or trained with other settings or images is replaced; an unreadable one too, with a
-warning naming it: a cache holds nothing that retraining cannot rebuild.
+``$XDG_CACHE_HOME/minidiff/classifier-<dataset>-<architecture>.npz`` (by default ``~/.cache/minidiff``),
+together with the settings it was trained with and its held-out accuracy. A cache file trained
+with other settings or images is replaced; an unreadable one too, with a warning naming it: a cache
+holds nothing that retraining cannot rebuild.
 
 The classifier, the real images it and the scores use, and the scores themselves are one
 yardstick, kept in one place.
@@ -56,7 +56,7 @@ from .optim import Adam
 NUM_CLASSES = 10  # MNIST digits and Fashion-MNIST garments alike
 IMAGE_SHAPE = (1, 28, 28)  # what the classifier reads: one 28×28 grey image
 FEATURE_DIM = 128
-ARCHITECTURE = "conv32-pool-conv64-pool-fc128"  # in the cache key: a cache of another network is retrained
+ARCHITECTURE = "conv32-pool-conv64-pool-fc128"  # names the cache file: other classifiers keep their own
 TRAIN_STEPS = 1500
 BATCH_SIZE = 128
 LEARNING_RATE = 2e-3
@@ -199,12 +199,13 @@ def feature_classifier(dataset: str = "mnist", data_dir=None, cache_dir=None, tr
 
     It trains on ``real.train`` (:func:`real_image_splits` by default) and its ``.accuracy`` is
     measured on the reference and floor images, which it never saw. The cache file
-    ``<cache_dir>/classifier-<dataset>.npz`` is written atomically; it is used only when it holds
-    the same :data:`ARCHITECTURE`, trained with the same ``train_steps``, ``seed`` and images (a
-    digest of them), and retrained with a warning when unreadable.
+    ``<cache_dir>/classifier-<dataset>-<ARCHITECTURE>.npz`` is written atomically (named by the
+    network, so minidiff versions with other classifiers keep their own); it is used only when it
+    was trained with the same ``train_steps``, ``seed`` and images (a digest of them), and retrained
+    with a warning when unreadable.
     """
     real = real_image_splits(dataset, data_dir) if real is None else real
-    path = Path(cache_dir or default_cache_dir()) / f"classifier-{dataset}.npz"
+    path = Path(cache_dir or default_cache_dir()) / f"classifier-{dataset}-{ARCHITECTURE}.npz"
     digest = hashlib.sha256(np.ascontiguousarray(real.train).tobytes() + real.train_labels.tobytes()).hexdigest()
     settings = {"dataset": dataset, "architecture": ARCHITECTURE, "train_steps": train_steps, "seed": seed,
                 "train_images": digest[:16]}
