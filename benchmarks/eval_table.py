@@ -10,7 +10,7 @@ import sys
 
 
 def kid(scores):
-    return f"{scores['kid']:.4f} ± {scores['kid_se']:.4f}" if "kid" in scores else "–"
+    return f"{scores['kid']:.2f} ± {scores['kid_se']:.2f}" if "kid" in scores else "–"
 
 
 def fraction(scores, key):

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     print("\n| w | KID | FID | class accuracy | confident | Inception Score | precision | recall |\n"
           "| --- | --- | --- | --- | --- | --- | --- | --- |")
     for w, r in [("floor", {**floor, "class_accuracy": classifier.accuracy}), *((f"{r['guidance']:g}", r) for r in rows)]:
-        print(f"| {w} | {r['kid']:.4f} ± {r['kid_se']:.4f} | {r['fid']:.1f} | {r['class_accuracy']:.3f} | "
+        print(f"| {w} | {r['kid']:.2f} ± {r['kid_se']:.2f} | {r['fid']:.1f} | {r['class_accuracy']:.3f} | "
               f"{r['confident']:.3f} | {r['inception_score']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} |")
     return 0
 

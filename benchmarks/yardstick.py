@@ -60,7 +60,7 @@ def main():
     print("| N = %d | KID | FID | IS | precision | recall | confident |" % args.n)
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, s in [("floor", floor), *scores.items()]:
-        print(f"| {name} | {s['kid']:.4f} ± {s['kid_se']:.4f} | {s['fid']:.2f} | {s['inception_score']:.2f} | "
+        print(f"| {name} | {s['kid']:.2f} ± {s['kid_se']:.2f} | {s['fid']:.2f} | {s['inception_score']:.2f} | "
               f"{s['precision']:.3f} | {s['recall']:.3f} | {s['confident']:.3f} |")
 
 

@@ -275,13 +275,18 @@ def fid_from_features(a, b) -> float:
     return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 
-KID_SUBSETS = 10  # KID's disjoint subsets, whose spread gives its standard error
+KID_GROUPS = 10  # the groups KID's standard error leaves out one at a time (delete-a-group jackknife)
 
 
 def polynomial_kernel(a, b) -> np.ndarray:
     """k(x, y) = (xᵀy/d + 1)³ for every row x of ``a`` and y of ``b`` (d features): KID's kernel
     (Bińkowski et al. 2018, "Demystifying MMD GANs"), the cubic polynomial kernel."""
     return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def _mmd2_u(sum_xx, sum_yy, sum_xy, m, n):
+    """MMD²_u from its three kernel sums (the first two without their diagonals) over m x's and n y's."""
+    return sum_xx / (m * (m - 1)) + sum_yy / (n * (n - 1)) - 2 * sum_xy / (m * n)
 
 
 def mmd2_unbiased(x, y) -> float:
@@ -293,27 +298,40 @@ def mmd2_unbiased(x, y) -> float:
     with :func:`polynomial_kernel`. Its expectation is the MMD² of the two distributions, 0 when they
     are equal, so it is negative about half the time for samples of one distribution.
     """
-    m, n = len(x), len(y)
     k_xx, k_yy = polynomial_kernel(x, x), polynomial_kernel(y, y)
-    within_x = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
-    within_y = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
-    return float(within_x + within_y - 2 * polynomial_kernel(x, y).mean())
+    return float(_mmd2_u(k_xx.sum() - np.trace(k_xx), k_yy.sum() - np.trace(k_yy), polynomial_kernel(x, y).sum(),
+                         len(x), len(y)))
 
 
-def kernel_inception_distance(a, b, subsets: int = KID_SUBSETS) -> tuple[float, float]:
-    """KID of feature sets ``a`` and ``b`` (Bińkowski et al. 2018) and its standard error.
+def kernel_inception_distance(a, b, groups: int = KID_GROUPS) -> tuple[float, float]:
+    """KID of feature sets ``a`` and ``b`` (Bińkowski et al. 2018): :func:`mmd2_unbiased` of all their
+    rows, and its standard error.
 
-    Both sets are cut, in order, into ``subsets`` disjoint parts (fewer when a part would hold fewer
-    than 2 rows); KID is the mean of :func:`mmd2_unbiased` over the pairs of parts, and its standard
-    error the parts' standard deviation over √subsets. Each part's estimate is unbiased, so KID is
-    too at every N, unlike FID; the subsets are disjoint, so the error is that of their mean.
+    The error is the delete-a-group jackknife's (Efron & Tibshirani 1993, §11.5): each set is cut in
+    order into ``groups`` parts (fewer when a part would hold fewer than 2 rows), MMD²_u recomputed
+    with part g of both left out, for each g, and SE² = (G − 1)/G · Σ_g (θ_(g) − θ̄)². The sums of the
+    kernel matrices by pairs of parts give every θ_(g) at the cost of one MMD²_u. The estimate is
+    unbiased at every N, unlike FID, and is negative about half the time for two samples of one
+    distribution.
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    subsets = min(subsets, len(a) // 2, len(b) // 2)
-    if subsets < 2:
+    groups = min(groups, len(a) // 2, len(b) // 2)
+    if groups < 2:
         raise ValueError(f"KID needs at least 4 feature vectors on each side, got {len(a)} and {len(b)}")
-    estimates = [mmd2_unbiased(x, y) for x, y in zip(np.array_split(a, subsets), np.array_split(b, subsets))]
-    return float(np.mean(estimates)), float(np.std(estimates, ddof=1) / np.sqrt(subsets))
+    # one-hot group membership (G, rows): part g of a set is rows g·len/G … (g+1)·len/G
+    in_a = np.eye(groups)[np.repeat(np.arange(groups), [len(p) for p in np.array_split(a, groups)])].T
+    in_b = np.eye(groups)[np.repeat(np.arange(groups), [len(p) for p in np.array_split(b, groups)])].T
+    k_aa, k_bb = polynomial_kernel(a, a), polynomial_kernel(b, b)
+    np.fill_diagonal(k_aa, 0)
+    np.fill_diagonal(k_bb, 0)
+    # kernel sums by pairs of parts (G, G), and each part's sums with everything, its own pairs counted once
+    sums = [in_a @ k_aa @ in_a.T, in_b @ k_bb @ in_b.T, in_a @ polynomial_kernel(a, b) @ in_b.T]
+    whole = [s.sum() for s in sums]
+    left_out = [s.sum(axis=1) + s.sum(axis=0) - np.diag(s) for s in sums]
+    m_g, n_g = in_a.sum(axis=1), in_b.sum(axis=1)
+    thetas = _mmd2_u(*(w - lo for w, lo in zip(whole, left_out)), len(a) - m_g, len(b) - n_g)
+    se = np.sqrt((groups - 1) / groups * np.sum((thetas - thetas.mean()) ** 2))
+    return float(_mmd2_u(*whole, len(a), len(b))), float(se)
 
 
 def inception_score(probs, splits: int = 1) -> float:
@@ -398,15 +416,21 @@ CONFIDENCE = 0.9  # a sample is read confidently when the classifier's top proba
 
 
 def evaluate_samples(images, classifier: DigitClassifier, real_images, k: int = 3, progress: bool = False) -> dict:
-    """Every score of ``images`` against ``real_images`` (both (N, 1, 28, 28) in [−1, 1]), as a JSON-ready dict.
+    """Every score of ``images`` against ``real_images`` (both (N, 1, 28, 28) in [−1, 1]), as a JSON-ready dict
+    (:func:`scores_of_features`)."""
+    check_sample_images(images)
+    real_feats, _ = classifier.embed(real_images, progress=progress)
+    return scores_of_features(real_feats, *classifier.embed(images, progress=progress), classifier.accuracy, k)
+
+
+def scores_of_features(real_feats, fake_feats, fake_probs, classifier_accuracy=None, k: int = 3) -> dict:
+    """Every score of samples whose classifier features and class probabilities are ``fake_feats`` and
+    ``fake_probs``, against real images whose features are ``real_feats``, as a JSON-ready dict.
 
     ``confident`` is the fraction of samples the classifier gives a top probability of at least
     :data:`CONFIDENCE`, whatever the class; ``class_histogram`` counts the samples it puts in each
     class: a mode-dropping model shows empty classes there before its FID says why.
     """
-    check_sample_images(images)
-    fake_feats, fake_probs = classifier.embed(images, progress=progress)
-    real_feats, _ = classifier.embed(real_images, progress=progress)
     precision, recall = precision_recall(real_feats, fake_feats, k=k)
     kid, kid_se = kernel_inception_distance(real_feats, fake_feats)
     return {
@@ -418,7 +442,7 @@ def evaluate_samples(images, classifier: DigitClassifier, real_images, k: int = 
         "recall": recall,
         "confident": float(np.mean(fake_probs.max(axis=1) >= CONFIDENCE)),
         "class_histogram": np.bincount(fake_probs.argmax(axis=1), minlength=NUM_CLASSES).tolist(),
-        "classifier_accuracy": classifier.accuracy,
+        "classifier_accuracy": classifier_accuracy,
         "n": len(fake_feats),
     }
 
@@ -434,9 +458,10 @@ def evaluate_with_floor(images, classifier: DigitClassifier, real: RealImages, p
     if n > real.max_n:
         raise ValueError(f"{n} images are more than the {real.max_n} real images each of the reference and the "
                          f"floor holds ({real.source})")
-    reference = real.reference[:n]
-    scores = evaluate_samples(images, classifier, reference, progress=progress)
-    floor = evaluate_samples(real.floor[:n], classifier, reference)
+    check_sample_images(images)
+    reference_feats, _ = classifier.embed(real.reference[:n], progress=progress)
+    scores = scores_of_features(reference_feats, *classifier.embed(images, progress=progress), classifier.accuracy)
+    floor = scores_of_features(reference_feats, *classifier.embed(real.floor[:n]))
     return {**scores, "floor": {key: floor[key] for key in FLOOR_SCORES}}
 
 

@@ -145,9 +145,11 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
 def refusing_non_finite(checkpoint):
     """Inside the block, a sampler stopped by non-finite values (:class:`minidiff.sampling.NonFiniteError`)
     becomes one line naming ``checkpoint`` and the step: finite weights can still make NaN images (an
-    overflowing activation), and no such image is written or scored (``sample``, ``eval``, ``figures``)."""
+    overflowing activation), and no such image is written or scored (``sample``, ``eval``, ``figures``).
+    NumPy's overflow warnings are silenced in the block: the refusal says what they would."""
     try:
-        yield
+        with np.errstate(over="ignore", invalid="ignore"):
+            yield
     except NonFiniteError as exc:
         raise ValueError(f"checkpoint {checkpoint.path} makes non-finite images: {exc}; nothing written") from None
 

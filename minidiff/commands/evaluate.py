@@ -107,7 +107,7 @@ def beside_floor(report: dict) -> str:
         f"N = {report['n']} samples against as many reference digits; floor: as many other real digits "
         f"(classifier accuracy {report['classifier_accuracy']:.4f})",
         f"FID        {report['fid']:8.2f}   floor {floor['fid']:8.2f}   (biased upwards at small N: read it against the floor)",
-        f"KID        {report['kid']:8.5f} ± {report['kid_se']:.5f}   floor {floor['kid']:8.5f} ± {floor['kid_se']:.5f}",
+        f"KID        {report['kid']:8.2f} ± {report['kid_se']:.2f}   floor {floor['kid']:8.2f} ± {floor['kid_se']:.2f}",
         f"IS         {report['inception_score']:8.2f}   floor {floor['inception_score']:8.2f}",
         f"precision  {report['precision']:8.3f}   floor {floor['precision']:8.3f}",
         f"recall     {report['recall']:8.3f}   floor {floor['recall']:8.3f}",
