@@ -32,7 +32,7 @@ from ..metrics import (IMAGE_SHAPE, TRAIN_STEPS, check_sample_images, evaluate_w
 from ..sample import class_labels, ddpm_variance, generate_on_ranks, refusing_non_finite, sampler_steps
 from .sample import add_sampling_arguments, check_sampling_arguments, sampling_options
 
-MIN_N = 4  # precision/recall (k = 3) needs more than 3 samples, KID 2 subsets of 2
+MIN_N = 4  # precision/recall (k = 3) needs more than 3 samples, KID two jackknife groups of 2
 SAMPLER = "dpm-solver++"  # 20 steps: the fastest that keeps the ranking (module docstring)
 
 
