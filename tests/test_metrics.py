@@ -216,7 +216,7 @@ def test_the_yardstick_ranks_real_blurred_noised_and_noise_with_gaps_wider_than_
     assert abs(real_digits["kid"] - floor["kid"]) < 2 * np.hypot(real_digits["kid_se"], floor["kid_se"])
     for kid in (real_digits, floor):
         assert abs(kid["kid"]) < 2 * kid["kid_se"]  # KID is unbiased: real digits score 0
-    assert real_digits["fid"] == pytest.approx(floor["fid"], rel=0.2)
+    assert real_digits["fid"] < 1.5 * floor["fid"]  # FID's small-N bias keeps both above 0
     order = [("real digits",), ("blurred 3×3", "noised σ = 0.2"), ("noised σ = 0.8",), ("uniform noise",)]
     for betters, worses in zip(order, order[1:]):
         for better in betters:
