@@ -16,8 +16,7 @@ starts the loop part-way down the respaced chain, at that index, with ``x_T`` th
 or guidance are the caller's business: close over them in ``model``. A NumPy ``rng`` makes every
 sampler reproducible: noise is drawn on the host and moved to the array module of ``x_T``, so
 pass a CuPy ``x_T`` to sample on the GPU. Each step's input x_t and its x̂₀ are exposed through
-``callback(step_index, t, x_t, x0_hat)`` or ``return_trajectory=True``. A step whose x_t or x̂₀ holds a
-NaN or an infinity stops the sampler with :class:`NonFiniteError`, naming the step (:func:`check_finite`).
+``callback(step_index, t, x_t, x0_hat)`` or ``return_trajectory=True``.
 
 Papers:
 
@@ -36,10 +35,11 @@ from collections import namedtuple
 
 import numpy as np
 
+from . import checks
 from .backend import get_array_module
 from .diffusion import (call_model, denoise, denoise_output, model_output_parts, p_mean_variance,
                         predict_eps_from_x0)
-from .schedule import extract, space_timesteps, standard_normal
+from .schedule import NoiseSchedule, extract, space_timesteps, standard_normal
 
 TrajectoryStep = namedtuple("TrajectoryStep", "index t x_t x0_hat")
 TrajectoryStep.__doc__ = "One sampler step: its index, the model timestep t, the input x_t and the model's x̂₀."
@@ -47,46 +47,35 @@ TrajectoryStep.__doc__ = "One sampler step: its index, the model timestep t, the
 
 def respaced(schedule, steps=None, spacing="uniform"):
     """``schedule`` on ``steps`` of its timesteps chosen by ``spacing``; itself when ``steps`` is None."""
+    if not isinstance(schedule, NoiseSchedule):
+        raise checks.ArgumentError(f"schedule must be a minidiff NoiseSchedule, got {type(schedule).__name__}")
     if steps is None:
         return schedule
+    checks.integer(steps, "steps", 1, schedule.T)
     return schedule.respace(space_timesteps(schedule.T, steps, spacing, schedule.log_snr))
 
 
 def _start(rng, shape, x_T):
-    """The generator and the starting x_T ∼ N(0, I) (or the caller's x_T)."""
-    rng = np.random.default_rng() if rng is None else rng
+    """The generator and the starting x_T ∼ N(0, I) (or the caller's x_T), each checked."""
+    rng = np.random.default_rng() if checks.generator(rng) is None else rng
+    shape = checks.shape(shape)
     if x_T is None:
         return rng, rng.standard_normal(shape)
+    x_T = checks.finite(checks.float_array(x_T, "x_T"), "x_T")
     if tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
     return rng, x_T
 
 
-class NonFiniteError(ValueError):
-    """A sampler's state or x̂₀ went NaN or infinite: ``index`` is the sampler step (0 the first),
-    ``t`` the model timestep, ``count`` the non-finite values."""
-
-    def __init__(self, index: int, t: int, count: int):
-        super().__init__(f"values went non-finite at sampler step {index + 1} (t = {t}): {count} NaN or infinite")
-        self.index, self.t, self.count = index, t, count
-
-
-def check_finite(index: int, t: int, *arrays) -> None:
-    """Stop the sampler with :class:`NonFiniteError` when ``arrays`` (x_t, x̂₀) hold a NaN or an infinity:
-    from there every later step and the image would be NaN. Every sampler calls it once a step, through
-    :func:`_recorder`'s report."""
-    count = sum(int(get_array_module(a).count_nonzero(~get_array_module(a).isfinite(a))) for a in arrays)
-    if count:
-        raise NonFiniteError(index, t, count)
-
-
 def _recorder(callback, return_trajectory):
-    """(report, trajectory): ``report(index, t, x_t, x0_hat)`` checks both are finite (:func:`check_finite`),
-    calls ``callback`` and, when asked, appends a TrajectoryStep to ``trajectory``."""
+    """(report, trajectory): ``report(index, t, x_t, x0_hat)`` calls ``callback`` and, when asked,
+    appends a TrajectoryStep to ``trajectory``."""
     trajectory = [] if return_trajectory else None
+    if callback is not None and not callable(callback):
+        raise checks.ArgumentError(f"callback must be a function callback(index, t, x_t, x0_hat), got "
+                                   f"{type(callback).__name__}")
 
     def report(index, t, x_t, x0_hat):
-        check_finite(index, t, x_t, x0_hat)
         if callback is not None:
             callback(index, t, x_t, x0_hat)
         if trajectory is not None:
@@ -99,7 +88,7 @@ def _first_index(schedule, t_start):
     """The respaced index the loop starts at: ``t_start``, by default the last, T − 1."""
     if t_start is None:
         return schedule.T - 1
-    if not -1 <= t_start < schedule.T:
+    if not -1 <= checks.integer(t_start, "t_start", -1) < schedule.T:
         raise ValueError(f"t_start={t_start} is outside [-1, {schedule.T}), the sampler's steps")
     return t_start
 
@@ -129,7 +118,7 @@ def ddpm_sample(model, schedule, shape, steps=None, spacing="uniform", *, rng=No
     rng, x = _start(rng, shape, x_T)  # line 1: x_T ∼ N(0, I)
     for index, t in enumerate(range(_first_index(schedule, t_start), -1, -1)):  # line 2: for t = T, …, 1
         t_batch = _timestep_batch(t, x)
-        output = call_model(model, schedule, x, t_batch)
+        output = call_model(model, schedule, x, t_batch, learned_variance=variance == "learned" or None)
         x0_hat, _ = denoise_output(schedule, x, t_batch, output, prediction, clip_denoised, dynamic_threshold)
         report(index, int(schedule.timesteps[t]), x, x0_hat)
         z = standard_normal(rng, x) if t > 0 else 0.0  # line 3: z ∼ N(0, I) if t > 1, else z = 0
@@ -148,8 +137,7 @@ def ddim_variance(schedule, eta):
     η = 1 gives the DDPM posterior variance β̃_t; η = 0 the deterministic DDIM. η is refused
     if negative, or so large that σ_t² exceeds 1 − ᾱ_{t−1} (Eq. 12 would need √ of a negative).
     """
-    if not eta >= 0:
-        raise ValueError(f"eta must be >= 0, got eta={eta}")
+    checks.real(eta, "eta", 0.0)
     alphas_cumprod, alphas_cumprod_prev = schedule.alphas_cumprod, schedule.alphas_cumprod_prev
     variance = eta**2 * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod) * (1.0 - alphas_cumprod / alphas_cumprod_prev)
     too_large = np.flatnonzero(variance > (1.0 - alphas_cumprod_prev) * (1.0 + 1e-9))

@@ -292,7 +292,7 @@ def test_eval_refuses_a_model_of_other_images(run, tmp_path, capsys):
 
 @needs_mnist
 def test_finite_weights_that_make_nan_images_are_refused_naming_the_checkpoint_and_the_step(run, tmp_path, capsys):
-    """An overflowing first convolution (weights 1e38, finite) turns x̂₀ into NaN at the first step:
+    """An overflowing first convolution (weights 1e38, finite) makes the model's output NaN at the first step:
     ``sample``, ``eval`` and ``figures`` each refuse in one line and write nothing."""
     flat = load_state_dict_file(run / "checkpoint.npz")
     for prefix in ("model.", "ema.shadow."):
@@ -300,7 +300,8 @@ def test_finite_weights_that_make_nan_images_are_refused_naming_the_checkpoint_a
     folder = tmp_path / "overflow"
     folder.mkdir()
     save_state_dict(flat, folder / "checkpoint.npz")
-    message = f"checkpoint {folder / 'checkpoint.npz'} makes non-finite images: values went non-finite at sampler step 1"
+    message = (f"checkpoint {folder / 'checkpoint.npz'} makes non-finite images: the model returned 3136 NaN or "
+               "infinite values (of 3136) at timestep t=19; sampling stopped; nothing written")
     commands = [["sample", str(folder), "--n", "4", "--steps", "5", "--npy", str(tmp_path / "never" / "s.npy")],
                 ["eval", str(folder), "--n", "4", "--steps", "5", "--json", str(tmp_path / "never" / "s.json")]]
     if importlib.util.find_spec("matplotlib"):
@@ -348,4 +349,4 @@ def test_bpd_command_reports_the_bound_with_its_standard_error(run, capsys):
     assert printed["bpd"] > 0 and printed["stderr"] > 0 and printed["variance"] == "fixed_small"
     with pytest.raises(SystemExit):
         main(["bpd", str(run), "--timesteps", "21"])
-    assert "--timesteps 21 is outside [1, 20]" in capsys.readouterr().err
+    assert "--timesteps 21 is outside [2, 20]" in capsys.readouterr().err

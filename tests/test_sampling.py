@@ -11,7 +11,6 @@ from test_diffusion import gaussian_oracle
 
 from minidiff.diffusion import predict_v, q_sample
 from minidiff.sampling import (
-    NonFiniteError,
     ddim_encode,
     ddim_sample,
     ddim_variance,
@@ -233,7 +232,7 @@ def test_bad_sampler_arguments_are_refused():
     schedule = NoiseSchedule.linear(10)
     model = gaussian_oracle(schedule, 0.0, 1.0)
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="eta must be >= 0, got eta=-0.1"):
+    with pytest.raises(ValueError, match=r"eta must be a finite number in \[0, inf\], got -0.1"):
         ddim_sample(model, schedule, (2,), steps=5, eta=-0.1, rng=rng)
     with pytest.raises(ValueError, match="eta=3.0 is too large"):
         ddim_sample(model, schedule, (2,), steps=5, eta=3.0, rng=rng)
@@ -323,20 +322,3 @@ def test_dpm_solver_pp_is_at_least_as_accurate_as_ddim_at_few_steps():
             assert error(dpm_solver_pp_sample, steps, spacing=spacing) <= error(ddim_sample, steps, spacing=spacing)
     old = error(dpm_solver_pp_sample, 20, spacing="uniform", lower_order_final=False)
     assert old > error(ddim_sample, 20, spacing="uniform")
-
-
-@pytest.mark.parametrize("sampler", [ddpm_sample, ddim_sample, dpm_solver_pp_sample])
-def test_a_model_output_going_non_finite_stops_every_sampler_naming_the_step(sampler):
-    schedule = NoiseSchedule.cosine(20)
-    calls = []
-
-    def overflowing(x_t, t):  # finite for two steps, then one NaN
-        calls.append(t)
-        eps = np.zeros_like(x_t)
-        if len(calls) == 3:
-            eps[0, 0, 0, 0] = np.nan
-        return eps
-
-    with pytest.raises(NonFiniteError, match=r"values went non-finite at sampler step 3 \(t = \d+\): 1 NaN") as info:
-        sampler(overflowing, schedule, (2, 1, 4, 4), steps=10, rng=np.random.default_rng(0))
-    assert (info.value.index, info.value.count) == (2, 1) and len(calls) == 3

@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import check_device
-from ..checkpoint import load_checkpoint, load_model
+from ..checkpoint import checkpoint_path, load_checkpoint, load_model
 from ..datasets import DATASETS
 from ..distributed import world
 from ..files import atomic_write
 from ..metrics import (IMAGE_SHAPE, TRAIN_STEPS, check_sample_images, evaluate_with_floor, feature_classifier,
                        real_image_splits)
+from ..outputs import Output, check_outputs
 from ..sample import class_labels, ddpm_variance, generate_on_ranks, refusing_non_finite, sampler_steps
 from .sample import add_sampling_arguments, check_sampling_arguments, sampling_options
 
@@ -64,15 +65,19 @@ def run(args) -> int:
         raise ValueError(f"--classifier-steps must be at least 1, got {args.classifier_steps}")
     if args.checkpoint is None and args.samples is None:
         raise ValueError("give a checkpoint (or run folder) to sample from, or --samples samples.npy")
+    check_outputs([Output("--json", args.json, (".json",))],
+                  inputs=[("the checkpoint", args.checkpoint and checkpoint_path(args.checkpoint)),
+                          ("--samples", args.samples)])
     device = check_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else None
     config = checkpoint.config if checkpoint else {}
     dataset = args.dataset or config.get("dataset", "mnist")
     data_dir = args.data_dir or config.get("data_dir")
-    samples = _load_samples(args.samples) if args.samples else None
 
+    # Everything that can refuse the job is decided before the samples are drawn: the data, --n against it.
+    samples = _load_samples(args.samples) if args.samples else None
     real = real_image_splits(dataset, data_dir)
-    n = len(samples) if args.samples else args.n
+    n = args.n if samples is None else len(samples)
     if n > real.max_n:
         asked = f"--samples {args.samples} holds {n} images," if args.samples else f"--n {n} is"
         raise ValueError(f"{asked} more than the {real.max_n} real images each of the reference and the floor "
