@@ -8,6 +8,7 @@ command is :mod:`minidiff.commands.sample`.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 
@@ -146,6 +147,19 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     # The data range, as every picture of them shows it: without clip_denoised, or on the SDE samplers,
     # the last step can overshoot [−1, 1] a little, and eval and `sample --npy` promise the data range.
     return np.clip(np.concatenate(samples), -1.0, 1.0).astype(np.float32, copy=False)
+
+
+@contextlib.contextmanager
+def refusing_non_finite(checkpoint):
+    """Inside the block, a sampler stopped by a non-finite model output (:class:`minidiff.checks.NonFiniteOutput`,
+    naming the step by its timestep and the count) becomes one line naming ``checkpoint`` too: finite weights
+    can still make NaN images (an overflowing activation), and no such image is written or scored (``sample``,
+    ``eval``, ``figures``). NumPy's overflow warnings are silenced in the block: the refusal says what they would."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            yield
+    except checks.NonFiniteOutput as exc:
+        raise ValueError(f"checkpoint {checkpoint.path} makes non-finite images: {exc}; nothing written") from None
 
 
 def default_spacing(sampler) -> str:
