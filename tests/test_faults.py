@@ -298,7 +298,8 @@ def test_data_faults_name_the_path(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("t, y, message", [
-    (np.array([1.5, 2.0]), None, "timesteps t must be integers, got dtype float64"),
+    (np.array([np.nan, 2.0]), None, "noise levels t must be finite"),
+    (np.array(["a", "b"]), None, "timesteps t must be integers or real noise levels"),
     (np.array([-1, 3]), None, r"timesteps t must lie in >= 0, got -1…3"),
     (np.array([1, 2]), np.array([0.0, 1.0]), "class labels y must be integers"),
     (np.array([1, 2]), np.array([0, 10]), r"class labels y must lie in \[0, 10\)"),
