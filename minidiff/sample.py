@@ -116,8 +116,8 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     if eta and sampler != "ddim":
         raise ValueError(f"eta applies to the ddim sampler only, not {sampler}")
     if mask is not None and sampler not in INPAINTING_SAMPLERS:
-        raise ValueError(f"inpainting takes RePaint's ancestral steps: use sampler {' or '.join(INPAINTING_SAMPLERS)}, "
-                         f"not {sampler}")
+        raise ValueError(f"inpainting takes RePaint's ancestral steps or an ODE sampler's: use sampler "
+                         f"{', '.join(INPAINTING_SAMPLERS[:-1])} or {INPAINTING_SAMPLERS[-1]}, not {sampler}")
     if variance is not None and sampler != "ddpm":
         raise ValueError(f"variance applies to the ddpm sampler only, not {sampler}")
     config = model.config

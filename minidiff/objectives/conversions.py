@@ -135,3 +135,17 @@ def constrained_velocity(velocity, clip_denoised=True, dynamic_threshold=None, k
         return velocity_from_x0(x, t, replace_known(clip_x0(x0, clip_denoised, dynamic_threshold), known, mask))
 
     return constrained
+
+
+def velocity_from_denoiser(denoise):
+    """The flow velocity v(x, t) of an EDM denoiser ``denoise(x̃, σ) -> D``, 0 < t < 1: the flow state x at t is
+    the EDM state x̃ = x/(1 − t) at σ = t/(1 − t) (Karras et al. 2022, Eq. 4 with s = 1 − t), where x̂₀ = D,
+    ε̂ = (x̃ − D)/σ and v = ε̂ − x̂₀ (Liu et al. 2023, Eq. 1). With a DDPM model's D (the VP bridge), Euler
+    steps on this velocity are DDIM's steps."""
+    def velocity(x, t):
+        sigma = flow_sigma(np.asarray(t, dtype=np.float64))
+        x_edm = x / (1.0 - batch_column(t, x))
+        x0 = denoise(x_edm, sigma)
+        return velocity_from_x0_eps(x0, eps_from_denoiser(x_edm, sigma, x0))
+
+    return velocity

@@ -166,7 +166,8 @@ def _levels(sigma, x):
 def nearest_timesteps(sigmas, schedule):
     """The index of a discrete VP schedule whose noise level √((1 − ᾱ)/ᾱ) is nearest (in log σ) to each σ > 0."""
     levels = np.log(vp_sigma(schedule.alphas_cumprod))
-    return np.abs(levels[None, :] - np.log(np.asarray(sigmas, dtype=np.float64))[:, None]).argmin(axis=1)
+    distinct, inverse = np.unique(np.asarray(sigmas, dtype=np.float64), return_inverse=True)  # a batch shares σ
+    return np.abs(levels[None, :] - np.log(distinct)[:, None]).argmin(axis=1)[inverse.ravel()]
 
 
 def round_to_schedule(sigmas, schedule):
