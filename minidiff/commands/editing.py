@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"SDEdit: 0 returns --init, 1 starts from (almost) pure noise (default: {DEFAULT_STRENGTH})")
     parser.add_argument("--mask", default=None, metavar="PNG",
                         help="inpainting (RePaint): repaint the white pixels of this mask of --init, keep the black "
-                             "ones; --sampler ddpm or ddim")
+                             "ones; --sampler ddpm or ddim (RePaint), or an ODE sampler")
     parser.add_argument("--jump-length", type=int, default=1, help="RePaint resampling: jump back N steps (paper: 10)")
     parser.add_argument("--jump-n-sample", type=int, default=1,
                         help="RePaint resampling: go through each jump N times (paper: 10; 1: no resampling)")
