@@ -19,6 +19,7 @@ The files of a run are :mod:`minidiff.runfolder`'s; the ``train`` command is
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -36,6 +37,8 @@ from .diffusion import UniformSampler, training_loss
 from .distributed import sync_check_every, world
 from .guidance import drop_labels
 from .images import save_image_grid
+from .objectives import DEFAULT_SAMPLER, edm
+from .objectives import training_loss as objective_loss
 from .optim import EMA, Adam, clip_grad_norm, learning_rate
 from .runfolder import RunFolder, sigint_deferred
 from .sample import GRID_SCALE, class_labels, generate
@@ -86,6 +89,9 @@ class Trainer:
                               "rewritten now; give changes as flags, e.g. --lr", RuntimeWarning, stacklevel=2)
         images, labels = load_training_data(config) if data is None else data
         self._check_data(images, labels, dataset_info(config.dataset).num_classes if data is None else None)
+        if config.objective == "edm" and config.sigma_data is None:  # measured once, then recorded in the run
+            self.config = config = dataclasses.replace(config, sigma_data=edm.measure_sigma_data(images))
+            self.run_config = config.run_config()
 
         # Independent streams, so that e.g. turning on --hflip does not change the data order.
         model_seed, batch_seed, train_seed = np.random.SeedSequence(config.seed).spawn(3)
@@ -98,6 +104,7 @@ class Trainer:
         self.optimizer = Adam(self.model, lr=config.lr)
         self.batcher = Batcher(images, labels, batch_size=config.batch_size, rng=np.random.default_rng(batch_seed))
         self.timestep_sampler = UniformSampler(self.schedule.T)
+        self.objective_loss = None if config.objective == "ddpm" else objective_loss(config)
         self.step, self.elapsed_s, self.saved_step = 0, 0.0, None
         if resume is not None:
             self._resume(resume)
@@ -141,8 +148,8 @@ class Trainer:
     # ----------------------------------------------------------------- one step
     def loss(self, x0: np.ndarray, y: np.ndarray | None = None):
         """The training loss on a batch x₀, a differentiable scalar (:func:`minidiff.diffusion.training_loss`,
-        Ho et al. 2020, Algorithm 1), after random horizontal flips when ``hflip`` is on and with
-        labels dropped to the null class at rate ``p_uncond`` (:func:`minidiff.guidance.drop_labels`)."""
+        Ho et al. 2020, Algorithm 1; for edm and flow, their own: :mod:`minidiff.objectives`), after
+        random horizontal flips when ``hflip`` is on and with labels dropped to the null class at rate ``p_uncond`` (:func:`minidiff.guidance.drop_labels`)."""
         config = self.config
         if config.hflip:
             flip = self.rng.random(len(x0)) < 0.5
@@ -155,6 +162,8 @@ class Trainer:
         def denoiser(x_t, t):
             return self.model(x_t, t, labels)
 
+        if self.objective_loss is not None:  # edm or flow (minidiff.objectives)
+            return self.objective_loss(denoiser, x0, self.rng, device=self.device, rows=rows).loss
         denoiser.learned_variance = self.model.learned_variance  # ε̂ and v stacked: L_hybrid
         return training_loss(denoiser, self.schedule, x0, self.rng,
                              prediction=config.prediction, min_snr_gamma=config.min_snr_gamma,
@@ -276,16 +285,17 @@ class Trainer:
         return self.checkpoint_file
 
     def save_samples(self) -> Path:
-        """``samples_step<N>.png``: DDIM with the EMA weights from a fixed seed, so that successive
-        grids show the same x_T maturing into digits."""
+        """``samples_step<N>.png``: DDIM (Heun for edm and flow) with the EMA weights from a fixed seed, so
+        that successive grids show the same x_T maturing into digits."""
         config = self.config
         labels = class_labels(config.sample_n, config.num_classes)
         self.model.eval()
         try:
             with self.ema.applied(self.model):
-                samples = generate(self.model, self.schedule, config.sample_n, "ddim",
+                samples = generate(self.model, self.schedule, config.sample_n, DEFAULT_SAMPLER[config.objective],
                                    min(config.sample_steps, self.schedule.T), seed=config.seed, labels=labels,
-                                   prediction=config.prediction)
+                                   prediction=config.prediction, objective=config.objective,
+                                   sigma_data=config.sigma_data)
         finally:
             self.model.train()
         return save_image_grid(samples, self.folder.preview_file(self.step), scale=GRID_SCALE)

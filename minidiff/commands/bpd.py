@@ -62,6 +62,10 @@ def run(args) -> int:
     device = check_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
+    if config["objective"] != "ddpm":
+        raise ValueError(f"bpd is the variational bound of the DDPM chain; it is not available for this "
+                         f"--objective {config['objective']} checkpoint (its ODE likelihood would need Hutchinson's "
+                         "trace estimator, which minidiff does not implement)")
     if args.timesteps is None:
         args.timesteps = min(DEFAULT_TIMESTEPS, schedule.T)
     if args.timesteps > schedule.T:

@@ -16,7 +16,9 @@ reference (and floor) images, 2,500 with MNIST's t10k alone; a larger one is ref
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -30,8 +32,9 @@ from ..files import atomic_write
 from ..metrics import (IMAGE_SHAPE, TRAIN_STEPS, check_sample_images, evaluate_with_floor, feature_classifier,
                        real_image_splits)
 from ..outputs import Output, check_outputs
-from ..sample import class_labels, ddpm_variance, generate_on_ranks, refusing_non_finite, sampler_steps
-from .sample import add_sampling_arguments, check_sampling_arguments, sampling_options
+from ..sample import (ODE_SAMPLER_NAMES, class_labels, ddpm_variance, generate_on_ranks, refusing_non_finite,
+                      sampler_steps)
+from .sample import add_sampling_arguments, check_sampling_arguments, checkpoint_options, sampling_options
 
 MIN_N = 4  # precision/recall (k = 3) needs more than 3 samples, KID two jackknife groups of 2
 SAMPLER = "dpm-solver++"  # 20 steps: the fastest that keeps the ranking (module docstring)
@@ -127,15 +130,21 @@ def _draw(checkpoint, args, device):
     if (channels, size, size) != IMAGE_SHAPE:
         raise ValueError(f"checkpoint {checkpoint.path} makes {channels}-channel {size}×{size} images; "
                          "eval scores 1-channel 28×28 digits only")
+    drawn_as = checkpoint_options(args, config)
     num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
     options = sampling_options(args)
     with refusing_non_finite(checkpoint):
         samples = generate_on_ranks(model, schedule, args.n, args.sampler, num_steps,
-                                    labels=class_labels(args.n, model.num_classes), prediction=config["prediction"],
-                                    progress=True, **options)
-    drawn_with = {"sampler": args.sampler, "steps": num_steps, "ema": not args.no_ema, **options}
+                                    labels=class_labels(args.n, model.num_classes), progress=True, **drawn_as,
+                                    **options)
+    ode_options = options.pop("ode_options")
+    drawn_with = {"sampler": args.sampler, "steps": num_steps, "ema": not args.no_ema, "objective": config["objective"],
+                  **options}
     if args.sampler == "ddpm":
         drawn_with["variance"] = ddpm_variance(model, args.variance)
+    if args.sampler in ODE_SAMPLER_NAMES:
+        drawn_with["ode"] = {key: value for key, value in dataclasses.asdict(ode_options).items()
+                             if math.isfinite(value)}
     return samples, drawn_with
 
 
