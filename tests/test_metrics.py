@@ -271,6 +271,30 @@ def test_eval_command_scores_a_checkpoint_and_saved_samples(run, classifier, cac
     assert json.loads(capsys.readouterr().out)["fid"] == pytest.approx(printed["fid"])
 
 
+@needs_mnist
+def test_eval_guidance_scores_what_sample_guidance_draws(run, classifier, cache_home, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    guided = tmp_path / "guided"
+    assert main(["train", "--preset", "tiny", "--steps", "2", "--batch-size", "4", "--timesteps", "20",
+                 "--schedule", "cosine", "--limit-data", "64", "--data-dir", str(MNIST_DIR), "--num-classes", "10",
+                 "--p-uncond", "0.5", "--sample-every", "0", "--out", str(guided)]) == 0
+    capsys.readouterr()
+    quick = ["--n", "16", "--steps", "5", "--classifier-steps", str(QUICK_STEPS)]
+    assert main(["eval", str(guided), *quick, "--guidance", "2"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["guidance"] == 2.0
+    samples = tmp_path / "guided.npy"
+    assert main(["sample", str(guided), "--n", "16", "--sampler", "dpm-solver++", "--steps", "5", "--guidance", "2",
+                 "--npy", str(samples), "--out", str(tmp_path / "grid.png")]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--samples", str(samples), "--data-dir", str(MNIST_DIR),
+                 "--classifier-steps", str(QUICK_STEPS)]) == 0
+    assert json.loads(capsys.readouterr().out)["fid"] == pytest.approx(printed["fid"])
+    expect_error(capsys, ["eval", str(run), *quick, "--guidance", "2"],
+                 "--guidance needs a checkpoint trained with --num-classes and --p-uncond; this one is unconditional")
+    expect_error(capsys, ["eval", str(guided), *quick, "--guidance", "nan"], "--guidance must be a finite number")
+
+
 def expect_error(capsys, argv, message):
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
