@@ -310,6 +310,16 @@ def test_loss_second_moment_resampler_weights_by_root_mean_square_loss():
 # Bad input ---------------------------------------------------------------------------------------------
 
 
+def test_dynamic_thresholding_divides_by_the_percentile_but_never_by_less_than_one():
+    # Saharia et al. 2022, §2.3: s = max(1, the p-th percentile of |x̂₀|) per example; x̂₀ → clip(x̂₀, −s, s)/s.
+    x0_hat = np.stack([np.linspace(-0.5, 0.25, 101), np.linspace(-4.0, 2.0, 101)]).reshape(2, 1, 101)
+    out = dynamic_thresholding(x0_hat, 0.9)
+    np.testing.assert_array_equal(out[0], x0_hat[0])  # percentile 0.45 < 1: s = 1, x̂₀ unchanged
+    s = np.quantile(np.abs(x0_hat[1]), 0.9)  # 3.4
+    np.testing.assert_allclose(out[1], np.clip(x0_hat[1], -s, s) / s, rtol=1e-15)
+    assert out[1].min() == -1 and out[1].max() == pytest.approx(2 / s)
+
+
 def test_unknown_names_and_bad_values_are_refused():
     schedule = NoiseSchedule.linear(10)
     x, t = np.zeros((2, 3)), np.array([0, 9])

@@ -173,6 +173,25 @@ def test_inpainting_returns_the_known_pixels_exactly(jumps):
     assert np.abs(out[~keep] - np.broadcast_to(known, out.shape)[~keep]).max() > 0.1
 
 
+@pytest.mark.parametrize("jump_length, jump_n_sample", [(1, 1), (2, 3)])
+def test_repaint_known_region_follows_q_xt_given_x0_at_every_step(jump_length, jump_n_sample):
+    # With every pixel known, x after each step down to t − 1 is x^known ∼ q(x_{t−1} | x₀), and a jump
+    # up to t + 1 adds q(x_{t+1} | x_t) (Eq. 2, with β_{t+1}): each x_t a step sees must then have the marginal
+    # q(x_t | x₀) = N(√ᾱ_t x₀, 1 − ᾱ_t) (Ho et al. 2020, Eq. 4). x_T itself is N(0, I) and is left out.
+    schedule, n, x0_value = NoiseSchedule.linear(1000), 40_000, 0.8
+    cut = respaced(schedule, 6)
+    index_of = {int(timestep): index for index, timestep in enumerate(cut.timesteps)}
+    seen = []
+    repaint_sample(lambda x, t: np.zeros_like(x), schedule, (n, 1), 6, known=np.full((1, 1), x0_value),
+                   mask=np.zeros((1, 1)), jump_length=jump_length, jump_n_sample=jump_n_sample,
+                   rng=np.random.default_rng(0), callback=lambda index, t, x, x0_hat: seen.append((index_of[t], x)))
+    assert len(seen) == 6 + (jump_n_sample - 1) * jump_length * len(range(0, 6 - jump_length, jump_length))
+    for t, x in seen[1:]:
+        variance = 1 - cut.alphas_cumprod[t]
+        assert abs(x.mean() - np.sqrt(cut.alphas_cumprod[t]) * x0_value) <= 5 * np.sqrt(variance / n), t
+        assert abs(x.var() - variance) <= 5 * variance * np.sqrt(2 / n), t
+
+
 def test_inpainting_through_generate_refuses_other_samplers():
     with pytest.raises(ValueError, match="use sampler ddpm or ddim, not pf-ode"):
         generate(guided_model(), NoiseSchedule.linear(20), 1, "pf-ode", 3, labels=np.array([0]),

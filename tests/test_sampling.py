@@ -107,6 +107,24 @@ def test_a_ddim_step_with_the_true_x0_preserves_the_marginal_for_any_eta(schedul
     assert abs(x_prev.var() - variance) <= 5 * variance * math.sqrt(2 / n) + 1e-12
 
 
+@pytest.mark.parametrize("eta", [0.3, 0.5, 0.8])
+def test_ddim_noise_at_fractional_eta_is_eta_squared_times_the_ddpm_posterior_variance(eta):
+    # Song et al. 2021, Eq. 16 on consecutive steps: σ_t(η)² = η² β̃_t. Given x_t, the step's only
+    # randomness is σ_t z, so x_{t−1} has that variance about √ᾱ_{t−1} x₀ + √(1 − ᾱ_{t−1} − σ_t²) ε.
+    schedule = NoiseSchedule.linear(100)
+    np.testing.assert_allclose(ddim_variance(schedule, eta), eta**2 * schedule.posterior_variance, rtol=1e-12)
+    t, n, x0_value = 60, 40_000, 0.4
+    x_t = np.full(n, 0.7)
+    x_prev = one_step(ddim_sample, lambda *_: np.full(n, x0_value), schedule, x_t, t, np.random.default_rng(3),
+                      eta=eta, prediction="x0", clip_denoised=False)
+    variance = eta**2 * schedule.posterior_variance[t]
+    eps = (0.7 - math.sqrt(schedule.alphas_cumprod[t]) * x0_value) / math.sqrt(1 - schedule.alphas_cumprod[t])
+    mean = math.sqrt(schedule.alphas_cumprod_prev[t]) * x0_value + math.sqrt(
+        1 - schedule.alphas_cumprod_prev[t] - variance) * eps
+    assert abs(x_prev.mean() - mean) <= 5 * math.sqrt(variance / n)
+    assert abs(x_prev.var() - variance) <= 5 * variance * math.sqrt(2 / n)
+
+
 # Whole samplers: reproducibility, trajectories, respacing ------------------------------------------------
 
 SAMPLERS = {

@@ -136,6 +136,26 @@ def test_sigmoid_schedule_goes_from_clean_to_noise():
     assert np.all(np.diff(schedule.alphas_cumprod) < 0)
 
 
+@pytest.mark.parametrize("start, end, tau", [(-3.0, 3.0, 1.0), (-3.0, 3.0, 0.7), (0.0, 3.0, 1.1), (-3.0, 3.0, 0.3)])
+def test_sigmoid_schedule_follows_chen_2023_algorithm_1(start, end, tau):
+    # Chen 2023, Algorithm 1, written out with math.exp: every sigmoid, the ends v_start and v_end
+    # included, is taken at its argument divided by τ (τ ≠ 1 is where dropping that shows).
+    T = 200
+
+    def sigmoid(z):
+        return 1 / (1 + math.exp(-z))
+
+    def alpha_bar(time):
+        v_start, v_end = sigmoid(start / tau), sigmoid(end / tau)
+        return (v_end - sigmoid((time * (end - start) + start) / tau)) / (v_end - v_start)
+
+    schedule = NoiseSchedule.sigmoid(T, start, end, tau)
+    expected = np.array([alpha_bar((t + 1) / T) / alpha_bar(0) for t in range(T)])
+    unclipped = np.logical_and.accumulate((schedule.betas < 0.999) & (expected > 1e-9))  # ᾱ up to t unclipped
+    assert unclipped.sum() > T // 2
+    np.testing.assert_allclose(schedule.alphas_cumprod[unclipped], expected[unclipped], rtol=1e-9)
+
+
 # Timestep spacing --------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from test_diffusion import gaussian_oracle
 
 from minidiff.sampling import ddpm_sample
-from minidiff.schedule import NoiseSchedule
+from minidiff.schedule import NoiseSchedule, space_timesteps
 from minidiff.sde import (
     integrated_betas,
     langevin_correct,
@@ -71,6 +71,24 @@ def test_langevin_steps_keep_the_target_distribution():
     for _ in range(400):
         x = langevin_correct(x, -x / s**2, rng.standard_normal(n), 1.0, snr=0.16)
     assert abs(x.var() / s**2 - 1) < 0.08
+
+
+def test_the_corrector_is_a_langevin_step_with_step_size_from_alpha_i():
+    # Song et al. 2021b, Algorithm 5: ε = 2 α_i (r ‖z‖/‖s‖)², with α_i = 1 − β_i of the (respaced) step,
+    # then x + ε s + √(2ε) z. The first corrector step acts on x_T, before any predictor step.
+    schedule, snr = NoiseSchedule.linear(1000), 0.16
+    model = gaussian_oracle(schedule, 0.3, 0.5)
+    x_T = np.random.default_rng(0).standard_normal((3, 50))
+    seen = []
+    predictor_corrector_sample(model, schedule, x_T.shape, steps=5, x_T=x_T, rng=np.random.default_rng(1),
+                               clip_denoised=False, snr=snr, callback=lambda index, t, x, x0_hat: seen.append(x))
+    previous, last = space_timesteps(1000, 5)[-2:]
+    alpha = schedule.alphas_cumprod[last] / schedule.alphas_cumprod[previous]  # α of the respaced last step
+    score = -model(x_T, np.full(3, last)) / np.sqrt(1 - schedule.alphas_cumprod[last])
+    z = np.random.default_rng(1).standard_normal(x_T.shape)
+    norm = lambda a: np.linalg.norm(a, axis=1).mean()  # noqa: E731 -- averaged over the batch, as the paper suggests
+    step = 2 * alpha * (snr * norm(z) / norm(score)) ** 2
+    np.testing.assert_allclose(seen[0], x_T + step * score + np.sqrt(2 * step) * z, rtol=1e-10)
 
 
 @pytest.mark.parametrize("name", SDE_SAMPLERS)
