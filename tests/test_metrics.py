@@ -1,6 +1,7 @@
 """metrics: Fréchet distance, Inception Score and precision/recall against closed forms and
 limiting cases; the feature classifier on MNIST t10k (accuracy, cache); ``eval`` end to end."""
 import json
+import math
 import re
 from pathlib import Path
 
@@ -58,6 +59,13 @@ def test_fid_is_small_for_one_distribution_and_large_for_a_shifted_one():
     assert same < 0.1 and shifted == pytest.approx(8, rel=0.05)
 
 
+def test_fid_fits_the_unbiased_covariance():
+    # In one dimension FID = (μ1 − μ2)² + (σ1 − σ2)². Rows [−1, 1] have unbiased variance 2 (biased 1),
+    # rows [2, 4, 6] mean 4 and unbiased variance 4 (biased 8/3).
+    a, b = np.array([[-1.0], [1.0]]), np.array([[2.0], [4.0], [6.0]])
+    assert metrics.fid_from_features(a, b) == pytest.approx(16 + (math.sqrt(2) - 2) ** 2, rel=1e-12)
+
+
 # --------------------------------------------------------------------- Inception Score
 def test_inception_score_is_the_class_count_for_confident_even_predictions():
     probs = np.eye(10)[np.arange(200) % 10]
@@ -88,6 +96,57 @@ def test_precision_without_recall_for_a_collapsed_generator():
     fake = 0.1 * rng.standard_normal((500, 2))  # good samples, one small region of the real data
     precision, recall = metrics.precision_recall(real, fake)
     assert precision > 0.9 and recall < 0.3
+
+
+def brute_force_precision_recall(real, fake, k):
+    """Kynkäänniemi et al. 2019, Eqs. 1–2 from the full distance matrices: a point's radius is the distance to
+    its k-th nearest other point of its own set (column 0 of the sorted row is the point itself)."""
+    def in_manifold(queries, feats):
+        radii = np.sort(np.linalg.norm(feats[:, None] - feats[None], axis=-1), axis=1)[:, k]
+        return (np.linalg.norm(queries[:, None] - feats[None], axis=-1) <= radii).any(axis=1).mean()
+
+    return in_manifold(fake, real), in_manifold(real, fake)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_precision_and_recall_equal_their_definition(k):
+    rng = np.random.default_rng(8)
+    real, fake = rng.standard_normal((120, 3)), 0.7 * rng.standard_normal((90, 3)) + 1.5
+    precision, recall = metrics.precision_recall(real, fake, k=k, chunk=25)
+    expected = brute_force_precision_recall(real, fake, k)
+    assert 0 < expected[0] < 1 and 0 < expected[1] < 1
+    assert (precision, recall) == pytest.approx(expected, abs=1e-12)
+
+
+class FeatureClassifier:
+    """Stands in for the digit classifier: an image's features are its first two pixels and its class
+    probabilities one-hot on round(10 × its third pixel) mod 10, so evaluate_samples runs without MNIST."""
+
+    accuracy = 0.875
+
+    def embed(self, images, progress=False):
+        flat = images.reshape(len(images), -1)
+        classes = np.round(10 * flat[:, 2]).astype(int) % 10
+        return flat[:, :2].astype(np.float64), np.eye(10)[classes]
+
+
+def test_evaluate_samples_scores_the_samples_against_the_real_images():
+    # Real features spread out, fake ones crowded in a corner of them: precision and recall differ,
+    # and the classes differ too, so real and fake put in each other's place would show everywhere.
+    rng = np.random.default_rng(9)
+    real = rng.uniform(-1, 1, (60, 1, 28, 28)).astype(np.float32)
+    fake = rng.uniform(-0.2, 0.3, (40, 1, 28, 28)).astype(np.float32)
+    fake.reshape(40, -1)[:, 2] = 0.3  # every sample in class 3
+    classifier = FeatureClassifier()
+    scores = metrics.evaluate_samples(fake, classifier, real, k=3)
+    (real_feats, _), (fake_feats, fake_probs) = classifier.embed(real), classifier.embed(fake)
+    precision, recall = brute_force_precision_recall(real_feats, fake_feats, 3)
+    assert precision != recall
+    assert scores["precision"] == pytest.approx(precision, abs=1e-12)
+    assert scores["recall"] == pytest.approx(recall, abs=1e-12)
+    assert scores["fid"] == pytest.approx(metrics.fid_from_features(real_feats, fake_feats), rel=1e-12)
+    assert scores["inception_score"] == pytest.approx(1.0) and scores["class_histogram"] == [0, 0, 0, 40] + [0] * 6
+    assert scores["n"] == 40 and scores["classifier_accuracy"] == 0.875
 
 
 # --------------------------------------------------------------------- the classifier
