@@ -21,11 +21,11 @@ folder, and each mutant is written into the copy's module and undone there: the 
 never touched, so it can be edited while a run goes on, and no MNIST sits beside the copy, so the
 tests see none, as in a plain checkout. Each rewrite gets a modification time of its own, so no
 stale bytecode is ever imported. The tests run in a fork of a process that has imported pytest and
-NumPy but not minidiff. Only the tests that call the mutated function run first (``-x``, fastest
-first): a tracing run of the module's test files records which tests call which function. A mutant
-those tests miss is run against every test file mapped to the module before it counts as a
-survivor, so nothing is lost to the selection (a function called only from a fixture or at
-collection).
+NumPy but not minidiff. Only the tests that run the mutated function run (``-x``, fastest first):
+a tracing run of the module's test files records which tests call which function, in the test, in
+the setup of its fixtures or while its file is collected; a mutant in a function that no test runs
+cannot be told from the original, and survives without a run. Module-level code (constants, rule
+tables) runs on import, so its mutants run every test file mapped to the module.
 
 Why a self-written mutator rather than mutmut or cosmic-ray (neither was tried): no new dependency
 and nothing to configure around the in-place Cython build (the copy takes it along); mutations that
@@ -349,39 +349,83 @@ def pytest(args: list[str], timeout: float) -> str:
         finally:
             os._exit(int(code))
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return "survived" if os.waitstatus_to_exitcode(status) in (0, 5) else "killed"  # 5: no test selected
-        time.sleep(0.02)
-    os.killpg(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return "timeout"
+    try:
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                pid = None
+                return "survived" if os.waitstatus_to_exitcode(status) in (0, 5) else "killed"  # 5: no test selected
+            time.sleep(0.02)
+        return "timeout"
+    finally:
+        if pid is not None:  # timed out, or this run is being stopped: the tests go too
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
-# A pytest plugin for the tracing run: which tests call which function of the module (by its first line).
+def instrumented(source: str) -> str:
+    """``source`` with ``__mutation_hit__(first line)`` as the first statement of every function.
+
+    The tracing run's record of which tests run which function: one cheap call per call of a
+    function of this module, where a profiler would slow every call of every module. The line
+    passed is the function's first line in the original (its first decorator's, if any).
+    """
+    lines = source.splitlines(keepends=True)
+    inserts = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            body = node.body[1:] if ast.get_docstring(node) is not None and len(node.body) > 1 else node.body
+            statement = body[0]
+            at = min([statement.lineno] + [d.lineno for d in getattr(statement, "decorator_list", [])])
+            if body is node.body[:1] and ast.get_docstring(node) is not None:  # a docstring alone: after it
+                at = statement.end_lineno + 1
+            inserts.append((at, " " * statement.col_offset, first))
+    for at, indent, first in sorted(inserts, reverse=True):
+        lines.insert(at - 1, f"{indent}__mutation_hit__({first})\n")
+    return "".join(lines)
+
+
+# A pytest plugin for the tracing run. A call counts for a test when it happens in the test, in the
+# setup of a fixture the test uses (a module-scoped fixture is set up once, for all its tests) or
+# while the test's file is collected.
 TRACER = '''
-import json, os, sys
+import builtins, json, os
 from pathlib import Path
 import pytest
 
-TARGET = os.environ["MUTATION_TARGET"]
-calls, durations = {}, {}
+recording = []  # the sets that the calls made now belong to
+by_test, by_fixture, by_file, durations = {}, {}, {}, {}
+
+
+def hit(line):
+    for lines in recording:
+        lines.add(line)
+
+
+builtins.__mutation_hit__ = hit  # at import: before any conftest imports the instrumented module
+
+
+def record(where, key):
+    lines = where.setdefault(key, set())
+    recording.append(lines)
+    yield
+    recording.pop()  # hooks nest: the last set in is the first out
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    seen = set()
+    yield from record(by_test, item.nodeid)
 
-    def profile(frame, event, arg):
-        if event == "call" and frame.f_code.co_filename == TARGET:
-            seen.add(frame.f_code.co_firstlineno)
 
-    sys.setprofile(profile)
-    yield
-    sys.setprofile(None)
-    for line in seen:
-        calls.setdefault(line, []).append(item.nodeid)
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    yield from record(by_fixture, fixturedef.argname)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    yield from record(by_file, collector.nodeid.split("::")[0])
 
 
 def pytest_runtest_logreport(report):
@@ -389,20 +433,29 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session):
+    calls = {}
+    for item in session.items:
+        lines = set(by_test.get(item.nodeid, ())) | by_file.get(item.nodeid.split("::")[0], set())
+        for name in item.fixturenames:
+            lines |= by_fixture.get(name, set())
+        for line in lines:
+            calls.setdefault(line, []).append(item.nodeid)
     Path(os.environ["MUTATION_OUT"]).write_text(json.dumps({"calls": calls, "durations": durations}))
 '''
 
 
 def trace(module: str, copy: Path) -> tuple[dict[int, list[str]], dict[str, float], float]:
-    """(first line of each function → the tests that call it, test durations, seconds): one run of the mapped files."""
-    with tempfile.TemporaryDirectory() as folder:
+    """(first line of each function → the tests that run it, test durations, seconds): one run of the
+    mapped test files on the :func:`instrumented` module."""
+    path = module_path(module, copy)
+    with tempfile.TemporaryDirectory() as folder, Mutated(path, instrumented(path.read_text())):
         Path(folder, "mutation_tracer.py").write_text(TRACER)
         out = Path(folder, "trace.json")
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "mutation_tracer",
                                  "-m", "not slow", *test_files(module)], cwd=copy, capture_output=True, text=True,
                                 env={**os.environ, "PYTHONPATH": folder + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                                     "MUTATION_TARGET": str(module_path(module, copy)), "MUTATION_OUT": str(out)})
+                                     "MUTATION_OUT": str(out)})
         elapsed = time.perf_counter() - started
         if result.returncode != 0:  # a mutant could not be told from a test that fails anyway
             raise SystemExit(f"{module}: its tests fail without any mutant:\n{result.stdout[-3000:]}")
@@ -434,10 +487,9 @@ def run_module(module: str, copy: Path, limit: int, equivalent: dict[str, str], 
     for i in chosen:
         mutant, key, begun = mutants[i], all_keys[i], time.perf_counter()
         with Mutated(path, source[:mutant.start] + mutant.replacement + source[mutant.end:]):
-            selected = covering_tests(mutant, calls, durations)
+            # Module-level code runs on import, for every test; a function only for the tests that call it.
+            selected = test_files(module) if mutant.function == "<module>" else covering_tests(mutant, calls, durations)
             outcome = pytest(selected, timeout) if selected else "survived"
-            if outcome == "survived":  # before it counts, every test file mapped to the module
-                outcome = pytest(test_files(module), timeout)
         results[key] = outcome
         log(f"{module}: {outcome:8s} {time.perf_counter() - begun:5.1f} s  {key}")
     survivors = [key for key, outcome in results.items() if outcome == "survived"]
@@ -497,6 +549,7 @@ def main(argv=None) -> int:
             for i, key in enumerate(keys(mutants)):
                 print(("  " if i in chosen else "- ") + key)  # "-": left out of the sample
         return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the temporary copy is removed
     equivalent = json.loads(EQUIVALENT_FILE.read_text()) if EQUIVALENT_FILE.exists() else {}
     started, summaries = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="minidiff-mutation-") as folder:

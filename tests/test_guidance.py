@@ -90,7 +90,8 @@ def test_guidance_zero_is_plain_conditional_and_skips_the_unconditional_branch()
     counting = Counting(model)
     x, t, y = np.random.default_rng(2).standard_normal((2, 1, 8, 8)), np.array([7, 8]), np.array([1, 2])
     np.testing.assert_array_equal(guided_denoiser(counting, y, 0.0)(x, t), as_denoiser(model, y)(x, t))
-    assert counting.batches == [2]
+    np.testing.assert_array_equal(guided_denoiser(counting, y)(x, t), as_denoiser(model, y)(x, t))  # w = 0 by default
+    assert counting.batches == [2, 2]
     schedule = NoiseSchedule.linear(100)
     plain = generate(model, schedule, 3, "ddim", 5, labels=np.array([0, 1, 2]))
     np.testing.assert_array_equal(generate(model, schedule, 3, "ddim", 5, labels=np.array([0, 1, 2]), guidance=0.0),
@@ -98,9 +99,11 @@ def test_guidance_zero_is_plain_conditional_and_skips_the_unconditional_branch()
     assert not np.array_equal(generate(model, schedule, 3, "ddim", 5, labels=np.array([0, 1, 2]), guidance=3.0), plain)
 
 
-def test_guidance_needs_a_null_row():
+def test_guidance_needs_a_null_row_and_labels():
     with pytest.raises(ValueError, match="needs a model with a null class"):
         guided_denoiser(guided_model(null_class=False), np.array([0]), 1.0)
+    with pytest.raises(ValueError, match="needs class labels"):
+        guided_denoiser(guided_model(), None, 1.0)
 
 
 @pytest.mark.parametrize("to_eps", [predict_eps_from_x0, predict_eps_from_v], ids=["x0", "v"])
