@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minidiff.schedule import SPACINGS, NoiseSchedule, extract, gather, space_timesteps
+from minidiff.schedule import SPACINGS, NoiseSchedule, extract, gather, schedule_by_name, space_timesteps
 from minidiff.testing import check_alphas_cumprod, check_posterior, check_snr, schedules
 
 
@@ -156,6 +156,28 @@ def test_sigmoid_schedule_follows_chen_2023_algorithm_1(start, end, tau):
     np.testing.assert_allclose(schedule.alphas_cumprod[unclipped], expected[unclipped], rtol=1e-9)
 
 
+@pytest.mark.parametrize("name, explicit", [
+    ("linear", lambda: NoiseSchedule.linear(1000, 1e-4, 0.02, scale_to_T=False)),  # Ho et al. 2020, §4
+    ("scaled_linear", lambda: NoiseSchedule.scaled_linear(1000, 0.00085, 0.012)),  # Rombach et al. 2022
+    ("cosine", lambda: NoiseSchedule.cosine(1000, s=0.008, max_beta=0.999)),  # Nichol & Dhariwal 2021, §3.2
+    ("sigmoid", lambda: NoiseSchedule.sigmoid(1000, -3.0, 3.0, 1.0, clip_min=1e-9, max_beta=0.999)),  # Chen 2023
+])
+def test_constructors_default_to_their_papers_settings(name, explicit):
+    np.testing.assert_array_equal(getattr(NoiseSchedule, name)().betas, explicit().betas)
+
+
+@pytest.mark.parametrize("name, ends", [("linear", (1e-4, 0.02)), ("scaled_linear", (0.00085, 0.012))])
+def test_named_linear_schedules_scale_their_betas_by_1000_over_T(name, ends):
+    # improved-diffusion's get_named_beta_schedule: a chain of T steps keeps the 1000-step chain's total noise.
+    for T in (50, 1000):
+        schedule = schedule_by_name(name, T)
+        assert schedule.T == T
+        np.testing.assert_allclose(schedule.betas[[0, -1]], np.array(ends) * 1000 / T, rtol=1e-12)
+    np.testing.assert_array_equal(schedule_by_name("cosine", 40).betas, NoiseSchedule.cosine(40).betas)
+    assert schedule_by_name("sigmoid", 40, zero_terminal_snr=True).alphas_cumprod[-1] == 0
+    assert schedule_by_name("sigmoid", 40).alphas_cumprod[-1] > 0
+
+
 # Timestep spacing --------------------------------------------------------------------------
 
 
@@ -194,6 +216,19 @@ def test_logsnr_spacing_is_nearly_uniform_in_lambda(schedule):
     assert gaps.max() < 1.3 * np.median(gaps)  # uniform up to rounding onto integer t
     uniform_gaps = -np.diff(0.5 * schedule.log_snr[space_timesteps(1000, 12)[:-1]])
     assert uniform_gaps.max() > 2 * uniform_gaps.min()  # which uniform spacing is not
+
+
+@pytest.mark.parametrize("name, steps", [("linear", 7), ("linear", 12), ("cosine", 7)])
+def test_logsnr_spacing_takes_the_timestep_nearest_each_target_lambda(name, steps):
+    # Targets λ_0 − f (λ_0 − λ_{T−1}) for f evenly spaced in [0, 1] (Lu et al. 2022, §3.3); each becomes the t
+    # whose λ_t is nearest, the earlier t on a tie, and the last is T − 1.
+    schedule = getattr(NoiseSchedule, name)(1000)
+    lambdas = 0.5 * schedule.log_snr
+    targets = lambdas[0] - np.linspace(0, 1, steps) * (lambdas[0] - lambdas[-1])
+    nearest = np.abs(lambdas[None, :] - targets[:, None]).argmin(axis=1)
+    nearest[-1] = 999
+    assert np.all(np.diff(nearest) > 0)  # distinct already: no lifting involved
+    np.testing.assert_array_equal(space_timesteps(1000, steps, "logsnr", schedule.log_snr), nearest)
 
 
 def test_logsnr_spacing_needs_the_schedule():
