@@ -270,6 +270,14 @@ def test_betas_outside_0_1_are_refused(bad):
         NoiseSchedule([0.1, bad, 0.2])
 
 
+@pytest.mark.parametrize("shape", [(0,), (2, 3), ()])
+def test_betas_that_are_not_a_non_empty_vector_are_refused(shape):
+    with pytest.raises(ValueError, match=rf"betas must be a non-empty 1-D array, got shape \({', '.join(map(str, shape))}"):
+        NoiseSchedule(np.full(shape, 0.1))
+    with pytest.raises(ValueError, match="alphas_cumprod must be a non-empty 1-D array"):
+        NoiseSchedule.from_alphas_cumprod(np.full(shape, 0.5))
+
+
 def test_beta_of_one_is_only_allowed_at_the_end():
     NoiseSchedule([0.1, 0.2, 1.0])
     with pytest.raises(ValueError, match=r"only allowed as the terminal beta.*betas\[1\]=1.0"):
