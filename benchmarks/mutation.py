@@ -537,6 +537,7 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants and their keys, run nothing")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--gaps", action="store_true", help="only check that issue 29's sixteen bugs are caught")
+    parser.add_argument("--jobs", type=int, default=1, help="run the modules in this many processes, one copy each")
     args = parser.parse_args(argv)
     modules = args.modules or list(MODULES)
     unknown = [m for m in modules if m not in MODULES]
@@ -550,6 +551,9 @@ def main(argv=None) -> int:
                 print(("  " if i in chosen else "- ") + key)  # "-": left out of the sample
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the temporary copy is removed
+    if args.jobs > 1 and not args.gaps:
+        summaries = in_parallel(modules, args.jobs, args.max_per_module)
+        return finish(summaries, time.perf_counter(), args)
     equivalent = json.loads(EQUIVALENT_FILE.read_text()) if EQUIVALENT_FILE.exists() else {}
     started, summaries = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="minidiff-mutation-") as folder:
@@ -561,12 +565,36 @@ def main(argv=None) -> int:
             summaries.append(run_module(module, copy, args.max_per_module, equivalent,
                                         lambda line: print(line, flush=True)))
             print(f"{module}: {100 * summaries[-1]['kill_rate']:.1f} % in {summaries[-1]['seconds']:.0f} s", flush=True)
+    return finish(summaries, started, args)
+
+
+def finish(summaries: list[dict], started: float, args) -> int:
     print(report(summaries))
     print(f"\n{time.perf_counter() - started:.0f} s in all, at most {args.max_per_module or 'all'} mutants a module "
           "(a fixed sample, seed 29)")
     if args.json:
         args.json.write_text(json.dumps(summaries, indent=1, ensure_ascii=False))
     return 0 if all(s["kill_rate"] >= 0.95 for s in summaries) else 1
+
+
+def in_parallel(modules: list[str], jobs: int, limit: int) -> list[dict]:
+    """The modules dealt round-robin to ``jobs`` runs of this script, each in its own copy; their summaries."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        runs = []
+        for job in range(jobs):
+            out = Path(folder, f"job{job}.json")
+            command = [sys.executable, __file__, "--max-per-module", str(limit), "--json", str(out), *modules[job::jobs]]
+            runs.append((subprocess.Popen(command), out))
+        try:
+            for process, _ in runs:
+                process.wait()
+        finally:
+            for process, _ in runs:
+                process.terminate()
+        by_module = {s["module"]: s for _, out in runs if out.exists() for s in json.loads(out.read_text())}
+    print(f"\n{len(by_module)} of {len(modules)} modules in {time.perf_counter() - started:.0f} s, {jobs} at a time\n")
+    return [by_module[module] for module in modules if module in by_module]
 
 
 if __name__ == "__main__":

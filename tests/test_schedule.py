@@ -199,6 +199,8 @@ def test_quadratic_spacing_crowds_the_low_noise_end():
     uniform, quadratic = space_timesteps(1000, 10), space_timesteps(1000, 10, "quadratic")
     np.testing.assert_array_equal(uniform, [0, 111, 222, 333, 444, 555, 666, 777, 888, 999])
     assert np.all(quadratic[1:-1] < uniform[1:-1])
+    # (T − 1)·(i/(steps − 1))², rounded (Song et al. 2021, §D.2); the first two round to 0 and 12, distinct.
+    np.testing.assert_array_equal(quadratic, [0, 12, 49, 111, 197, 308, 444, 604, 789, 999])
 
 
 def test_trailing_spacing_counts_down_from_the_last_step():
