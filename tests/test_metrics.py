@@ -149,6 +149,60 @@ def test_evaluate_samples_scores_the_samples_against_the_real_images():
     assert scores["n"] == 40 and scores["classifier_accuracy"] == 0.875
 
 
+# --------------------------------------------------------------------- the classifier without MNIST
+def bars(n, seed):
+    """(n, 1, 28, 28) images of one bright bar, horizontal (class 0) or vertical (class 1), with labels."""
+    rng = np.random.default_rng(seed)
+    images, labels = np.full((n, 1, 28, 28), -1.0, np.float32), np.arange(n) % 2
+    for image, label, at in zip(images, labels, rng.integers(4, 24, n)):
+        image[0, at - 2 : at + 2, 4:24] = 1.0 if label == 0 else -1.0
+        image[0, 4:24, at - 2 : at + 2] = 1.0 if label == 1 else -1.0
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def bar_images():
+    (train, train_labels), (test, test_labels) = bars(64, 0), bars(40, 1)
+    return metrics.RealImages(train, train_labels, test[:20], test[20:], test_labels[20:], "bars")
+
+
+def test_the_classifier_is_trained_cached_and_reused_only_for_the_same_settings(bar_images, tmp_path):
+    classifier = metrics.feature_classifier("bars", cache_dir=tmp_path, train_steps=40, real=bar_images)
+    assert classifier.accuracy == 1.0  # on the floor images, never trained on
+    assert classifier.accuracy == metrics.classifier_accuracy(classifier, bar_images.floor, bar_images.floor_labels)
+    features, probs = classifier.embed(bar_images.floor, batch_size=7)  # batches that do not divide N
+    assert features.shape == (20, metrics.FEATURE_DIM) and np.all(features >= 0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-6)
+    path = tmp_path / "classifier-bars.npz"
+    cached = metrics.feature_classifier("bars", cache_dir=tmp_path, train_steps=40, real=bar_images)
+    assert cached.accuracy == 1.0 and np.array_equal(cached.fc.weight.data, classifier.fc.weight.data)
+    stamp = path.stat().st_mtime_ns
+    other = metrics.feature_classifier("bars", cache_dir=tmp_path, train_steps=41, real=bar_images)
+    assert path.stat().st_mtime_ns != stamp and not np.array_equal(other.fc.weight.data, classifier.fc.weight.data)
+    path.write_text("not an archive")
+    with pytest.warns(UserWarning, match=f"classifier cache {path} is unreadable"):
+        metrics.feature_classifier("bars", cache_dir=tmp_path, train_steps=40, real=bar_images)
+    with pytest.raises(ValueError, match=r"images of shape \(N, 1, 28, 28\), got \(3, 28, 28\)"):
+        classifier.embed(np.zeros((3, 28, 28)))
+
+
+def test_real_image_splits_without_mnist(tmp_path, monkeypatch):
+    # The toy dataset of test_data: 6 training images and 4 test images.
+    from test_data import Toy
+    from minidiff import datasets
+
+    toy = Toy(tmp_path)
+    monkeypatch.setitem(datasets.DATASETS, "toy", toy.info)
+    test_only = metrics.real_image_splits("toy", toy.copy("test", tmp_path / "t"))
+    assert len(test_only.train) == len(test_only.reference) == len(test_only.floor) == 2
+    np.testing.assert_array_equal(test_only.train, test_only.reference)
+    assert "only the test (t10k) split" in test_only.source
+    both = metrics.real_image_splits("toy", toy.copy("train", toy.copy("test", tmp_path / "b")))
+    assert len(both.train) == 6 and both.train_labels.tolist() == list(range(6))
+    np.testing.assert_array_equal(both.floor, test_only.floor)
+    assert both.floor_labels.tolist() == [2, 3] and "classifier on the train split" in both.source
+
+
 # --------------------------------------------------------------------- the classifier
 @pytest.fixture(scope="module")
 def cache_home(tmp_path_factory):
