@@ -59,6 +59,12 @@ def test_fid_is_small_for_one_distribution_and_large_for_a_shifted_one():
     assert same < 0.1 and shifted == pytest.approx(8, rel=0.05)
 
 
+def test_fid_needs_two_feature_vectors_on_each_side():
+    for a, b in ((np.zeros((1, 3)), np.zeros((5, 3))), (np.zeros((5, 3)), np.zeros((1, 3)))):
+        with pytest.raises(ValueError, match="at least 2 feature vectors on each side"):
+            metrics.fid_from_features(a, b)
+
+
 def test_fid_fits_the_unbiased_covariance():
     # In one dimension FID = (μ1 − μ2)² + (σ1 − σ2)². Rows [−1, 1] have unbiased variance 2 (biased 1),
     # rows [2, 4, 6] mean 4 and unbiased variance 4 (biased 8/3).
@@ -174,6 +180,8 @@ def test_the_classifier_is_trained_cached_and_reused_only_for_the_same_settings(
     assert features.shape == (20, metrics.FEATURE_DIM) and np.all(features >= 0)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-6)
     path = tmp_path / "classifier-bars.npz"
+    settings = json.loads(str(np.load(path)["settings"]))
+    assert settings == {"dataset": "bars", "train_steps": 40, "seed": 0, "train_images": 64, "accuracy": 1.0}
     cached = metrics.feature_classifier("bars", cache_dir=tmp_path, train_steps=40, real=bar_images)
     assert cached.accuracy == 1.0 and np.array_equal(cached.fc.weight.data, classifier.fc.weight.data)
     stamp = path.stat().st_mtime_ns
@@ -184,6 +192,28 @@ def test_the_classifier_is_trained_cached_and_reused_only_for_the_same_settings(
         metrics.feature_classifier("bars", cache_dir=tmp_path, train_steps=40, real=bar_images)
     with pytest.raises(ValueError, match=r"images of shape \(N, 1, 28, 28\), got \(3, 28, 28\)"):
         classifier.embed(np.zeros((3, 28, 28)))
+
+
+def test_the_classifier_is_the_documented_network_trained_in_batches_of_128(monkeypatch):
+    # conv 3×3/2 (1→16) → conv 3×3/2 (16→32) → linear 1568→128 → linear 128→10; the features are the 128.
+    classifier = metrics.DigitClassifier()
+    shapes = {name: value.shape for name, value in classifier.state_dict().items()}
+    assert shapes == {"conv1.weight": (16, 1, 3, 3), "conv1.bias": (16,), "conv2.weight": (32, 16, 3, 3),
+                      "conv2.bias": (32,), "fc.weight": (128, 1568), "fc.bias": (128,), "head.weight": (10, 128),
+                      "head.bias": (10,)}
+    assert [(c.stride, c.padding) for c in (classifier.conv1, classifier.conv2)] == [(2, 1), (2, 1)]
+    sizes = []
+
+    class Recording(metrics.Batcher):
+        def __init__(self, *args, batch_size, **kwargs):
+            sizes.append(batch_size)
+            super().__init__(*args, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(metrics, "Batcher", Recording)
+    images, labels = bars(130, 2)
+    seeded = metrics.train_classifier(images, labels, steps=1)
+    assert sizes == [128]
+    np.testing.assert_array_equal(seeded.fc.weight.data, metrics.train_classifier(images, labels, 1, seed=0).fc.weight.data)
 
 
 def test_real_image_splits_without_mnist(tmp_path, monkeypatch):
