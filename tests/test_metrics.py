@@ -63,6 +63,7 @@ def test_fid_needs_two_feature_vectors_on_each_side():
     for a, b in ((np.zeros((1, 3)), np.zeros((5, 3))), (np.zeros((5, 3)), np.zeros((1, 3)))):
         with pytest.raises(ValueError, match="at least 2 feature vectors on each side"):
             metrics.fid_from_features(a, b)
+    assert metrics.fid_from_features(np.eye(2), np.eye(2)) == pytest.approx(0, abs=1e-12)  # two rows are enough
 
 
 def test_fid_fits_the_unbiased_covariance():
@@ -122,6 +123,13 @@ def test_precision_and_recall_equal_their_definition(k):
     expected = brute_force_precision_recall(real, fake, k)
     assert 0 < expected[0] < 1 and 0 < expected[1] < 1
     assert (precision, recall) == pytest.approx(expected, abs=1e-12)
+
+
+def test_the_balls_are_closed():
+    # Kynkäänniemi et al. 2019, Eq. 1: φ is in the manifold when ‖φ − φ_r‖ ≤ its k-NN radius. Real points 0..3 on
+    # a line have radius 1 at k = 1; a sample at −1 lies exactly on the ball around 0, one at −1.5 on none.
+    real = np.arange(4.0)[:, None]
+    assert metrics.precision_recall(real, np.array([[-1.0], [-1.5]]), k=1)[0] == 0.5
 
 
 class FeatureClassifier:

@@ -149,11 +149,13 @@ def test_sigmoid_schedule_follows_chen_2023_algorithm_1(start, end, tau):
         v_start, v_end = sigmoid(start / tau), sigmoid(end / tau)
         return (v_end - sigmoid((time * (end - start) + start) / tau)) / (v_end - v_start)
 
-    schedule = NoiseSchedule.sigmoid(T, start, end, tau)
-    expected = np.array([alpha_bar((t + 1) / T) / alpha_bar(0) for t in range(T)])
-    unclipped = np.logical_and.accumulate((schedule.betas < 0.999) & (expected > 1e-9))  # ᾱ up to t unclipped
-    assert unclipped.sum() > T // 2
-    np.testing.assert_allclose(schedule.alphas_cumprod[unclipped], expected[unclipped], rtol=1e-9)
+    # ᾱ clipped below at clip_min, and β = 1 − ᾱ(τ_{t+1})/ᾱ(τ_t) at max_beta = 0.999, as the cosine's. With
+    # clip_min = ᾱ(τ_{T−1})/20 the last β is 0.95, below max_beta: ᾱ's own scale, not only its ratios, shows there.
+    clip_min = alpha_bar((T - 1) / T) / 20
+    alpha_bars = [max(alpha_bar(t / T), clip_min) for t in range(T + 1)]
+    expected = np.minimum([1 - alpha_bars[t + 1] / alpha_bars[t] for t in range(T)], 0.999)
+    assert alpha_bar(1) < clip_min < alpha_bar((T - 1) / T) and expected[-1] < 0.99
+    np.testing.assert_allclose(NoiseSchedule.sigmoid(T, start, end, tau, clip_min).betas, expected, rtol=1e-9, atol=1e-15)
 
 
 @pytest.mark.parametrize("name, explicit", [
