@@ -72,3 +72,17 @@ def test_schedules_that_cannot_train_are_refused_up_front():
 def test_run_config_keeps_the_presets_dropout_unless_one_is_given():
     assert TrainConfig(preset="tiny").run_config()["model"]["dropout"] == 0.0
     assert TrainConfig(preset="tiny", dropout=0.25).run_config()["model"]["dropout"] == 0.25
+
+
+def test_the_defaults_are_the_documented_recipe():
+    # README: DDPM's longer recipe (Ho et al. 2020, App. B: lr 2e-4, EMA 0.9999, T = 1000, the linear
+    # schedule, ε-prediction, clipping at 1) at batch 64 for 5000 steps, with a warm-up of 500.
+    config = TrainConfig()
+    assert (config.steps, config.batch_size, config.lr, config.warmup_steps, config.grad_clip, config.ema_decay) == (
+        5000, 64, 2e-4, 500, 1.0, 0.9999)
+    assert (config.schedule, config.timesteps, config.prediction, config.min_snr_gamma, config.learn_sigma) == (
+        "linear", 1000, "eps", None, False)
+    assert (config.dataset, config.preset, config.hflip, config.dropout, config.num_classes, config.p_uncond) == (
+        "mnist", "mnist", False, None, None, 0.0)
+    assert (config.sample_every, config.sample_n, config.sample_steps, config.checkpoint_every, config.log_every,
+            config.seed, config.device, config.zero_terminal_snr) == (1000, 16, 50, 500, 10, 0, "cpu", False)

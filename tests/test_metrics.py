@@ -132,6 +132,26 @@ def test_the_balls_are_closed():
     assert metrics.precision_recall(real, np.array([[-1.0], [-1.5]]), k=1)[0] == 0.5
 
 
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((2, 1, 28, 28), np.uint8), "expected float images in \\[-1, 1\\], got dtype uint8"),
+    (np.zeros((2, 28, 28)), r"expected an array of shape \(N, 1, 28, 28\), got \(2, 28, 28\)"),
+    (np.zeros((2, 3, 28, 28)), r"expected an array of shape \(N, 1, 28, 28\), got \(2, 3, 28, 28\)"),
+    (np.full((2, 1, 28, 28), np.nan), "1568 values are NaN or infinite"),
+    (np.full((2, 1, 28, 28), -1.0011), r"values lie in \[-1.001, -1.001\]"),
+    (np.full((2, 1, 28, 28), 1.0011), r"values lie in \[1.001, 1.001\]"),
+])
+def test_samples_that_cannot_be_scored_are_refused(images, message):
+    with pytest.raises(ValueError, match=f"samples: {message}"):
+        metrics.check_sample_images(images)
+
+
+def test_samples_up_to_the_slack_around_minus_1_and_1_are_scored():
+    edge = np.full((2, 1, 28, 28), 1 + metrics.SAMPLE_RANGE_SLACK)
+    edge[0] = -1 - metrics.SAMPLE_RANGE_SLACK
+    metrics.check_sample_images(edge)
+    assert metrics.SAMPLE_RANGE_SLACK == 1e-3
+
+
 class FeatureClassifier:
     """Stands in for the digit classifier: an image's features are its first two pixels and its class
     probabilities one-hot on round(10 × its third pixel) mod 10, so evaluate_samples runs without MNIST."""
@@ -152,7 +172,7 @@ def test_evaluate_samples_scores_the_samples_against_the_real_images():
     fake = rng.uniform(-0.2, 0.3, (40, 1, 28, 28)).astype(np.float32)
     fake.reshape(40, -1)[:, 2] = 0.3  # every sample in class 3
     classifier = FeatureClassifier()
-    scores = metrics.evaluate_samples(fake, classifier, real, k=3)
+    scores = metrics.evaluate_samples(fake, classifier, real)  # k = 3 nearest neighbours by default
     (real_feats, _), (fake_feats, fake_probs) = classifier.embed(real), classifier.embed(fake)
     precision, recall = brute_force_precision_recall(real_feats, fake_feats, 3)
     assert precision != recall
