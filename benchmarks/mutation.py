@@ -68,7 +68,7 @@ MODULES = {
     "sde": ["test_sde.py", "test_oracles.py"],
     "guidance": ["test_guidance.py"],
     "editing": ["test_guidance.py"],
-    "likelihood": ["test_learned_variance.py", "test_diffusion.py"],
+    "likelihood": ["test_likelihood.py", "test_learned_variance.py"],
     "optim": ["test_optim.py"],
     "checkpoint": ["test_checkpoint.py", "test_learned_variance.py", "test_guidance.py", "test_train.py"],
     "config": ["test_config.py", "test_checkpoint.py", "test_train.py"],
