@@ -77,6 +77,29 @@ def test_defaults_are_kingma_and_ba_and_pytorchs_adamw_decay():
     assert (adamw.lr, adamw.betas, adamw.eps, adamw.weight_decay) == (1e-3, (0.9, 0.999), 1e-8, 1e-2)
 
 
+def test_each_parameter_has_its_own_moments_and_the_base_class_has_no_step():
+    # Two parameters of different shapes, stepped together: each must match its own textbook run.
+    a, b = nn.Parameter(THETA0), nn.Parameter(0.5 * np.eye(3))
+    opt = optim.Adam([a, b], lr=0.05)
+    for _ in range(3):
+        a.grad, b.grad = quadratic_grad(a.data), quadratic_grad(b.data)
+        opt.step()
+    np.testing.assert_allclose(a.data, reference_adam(THETA0, 3, 0.05), rtol=1e-12)
+    np.testing.assert_allclose(b.data, reference_adam(0.5 * np.eye(3), 3, 0.05), rtol=1e-12)
+    state = opt.state_dict()
+    state["state.1.exp_avg"] = np.zeros(3)
+    with pytest.raises(ValueError, match=r"state\.1\.exp_avg expected \(3, 3\) got \(3,\)$"):
+        optim.Adam([a, b]).load_state_dict(state)
+    with pytest.raises(NotImplementedError):
+        optim.Optimizer([a], lr=0.1).step()
+
+
+def test_the_numpy_ema_update_is_the_weighted_average():
+    average, param = np.array([1.0, -2.0]), np.array([3.0, 4.0])
+    optim.ema_update(average, param, 0.25)
+    np.testing.assert_allclose(average, 0.75 * np.array([1.0, -2.0]) + 0.25 * param, rtol=1e-15)
+
+
 def test_adam_minimises_the_quadratic():
     param = nn.Parameter(THETA0)
     run(optim.Adam([param], lr=0.05), param, 2000)
