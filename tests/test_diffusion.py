@@ -174,6 +174,13 @@ def test_discretized_gaussian_matches_the_exact_bin_probability():
     np.testing.assert_allclose(np.exp(log_prob), [exact], rtol=5e-3)
 
 
+@pytest.mark.parametrize("x, mean", [(0.0, 1.0), (-1.0, 1.0), (1.0, -1.0)])
+def test_bin_probabilities_are_floored_at_1e_12(x, mean):
+    # A bin (inner, the lowest or the highest) far out in the tail: its log-probability is log 10⁻¹² (Ho et al. 2020, Eq. 13).
+    log_p = discretized_gaussian_log_likelihood(np.array([x]), np.array([mean]), np.array([math.log(1e-3)]))
+    np.testing.assert_allclose(log_p, math.log(1e-12), rtol=1e-12)
+
+
 def test_approximate_normal_cdf_is_within_2e_4_of_erf():
     z = np.linspace(-8, 8, 2001)
     exact = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in z])
@@ -305,6 +312,20 @@ def test_loss_second_moment_resampler_weights_by_root_mean_square_loss():
     sampler.update(np.array([0, 1, 2, 0, 1, 2]), np.array([1.0, 3.0, 0.0, 1.0, 4.0, 1.0]))
     rms = np.sqrt([1.0, (9 + 16) / 2, 0.5])
     np.testing.assert_allclose(sampler.probabilities(), rms / rms.sum())
+    sampler.update(np.array([1]), np.array([2.0]))  # t = 1 keeps its last two losses: 4 and 2
+    rms[1] = np.sqrt((16 + 4) / 2)
+    np.testing.assert_allclose(sampler.probabilities(), rms / rms.sum())
+
+
+def test_loss_second_moment_resampler_mixes_in_the_uniform_distribution_after_ten_losses_per_t():
+    # Nichol & Dhariwal 2021 (improved-diffusion): 10 losses per t, then p_t mixed with 0.1 % of uniform.
+    sampler = LossSecondMomentResampler(4)
+    losses = np.array([1.0, 2.0, 3.0, 4.0])
+    for _ in range(9):
+        sampler.update(np.arange(4), losses)
+    np.testing.assert_array_equal(sampler.probabilities(), 0.25)  # 9 losses each: still uniform
+    sampler.update(np.arange(4), losses)
+    np.testing.assert_allclose(sampler.probabilities(), 0.999 * losses / losses.sum() + 0.001 / 4, rtol=1e-12)
 
 
 # Bad input ---------------------------------------------------------------------------------------------
