@@ -213,6 +213,29 @@ def test_slerp_endpoints_are_exact_and_the_arc_keeps_the_norm():
     np.testing.assert_allclose(slerp(a, a, 0.3), a, rtol=1e-6)  # parallel: the line
 
 
+def test_slerp_walks_the_arc_at_constant_angular_speed_per_example():
+    # Unit vectors at angles 0 and θ: slerp(α) is the unit vector at angle αθ, with θ = 90° and 135° in one batch.
+    angles = np.array([np.pi / 2, 3 * np.pi / 4])
+    a = np.tile([1.0, 0.0], (2, 1))
+    b = 2 * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # the length of b scales its weight, not the angle
+    for alpha in (1 / 3, 0.5):
+        weight_b = np.sin(alpha * angles) / np.sin(angles)
+        expected = np.sin((1 - alpha) * angles)[:, None] / np.sin(angles)[:, None] * a + weight_b[:, None] * b
+        np.testing.assert_allclose(slerp(a, b, alpha), expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(slerp(a[:1], 2 * a[:1] + 1e-9, 0.25), 1.25 * a[:1], atol=1e-9)  # parallel: the line
+
+
+def test_repaint_goes_back_up_jump_length_steps_jump_n_sample_minus_1_times_at_each_multiple():
+    # T = 6, jumps of 2 at t = 0 and 2 (the multiples of 2 below T − 2), once each (jump_n_sample = 2).
+    assert repaint_timesteps(6, jump_length=2, jump_n_sample=2) == [5, 4, 3, 2, 3, 4, 3, 2, 1, 0, 1, 2, 1, 0, -1]
+    # T = 4, jumps of 1 at t = 0, 1 and 2, twice each.
+    assert repaint_timesteps(4, jump_length=1, jump_n_sample=3) == [3, 2, 3, 2, 3, 2, 1, 2, 1, 2, 1, 0, 1, 0, 1, 0, -1]
+    for bad in (dict(jump_length=0), dict(jump_n_sample=0)):
+        with pytest.raises(ValueError, match="must be at least 1"):
+            repaint_timesteps(4, **bad)
+    assert repaint_timesteps(3, jump_length=1, jump_n_sample=1) == [2, 1, 0, -1]
+
+
 def test_interpolation_endpoints_equal_the_two_seeds_samples():
     model, schedule = guided_model(), NoiseSchedule.linear(50)
     ends = [seed_noise(seed, (1, 8, 8)) for seed in (11, 12)]

@@ -125,6 +125,33 @@ def test_ddim_noise_at_fractional_eta_is_eta_squared_times_the_ddpm_posterior_va
     assert abs(x_prev.var() - variance) <= 5 * variance * math.sqrt(2 / n)
 
 
+def test_eta_is_refused_just_past_the_largest_sigma_the_step_allows():
+    # σ_t(η)² ≤ 1 − ᾱ_{t−1} (Eq. 12 takes its complement's root): η_max is where the first step reaches it.
+    schedule = NoiseSchedule.linear(100).respace([0, 40, 99])
+    ratio = ddim_variance(schedule, 1.0)[1:] / (1 - schedule.alphas_cumprod_prev[1:])  # t = 0: both are 0
+    eta_max = 1 / math.sqrt(ratio.max())
+    ddim_variance(schedule, eta_max)  # at the bound, up to rounding: accepted
+    with pytest.raises(ValueError, match="too large"):
+        ddim_variance(schedule, eta_max * (1 + 1e-6))
+
+
+def test_default_step_counts_are_50_for_ddim_and_its_inversion_and_20_for_dpm_solver_pp():
+    calls = []
+
+    def model(x_t, t):
+        calls.append(int(t[0]))
+        return np.zeros_like(x_t)
+
+    schedule, x = NoiseSchedule.linear(200), np.zeros((1, 2))
+    for sampler, steps in ((ddim_sample, 50), (dpm_solver_pp_sample, 20)):
+        calls.clear()
+        sampler(model, schedule, x.shape, rng=np.random.default_rng(0))
+        assert len(calls) == steps and calls[0] == 199
+    calls.clear()
+    ddim_encode(model, schedule, x)
+    assert len(set(calls)) == 49  # 49 steps between the 50 timesteps, up from t = 0
+
+
 # Whole samplers: reproducibility, trajectories, respacing ------------------------------------------------
 
 SAMPLERS = {
