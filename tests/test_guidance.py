@@ -151,6 +151,15 @@ def test_sdedit_noises_to_the_matching_step_and_strength_zero_returns_the_image(
     assert edited.shape == (2, 1, 8, 8) and not np.allclose(edited, init)
 
 
+def test_sdedit_at_the_smallest_strength_still_noises_to_t_0():
+    # strength·T rounding to one step: t₀ = 0, one step of noise (β_0), then one sampler step.
+    schedule, rng = NoiseSchedule.linear(10), np.random.default_rng(4)
+    x0, noise = rng.uniform(-1, 1, (2, 1, 4, 4)), rng.standard_normal((2, 1, 4, 4))
+    x_t, t_start = sdedit_start(schedule, x0, 0.1, noise)
+    assert t_start == 0
+    np.testing.assert_allclose(x_t, np.sqrt(1 - schedule.betas[0]) * x0 + np.sqrt(schedule.betas[0]) * noise, rtol=1e-12)
+
+
 def test_repaint_timesteps_walk_down_with_jumps_back_up():
     assert repaint_timesteps(4) == [3, 2, 1, 0, -1]
     visited = repaint_timesteps(10, jump_length=2, jump_n_sample=3)

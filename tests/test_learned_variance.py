@@ -5,8 +5,8 @@ import pytest
 
 from minidiff.autograd import Tensor
 from minidiff.checkpoint import build_model, load_model, save_checkpoint
-from minidiff.diffusion import (UniformSampler, hybrid_vlb_term, learned_log_variance, predict_x0, q_sample,
-                               training_loss, vb_terms_bpd)
+from minidiff.diffusion import (UniformSampler, hybrid_vlb_term, learned_log_variance, model_output_parts, predict_x0,
+                               q_sample, training_loss, vb_terms_bpd)
 from minidiff.likelihood import bpd_estimate, calc_bpd_loop, pilot_probabilities
 from minidiff.gradcheck import gradcheck
 from minidiff.sampling import ddpm_sample
@@ -46,6 +46,17 @@ def test_ddpm_with_a_constant_v_is_the_fixed_variance_it_names(v, fixed):
     learned = ddpm_sample(with_v(model, v), schedule, x_T.shape, variance="learned", rng=np.random.default_rng(1), **kwargs)
     fixed = ddpm_sample(model, schedule, x_T.shape, variance=fixed, rng=np.random.default_rng(1), **kwargs)
     np.testing.assert_allclose(learned, fixed, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_an_output_of_twice_the_channels_is_prediction_then_v(channels):
+    x_t = np.zeros((2, channels, 4, 4))
+    output = np.arange(2 * 2 * channels * 16, dtype=float).reshape(2, 2 * channels, 4, 4)
+    prediction, v = model_output_parts(output, x_t)
+    np.testing.assert_array_equal(prediction, output[:, :channels])
+    np.testing.assert_array_equal(v, output[:, channels:])
+    plain, none = model_output_parts(output[:, :channels], x_t)  # the same channels as x_t: all prediction
+    assert none is None and plain.shape == x_t.shape
 
 
 def test_hybrid_vlb_term_gradient_reaches_v_only():
