@@ -123,6 +123,8 @@ def test_precision_and_recall_equal_their_definition(k):
     expected = brute_force_precision_recall(real, fake, k)
     assert 0 < expected[0] < 1 and 0 < expected[1] < 1
     assert (precision, recall) == pytest.approx(expected, abs=1e-12)
+    if k == 3:  # Kynkäänniemi et al. 2019's k, the default
+        assert metrics.precision_recall(real, fake) == pytest.approx(expected, abs=1e-12)
 
 
 def test_the_balls_are_closed():
