@@ -519,6 +519,15 @@ def run_gaps(copy: Path, log) -> bool:
     return caught
 
 
+def rescored(summary: dict, equivalent: dict[str, str]) -> dict:
+    """``summary`` with its survivors set aside or counted again by the ``equivalent`` list as it is now."""
+    survivors = summary["survivors"] + summary["equivalent"]
+    set_aside = [key for key in survivors if key in equivalent]
+    counted = summary["run"] - len(set_aside)
+    return {**summary, "equivalent": set_aside, "survivors": [key for key in survivors if key not in equivalent],
+            "kill_rate": summary["killed"] / counted if counted else 1.0}
+
+
 def report(summaries: list[dict]) -> str:
     lines = ["| module | mutants | run | killed | equivalent | survived | kill rate |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -538,6 +547,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--gaps", action="store_true", help="only check that issue 29's sixteen bugs are caught")
     parser.add_argument("--jobs", type=int, default=1, help="run the modules in this many processes, one copy each")
+    parser.add_argument("--rescore", type=Path, nargs="+", metavar="JSON",
+                        help="print the table of earlier --json results with the current equivalent mutants")
     args = parser.parse_args(argv)
     modules = args.modules or list(MODULES)
     unknown = [m for m in modules if m not in MODULES]
@@ -555,6 +566,10 @@ def main(argv=None) -> int:
         summaries = in_parallel(modules, args.jobs, args.max_per_module)
         return finish(summaries, time.perf_counter(), args)
     equivalent = json.loads(EQUIVALENT_FILE.read_text()) if EQUIVALENT_FILE.exists() else {}
+    if args.rescore:
+        summaries = [rescored(s, equivalent) for path in args.rescore for s in json.loads(path.read_text())]
+        print(report(summaries))
+        return 0 if all(s["kill_rate"] >= 0.95 for s in summaries) else 1
     started, summaries = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="minidiff-mutation-") as folder:
         copy = working_copy(Path(folder))
