@@ -16,6 +16,7 @@ from .backend import DEVICES
 from .checkpoint import Checkpoint, CheckpointError, model_config
 from .datasets import DATASETS
 from .diffusion import PREDICTIONS
+from .optim import LR_SCHEDULES
 from .schedule import SCHEDULES, schedule_by_name
 from .unet import PRESETS
 
@@ -46,6 +47,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-4
     warmup_steps: int = 500
+    lr_schedule: str = "constant"  # after the warm-up: constant, or cosine decay to 0 at `steps`
     grad_clip: float = 1.0  # 0 turns clipping off
     ema_decay: float = 0.9999
     seed: int = 0
@@ -92,7 +94,8 @@ class TrainConfig:
         need(not self.p_uncond or self.num_classes is not None, "p_uncond",
              "0 without --num-classes (it drops class labels)")
         for name, choices in (("dataset", DATASETS), ("preset", PRESETS), ("schedule", SCHEDULES),
-                              ("prediction", PREDICTIONS), ("device", DEVICES)):
+                              ("prediction", PREDICTIONS), ("device", DEVICES),
+                              ("lr_schedule", LR_SCHEDULES)):
             need(isinstance(getattr(self, name), str) and getattr(self, name) in choices, name,
                  "one of " + ", ".join(choices))
         for name in ("hflip", "zero_terminal_snr", "learn_sigma"):

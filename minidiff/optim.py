@@ -215,6 +215,28 @@ def linear_warmup(step: int, warmup_steps: int, base_lr: float) -> float:
     return base_lr * min(1.0, (step + 1) / warmup_steps)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(step: int, total_steps: int, warmup_steps: int, base_lr: float, schedule: str = "constant") -> float:
+    """Learning rate for optimiser step ``step`` (0-based) of a run of ``total_steps``.
+
+    :func:`linear_warm-up <linear_warmup>`, then ``constant``, or ``cosine``: after the warm-up
+    the rate follows half a cosine from base_lr down to 0 at ``total_steps``, η = ½·base_lr·(1 +
+    cos(π·p)) with p the fraction of the post-warm-up steps taken (Loshchilov & Hutter 2017,
+    Eq. 5, one cycle, η_min = 0). A short run then ends with small steps that settle the weights
+    instead of stopping mid-stride. ``total_steps`` is the run's ``--steps``: a resume that raises
+    it stretches the decay that remains.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"learning-rate schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
+    lr = linear_warmup(step, warmup_steps, base_lr)
+    if schedule == "constant" or step < warmup_steps:
+        return lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
 # --------------------------------------------------------------------- EMA
 def ema_update(average, param, one_minus_decay: float):
     """θ̄ ← d·θ̄ + (1 − d)·θ, written θ̄ − (1 − d)(θ̄ − θ), in place on ``average`` (Ho et al. 2020, App. B)."""

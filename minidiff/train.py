@@ -35,7 +35,7 @@ from .diffusion import UniformSampler, training_loss
 from .distributed import sync_check_every, world
 from .guidance import drop_labels
 from .images import save_image_grid
-from .optim import EMA, Adam, clip_grad_norm, linear_warmup
+from .optim import EMA, Adam, clip_grad_norm, learning_rate
 from .runfolder import RunFolder, sigint_deferred
 from .sample import GRID_SCALE, class_labels, generate
 from .schedule import schedule_by_name
@@ -155,7 +155,8 @@ class Trainer:
         self._check_finite("loss", value)
         grad_norm = clip_grad_norm(self.model, self.config.grad_clip or math.inf)
         self._check_finite("gradient norm", grad_norm)
-        self.optimizer.lr = linear_warmup(self.step, self.config.warmup_steps, self.config.lr)
+        self.optimizer.lr = learning_rate(self.step, self.config.steps, self.config.warmup_steps, self.config.lr,
+                                          self.config.lr_schedule)
         self.optimizer.step()
         self.ema.update()
         self.step += 1

@@ -1,4 +1,6 @@
 """Optimisers, clipping, warm-up and EMA against hand-written NumPy references."""
+import math
+
 import numpy as np
 import pytest
 
@@ -334,3 +336,20 @@ def test_adam_clipping_and_ema_on_cuda_match_cpu():
     assert gpu_norm == pytest.approx(cpu_norm, rel=1e-12)
     for name in cpu_state:
         np.testing.assert_allclose(gpu_state[name], cpu_state[name], rtol=1e-12)
+
+
+def test_cosine_learning_rate_follows_the_half_cosine_after_the_warmup():
+    # 4 warm-up steps, then 10 steps of ½·lr·(1 + cos(π·p)), p = (step − 4)/10: p = 0, ½, 1 at steps 4, 9, 14.
+    rates = [optim.learning_rate(s, 14, 4, 2e-4, "cosine") for s in range(16)]
+    assert rates[:4] == pytest.approx([optim.linear_warmup(s, 4, 2e-4) for s in range(4)])
+    assert rates[4] == pytest.approx(2e-4)
+    assert rates[9] == pytest.approx(1e-4)
+    assert rates[6] == pytest.approx(0.5 * 2e-4 * (1 + math.cos(math.pi * 0.2)))
+    assert rates[14] == rates[15] == pytest.approx(0.0, abs=1e-20)
+    assert all(a >= b for a, b in zip(rates[4:], rates[5:]))
+
+
+def test_constant_learning_rate_is_the_warmup_alone_and_unknown_schedules_are_named():
+    assert [optim.learning_rate(s, 10, 3, 1e-3) for s in range(10)] == [optim.linear_warmup(s, 3, 1e-3) for s in range(10)]
+    with pytest.raises(ValueError, match="learning-rate schedule must be one of constant, cosine, got 'step'"):
+        optim.learning_rate(0, 10, 3, 1e-3, "step")

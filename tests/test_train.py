@@ -269,3 +269,11 @@ def test_tiny_preset_learns_mnist(tmp_path):
     losses = logged_losses(tmp_path)
     assert np.mean(losses[:10]) > 0.8
     assert np.mean(losses[-50:]) < 0.4 * np.mean(losses[:10])
+
+
+def test_cosine_lr_schedule_drives_the_logged_learning_rates(tmp_path):
+    from minidiff.optim import learning_rate
+    Trainer(make_config(tmp_path, steps=6, lr_schedule="cosine"), data=DATA, progress=False).fit()
+    logged = [json.loads(line)["lr"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([learning_rate(s, 6, 2, 1e-3, "cosine") for s in range(6)])
+    assert logged[2] == pytest.approx(1e-3) and logged[-1] < 0.15 * 1e-3  # p = 3/4 at the last step

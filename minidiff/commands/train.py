@@ -6,6 +6,7 @@ import argparse
 from ..checkpoint import load_checkpoint
 from ..datasets import DATASETS
 from ..diffusion import PREDICTIONS
+from ..optim import LR_SCHEDULES
 from ..schedule import SCHEDULES
 from ..config import CONFIG_FIELDS, TrainConfig
 from ..train import Trainer
@@ -50,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option("optimisation", "--batch-size", type=int, help="images per step")
     option("optimisation", "--lr", type=float, help="Adam learning rate after warm-up")
     option("optimisation", "--warmup-steps", type=int, help="linear learning-rate warm-up")
+    option("optimisation", "--lr-schedule", choices=LR_SCHEDULES,
+           help="after the warm-up: constant, or cosine decay to 0 at --steps")
     option("optimisation", "--grad-clip", type=float, help="clip the gradient norm; 0 turns it off")
     option("optimisation", "--ema-decay", type=float, help="EMA decay of the weights used for sampling")
     option("optimisation", "--seed", type=int, help="seeds initialisation, data order, t, noise and dropout")
