@@ -91,6 +91,19 @@ def test_the_corrector_is_a_langevin_step_with_step_size_from_alpha_i():
     np.testing.assert_allclose(seen[0], x_T + step * score + np.sqrt(2 * step) * z, rtol=1e-10)
 
 
+def test_the_reverse_sde_adds_noise_on_every_step_but_the_last():
+    # Song et al. 2021b, Appendix G / Ho et al. 2020, Algorithm 2: z ∼ N(0, I) for t > 0, none on the step to x₀.
+    schedule = NoiseSchedule.linear(100)
+    model, x_T = gaussian_oracle(schedule, 0.3, 0.5), np.zeros((2, 8))
+
+    def from_index(t_start, seed):
+        return reverse_sde_sample(model, schedule, x_T.shape, steps=10, x_T=x_T, t_start=t_start,
+                                  rng=np.random.default_rng(seed), clip_denoised=False)
+
+    np.testing.assert_array_equal(from_index(0, 1), from_index(0, 2))  # the last step alone: deterministic
+    assert not np.allclose(from_index(1, 1), from_index(1, 2))  # the step before it is not
+
+
 @pytest.mark.parametrize("name", SDE_SAMPLERS)
 def test_sde_samplers_are_reproducible_and_report_every_step(name):
     schedule = NoiseSchedule.cosine(20)
