@@ -47,6 +47,8 @@ def test_the_full_loop_adds_the_prior_and_every_term():
     result = calc_bpd_loop(exact_denoiser, SCHEDULE, X0, rng=np.random.default_rng(0), **KWARGS)
     np.testing.assert_allclose(result["vb"][:, 1:], np.broadcast_to(kl_bits(), (6, 9)), rtol=1e-9)
     np.testing.assert_allclose(result["total_bpd"], result["vb"].sum(axis=1) + result["prior_bpd"], rtol=1e-12)
+    again = calc_bpd_loop(exact_denoiser, SCHEDULE, X0, rng=np.random.default_rng(0), **KWARGS)
+    np.testing.assert_array_equal(again["total_bpd"], result["total_bpd"])  # x_t drawn from the generator given
 
 
 @pytest.mark.parametrize("num_timesteps", [1, 4, 10])
