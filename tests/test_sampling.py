@@ -135,6 +135,22 @@ def test_eta_is_refused_just_past_the_largest_sigma_the_step_allows():
         ddim_variance(schedule, eta_max * (1 + 1e-6))
 
 
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm_solver_pp"])
+def test_t_start_runs_from_that_index_and_minus_1_returns_x_T(name):
+    schedule, x_T = NoiseSchedule.linear(50), np.random.default_rng(0).standard_normal((2, 3))
+    model = gaussian_oracle(schedule, 0.2, 0.5)
+
+    def sample(**kw):
+        return SAMPLERS[name](model, schedule, x_T.shape, x_T=x_T, rng=np.random.default_rng(1), **kw)
+
+    top = 49 if name == "ddpm" else 6  # the respaced chain's last index
+    np.testing.assert_array_equal(sample(t_start=top), sample())
+    np.testing.assert_array_equal(sample(t_start=-1), x_T)
+    for bad in (top + 1, -2):
+        with pytest.raises(ValueError, match=rf"t_start={bad} is outside \[-1, {top + 1}\)"):
+            sample(t_start=bad)
+
+
 def test_default_step_counts_are_50_for_ddim_and_its_inversion_and_20_for_dpm_solver_pp():
     calls = []
 
