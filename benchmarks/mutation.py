@@ -580,6 +580,8 @@ def main(argv=None) -> int:
             summaries.append(run_module(module, copy, args.max_per_module, equivalent,
                                         lambda line: print(line, flush=True)))
             print(f"{module}: {100 * summaries[-1]['kill_rate']:.1f} % in {summaries[-1]['seconds']:.0f} s", flush=True)
+            if args.json:  # module by module, so that a run stopped part-way keeps what it finished
+                args.json.write_text(json.dumps(summaries, indent=1, ensure_ascii=False))
     return finish(summaries, started, args)
 
 
