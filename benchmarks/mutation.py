@@ -254,8 +254,9 @@ def module_path(module: str, root: Path = ROOT) -> Path:
     return root / "minidiff" / f"{module}.py"
 
 
-def mutants_of(module: str) -> list[Mutant]:
-    source = module_path(module).read_text()
+def mutants_of(module: str, root: Path = ROOT) -> list[Mutant]:
+    """The mutants of ``module`` as it is under ``root`` (a run's copy: the checkout may change meanwhile)."""
+    source = module_path(module, root).read_text()
     generator = _Generator(module, source)
     generator.visit(ast.parse(source))
     mutants = sorted(generator.mutants, key=lambda m: (m.start, m.end, m.replacement))
@@ -476,7 +477,7 @@ def covering_tests(mutant: Mutant, calls: dict[int, list[str]], durations: dict[
 def run_module(module: str, copy: Path, limit: int, equivalent: dict[str, str], log) -> dict:
     path = module_path(module, copy)
     source = path.read_text()
-    mutants = mutants_of(module)
+    mutants = mutants_of(module, copy)
     all_keys = keys(mutants)
     chosen = sample(mutants, limit)
     calls, durations, baseline = trace(module, copy)
