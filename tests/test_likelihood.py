@@ -51,7 +51,7 @@ def test_the_full_loop_adds_the_prior_and_every_term():
     np.testing.assert_array_equal(again["total_bpd"], result["total_bpd"])  # x_t drawn from the generator given
 
 
-@pytest.mark.parametrize("num_timesteps", [1, 4, 10])
+@pytest.mark.parametrize("num_timesteps", [1, 2, 4, 10])
 def test_uniform_draws_are_scaled_by_T_minus_1_over_K(num_timesteps):
     # K = num_timesteps − 1 distinct t ∈ {1, …, 9} per example, each term weighted (T − 1)/K.
     k = num_timesteps - 1
