@@ -102,6 +102,18 @@ def test_the_reverse_sde_adds_noise_on_every_step_but_the_last():
 
     np.testing.assert_array_equal(from_index(0, 1), from_index(0, 2))  # the last step alone: deterministic
     assert not np.allclose(from_index(1, 1), from_index(1, 2))  # the step before it is not
+    # ... and it is the Euler step x + ∫β (½ x + ∇ log p) with ∫β = −log(1 − β_0) and no noise term.
+    score = -model(x_T, np.zeros(2, dtype=np.int64)) / np.sqrt(1 - schedule.alphas_cumprod[0])
+    np.testing.assert_allclose(from_index(0, 1), x_T - np.log1p(-schedule.betas[0]) * (0.5 * x_T + score), rtol=1e-12)
+
+
+def test_the_probability_flow_ode_takes_50_heun_steps_by_default_and_euler_to_x0():
+    # Two model calls per step (Heun), one on the last step to ᾱ = 1: 2 · 49 + 1.
+    calls = []
+    schedule = NoiseSchedule.linear(200)
+    oracle = gaussian_oracle(schedule, 0.2, 0.5)
+    probability_flow_sample(lambda x, t: calls.append(t) or oracle(x, t), schedule, (2, 3), rng=np.random.default_rng(0))
+    assert len(calls) == 2 * 49 + 1
 
 
 @pytest.mark.parametrize("name", SDE_SAMPLERS)
