@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from minidiff.checkpoint import CheckpointError, load_checkpoint
 from minidiff.config import TrainConfig
 
 # field → (values accepted, values refused, what the message says it must be)
@@ -62,6 +63,7 @@ def test_every_problem_is_named_at_once_and_the_out_folder_defaults_to_dataset_a
 def test_schedules_that_cannot_train_are_refused_up_front():
     with pytest.raises(ValueError, match="at most 100000 timesteps"):
         TrainConfig(timesteps=100_001)
+    assert TrainConfig(timesteps=100_000, schedule="cosine").timesteps == 100_000
     with pytest.raises(ValueError, match="far from pure noise"):
         TrainConfig(schedule="scaled_linear", timesteps=1)  # β = 0.85: ᾱ ends at 0.15
     with pytest.raises(ValueError, match="reaches alphas_cumprod = 0 at the last step"):
@@ -86,3 +88,16 @@ def test_the_defaults_are_the_documented_recipe():
         "mnist", "mnist", False, None, None, 0.0)
     assert (config.sample_every, config.sample_n, config.sample_steps, config.checkpoint_every, config.log_every,
             config.seed, config.device, config.zero_terminal_snr) == (1000, 16, 50, 500, 10, 0, "cpu", False)
+
+
+def test_a_resumed_config_is_checked_and_must_train_past_the_checkpoint(tmp_path):
+    from test_checkpoint import run_config, write
+
+    checkpoint = load_checkpoint(write(tmp_path / "c.npz", run_config()))  # saved at step 3
+    assert TrainConfig.from_checkpoint(checkpoint, steps=4).steps == 4
+    with pytest.raises(ValueError, match="--steps 3 is not beyond the checkpoint's step 3"):
+        TrainConfig.from_checkpoint(checkpoint, steps=3)
+    bad = run_config()
+    bad["ema_decay"] = 1.5  # a field the checkpoint's own checks leave to TrainConfig
+    with pytest.raises(CheckpointError, match=r"its config is not valid: ema_decay .* must be in \[0, 1\)"):
+        TrainConfig.from_checkpoint(load_checkpoint(write(tmp_path / "bad.npz", bad)), steps=10)
