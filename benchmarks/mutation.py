@@ -71,7 +71,7 @@ MODULES = {
     "likelihood": ["test_likelihood.py", "test_learned_variance.py"],
     "optim": ["test_optim.py"],
     "checkpoint": ["test_checkpoint.py", "test_learned_variance.py", "test_guidance.py", "test_train.py"],
-    "config": ["test_config.py", "test_checkpoint.py", "test_train.py"],
+    "config": ["test_config.py", "test_checkpoint.py"],
     "metrics": ["test_metrics.py"],
 }
 
