@@ -64,7 +64,7 @@ EQUIVALENT_FILE = Path(__file__).with_name("mutation_equivalent.json")
 MODULES = {
     "schedule": ["test_schedule.py", "test_diffusion.py", "test_sampling.py"],
     "diffusion": ["test_diffusion.py", "test_learned_variance.py", "test_sampling.py"],
-    "sampling": ["test_sampling.py", "test_learned_variance.py", "test_oracles.py"],
+    "sampling": ["test_sampling.py", "test_learned_variance.py"],
     "sde": ["test_sde.py", "test_oracles.py"],
     "guidance": ["test_guidance.py"],
     "editing": ["test_guidance.py"],

@@ -13,7 +13,7 @@ from minidiff.diffusion import predict_eps_from_v, predict_eps_from_x0
 from minidiff.editing import interpolation_path, repaint_sample, repaint_timesteps, sdedit_start, slerp
 from minidiff.guidance import drop_labels, guided_denoiser
 from minidiff.sample import SAMPLER_FUNCTIONS, generate, sampler_steps, seed_noise
-from minidiff.sampling import respaced
+from minidiff.sampling import ddpm_sample, respaced
 from minidiff.schedule import NoiseSchedule
 from minidiff.unet import UNet, as_denoiser
 
@@ -202,6 +202,20 @@ def test_repaint_known_region_follows_q_xt_given_x0_at_every_step(jump_length, j
         variance = 1 - cut.alphas_cumprod[t]
         assert abs(x.mean() - np.sqrt(cut.alphas_cumprod[t]) * x0_value) <= 5 * np.sqrt(variance / n), t
         assert abs(x.var() - variance) <= 5 * variance * np.sqrt(2 / n), t
+
+
+def test_repaint_of_an_all_unknown_image_samples_the_data_and_reports_each_step_once():
+    # With nothing known, RePaint is the ancestral sampler (η = 1, Ho et al. 2020, Algorithm 2): fed the same
+    # model it draws from DDPM's law on the same 20 steps; with the default jump_n_sample = 1 it takes each once.
+    schedule, n = NoiseSchedule.linear(1000), 40_000
+    model, indices = gaussian_oracle(schedule, 0.3, 0.5), []
+    out = repaint_sample(model, schedule, (n, 1), 20, known=np.zeros((1, 1)), mask=np.ones((1, 1)),
+                         rng=np.random.default_rng(0), clip_denoised=False,
+                         callback=lambda index, t, x, x0_hat: indices.append(index))
+    assert indices == list(range(20))
+    ddpm = ddpm_sample(model, schedule, (n, 1), 20, rng=np.random.default_rng(1), clip_denoised=False)
+    assert abs(out.mean() - ddpm.mean()) < 5 * np.sqrt(2 * ddpm.var() / n)
+    assert abs(out.var() / ddpm.var() - 1) < 5 * np.sqrt(4 / n)
 
 
 def test_inpainting_through_generate_refuses_other_samplers():

@@ -151,6 +151,28 @@ def test_t_start_runs_from_that_index_and_minus_1_returns_x_T(name):
             sample(t_start=bad)
 
 
+def test_ddim_inversion_of_a_point_mass_keeps_its_first_eps():
+    # With the exact ε̂ of data that is one point x₀, every DDIM step keeps ε̂ = e₀, the ε̂ at x₀ itself
+    # (index 0, where x̂₀ = x₀): x_T = √ᾱ_T x₀ + √(1 − ᾱ_T) e₀ exactly (Song et al. 2021, Eq. 14).
+    schedule, x0 = NoiseSchedule.linear(100), np.array([[0.4, -0.7]])
+    cut = schedule.respace(space_timesteps(100, 10))
+    e0 = (1 - math.sqrt(cut.alphas_cumprod[0])) / math.sqrt(1 - cut.alphas_cumprod[0]) * x0
+    x_T = ddim_encode(point_mass_oracle(schedule, x0), schedule, x0, steps=10)
+    np.testing.assert_allclose(x_T, math.sqrt(cut.alphas_cumprod[-1]) * x0 + math.sqrt(1 - cut.alphas_cumprod[-1]) * e0,
+                               rtol=1e-10)
+
+
+def test_dpm_solver_pp_first_step_is_the_ddim_step():
+    # Its first step is first order: exactly DDIM's (Lu et al. 2022, Algorithm 2 with λ = ½ log SNR).
+    schedule = NoiseSchedule.cosine(100)
+    model, x_T = gaussian_oracle(schedule, 0.2, 0.5), np.random.default_rng(0).standard_normal((3, 4))
+    second = {}
+    for name, sampler in (("ddim", ddim_sample), ("dpm", dpm_solver_pp_sample)):
+        sampler(model, schedule, x_T.shape, steps=8, x_T=x_T, clip_denoised=False,
+                callback=lambda index, t, x, x0_hat, name=name: second.setdefault(name, x) if index == 1 else None)
+    np.testing.assert_allclose(second["dpm"], second["ddim"], rtol=1e-10)
+
+
 def test_default_step_counts_are_50_for_ddim_and_its_inversion_and_20_for_dpm_solver_pp():
     calls = []
 
