@@ -530,11 +530,11 @@ def rescored(summary: dict, equivalent: dict[str, str]) -> dict:
 
 
 def report(summaries: list[dict]) -> str:
-    lines = ["| module | mutants | run | killed | equivalent | survived | kill rate |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| module | mutants | run | killed | equivalent | survived | kill rate | seconds |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in summaries:
         lines.append(f"| {s['module']} | {s['mutants']} | {s['run']} | {s['killed']} | {len(s['equivalent'])} | "
-                     f"{len(s['survivors'])} | {100 * s['kill_rate']:.1f} % |")
+                     f"{len(s['survivors'])} | {100 * s['kill_rate']:.1f} % | {s['seconds']:.0f} |")
     for s in summaries:
         lines.extend(f"- survived: `{key}`" for key in s["survivors"])
     return "\n".join(lines)
