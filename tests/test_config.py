@@ -25,7 +25,7 @@ BOUNDARIES = {
     "grad_clip": ([0, 0.5], [-1e-12, math.nan], "a finite number >= 0"),
     "ema_decay": ([0, 0.9999], [1.0, -1e-12, math.nan], r"in \[0, 1\)"),
     "dropout": ([None, 0, 0.5], [1.0, -1e-12], r"in \[0, 1\)"),
-    "min_snr_gamma": ([None, 1e-12], [0, -5.0, math.inf], "a positive finite number"),
+    "min_snr_gamma": ([None, 0.01, 10_000], [0.0099, 10_001, math.inf], r"in \[0.01, 10000\]"),
     "dataset": (["mnist"], ["cifar10", 3], "one of"),
     "prediction": (["v"], ["score"], "one of"),
     "hflip": ([True], [1], "true or false"),
