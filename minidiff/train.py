@@ -58,6 +58,8 @@ class Trainer:
     and parameterisation must be the config's. ``fit()`` runs to ``config.steps`` steps.
     """
 
+    command = "train"  # the CLI command that resumes such a run
+
     def __init__(self, config: TrainConfig, data=None, resume=None, progress: bool = True):
         self.config, self.progress = config, progress
         self.device = check_device(config.device)
@@ -136,9 +138,16 @@ class Trainer:
         if config.num_classes is not None:
             labels = drop_labels(y, config.p_uncond, config.num_classes, self.rng) if config.p_uncond else y
             labels = labels[rows]
-        return training_loss(lambda x_t, t: self.model(x_t, t, labels), self.schedule, x0, self.rng,
-                             prediction=config.prediction, min_snr_gamma=config.min_snr_gamma,
-                             timestep_sampler=self.timestep_sampler, device=self.device, rows=rows).loss
+        return self.objective(lambda x_t, t: self.model(x_t, t, labels), x0, labels, rows)
+
+    def objective(self, model, x0: np.ndarray, labels, rows: slice):
+        """This run's loss on its rows of the batch x₀, given ``model(x_t, t)`` with the ``labels``
+        closed over: Algorithm 1 (:func:`minidiff.diffusion.training_loss`). A few-step student puts
+        its teacher's loss here (:mod:`minidiff.fewstep`)."""
+        config = self.config
+        return training_loss(model, self.schedule, x0, self.rng, prediction=config.prediction,
+                             min_snr_gamma=config.min_snr_gamma, timestep_sampler=self.timestep_sampler,
+                             device=self.device, rows=rows).loss
 
     def train_step(self) -> tuple[float, float]:
         """Draw a batch, take one optimiser step; returns (loss, gradient norm before clipping).
@@ -198,7 +207,7 @@ class Trainer:
                     self.save()
                 if root:
                     tqdm.write(f"interrupted at step {self.step}; saved {self.checkpoint_file}. Resume with:\n"
-                               f"  python -m minidiff train --resume {self.run_dir}", file=sys.stderr)
+                               f"  python -m minidiff {self.command} --resume {self.run_dir}", file=sys.stderr)
                 raise
             finally:
                 bar.close()
@@ -255,6 +264,10 @@ class Trainer:
         self.saved_step = self.step
         return self.checkpoint_file
 
+    def preview_sampler(self) -> dict:
+        """How preview grids are drawn: DDIM on ``sample_steps`` steps (a few-step student: its own steps)."""
+        return dict(sampler="ddim", steps=min(self.config.sample_steps, self.schedule.T))
+
     def save_samples(self) -> Path:
         """``samples_step<N>.png``: DDIM with the EMA weights from a fixed seed, so that successive
         grids show the same x_T maturing into digits."""
@@ -263,9 +276,8 @@ class Trainer:
         self.model.eval()
         try:
             with self.ema.applied(self.model):
-                samples = generate(self.model, self.schedule, config.sample_n, "ddim",
-                                   min(config.sample_steps, self.schedule.T), seed=config.seed, labels=labels,
-                                   prediction=config.prediction)
+                samples = generate(self.model, self.schedule, config.sample_n, seed=config.seed, labels=labels,
+                                   prediction=config.prediction, **self.preview_sampler())
         finally:
             self.model.train()
         return save_image_grid(samples, self.folder.preview_file(self.step), scale=GRID_SCALE)

@@ -24,7 +24,7 @@ from ..files import atomic_write
 from ..metrics import (IMAGE_SHAPE, TRAIN_STEPS, check_sample_images, evaluate_samples, feature_classifier,
                        real_image_splits)
 from ..sample import class_labels, ddpm_variance, generate_on_ranks, sampler_steps
-from .sample import add_sampling_arguments, check_sampling_arguments, sampling_options
+from .sample import add_sampling_arguments, check_sampling_arguments, sampling_options, student_defaults
 
 MIN_N = 4  # precision/recall (k = 3) needs more than 3 samples, FID at least 2
 
@@ -98,6 +98,7 @@ def _draw(checkpoint, args, device):
     if (channels, size, size) != IMAGE_SHAPE:
         raise ValueError(f"checkpoint {checkpoint.path} makes {channels}-channel {size}×{size} images; "
                          "eval scores 1-channel 28×28 digits only")
+    student_defaults(args, config)
     num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
     options = sampling_options(args)
     samples = generate_on_ranks(model, schedule, args.n, args.sampler, num_steps,

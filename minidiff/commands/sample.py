@@ -25,8 +25,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                              "pf-ode, 20 for dpm-solver++)")
     parser.add_argument("--eta", type=float, default=0.0,
                         help="DDIM noise scale η: 0 deterministic, 1 DDPM-like (default: %(default)s)")
-    parser.add_argument("--spacing", choices=SPACINGS, default="uniform",
-                        help="which of the T timesteps the --steps are (default: %(default)s)")
+    parser.add_argument("--spacing", choices=SPACINGS, default=None,
+                        help="which of the T timesteps the --steps are (default: uniform; a distilled student's own)")
     parser.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     parser.add_argument("--dynamic-threshold", type=float, default=None, metavar="P",
                         help="dynamic thresholding of the predicted x0 at percentile P in (0, 1] (Imagen), "
@@ -66,6 +66,16 @@ def check_sampling_arguments(args) -> None:
         raise ValueError(f"--variance applies to --sampler ddpm only, not {args.sampler}")
 
 
+def student_defaults(args, config: dict) -> None:
+    """A distilled student samples by default on the steps it was distilled to, with its spacing
+    (:mod:`minidiff.fewstep`); any other checkpoint on ``--steps`` and uniform spacing."""
+    record = config.get("distill") or {}
+    if args.steps is None and args.sampler == "ddim":
+        args.steps = record.get("to_steps")
+    if args.spacing is None:
+        args.spacing = record.get("spacing", "uniform")
+
+
 def sampling_options(args) -> dict:
     """The keyword arguments of :func:`minidiff.sample.generate` that the shared flags set."""
     return dict(eta=args.eta, seed=args.seed, spacing=args.spacing, clip_denoised=not args.no_clip,
@@ -89,6 +99,7 @@ def run(args) -> int:
     device = check_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
+    student_defaults(args, config)
     num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
     drawing = editing.plan(args, model, schedule, config["prediction"], num_steps)
     # Under MPI each rank draws a share of the samples (the trajectory's come from rank 0's);

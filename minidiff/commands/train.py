@@ -13,15 +13,19 @@ from ..train import Trainer
 from ..unet import PRESETS
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The train flags. Their defaults are left out of the namespace (SUPPRESS), so that ``run``
-    can tell the flags given from the ones not given: on --resume, only the former override the
-    checkpoint's config. The defaults shown come from :class:`TrainConfig`."""
+def add_arguments(parser: argparse.ArgumentParser, skip=()) -> None:
+    """The train flags, but for the groups and flags named in ``skip`` (``distill`` takes the rest). Their
+    defaults are left out of the namespace (SUPPRESS), so that ``run`` can tell the flags given from the
+    ones not given: on --resume, only the former override the checkpoint's config. The defaults shown
+    come from :class:`TrainConfig`."""
     defaults = TrainConfig()
-    groups = {name: parser.add_argument_group(name) for name in ("data", "model", "diffusion", "optimisation", "run")}
+    groups = {name: parser.add_argument_group(name) for name in ("data", "model", "diffusion", "optimisation", "run")
+              if name not in skip}
 
     def option(group, *flags, help, dest=None, **kwargs):
         dest = dest or flags[0].lstrip("-").replace("-", "_")
+        if group in skip or dest in skip:
+            return
         if getattr(defaults, dest, None) not in (None, False):
             help += f" (default: {getattr(defaults, dest)})"
         groups[group].add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=help, **kwargs)
