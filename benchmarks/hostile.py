@@ -70,6 +70,11 @@ def cases(run: Path, tmp: Path) -> list[tuple[str, list[str], str]]:
     def train(*flags):  # a new folder per case; a silently accepted run stays short
         return ["train", *TINY, "--out", str(tmp / f"new{next(fresh)}"), "--steps", "3", *flags]
 
+    def objective_train(objective, *flags):  # train another objective, without TINY's DDPM chain
+        chain = TINY.index("--schedule")
+        return ["train", *TINY[:chain], *TINY[chain + 4:], "--objective", objective, "--out",
+                str(tmp / f"new{next(fresh)}"), "--steps", "3", *flags]
+
     def bad(flag, *values):  # train with one bad value of one flag, each refusal naming the flag
         return [(f"train {flag} {value}", train(flag, value), flag) for value in values]
 
@@ -184,6 +189,18 @@ def cases(run: Path, tmp: Path) -> list[tuple[str, list[str], str]]:
         ("eval --n 1", ["eval", str(run), "--n", "1"], "--n"),
         ("eval --classifier-steps 0", ["eval", str(run), "--classifier-steps", "0"], "--classifier-steps"),
         ("eval with nothing to score", ["eval"], "checkpoint"),
+        ("sample --sigma-max below --sigma-min", ["sample", str(run), "--sampler", "heun", "--sigma-max", "0.001"],
+         "--sigma-max"),
+        *[(f"sample --rho {v}", ["sample", str(run), "--sampler", "heun", "--rho", v], "--rho") for v in ("0", "-7")],
+        ("train --objective edm --p-std -1", objective_train("edm", "--p-std", "-1"), "--p-std"),
+        *[(f"sample --time-shift {v}", ["sample", str(run), "--sampler", "euler", "--time-shift", v], "--time-shift")
+          for v in ("0", "-2")],
+        ("sample an objective the checkpoint lacks", ["sample", crafted(run, tmp, "objective",
+                                                                        config__objective="consistency")], "objective"),
+        ("sample --sampler midpoint (flow's) on a ddpm checkpoint", ["sample", str(run), "--sampler", "midpoint"],
+         "--objective ddpm"),
+        ("train --resume --objective flow", ["train", "--resume", str(run), "--objective", "flow", "--steps", "9"],
+         "--objective flow"),
     ]
     return result
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from .diffusion import PREDICTIONS
 from .files import load_npz, save_npz
+from .objectives import OBJECTIVES
 from .schedule import SCHEDULES, schedule_by_name
 from .unet import PRESETS, UNet
 
@@ -39,7 +40,7 @@ SECTIONS = ("model", "ema", "optimizer", "batcher", "rng")
 # The entries of a run's config that decide what its network computes: a checkpoint is refused
 # where one of them differs, since its weights would be loaded into the wrong model or sampled
 # with the wrong noise schedule. Everything in config["model"] is compared as well.
-IDENTITY_KEYS = ("preset", "schedule", "zero_terminal_snr", "timesteps", "prediction")
+IDENTITY_KEYS = ("preset", "objective", "sigma_data", "schedule", "zero_terminal_snr", "timesteps", "prediction")
 
 
 class CheckpointError(ValueError):
@@ -195,6 +196,7 @@ CONFIG_RULES = {
     "prediction": (lambda v: v in PREDICTIONS, f"one of {', '.join(PREDICTIONS)}"),
     "model": (lambda v: isinstance(v, dict), "a JSON object"),
     "zero_terminal_snr": (lambda v: isinstance(v, bool), "true or false"),
+    "objective": (lambda v: v in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
 }
 MODEL_RULES = {
     "in_channels": _INT, "base_channels": _INT, "channel_mults": _INTS, "num_res_blocks": _INT,
@@ -206,7 +208,7 @@ MODEL_RULES = {
     "learn_sigma": (lambda v: isinstance(v, bool), "true or false"),
 }
 # Fields newer than some checkpoints: a config without one gets the value every older run had.
-CONFIG_DEFAULTS = {"zero_terminal_snr": False}
+CONFIG_DEFAULTS = {"zero_terminal_snr": False, "objective": "ddpm"}
 MODEL_DEFAULTS = {"null_class": False, "learn_sigma": False}
 
 
@@ -230,6 +232,11 @@ def _check_config(config, path: Path) -> None:
             if not valid:
                 raise CheckpointError(f"checkpoint {path}: config field {prefix}{key} must be {what}, "
                                       f"got {where[key]!r}")
+    sigma_data = config.get("sigma_data")
+    if config["objective"] == "edm" and not (isinstance(sigma_data, (int, float)) and not isinstance(sigma_data, bool)
+                                             and math.isfinite(sigma_data) and sigma_data > 0):
+        raise CheckpointError(f"checkpoint {path}: config field sigma_data must be a positive number for objective "
+                              f"edm, got {sigma_data!r}")
 
 
 def _show(value) -> str:

@@ -17,6 +17,8 @@ from .checkpoint import Checkpoint, CheckpointError, model_config
 from .datasets import DATASETS
 from .diffusion import PREDICTIONS
 from .optim import LR_SCHEDULES
+from .objectives import OBJECTIVES, edm
+from .objectives.flow import T_DISTRIBUTIONS
 from .schedule import SCHEDULES, schedule_by_name
 from .unet import PRESETS
 
@@ -35,6 +37,12 @@ class TrainConfig:
     dropout: float | None = None  # None keeps the preset's
     num_classes: int | None = None  # class-conditional when set
     p_uncond: float = 0.0  # > 0: labels dropped to the null class with this probability (classifier-free guidance)
+    # the objective (minidiff.objectives): ddpm uses the diffusion fields, edm and flow their own
+    objective: str = "ddpm"
+    sigma_data: float | None = None  # edm: None measures the training images' RMS (minidiff.objectives.edm)
+    p_mean: float = edm.P_MEAN  # edm: ln σ ∼ N(P_mean, P_std²) (Karras et al. 2022, §5)
+    p_std: float = edm.P_STD
+    t_distribution: str = "uniform"  # flow: t ∼ U[0, 1] or logit-normal (Esser et al. 2024, §3.1)
     # diffusion
     schedule: str = "linear"
     zero_terminal_snr: bool = False  # rescale the schedule so ᾱ_{T−1} = 0 (Lin et al. 2023)
@@ -91,11 +99,15 @@ class TrainConfig:
         need(self.min_snr_gamma is None or is_real(self.min_snr_gamma) and self.min_snr_gamma > 0,
              "min_snr_gamma", "a positive finite number")
         need(is_real(self.p_uncond) and 0 <= self.p_uncond < 1, "p_uncond", "in [0, 1)")
+        need(self.sigma_data is None or is_real(self.sigma_data) and self.sigma_data > 0, "sigma_data",
+             "a positive finite number")
+        need(is_real(self.p_mean), "p_mean", "a finite number")
+        need(is_real(self.p_std) and self.p_std > 0, "p_std", "a positive finite number")
         need(not self.p_uncond or self.num_classes is not None, "p_uncond",
              "0 without --num-classes (it drops class labels)")
         for name, choices in (("dataset", DATASETS), ("preset", PRESETS), ("schedule", SCHEDULES),
-                              ("prediction", PREDICTIONS), ("device", DEVICES),
-                              ("lr_schedule", LR_SCHEDULES)):
+                              ("prediction", PREDICTIONS), ("device", DEVICES), ("objective", OBJECTIVES),
+                              ("t_distribution", T_DISTRIBUTIONS), ("lr_schedule", LR_SCHEDULES)):
             need(isinstance(getattr(self, name), str) and getattr(self, name) in choices, name,
                  "one of " + ", ".join(choices))
         for name in ("hflip", "zero_terminal_snr", "learn_sigma"):
@@ -104,9 +116,19 @@ class TrainConfig:
         need(self.data_dir is None or isinstance(self.data_dir, str) and self.data_dir.strip() != "",
              "data_dir", "a folder name")
         if not problems:
+            problems += self._objective_problems()
+        if not problems and self.objective == "ddpm":
             problems += _schedule_problems(self.schedule, self.timesteps, self.prediction, self.zero_terminal_snr)
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _objective_problems(self) -> list[str]:
+        """The flags of another objective than ``objective`` that were changed from their defaults: each
+        would silently do nothing."""
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        return [f"--{name.replace('_', '-')} applies to --objective {owner}, not {self.objective}"
+                for owner, names in OBJECTIVE_FIELDS.items() if owner != self.objective
+                for name in names if getattr(self, name) != defaults[name]]
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, **overrides) -> TrainConfig:
@@ -144,9 +166,17 @@ class TrainConfig:
         return {**dataclasses.asdict(self), "model": model_config(self.preset, **overrides)}
 
 
+# The fields only one objective reads.
+OBJECTIVE_FIELDS = {
+    "ddpm": ("schedule", "zero_terminal_snr", "timesteps", "prediction", "min_snr_gamma", "learn_sigma"),
+    "edm": ("sigma_data", "p_mean", "p_std"),
+    "flow": ("t_distribution",),
+}
+
 # What defines the experiment a checkpoint belongs to: refused as an override on --resume.
-FIXED_ON_RESUME = ("dataset", "limit_data", "hflip", "preset", "dropout", "num_classes", "p_uncond", "schedule",
-                   "zero_terminal_snr", "timesteps", "prediction", "min_snr_gamma", "learn_sigma", "batch_size", "seed")
+FIXED_ON_RESUME = ("dataset", "limit_data", "hflip", "preset", "dropout", "num_classes", "p_uncond", "objective",
+                   "sigma_data", "p_mean", "p_std", "t_distribution", "schedule", "zero_terminal_snr", "timesteps",
+                   "prediction", "min_snr_gamma", "learn_sigma", "batch_size", "seed")
 
 # The chain must end close to pure noise, or sampling from N(0, I) starts far from q(x_T).
 MAX_FINAL_ALPHA_BAR = 0.05

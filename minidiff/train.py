@@ -19,6 +19,7 @@ The files of a run are :mod:`minidiff.runfolder`'s; the ``train`` command is
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -35,6 +36,8 @@ from .diffusion import UniformSampler, training_loss
 from .distributed import sync_check_every, world
 from .guidance import drop_labels
 from .images import save_image_grid
+from .objectives import DEFAULT_SAMPLER, edm
+from .objectives import training_loss as objective_loss
 from .optim import EMA, Adam, clip_grad_norm, learning_rate
 from .runfolder import RunFolder, sigint_deferred
 from .sample import GRID_SCALE, class_labels, generate
@@ -79,6 +82,9 @@ class Trainer:
             resume.check_config(self.run_config)  # before the data is loaded: fail fast
         images, labels = load_training_data(config) if data is None else data
         self._check_data(images, labels)
+        if config.objective == "edm" and config.sigma_data is None:  # measured once, then recorded in the run
+            self.config = config = dataclasses.replace(config, sigma_data=edm.measure_sigma_data(images))
+            self.run_config = config.run_config()
 
         # Independent streams, so that e.g. turning on --hflip does not change the data order.
         model_seed, batch_seed, train_seed = np.random.SeedSequence(config.seed).spawn(3)
@@ -91,6 +97,7 @@ class Trainer:
         self.optimizer = Adam(self.model, lr=config.lr)
         self.batcher = Batcher(images, labels, batch_size=config.batch_size, rng=np.random.default_rng(batch_seed))
         self.timestep_sampler = UniformSampler(self.schedule.T)
+        self.objective_loss = None if config.objective == "ddpm" else objective_loss(config)
         self.step, self.elapsed_s, self.saved_step = 0, 0.0, None
         if resume is not None:
             self._resume(resume)
@@ -127,8 +134,8 @@ class Trainer:
     # ----------------------------------------------------------------- one step
     def loss(self, x0: np.ndarray, y: np.ndarray | None = None):
         """The training loss on a batch x₀, a differentiable scalar (:func:`minidiff.diffusion.training_loss`,
-        Ho et al. 2020, Algorithm 1), after random horizontal flips when ``hflip`` is on and with
-        labels dropped to the null class at rate ``p_uncond`` (:func:`minidiff.guidance.drop_labels`)."""
+        Ho et al. 2020, Algorithm 1; for edm and flow, their own: :mod:`minidiff.objectives`), after
+        random horizontal flips when ``hflip`` is on and with labels dropped to the null class at rate ``p_uncond`` (:func:`minidiff.guidance.drop_labels`)."""
         config = self.config
         if config.hflip:
             flip = self.rng.random(len(x0)) < 0.5
@@ -142,9 +149,11 @@ class Trainer:
 
     def objective(self, model, x0: np.ndarray, labels, rows: slice):
         """This run's loss on its rows of the batch x₀, given ``model(x_t, t)`` with the ``labels``
-        closed over: Algorithm 1 (:func:`minidiff.diffusion.training_loss`). A few-step student puts
-        its teacher's loss here (:mod:`minidiff.fewstep`)."""
+        closed over: Algorithm 1 (:func:`minidiff.diffusion.training_loss`), or for edm and flow their
+        own (:mod:`minidiff.objectives`). A few-step student puts its teacher's loss here (:mod:`minidiff.fewstep`)."""
         config = self.config
+        if self.objective_loss is not None:  # edm or flow (minidiff.objectives)
+            return self.objective_loss(model, x0, self.rng, device=self.device, rows=rows).loss
         return training_loss(model, self.schedule, x0, self.rng, prediction=config.prediction,
                              min_snr_gamma=config.min_snr_gamma, timestep_sampler=self.timestep_sampler,
                              device=self.device, rows=rows).loss
@@ -265,19 +274,21 @@ class Trainer:
         return self.checkpoint_file
 
     def preview_sampler(self) -> dict:
-        """How preview grids are drawn: DDIM on ``sample_steps`` steps (a few-step student: its own steps)."""
-        return dict(sampler="ddim", steps=min(self.config.sample_steps, self.schedule.T))
+        """How preview grids are drawn: DDIM (Heun for edm and flow) on ``sample_steps`` steps (a few-step
+        student: its own steps)."""
+        return dict(sampler=DEFAULT_SAMPLER[self.config.objective], steps=min(self.config.sample_steps, self.schedule.T))
 
     def save_samples(self) -> Path:
-        """``samples_step<N>.png``: DDIM with the EMA weights from a fixed seed, so that successive
-        grids show the same x_T maturing into digits."""
+        """``samples_step<N>.png``: DDIM (Heun for edm and flow) with the EMA weights from a fixed seed, so
+        that successive grids show the same x_T maturing into digits."""
         config = self.config
         labels = class_labels(config.sample_n, config.num_classes)
         self.model.eval()
         try:
             with self.ema.applied(self.model):
                 samples = generate(self.model, self.schedule, config.sample_n, seed=config.seed, labels=labels,
-                                   prediction=config.prediction, **self.preview_sampler())
+                                   prediction=config.prediction, objective=config.objective,
+                                   sigma_data=config.sigma_data, **self.preview_sampler())
         finally:
             self.model.train()
         return save_image_grid(samples, self.folder.preview_file(self.step), scale=GRID_SCALE)

@@ -54,6 +54,10 @@ def run(args) -> int:
     device = check_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
+    if config["objective"] != "ddpm":
+        raise ValueError(f"bpd is the variational bound of the DDPM chain; it is not available for this "
+                         f"--objective {config['objective']} checkpoint (its ODE likelihood would need Hutchinson's "
+                         "trace estimator, which minidiff does not implement)")
     if not 1 <= args.timesteps <= schedule.T:
         raise ValueError(f"--timesteps {args.timesteps} is outside [1, {schedule.T}], the checkpoint's timesteps")
     variance = ddpm_variance(model, args.variance)

@@ -11,7 +11,9 @@ given N, no sample set is expected to beat it, so a score is read against its fl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +25,8 @@ from ..distributed import world
 from ..files import atomic_write
 from ..metrics import (IMAGE_SHAPE, TRAIN_STEPS, check_sample_images, evaluate_samples, feature_classifier,
                        real_image_splits)
-from ..sample import class_labels, ddpm_variance, generate_on_ranks, sampler_steps
-from .sample import add_sampling_arguments, check_sampling_arguments, sampling_options, student_defaults
+from ..sample import ODE_SAMPLER_NAMES, class_labels, ddpm_variance, generate_on_ranks, sampler_steps
+from .sample import add_sampling_arguments, check_sampling_arguments, checkpoint_options, sampling_options
 
 MIN_N = 4  # precision/recall (k = 3) needs more than 3 samples, FID at least 2
 
@@ -98,15 +100,18 @@ def _draw(checkpoint, args, device):
     if (channels, size, size) != IMAGE_SHAPE:
         raise ValueError(f"checkpoint {checkpoint.path} makes {channels}-channel {size}×{size} images; "
                          "eval scores 1-channel 28×28 digits only")
-    student_defaults(args, config)
+    drawn_as = checkpoint_options(args, config)
     num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
     options = sampling_options(args)
     samples = generate_on_ranks(model, schedule, args.n, args.sampler, num_steps,
-                                labels=class_labels(args.n, model.num_classes), prediction=config["prediction"],
-                                progress=True, **options)
-    drawn_with = {"sampler": args.sampler, "steps": num_steps, "ema": not args.no_ema, **options}
+                                labels=class_labels(args.n, model.num_classes), progress=True, **drawn_as, **options)
+    ode_options = options.pop("ode_options")
+    drawn_with = {"sampler": args.sampler, "steps": num_steps, "ema": not args.no_ema, "objective": config["objective"],
+                  **options}
     if args.sampler == "ddpm":
         drawn_with["variance"] = ddpm_variance(model, args.variance)
+    if args.sampler in ODE_SAMPLER_NAMES:
+        drawn_with["ode"] = {key: value for key, value in dataclasses.asdict(ode_options).items() if math.isfinite(value)}
     return samples, drawn_with
 
 

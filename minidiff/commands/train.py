@@ -7,6 +7,8 @@ from ..checkpoint import load_checkpoint
 from ..datasets import DATASETS
 from ..diffusion import PREDICTIONS
 from ..optim import LR_SCHEDULES
+from ..objectives import OBJECTIVES
+from ..objectives.flow import T_DISTRIBUTIONS
 from ..schedule import SCHEDULES
 from ..config import CONFIG_FIELDS, TrainConfig
 from ..train import Trainer
@@ -19,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser, skip=()) -> None:
     ones not given: on --resume, only the former override the checkpoint's config. The defaults shown
     come from :class:`TrainConfig`."""
     defaults = TrainConfig()
-    groups = {name: parser.add_argument_group(name) for name in ("data", "model", "diffusion", "optimisation", "run")
-              if name not in skip}
+    groups = {name: parser.add_argument_group(name)
+              for name in ("data", "model", "objective", "diffusion", "optimisation", "run") if name not in skip}
 
     def option(group, *flags, help, dest=None, **kwargs):
         dest = dest or flags[0].lstrip("-").replace("-", "_")
@@ -42,6 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser, skip=()) -> None:
                 "(Ho & Salimans 2021 use 0.1 or 0.2)")
     option("model", "--conditional", action="store_true",
            help="same as --num-classes 10 (MNIST and Fashion-MNIST have 10 classes)")
+    option("objective", "--objective", choices=OBJECTIVES,
+           help="what the network learns: ddpm (the flags under 'diffusion'), edm (Karras et al. 2022) or flow "
+                "(flow matching, noise at t = 1)")
+    option("objective", "--sigma-data", type=float, metavar="S",
+           help="edm: the data's scale σ_data (default: the training images' root mean square)")
+    option("objective", "--p-mean", type=float, help="edm: the mean of ln σ in training")
+    option("objective", "--p-std", type=float, help="edm: the standard deviation of ln σ in training")
+    option("objective", "--t-distribution", choices=T_DISTRIBUTIONS,
+           help="flow: how training draws t (logit-normal: Esser et al. 2024)")
     option("diffusion", "--schedule", choices=SCHEDULES, help="noise schedule (linear and scaled_linear are scaled by 1000/T)")
     option("diffusion", "--zero-terminal-snr", action="store_true",
            help="rescale the schedule to end at alphas_cumprod = 0 (Lin et al. 2023); needs --prediction v or x0")
