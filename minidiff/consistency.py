@@ -151,6 +151,15 @@ def consistency_loss(f, x0, rng, *, sigmas, probabilities=None, teacher=None, me
     return LossDraw(loss, n, to_numpy(distance.data if isinstance(distance, Tensor) else distance))
 
 
+def training_loss(model, x0, rng, *, step, total_steps, sigma_data, device="cpu", rows=slice(None)):
+    """Improved consistency training (Song & Dhariwal 2023) at optimiser step ``step`` of ``total_steps``:
+    :func:`consistency_loss` without a teacher on the grid of N(k) levels (:func:`ict_grid_size`), pairs drawn
+    log-normally (:func:`lognormal_pair_probabilities`). ``model(x, label)`` returns a Tensor."""
+    sigmas = consistency_sigmas(ict_grid_size(step, total_steps))
+    return consistency_loss(consistency_function(model, sigma_data), x0, rng, sigmas=sigmas,
+                            probabilities=lognormal_pair_probabilities(sigmas), device=device, rows=rows)
+
+
 def sampling_sigmas(steps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO):
     """σ_max = τ_0 > τ_1 > … > τ_{steps−1}: the levels Algorithm 1 evaluates f at, the first ``steps`` of a
     (steps + 1)-point ρ-grid from σ_max to σ_min (Karras et al. 2022, Eq. 5), so each step re-noises to
@@ -162,13 +171,15 @@ def sample(f, taus, x, *, sigma_min=SIGMA_MIN, rng=None, callback=None):
     """Multistep consistency sampling (Song et al. 2023, Algorithm 1) from x = τ_0 z at τ_0 = ``taus[0]``.
 
     ``f(x, σ)`` is a consistency function on arrays; one step when ``taus`` has one level.
+    ``callback(index, τ, x̂_τ, f(x̂_τ, τ))`` sees every evaluation.
     """
     xp = get_array_module(x)
-    x = f(x, xp.full(len(x), taus[0]))  # line 2: x ← f_θ(x̂_T, T)
-    for index, tau in enumerate(taus[1:]):  # line 3: for n = 1 to N − 1
-        z = standard_normal(rng, x)  # line 4: z ∼ N(0, I)
-        x_tau = x + math.sqrt(tau**2 - sigma_min**2) * z  # line 5: x̂_{τ_n} ← x + √(τ_n² − ε²) z
+    x_tau = x  # line 1: x̂_T, the caller's τ_0 z
+    for index, tau in enumerate(taus):  # line 3: for n = 1 to N − 1, after line 2's n = 0
+        if index:
+            z = standard_normal(rng, x)  # line 4: z ∼ N(0, I)
+            x_tau = x + math.sqrt(tau**2 - sigma_min**2) * z  # line 5: x̂_{τ_n} ← x + √(τ_n² − ε²) z
+        x = f(x_tau, xp.full(len(x), tau))  # lines 2 and 6: x ← f_θ(x̂_{τ_n}, τ_n)
         if callback is not None:
             callback(index, tau, x_tau, x)
-        x = f(x_tau, xp.full(len(x), tau))  # line 6: x ← f_θ(x̂_{τ_n}, τ_n)
     return x

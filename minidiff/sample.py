@@ -27,7 +27,7 @@ SAMPLER_FUNCTIONS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm-solver++": d
                      "reverse-sde": reverse_sde_sample, "pf-ode": probability_flow_sample,
                      "pc": predictor_corrector_sample}
 # The ODE samplers of minidiff.objectives, for every objective (DDPM checkpoints through the VP bridge).
-ODE_SAMPLER_NAMES = ("heun", "euler", "midpoint")
+ODE_SAMPLER_NAMES = ("heun", "euler", "midpoint", "consistency")
 SAMPLERS = tuple(SAMPLER_FUNCTIONS) + ODE_SAMPLER_NAMES
 # Steps when none are asked for: the full chain for ancestral sampling (Ho et al. 2020,
 # Algorithm 2) and for the SDE samplers (Song et al. 2021, Table 1: P1000, PC1000), 50 for DDIM
@@ -35,7 +35,7 @@ SAMPLERS = tuple(SAMPLER_FUNCTIONS) + ODE_SAMPLER_NAMES
 # DPM-Solver++ (Lu et al. 2022, §6); 18 for Heun (Karras et al. 2022, §3: 35 model calls on CIFAR-10),
 # 50 for Euler and 25 for the midpoint rule (50 model calls).
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20, "reverse-sde": None, "pf-ode": 50, "pc": None,
-                 "heun": 18, "euler": 50, "midpoint": 25}
+                 "heun": 18, "euler": 50, "midpoint": 25, "consistency": 1}
 # Samplers that are a deterministic map of x_T (interpolation decodes with one of these).
 DETERMINISTIC = ("ddim", "dpm-solver++", "pf-ode") + ODE_SAMPLER_NAMES
 # RePaint's step is DDIM's with σ_t(η): ddpm is η = 1. The ODE samplers inpaint through x̂₀.

@@ -36,7 +36,7 @@ from .diffusion import UniformSampler, training_loss
 from .distributed import sync_check_every, world
 from .guidance import drop_labels
 from .images import save_image_grid
-from .objectives import DEFAULT_SAMPLER, edm
+from .objectives import DEFAULT_SAMPLER, SIGMA_DATA_OBJECTIVES, edm
 from .objectives import training_loss as objective_loss
 from .optim import EMA, Adam, clip_grad_norm, learning_rate
 from .runfolder import RunFolder, sigint_deferred
@@ -82,7 +82,7 @@ class Trainer:
             resume.check_config(self.run_config)  # before the data is loaded: fail fast
         images, labels = load_training_data(config) if data is None else data
         self._check_data(images, labels)
-        if config.objective == "edm" and config.sigma_data is None:  # measured once, then recorded in the run
+        if config.objective in SIGMA_DATA_OBJECTIVES and config.sigma_data is None:  # measured once, then recorded in the run
             self.config = config = dataclasses.replace(config, sigma_data=edm.measure_sigma_data(images))
             self.run_config = config.run_config()
 
@@ -152,8 +152,8 @@ class Trainer:
         closed over: Algorithm 1 (:func:`minidiff.diffusion.training_loss`), or for edm and flow their
         own (:mod:`minidiff.objectives`). A few-step student puts its teacher's loss here (:mod:`minidiff.fewstep`)."""
         config = self.config
-        if self.objective_loss is not None:  # edm or flow (minidiff.objectives)
-            return self.objective_loss(model, x0, self.rng, device=self.device, rows=rows).loss
+        if self.objective_loss is not None:  # edm, flow or consistency (minidiff.objectives)
+            return self.objective_loss(model, x0, self.rng, device=self.device, rows=rows, step=self.step).loss
         return training_loss(model, self.schedule, x0, self.rng, prediction=config.prediction,
                              min_snr_gamma=config.min_snr_gamma, timestep_sampler=self.timestep_sampler,
                              device=self.device, rows=rows).loss
@@ -276,7 +276,9 @@ class Trainer:
     def preview_sampler(self) -> dict:
         """How preview grids are drawn: DDIM (Heun for edm and flow) on ``sample_steps`` steps (a few-step
         student: its own steps)."""
-        return dict(sampler=DEFAULT_SAMPLER[self.config.objective], steps=min(self.config.sample_steps, self.schedule.T))
+        objective = self.config.objective
+        steps = 1 if objective == "consistency" else min(self.config.sample_steps, self.schedule.T)  # its one step
+        return dict(sampler=DEFAULT_SAMPLER[objective], steps=steps)
 
     def save_samples(self) -> Path:
         """``samples_step<N>.png``: DDIM (Heun for edm and flow) with the EMA weights from a fixed seed, so

@@ -45,10 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser, skip=()) -> None:
     option("model", "--conditional", action="store_true",
            help="same as --num-classes 10 (MNIST and Fashion-MNIST have 10 classes)")
     option("objective", "--objective", choices=OBJECTIVES,
-           help="what the network learns: ddpm (the flags under 'diffusion'), edm (Karras et al. 2022) or flow "
-                "(flow matching, noise at t = 1)")
+           help="what the network learns: ddpm (the flags under 'diffusion'), edm (Karras et al. 2022), flow "
+                "(flow matching, noise at t = 1) or consistency (improved consistency training, Song & Dhariwal "
+                "2023: its grid doubles over --steps; sample it in 1 step)")
     option("objective", "--sigma-data", type=float, metavar="S",
-           help="edm: the data's scale σ_data (default: the training images' root mean square)")
+           help="edm and consistency: the data's scale σ_data (default: the training images' root mean square)")
     option("objective", "--p-mean", type=float, help="edm: the mean of ln σ in training")
     option("objective", "--p-std", type=float, help="edm: the standard deviation of ln σ in training")
     option("objective", "--t-distribution", choices=T_DISTRIBUTIONS,
