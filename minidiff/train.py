@@ -80,7 +80,7 @@ class Trainer:
         if resume is not None:
             resume = resume if isinstance(resume, Checkpoint) else load_checkpoint(resume)
             resume.check_config(self.run_config)  # before the data is loaded: fail fast
-        images, labels = load_training_data(config) if data is None else data
+        images, labels = self.training_data() if data is None else data
         self._check_data(images, labels)
         if config.objective in SIGMA_DATA_OBJECTIVES and config.sigma_data is None:  # measured once, then recorded in the run
             self.config = config = dataclasses.replace(config, sigma_data=edm.measure_sigma_data(images))
@@ -104,6 +104,11 @@ class Trainer:
         # Dropout masks differ across ranks: rank r's stream is rank 0's jumped r times (2^127
         # draws each), and jumping commutes with drawing, so rank 0's checkpoint restores them all.
         self.model_rng.bit_generator.state = self.model_rng.bit_generator.jumped(self.world.rank).state
+
+    def training_data(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (images, labels) this run trains on when none are given: the config's dataset (a reflow
+        student's are its teacher's pairs, :mod:`minidiff.fewstep`)."""
+        return load_training_data(self.config)
 
     @property
     def run_dir(self) -> Path:
