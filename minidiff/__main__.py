@@ -25,7 +25,7 @@ from .train import DivergenceError
 COMMANDS = [
     ("train", train, "train a diffusion model (Ho et al. 2020, Algorithm 1)"),
     ("sample", sample, "draw images from a trained checkpoint"),
-    ("distill", distill, "distil a teacher into a few-step student (Salimans & Ho 2022)"),
+    ("distill", distill, "distil a teacher into a few-step student: progressive distillation, consistency distillation, reflow"),
     ("eval", evaluate, "score samples of a checkpoint: FID, Inception Score, precision/recall"),
     ("figures", figures, "draw the denoising trajectory and the spectral view of a checkpoint (PNG)"),
     ("bpd", bpd, "bits/dim of held-out images under the variational bound (Ho et al. 2020, Eq. 3)"),

@@ -35,7 +35,7 @@ import numpy as np
 from . import functional as F
 from .autograd import Tensor
 from .backend import to_device, to_numpy
-from .diffusion import LossDraw, call_model, denoise, mean_flat, predict_x0, q_sample
+from .diffusion import LossDraw, call_model, denoise, mean_flat, model_output_parts, predict_x0, q_sample
 from .sampling import ddim_update, respaced
 from .schedule import extract
 
@@ -98,7 +98,8 @@ def distillation_loss(student, teacher, schedule, x0, rng, *, student_steps, pre
     alpha_s_squared = extract(grid.alphas_cumprod_prev, t - 1, z_t)
     # (5) the teacher's x̂ target x̃
     target = distillation_target(z_t, z_s, alpha_t, sigma_t, alpha_s_squared**0.5, (1.0 - alpha_s_squared) ** 0.5)
-    x0_hat = predict_x0(grid, z_t, t, call_model(student, grid, Tensor(z_t), t), prediction)  # x̂_θ(z_t)
+    output = model_output_parts(call_model(student, grid, Tensor(z_t), t), z_t)[0]  # a learned Σ set aside
+    x0_hat = predict_x0(grid, z_t, t, output, prediction)  # x̂_θ(z_t)
     per_example = mean_flat(F.mse_loss(x0_hat, Tensor(target.astype(np.float32)), reduction="none"))
     weight = truncated_snr_weight(grid.sqrt_alphas_cumprod[t], grid.sqrt_one_minus_alphas_cumprod[t])  # (6) w(λ_t) = max(SNR_t, 1)
     loss = (per_example * Tensor(to_device(weight.astype(np.float32), device))).mean()  # (7) L_θ = w(λ_t) ‖x̃ − x̂_θ(z_t)‖²

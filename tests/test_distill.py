@@ -104,7 +104,9 @@ def test_sample_defaults_to_the_students_steps(student, tmp_path, capsys):
     (["--to-steps", "4"], "must be the teacher's --teacher-steps 4 halved"),
     (["--to-steps", "1", "--teacher-steps", "64"], "exceeds the teacher's 20 timesteps"),
     (["--to-steps", "1", "--steps-per-round", "0"], "--steps-per-round must be a positive integer"),
-    ([], "give --to-steps K"),
+    ([], "--method pd needs --to-steps"),
+    (["--to-steps", "1", "--grid-steps", "4"], "--grid-steps applies to --method cd, not pd"),
+    (["--to-steps", "1", "--steps", "9"], "give no --steps"),
 ])
 def test_bad_student_flags(teacher, tmp_path, capsys, flags, message):
     line = expect_error(capsys, ["distill", str(teacher), "--teacher-steps", "4", *flags, "--out", str(tmp_path)])

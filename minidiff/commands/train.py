@@ -94,6 +94,8 @@ def run(args) -> int:
         explicit["num_classes"] = 10
     resume = getattr(args, "resume", None)
     checkpoint = load_checkpoint(resume) if resume else None
+    if checkpoint and "distill" in checkpoint.config:  # its loss has a teacher that train knows nothing of
+        raise ValueError(f"{checkpoint.path} is a distilled student; continue it with distill --resume")
     config = TrainConfig.from_checkpoint(checkpoint, **explicit) if checkpoint else TrainConfig(**explicit)
     trainer = Trainer(config, resume=checkpoint)
     path = trainer.fit()  # on Ctrl-C it saves, says how to resume, and re-raises
