@@ -62,8 +62,9 @@ def test_student_resumes_exactly_and_samples_in_one_step(teachers, tmp_path, mon
     restore()
     assert main(["distill", "--resume", str(stopped)]) == 0
     assert losses(stopped) == losses(straight)
+    resumed = load_checkpoint(stopped).sections["model"]
     for key, value in load_checkpoint(straight).sections["model"].items():
-        np.testing.assert_array_equal(load_checkpoint(stopped).sections["model"][key], value, err_msg=key)
+        np.testing.assert_array_equal(resumed[key], value, err_msg=key)
     assert main(["sample", str(straight), "--n", "2", "--out", str(tmp_path / "s.png")]) == 0
     expected = {"cd": "consistency, 1 steps", "reflow": "heun, 18 steps"}[method]
     assert expected in capsys.readouterr().out
