@@ -52,7 +52,7 @@ METRICS = ("pseudo-huber", "l2")
 
 
 def boundary_scalings(sigma, sigma_data, sigma_min=SIGMA_MIN):
-    """(c_skip, c_out) at σ (Song et al. 2023, Appendix C): c_skip = σ_d²/((σ − σ_min)² + σ_d²) and
+    """(c_skip, c_out) at σ (Song et al. 2023, Eq. 5 and Appendix C): c_skip = σ_d²/((σ − σ_min)² + σ_d²) and
     c_out = σ_d (σ − σ_min)/√(σ² + σ_d²), so that f(x, σ_min) = x for any network."""
     sigma = np.asarray(sigma, dtype=np.float64)
     return (sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2),

@@ -44,7 +44,8 @@ PREDICTIONS = ("x0", "v")
 
 
 def check_prediction(prediction: str) -> None:
-    """Refuse an ε-predicting teacher (and so student: it starts as a copy) in one line."""
+    """Refuse an ε-predicting teacher (and so student: it starts as a copy) in one line: ε breaks down at few
+    steps (Salimans & Ho 2022, §4)."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"progressive distillation needs a teacher trained with --prediction v or x0, not "
                          f"{prediction}: an eps student breaks down at few steps (Salimans & Ho 2022, §4)")
@@ -81,7 +82,7 @@ def truncated_snr_weight(alpha_t, sigma_t):
 
 def distillation_loss(student, teacher, schedule, x0, rng, *, student_steps, prediction, device="cpu",
                       rows=slice(None)):
-    """One draw of Algorithm 2's loss (Salimans & Ho 2022) on a batch x₀, as a :class:`LossDraw`.
+    """One draw of the student's loss (Salimans & Ho 2022, Algorithm 2) on a batch x₀, as a :class:`LossDraw`.
 
     ``student(z, t)`` returns a Tensor (x̂ or v̂); ``teacher(z, t)`` an array, under no_grad. ``rows``
     keeps a slice of the batch with the draws of the whole batch (:func:`minidiff.diffusion.training_loss`).
