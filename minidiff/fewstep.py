@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_model
-from .consistency import consistency_function, consistency_loss, consistency_sigmas, heun_step
+from .consistency import consistency_function, consistency_loss, consistency_sigmas
 from .distill import SPACING as PD_SPACING
 from .distill import check_prediction, distillation_loss
 from .files import load_npz, save_npz

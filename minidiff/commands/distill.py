@@ -18,9 +18,9 @@ from pathlib import Path
 
 from ..checkpoint import checkpoint_path, load_checkpoint
 from ..config import CONFIG_FIELDS, FIXED_ON_RESUME, TrainConfig
+from ..distill import SPACING as PD_SPACING
 from ..distill import check_prediction
 from ..fewstep import STUDENTS, halvings, teacher_record
-from ..distill import SPACING as PD_SPACING
 from . import train
 
 METHODS = tuple(STUDENTS)

@@ -69,7 +69,7 @@ def run(args) -> int:
     written = [recorder.save(out / "trajectory.png")]
 
     real, _ = load_dataset(config.get("dataset", "mnist"), "auto", args.data_dir or config.get("data_dir"))
-    level = "σ" if config["objective"] == "edm" else "t"  # the noise level a step reports
+    level = "σ" if config["objective"] in ("edm", "consistency") else "t"  # the noise level a step reports
     written.append(_spectrum_figure(plt, real[:REAL_IMAGES], x0_hats, schedule.T, out / "spectrum.png", level))
     print(f"figures of {checkpoint.path} (step {checkpoint.step}): " + ", ".join(map(str, written)))
     return 0
