@@ -211,3 +211,14 @@ def test_the_probability_flow_sampler_is_heun_in_edm_coordinates():
     heun = edm.sample(edm.vp_denoiser(model, chain), sigmas, x_T / np.sqrt(chain.alphas_cumprod[-1]))
     np.testing.assert_allclose(probability_flow_sample(model, schedule, (64, 2), steps=30, x_T=x_T,
                                                        clip_denoised=False), heun, atol=1e-10)
+
+
+@pytest.mark.parametrize("objective", ["edm", "flow"])
+def test_encoding_runs_the_ode_backwards_to_the_noise_the_sampler_decodes(objective):
+    sampler = OdeSampler.build(objective, "heun", 64)
+    model_function = (gaussian_flow_velocity(MEAN, STD) if objective == "flow" else gaussian_edm_denoiser(MEAN, STD))
+    images = MEAN + STD * np.random.default_rng(6).standard_normal((50, 3))
+    z = sampler.encode(model_function, images)
+    expected = (images - MEAN) / STD  # the exact ODE maps z to μ + s z (for EDM up to σ_max ≫ s)
+    np.testing.assert_allclose(z, expected, atol=2e-2 if objective == "edm" else 1e-3)
+    np.testing.assert_allclose(sampler.run(model_function, sampler.noised(0 * z, z, 0)), images, atol=2e-2)
