@@ -15,7 +15,7 @@ import numpy as np
 from .backend import DEVICES
 from .checkpoint import Checkpoint, CheckpointError, model_config
 from .datasets import DATASETS
-from .diffusion import PREDICTIONS
+from .diffusion import MIN_SNR_GAMMA_RANGE, PREDICTIONS
 from .optim import LR_SCHEDULES
 from .objectives import OBJECTIVES, edm
 from .objectives.flow import T_DISTRIBUTIONS
@@ -96,8 +96,9 @@ class TrainConfig:
         need(is_real(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a finite number >= 0 (0 turns clipping off)")
         need(is_real(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
         need(self.dropout is None or is_real(self.dropout) and 0 <= self.dropout < 1, "dropout", "in [0, 1)")
-        need(self.min_snr_gamma is None or is_real(self.min_snr_gamma) and self.min_snr_gamma > 0,
-             "min_snr_gamma", "a positive finite number")
+        low, high = MIN_SNR_GAMMA_RANGE
+        need(self.min_snr_gamma is None or is_real(self.min_snr_gamma) and low <= self.min_snr_gamma <= high,
+             "min_snr_gamma", f"in [{low:g}, {high:g}] (Hang et al. 2023 use 5)")
         need(is_real(self.p_uncond) and 0 <= self.p_uncond < 1, "p_uncond", "in [0, 1)")
         need(self.sigma_data is None or is_real(self.sigma_data) and self.sigma_data > 0, "sigma_data",
              "a positive finite number")

@@ -187,8 +187,8 @@ class Reflower(Student):
                       labels=labels, objective="flow", progress=self.progress)
         return dict(x0=x0, noise=noise, labels=np.zeros(n, np.int64) if labels is None else labels)
 
-    def _check_data(self, images, labels):
-        super()._check_data(images[:, : images.shape[1] // 2], labels)
+    def _check_data(self, images, labels, dataset_classes):
+        super()._check_data(images[:, : images.shape[1] // 2], labels, dataset_classes)
 
     def objective(self, model, pairs, labels, rows):
         channels = pairs.shape[1] // 2

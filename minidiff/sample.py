@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checks
 from .backend import device_of, performance_settings, to_device, to_numpy
-from .distributed import RowsOf, world
+from .distributed import RowsOf, batch_shares, world
 from .files import atomic_write
 from .editing import repaint_sample, repaint_timesteps, sdedit_start, strength_steps
 from .guidance import guided_denoiser
@@ -74,7 +75,8 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
              dynamic_threshold: float | None = None, variance: str | None = None, guidance: float = 0.0,
              x_T=None, init=None, strength: float = 1.0, mask=None, jumps=(1, 1), objective: str = "ddpm",
              sigma_data: float | None = None, ode_options=None):
-    """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device.
+    """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device;
+    the sampler's final x₀ is clipped to [−1, 1], the data range, whatever the sampler and ``clip_denoised``.
 
     ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
     steps or the full chain), ``"ddim"`` (Song et al. 2021, with ``eta``), ``"dpm-solver++"``
@@ -104,6 +106,10 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     drawing all n would return.
     """
     num_steps = sampler_steps(sampler, steps, schedule.T)
+    n, seed = checks.integer(n, "n", 0), checks.integer(seed, "seed", 0)
+    for name, array in (("x_T", x_T), ("init", init), ("mask", mask)):  # an int image would be read as [-1, 1]
+        if array is not None:
+            checks.float_array(array, name)
     check_sampler(objective, sampler, SAMPLER_FUNCTIONS)
     ode = None
     if sampler in ODE_SAMPLER_NAMES:
@@ -123,11 +129,7 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     config = model.config
     image_shape = (config["in_channels"], config["image_size"], config["image_size"])
     device = device_of(next(model.parameters()).data)
-    wanted = range(n)[rows]
-    batches = [range(start, min(start + BATCH, n)) for start in range(0, n, BATCH)]
-    shares = [(k, batch, range(max(batch.start, wanted.start), min(batch.stop, wanted.stop)))
-              for k, batch in enumerate(batches)]
-    shares = [(k, batch, share) for k, batch, share in shares if len(share)]
+    shares = batch_shares(n, BATCH, rows)
     samples = []
     total_steps = denoising_steps(num_steps, init, strength, mask, jumps) * len(shares)
     with performance_settings(), _progress_bar(total_steps, progress) as bar:
@@ -156,14 +158,20 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
             if x_T is None and mask is not None:
                 sample = repaint_sample
                 options.update(known=to_device(init, device), mask=to_device(mask, device), jump_length=jumps[0],
-                               jump_n_sample=jumps[1], eta=1.0 if sampler == "ddpm" else eta)
+                               jump_n_sample=jumps[1], eta=eta)
+                if sampler == "ddpm":  # RePaint's ancestral step, with DDPM's σ_t² (--variance)
+                    options["variance"] = ddpm_variance(model, variance)
             elif x_T is None and init is not None:
                 chain = respaced(schedule, num_steps, options.get("spacing", default_spacing(sample)))
                 options["x_T"], options["t_start"] = sdedit_start(chain, guide, strength, noise)
             if sample is SAMPLER_FUNCTIONS["ddpm"]:
                 options["variance"] = ddpm_variance(model, variance)
             samples.append(to_numpy(sample(denoiser, schedule, noise.shape, num_steps, **options)))
-    return np.concatenate(samples).astype(np.float32, copy=False) if samples else np.empty((0, *image_shape), np.float32)
+    if not samples:
+        return np.empty((0, *image_shape), np.float32)
+    # The data range, as every picture of them shows it: without clip_denoised, or on the SDE samplers,
+    # the last step can overshoot [−1, 1] a little, and eval and `sample --npy` promise the data range.
+    return np.clip(np.concatenate(samples), -1.0, 1.0).astype(np.float32, copy=False)
 
 
 def _draw_ode(ode, network, noise, guide, strength, mask, rng, callback, clip_denoised, dynamic_threshold):

@@ -347,6 +347,12 @@ class UNet(nn.Module):
                 raise ValueError(f"UNet: expected labels of shape ({n},), got shape {tuple(np.shape(y))}")
             _check_indices("class labels y", y, 0, self.label_embed.shape[0])
 
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the output stacks ε̂ and the variance interpolation v (2·in_channels channels): what
+        :func:`minidiff.diffusion.call_model` accepts only from a model that says so."""
+        return bool(self.config["learn_sigma"])
+
     def extra_repr(self):
         return ", ".join(f"{k}={v}" for k, v in self.config.items())
 
@@ -428,4 +434,5 @@ def as_denoiser(model: UNet, y=None):
         with no_grad():
             return model(x_t, t, y).data
 
+    denoise.learned_variance = bool(getattr(model, "learned_variance", False))  # its output may have 2C channels
     return denoise
