@@ -74,7 +74,8 @@ def check_arguments(args) -> None:
         raise ValueError("--jump-length and --jump-n-sample are RePaint's resampling: they need --mask")
     if args.mask and (args.sampler or "ddim") not in INPAINTING_SAMPLERS:
         raise ValueError(f"--mask inpaints with RePaint's ancestral steps or an ODE sampler's: use sampler "
-                         f"{' or '.join(INPAINTING_SAMPLERS)}, not {args.sampler} (--sampler)")
+                         f"{', '.join(INPAINTING_SAMPLERS[:-1])} or {INPAINTING_SAMPLERS[-1]}, not {args.sampler} "
+                         "(--sampler)")
     if edits and edits[0].startswith("--interpolate"):
         if (args.sampler or "ddim") not in DETERMINISTIC or args.eta:
             raise ValueError(f"{edits[0]} needs a deterministic sampler ({', '.join(DETERMINISTIC)}; ddim with --eta 0), "
