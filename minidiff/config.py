@@ -16,9 +16,9 @@ from .backend import DEVICES
 from .checkpoint import Checkpoint, CheckpointError, model_config
 from .datasets import DATASETS
 from .diffusion import MIN_SNR_GAMMA_RANGE, PREDICTIONS
-from .optim import LR_SCHEDULES
 from .objectives import OBJECTIVES, edm
 from .objectives.flow import T_DISTRIBUTIONS
+from .optim import LR_SCHEDULES
 from .schedule import SCHEDULES, schedule_by_name
 from .unet import PRESETS
 
@@ -107,8 +107,8 @@ class TrainConfig:
         need(not self.p_uncond or self.num_classes is not None, "p_uncond",
              "0 without --num-classes (it drops class labels)")
         for name, choices in (("dataset", DATASETS), ("preset", PRESETS), ("schedule", SCHEDULES),
-                              ("prediction", PREDICTIONS), ("device", DEVICES), ("objective", OBJECTIVES),
-                              ("t_distribution", T_DISTRIBUTIONS), ("lr_schedule", LR_SCHEDULES)):
+                              ("prediction", PREDICTIONS), ("device", DEVICES), ("lr_schedule", LR_SCHEDULES),
+                              ("objective", OBJECTIVES), ("t_distribution", T_DISTRIBUTIONS)):
             need(isinstance(getattr(self, name), str) and getattr(self, name) in choices, name,
                  "one of " + ", ".join(choices))
         for name in ("hflip", "zero_terminal_snr", "learn_sigma"):

@@ -136,7 +136,7 @@ def probability_flow_sample(model, schedule, shape, steps=50, spacing="uniform",
     takes it and Heun's correction, two model calls, except the last: onto σ = 0 the Euler step
     lands on x̂₀ itself, the final denoising step of Song et al. 2021b (Appendix G). Heun in the
     integrated-β time of Eq. 13 as written instead stiffens as σ → 0 and left 19.8 % of the
-    pixels of a trained MNIST model outside [−1, 1] at 50 steps (docs/math.md, "One ODE").
+    pixels of the README's MNIST checkpoint outside [−1, 1] at 50 steps (docs/math.md, "One ODE").
     Deterministic: ``rng`` only draws x_T. Returns x₀, or (x₀, [TrajectoryStep, …]) with
     ``return_trajectory=True``, whose x_t are VP states.
     """

@@ -6,9 +6,9 @@ import argparse
 from ..checkpoint import load_checkpoint
 from ..datasets import DATASETS
 from ..diffusion import PREDICTIONS
-from ..optim import LR_SCHEDULES
 from ..objectives import OBJECTIVES
 from ..objectives.flow import T_DISTRIBUTIONS
+from ..optim import LR_SCHEDULES
 from ..schedule import SCHEDULES
 from ..config import CONFIG_FIELDS, TrainConfig
 from ..outputs import Output, check_outputs
