@@ -1,6 +1,6 @@
 """The continuous-time view: the VP-SDE whose discretisation is the DDPM chain, and samplers of
-its reverse-time SDE (Euler–Maruyama), its probability-flow ODE (Heun, in EDM's coordinates) and a predictor–corrector
-scheme with annealed Langevin dynamics — all on any ``model(x_t, t)``, with the signature of
+its reverse-time SDE (Euler–Maruyama), its probability-flow ODE (Heun, in EDM's coordinates) and a
+predictor–corrector scheme with annealed Langevin dynamics — all on any ``model(x_t, t)``, with the signature of
 :mod:`minidiff.sampling`'s samplers (``t_start`` included).
 
 The forward SDE is dx = −½β(t) x dt + √β(t) dw (Song et al. 2021b, Eq. 11, the "VP SDE": Eq. 5

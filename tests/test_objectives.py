@@ -222,3 +222,16 @@ def test_encoding_runs_the_ode_backwards_to_the_noise_the_sampler_decodes(object
     expected = (images - MEAN) / STD  # the exact ODE maps z to μ + s z (for EDM up to σ_max ≫ s)
     np.testing.assert_allclose(z, expected, atol=2e-2 if objective == "edm" else 1e-3)
     np.testing.assert_allclose(sampler.run(model_function, sampler.noised(0 * z, z, 0)), images, atol=2e-2)
+
+
+@given(st.floats(0.01, 0.99))
+def test_eq_13_in_integrated_beta_time_is_edm_ode_after_the_change_of_variables(alpha_bar):
+    """dx/dB = −½(x + ∇ log p) with B = −log ᾱ (Song et al. 2021b, Eq. 13) becomes dx̃/dσ = ε̂ for
+    x̃ = x/√ᾱ = x e^{B/2} and σ = √(e^B − 1), whose dσ/dB = e^B/(2σ)."""
+    from minidiff.sde import probability_flow_velocity
+
+    x, eps = np.random.default_rng(7).standard_normal((2, 4, 3))
+    B, sigma = -np.log(alpha_bar), vp_sigma(alpha_bar)
+    dx_dB = probability_flow_velocity(x, -eps / np.sqrt(1 - alpha_bar))  # score = −ε̂/√(1 − ᾱ)
+    dxtilde_dsigma = np.exp(B / 2) * (dx_dB + 0.5 * x) / (np.exp(B) / (2 * sigma))
+    np.testing.assert_allclose(dxtilde_dsigma, eps, rtol=1e-9, atol=1e-12)

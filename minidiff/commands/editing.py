@@ -118,7 +118,8 @@ def plan(args, model, schedule, drawn_as: dict, num_steps: int) -> Plan:
         else:
             images = np.stack([_image(path, "--interpolate-images", channels, size)[0] for path in args.interpolate_images])
             ends = np.split(encode(model, schedule, images, num_steps, None if labels is None else labels[:2],
-                                   args.guidance, sampler=args.sampler, ode_options=OdeOptions.from_args(args), **drawn_as), 2)
+                                   args.guidance, sampler=args.sampler, ode_options=OdeOptions.from_args(args),
+                                   **drawn_as), 2)
         options["x_T"] = interpolation_path(*ends, args.n)
         return Plan(args.n, labels, args.n, options, num_steps)
 

@@ -116,7 +116,8 @@ def _draw(checkpoint, args, device):
     if args.sampler == "ddpm":
         drawn_with["variance"] = ddpm_variance(model, args.variance)
     if args.sampler in ODE_SAMPLER_NAMES:
-        drawn_with["ode"] = {key: value for key, value in dataclasses.asdict(ode_options).items() if math.isfinite(value)}
+        drawn_with["ode"] = {key: value for key, value in dataclasses.asdict(ode_options).items()
+                             if math.isfinite(value)}
     return samples, drawn_with
 
 

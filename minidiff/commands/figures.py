@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="folder for the PNGs (default: the run folder)")
     parser.add_argument("--n", type=int, default=64, help="samples whose x̂₀ spectra are averaged (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="steps of the checkpoint's sampler: DDIM, Heun for edm and flow (default: its default, "
-                             "at most T)")
+                        help="DDIM steps, Heun's for edm and flow checkpoints (default: 50 for DDIM, or T if the chain "
+                             "is shorter; 18 for Heun)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--data-dir", default=None, help="the real images (default: the checkpoint's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")

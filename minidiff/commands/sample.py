@@ -45,12 +45,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                      help="EDM's largest noise level (default: %(default)s)")
     ode.add_argument("--rho", type=float, default=edm.RHO, help="EDM's grid exponent ρ (default: %(default)s)")
     ode.add_argument("--s-churn", type=float, default=0.0,
-                     help="EDM's stochastic churn S_churn (Algorithm 2); 0 is the deterministic ODE (default: %(default)s)")
+                     help="EDM's stochastic churn S_churn (Algorithm 2); 0 is the deterministic ODE "
+                          "(default: %(default)s)")
     ode.add_argument("--s-tmin", type=float, default=0.0, help="churn only at σ >= S_tmin (default: %(default)s)")
     ode.add_argument("--s-tmax", type=float, default=math.inf, help="churn only at σ <= S_tmax (default: %(default)s)")
-    ode.add_argument("--s-noise", type=float, default=1.0, help="scale of the churn's noise S_noise (default: %(default)s)")
+    ode.add_argument("--s-noise", type=float, default=1.0,
+                     help="scale of the churn's noise S_noise (default: %(default)s)")
     ode.add_argument("--time-shift", type=float, default=1.0,
-                     help="flow models: the time shift s·t/(1 + (s-1)·t) of Stable Diffusion 3 (default: %(default)s)")
+                     help="flow models: the time shift s·t/(1 + (s-1)·t) of Stable Diffusion 3 "
+                          "(default: %(default)s)")
     add_weights_arguments(parser, "sample with")
 
 
@@ -98,7 +101,8 @@ def student_defaults(args, config: dict) -> None:
 def sampling_options(args) -> dict:
     """The keyword arguments of :func:`minidiff.sample.generate` that the shared flags set."""
     return dict(eta=args.eta, seed=args.seed, spacing=args.spacing, clip_denoised=not args.no_clip,
-                dynamic_threshold=args.dynamic_threshold, variance=args.variance, ode_options=OdeOptions.from_args(args))
+                dynamic_threshold=args.dynamic_threshold, variance=args.variance,
+                ode_options=OdeOptions.from_args(args))
 
 
 def checkpoint_options(args, config: dict) -> dict:

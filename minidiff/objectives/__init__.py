@@ -86,7 +86,8 @@ class OdeOptions:
         """Refuse a setting that ``objective``'s sampler would ignore, naming the flag."""
         changed = [name for name in EDM_FLAGS if getattr(self, name) != getattr(OdeOptions, name)]
         if objective == "flow" and changed:
-            raise ValueError(f"{EDM_FLAGS[changed[0]]} sets EDM's sampler (edm and ddpm checkpoints), not a flow model's")
+            raise ValueError(f"{EDM_FLAGS[changed[0]]} sets EDM's sampler (edm and ddpm checkpoints), "
+                             "not a flow model's")
         if objective != "flow" and self.time_shift != 1.0:
             raise ValueError(f"--time-shift applies to flow checkpoints, not --objective {objective} ones")
 
