@@ -87,6 +87,9 @@ def cases(run: Path, tmp: Path) -> list[tuple[str, list[str], str]]:
     (tmp / "truncated.npz").write_bytes((run / "checkpoint.npz").read_bytes()[:4000])
     key = next(k for k in load_npz(run / "checkpoint.npz") if k.startswith("ema.shadow."))
     nan = crafted(run, tmp, "nan", **{key: np.full_like(load_npz(run / "checkpoint.npz")[key], np.nan)})
+    # finite weights whose first convolution overflows: NaN images at the first sampler step
+    overflow = crafted(run, tmp, "overflow", **{prefix + "input_blocks.0.0.weight": np.full_like(
+        load_npz(run / "checkpoint.npz")[prefix + "input_blocks.0.0.weight"], 1e38) for prefix in ("model.", "ema.shadow.")})
     samples = {
         "s255": np.full((8, 1, 28, 28), 200.0, np.float32), "uint8": np.zeros((8, 1, 28, 28), np.uint8),
         "complex": np.zeros((8, 1, 28, 28), np.complex64), "bool": np.zeros((8, 1, 28, 28), bool),
@@ -193,6 +196,9 @@ def cases(run: Path, tmp: Path) -> list[tuple[str, list[str], str]]:
         ("eval --n 1", ["eval", str(run), "--n", "1"], "--n"),
         ("eval --classifier-steps 0", ["eval", str(run), "--classifier-steps", "0"], "--classifier-steps"),
         ("eval with nothing to score", ["eval"], "checkpoint"),
+        ("eval --n above the reference images", ["eval", str(run), "--n", "2501"], "--n 2501"),
+        *[(f"{command} of finite weights making NaN images", [command, overflow, "--n", "4", "--steps", "5"],
+           "non-finite images") for command in ("sample", "eval")],
         ("sample --sigma-max below --sigma-min", ["sample", str(run), "--sampler", "heun", "--sigma-max", "0.001"],
          "--sigma-max"),
         *[(f"sample --rho {v}", ["sample", str(run), "--sampler", "heun", "--rho", v], "--rho") for v in ("0", "-7")],

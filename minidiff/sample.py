@@ -8,6 +8,7 @@ command is :mod:`minidiff.commands.sample`.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 
@@ -34,9 +35,9 @@ ODE_SOLVERS = ("heun", "euler", "midpoint")
 ODE_SAMPLER_NAMES = ODE_SOLVERS + ("consistency",)
 SAMPLERS = tuple(SAMPLER_FUNCTIONS) + ODE_SAMPLER_NAMES
 # Steps when none are asked for: the full chain for ancestral sampling (Ho et al. 2020,
-# Algorithm 2) and for the SDE samplers (Song et al. 2021, Table 1: P1000, PC1000), 50 for DDIM
+# Algorithm 2) and for the SDE samplers (Song et al. 2021b, Table 1: P1000, PC1000), 50 for DDIM
 # (Song et al. 2021, §5) and for Heun on the probability-flow ODE (99 model calls), 20 for
-# DPM-Solver++ (Lu et al. 2022, §6); 18 for Heun (Karras et al. 2022, §3: 35 model calls on CIFAR-10),
+# DPM-Solver++ (Lu et al. 2022b, §6); 18 for Heun (Karras et al. 2022, §3: 35 model calls on CIFAR-10),
 # 50 for Euler and 25 for the midpoint rule (50 model calls).
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20, "reverse-sde": None, "pf-ode": 50, "pc": None,
                  "heun": 18, "euler": 50, "midpoint": 25, "consistency": 1}
@@ -83,7 +84,7 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
 
     ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
     steps or the full chain), ``"ddim"`` (Song et al. 2021, with ``eta``), ``"dpm-solver++"``
-    (Lu et al. 2022), or one of the VP-SDE samplers of :mod:`minidiff.sde`: ``"reverse-sde"``,
+    (Lu et al. 2022b), or one of the VP-SDE samplers of :mod:`minidiff.sde`: ``"reverse-sde"``,
     ``"pf-ode"`` or ``"pc"`` (predictor–corrector). ``labels`` (n,) condition a class-conditional
     model, towards which ``guidance`` w > 0 pushes (classifier-free guidance,
     :func:`minidiff.guidance.guided_denoiser`). ``callback(index, t, x_t, x0_hat)`` sees every
@@ -175,6 +176,19 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     # The data range, as every picture of them shows it: without clip_denoised, or on the SDE samplers,
     # the last step can overshoot [−1, 1] a little, and eval and `sample --npy` promise the data range.
     return np.clip(np.concatenate(samples), -1.0, 1.0).astype(np.float32, copy=False)
+
+
+@contextlib.contextmanager
+def refusing_non_finite(checkpoint):
+    """Inside the block, a sampler stopped by a non-finite model output (:class:`minidiff.checks.NonFiniteOutput`,
+    naming the step by its timestep and the count) becomes one line naming ``checkpoint`` too: finite weights
+    can still make NaN images (an overflowing activation), and no such image is written or scored (``sample``,
+    ``eval``, ``figures``). NumPy's overflow warnings are silenced in the block: the refusal says what they would."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            yield
+    except checks.NonFiniteOutput as exc:
+        raise ValueError(f"checkpoint {checkpoint.path} makes non-finite images: {exc}; nothing written") from None
 
 
 def _draw_ode(ode, network, noise, guide, strength, mask, rng, callback, clip_denoised, dynamic_threshold):

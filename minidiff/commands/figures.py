@@ -24,7 +24,7 @@ from ..files import atomic_write
 from ..objectives import DEFAULT_SAMPLER
 from ..outputs import Output, check_outputs
 from ..plot import MISSING, pyplot
-from ..sample import TrajectoryRecorder, generate, sampler_steps
+from ..sample import TrajectoryRecorder, generate, refusing_non_finite, sampler_steps
 from ..schedule import schedule_by_name
 from ..spectrum import band_correlation, band_crossings, forward_snr_per_band, radial_power_spectrum
 
@@ -65,7 +65,6 @@ def run(args) -> int:
         plt = pyplot()
     except ImportError:
         raise ValueError(MISSING) from None
-    out.mkdir(parents=True, exist_ok=True)
 
     recorder = TrajectoryRecorder(steps)
     x0_hats = []  # (steps, n, C, H, W): every step's x̂₀, for the spectra
@@ -75,8 +74,11 @@ def run(args) -> int:
         x0_hats.append((t, np.asarray(x0_hat, dtype=np.float32)))
 
     labels = np.arange(args.n) % model.num_classes if model.num_classes else None
-    generate(model, schedule, args.n, sampler, steps, seed=args.seed, labels=labels, prediction=config["prediction"],
-             objective=config["objective"], sigma_data=config.get("sigma_data"), callback=record, progress=True)
+    with refusing_non_finite(checkpoint):
+        generate(model, schedule, args.n, sampler, steps, seed=args.seed, labels=labels,
+                 prediction=config["prediction"], objective=config["objective"],
+                 sigma_data=config.get("sigma_data"), callback=record, progress=True)
+    out.mkdir(parents=True, exist_ok=True)  # after sampling: a refused checkpoint leaves no folder behind
     written = [recorder.save(out / FIGURES[0])]
     level = "σ" if config["objective"] in ("edm", "consistency") else "t"  # the noise level a step reports
     written.append(_spectrum_figure(plt, real[:REAL_IMAGES], x0_hats, schedule.T, out / FIGURES[1], level))

@@ -14,7 +14,8 @@ from ..images import save_image_grid
 from ..objectives import DEFAULT_SAMPLER, OdeOptions
 from ..objectives import edm
 from ..outputs import Output, check_outputs
-from ..sample import GRID_SCALE, SAMPLERS, TrajectoryRecorder, generate_on_ranks, sampler_steps, save_npy
+from ..sample import (GRID_SCALE, SAMPLERS, TrajectoryRecorder, generate_on_ranks, refusing_non_finite,
+                      sampler_steps, save_npy)
 from ..schedule import SPACINGS
 from . import editing
 
@@ -142,9 +143,10 @@ def run(args) -> int:
     # Under MPI each rank draws a share of the samples (the trajectory's come from rank 0's);
     # rank 0 writes them all.
     recorder = TrajectoryRecorder(drawing.steps) if args.trajectory and world().is_root else None
-    samples = generate_on_ranks(model, schedule, drawing.n, args.sampler, num_steps, labels=drawing.labels,
-                                callback=recorder, progress=True, **drawn_as, **sampling_options(args),
-                                **drawing.options)
+    with refusing_non_finite(checkpoint):
+        samples = generate_on_ranks(model, schedule, drawing.n, args.sampler, num_steps, labels=drawing.labels,
+                                    callback=recorder, progress=True, **drawn_as, **sampling_options(args),
+                                    **drawing.options)
     if samples is None:
         return 0
     written = [save_image_grid(samples, out, nrow=drawing.nrow, scale=GRID_SCALE)]

@@ -99,7 +99,7 @@ def sample(velocity, times, x, *, solver="euler", start=0, callback=None, return
     ``velocity(x, t) -> v̂`` on arrays, t of shape (N,); ``x`` is the state at ``times[start]`` (ε
     at t = 1). Per step h = t_{i+1} − t_i < 0: Euler x + h v(x, t); the midpoint rule
     x + h v(x + ½h v, t + ½h); or Heun x + ½h (v(x, t) + v(x + h v, t + h)), except on a last step
-    onto t = 0, which stays Euler and so lands on x̂₀ = x − t v̂ (as EDM's Algorithm 2 does).
+    onto t = 0, which stays Euler and so lands on x̂₀ = x − t v̂ (as Karras et al. 2022, Algorithm 2 does).
     Returns x at ``times[-1]``, or (x, [TrajectoryStep, …]) whose t is the flow time.
     """
     if solver not in SOLVERS:
