@@ -21,13 +21,13 @@ whose estimate is unbiased as N → ∞, Theorem 2). Improved consistency traini
 (§3.1), N doubles during training (:func:`ict_grid_size`, §3.4) and n is drawn from a discretised
 log-normal (:func:`lognormal_pair_probabilities`, §3.5).
 
-Sampling (:func:`sample`) is Algorithm 1 of Song et al. 2023: f(σ_max z, σ_max) is one step; each
+Sampling (:func:`sample`) is Song et al. 2023's Algorithm 1: f(σ_max z, σ_max) is one step; each
 further step re-noises the estimate to a level τ_n and maps it back.
 
 Papers:
 
 - Song, Dhariwal, Chen & Sutskever 2023, "Consistency Models" (Eq. 5; Algorithms 1–3; Appendix C).
-- Song & Dhariwal 2023, "Improved Techniques for Training Consistency Models" (§3.1–3.5).
+- Song & Dhariwal 2023, "Improved Techniques for Training Consistency Models" (§3.1, 3.2, 3.3, 3.4 and 3.5).
 - Karras, Aittala, Aila & Laine 2022, "Elucidating the Design Space of Diffusion-Based Generative
   Models" (Table 1; Eq. 5; Algorithm 1's Heun step).
 """
@@ -81,7 +81,7 @@ def consistency_function(network, sigma_data, sigma_min=SIGMA_MIN):
 
 def consistency_sigmas(N, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO):
     """σ_min = σ_1 < … < σ_N = σ_max, σ_i = (σ_min^{1/ρ} + (i − 1)/(N − 1)(σ_max^{1/ρ} − σ_min^{1/ρ}))^ρ
-    (Song et al. 2023, §5; Karras et al. 2022, Eq. 5 read upwards)."""
+    (Song et al. 2023, Appendix C; Karras et al. 2022, Eq. 5 read upwards)."""
     if not N >= 2:
         raise ValueError(f"a consistency grid needs N >= 2 levels, got {N}")
     return karras_sigmas(N, sigma_min, sigma_max, rho)[-2::-1]

@@ -13,7 +13,7 @@ z″ = α_t″ x̃ + (σ_t″/σ_t)(z_t − α_t x̃) (Song et al. 2021, Eq. 12 
 
     x̃ = (z″ − (σ_t″/σ_t) z_t) / (α_t″ − (σ_t″/σ_t) α_t)          (:func:`distillation_target`)
 
-and the loss weights ‖x̃ − x̂_θ(z_t)‖² by the truncated SNR max(α_t²/σ_t², 1) (§4). Here α_t = √ᾱ_t
+and the loss weights ‖x̃ − x̂_θ(z_t)‖² by the truncated SNR max(α_t²/σ_t², 1) (Salimans & Ho 2022, §4). Here α_t = √ᾱ_t
 and σ_t = √(1 − ᾱ_t) on the discrete chain.
 
 Why not ε. A student predicting ε̂ gives x̂ = (z_t − σ_t ε̂)/α_t, which at the few, noisy steps

@@ -45,5 +45,5 @@ def straightness(velocity, noise, steps: int = 100):
 
 
 def one_euler_step(velocity, noise):
-    """Z₀ in one Euler step from t = 1: ε − v(ε, 1), exact when the flow's paths are straight."""
+    """Z₀ in one Euler step from t = 1: ε − v(ε, 1), exact when the flow's paths are straight (Liu et al. 2023)."""
     return flow.sample(velocity, np.array([1.0, 0.0]), noise, solver="euler")
