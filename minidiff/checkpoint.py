@@ -30,7 +30,7 @@ import numpy as np
 
 from .diffusion import PREDICTIONS
 from .files import load_npz, save_npz
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, SIGMA_DATA_OBJECTIVES
 from .schedule import SCHEDULES, schedule_by_name
 from .unet import PRESETS, UNet
 
@@ -233,10 +233,10 @@ def _check_config(config, path: Path) -> None:
                 raise CheckpointError(f"checkpoint {path}: config field {prefix}{key} must be {what}, "
                                       f"got {where[key]!r}")
     sigma_data = config.get("sigma_data")
-    if config["objective"] == "edm" and not (isinstance(sigma_data, (int, float)) and not isinstance(sigma_data, bool)
+    if config["objective"] in SIGMA_DATA_OBJECTIVES and not (isinstance(sigma_data, (int, float)) and not isinstance(sigma_data, bool)
                                              and math.isfinite(sigma_data) and sigma_data > 0):
         raise CheckpointError(f"checkpoint {path}: config field sigma_data must be a positive number for objective "
-                              f"edm, got {sigma_data!r}")
+                              f"{config['objective']}, got {sigma_data!r}")
 
 
 def _show(value) -> str:

@@ -127,9 +127,10 @@ class TrainConfig:
         """The flags of another objective than ``objective`` that were changed from their defaults: each
         would silently do nothing."""
         defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        own = OBJECTIVE_FIELDS[self.objective]
         return [f"--{name.replace('_', '-')} applies to --objective {owner}, not {self.objective}"
                 for owner, names in OBJECTIVE_FIELDS.items() if owner != self.objective
-                for name in names if getattr(self, name) != defaults[name]]
+                for name in names if name not in own and getattr(self, name) != defaults[name]]
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, **overrides) -> TrainConfig:
@@ -172,6 +173,7 @@ OBJECTIVE_FIELDS = {
     "ddpm": ("schedule", "zero_terminal_snr", "timesteps", "prediction", "min_snr_gamma", "learn_sigma"),
     "edm": ("sigma_data", "p_mean", "p_std"),
     "flow": ("t_distribution",),
+    "consistency": ("sigma_data",),  # iCT's other settings are minidiff.consistency's constants
 }
 
 # What defines the experiment a checkpoint belongs to: refused as an override on --resume.

@@ -235,3 +235,15 @@ def assert_samples_match_mixture(samples, mixture, tolerance=4.5):
             (covariance**2 + np.outer(variances, variances)) / n)
         if not np.all(np.abs(cov_z) < tolerance):
             raise AssertionError(f"component {k}: covariance off by {cov_z.ravel()} s.e., expected {covariance.ravel()}")
+
+
+def gaussian_reflow_velocity(mean, std):
+    """The velocity after one reflow of data N(μ, s² I) (Liu et al. 2023, reflow): the exact flow pairs noise ε with
+    x₀ = μ + s ε (:func:`gaussian_flow_ode` at t = 0), so x_t = (1 − t) μ + ((1 − t) s + t) ε determines ε and
+    v(x, t) = E[ε − x₀ | x_t = x] = (1 − s) ε − μ: constant along each (straight) path."""
+    def velocity(x, t):
+        t = np.asarray(t, dtype=np.float64).reshape((-1,) + (1,) * (x.ndim - 1))
+        eps = (x - (1 - t) * mean) / ((1 - t) * std + t)
+        return ((1 - std) * eps - mean).astype(x.dtype, copy=False)
+
+    return velocity

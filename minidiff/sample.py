@@ -29,7 +29,10 @@ SAMPLER_FUNCTIONS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm-solver++": d
                      "reverse-sde": reverse_sde_sample, "pf-ode": probability_flow_sample,
                      "pc": predictor_corrector_sample}
 # The ODE samplers of minidiff.objectives, for every objective (DDPM checkpoints through the VP bridge).
-ODE_SAMPLER_NAMES = ("heun", "euler", "midpoint")
+ODE_SOLVERS = ("heun", "euler", "midpoint")
+# ... and a consistency model's Algorithm 1 (minidiff.consistency), driven by the same machinery; it is
+# stochastic past one step and has no ODE to follow, so it neither interpolates nor inpaints.
+ODE_SAMPLER_NAMES = ODE_SOLVERS + ("consistency",)
 SAMPLERS = tuple(SAMPLER_FUNCTIONS) + ODE_SAMPLER_NAMES
 # Steps when none are asked for: the full chain for ancestral sampling (Ho et al. 2020,
 # Algorithm 2) and for the SDE samplers (Song et al. 2021b, Table 1: P1000, PC1000), 50 for DDIM
@@ -37,11 +40,11 @@ SAMPLERS = tuple(SAMPLER_FUNCTIONS) + ODE_SAMPLER_NAMES
 # DPM-Solver++ (Lu et al. 2022b, §6); 18 for Heun (Karras et al. 2022, §3: 35 model calls on CIFAR-10),
 # 50 for Euler and 25 for the midpoint rule (50 model calls).
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20, "reverse-sde": None, "pf-ode": 50, "pc": None,
-                 "heun": 18, "euler": 50, "midpoint": 25}
+                 "heun": 18, "euler": 50, "midpoint": 25, "consistency": 1}
 # Samplers that are a deterministic map of x_T (interpolation decodes with one of these).
-DETERMINISTIC = ("ddim", "dpm-solver++", "pf-ode") + ODE_SAMPLER_NAMES
+DETERMINISTIC = ("ddim", "dpm-solver++", "pf-ode") + ODE_SOLVERS
 # RePaint's step is DDIM's with σ_t(η): ddpm is η = 1. The ODE samplers inpaint through x̂₀.
-INPAINTING_SAMPLERS = ("ddpm", "ddim") + ODE_SAMPLER_NAMES
+INPAINTING_SAMPLERS = ("ddpm", "ddim") + ODE_SOLVERS
 GRID_SCALE = 2  # 28-pixel digits are too small to judge at 1:1
 
 

@@ -37,7 +37,7 @@ from .diffusion import UniformSampler, training_loss
 from .distributed import sync_check_every, world
 from .guidance import drop_labels
 from .images import save_image_grid
-from .objectives import DEFAULT_SAMPLER, edm
+from .objectives import DEFAULT_SAMPLER, SIGMA_DATA_OBJECTIVES, edm
 from .objectives import training_loss as objective_loss
 from .optim import EMA, Adam, clip_grad_norm, learning_rate
 from .runfolder import RunFolder, sigint_deferred
@@ -65,6 +65,8 @@ class Trainer:
     and parameterisation must be the config's. ``fit()`` runs to ``config.steps`` steps.
     """
 
+    command = "train"  # the CLI command that resumes such a run
+
     def __init__(self, config: TrainConfig, data=None, resume=None, progress: bool = True):
         self.config, self.progress = config, progress
         self.device = check_device(config.device)
@@ -87,9 +89,9 @@ class Trainer:
                 warnings.warn(f"{self.folder.config_file} differs from the checkpoint's config in {', '.join(edits)}: "
                               "config.json is not read on resume (the checkpoint and the flags given are) and is "
                               "rewritten now; give changes as flags, e.g. --lr", RuntimeWarning, stacklevel=2)
-        images, labels = load_training_data(config) if data is None else data
+        images, labels = self.training_data() if data is None else data
         self._check_data(images, labels, dataset_info(config.dataset).num_classes if data is None else None)
-        if config.objective == "edm" and config.sigma_data is None:  # measured once, then recorded in the run
+        if config.objective in SIGMA_DATA_OBJECTIVES and config.sigma_data is None:  # measured once, then recorded in the run
             self.config = config = dataclasses.replace(config, sigma_data=edm.measure_sigma_data(images))
             self.run_config = config.run_config()
 
@@ -111,6 +113,11 @@ class Trainer:
         # Dropout masks differ across ranks: rank r's stream is rank 0's jumped r times (2^127
         # draws each), and jumping commutes with drawing, so rank 0's checkpoint restores them all.
         self.model_rng.bit_generator.state = self.model_rng.bit_generator.jumped(self.world.rank).state
+
+    def training_data(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (images, labels) this run trains on when none are given: the config's dataset (a reflow
+        student's are its teacher's pairs, :mod:`minidiff.fewstep`)."""
+        return load_training_data(self.config)
 
     @property
     def run_dir(self) -> Path:
@@ -162,12 +169,19 @@ class Trainer:
         def denoiser(x_t, t):
             return self.model(x_t, t, labels)
 
-        if self.objective_loss is not None:  # edm or flow (minidiff.objectives)
-            return self.objective_loss(denoiser, x0, self.rng, device=self.device, rows=rows).loss
         denoiser.learned_variance = self.model.learned_variance  # ε̂ and v stacked: L_hybrid
-        return training_loss(denoiser, self.schedule, x0, self.rng,
-                             prediction=config.prediction, min_snr_gamma=config.min_snr_gamma,
-                             timestep_sampler=self.timestep_sampler, device=self.device, rows=rows).loss
+        return self.objective(denoiser, x0, labels, rows)
+
+    def objective(self, model, x0: np.ndarray, labels, rows: slice):
+        """This run's loss on its rows of the batch x₀, given ``model(x_t, t)`` with the ``labels``
+        closed over: Algorithm 1 (:func:`minidiff.diffusion.training_loss`), or for edm, flow and consistency
+        their own (:mod:`minidiff.objectives`). A few-step student puts its teacher's loss here (:mod:`minidiff.fewstep`)."""
+        config = self.config
+        if self.objective_loss is not None:  # edm, flow or consistency (minidiff.objectives)
+            return self.objective_loss(model, x0, self.rng, device=self.device, rows=rows, step=self.step).loss
+        return training_loss(model, self.schedule, x0, self.rng, prediction=config.prediction,
+                             min_snr_gamma=config.min_snr_gamma, timestep_sampler=self.timestep_sampler,
+                             device=self.device, rows=rows).loss
 
     def train_step(self) -> tuple[float, float]:
         """Draw a batch, take one optimiser step; returns (loss, gradient norm before clipping).
@@ -227,7 +241,7 @@ class Trainer:
                     self.save()
                 if root:
                     tqdm.write(f"interrupted at step {self.step}; saved {self.checkpoint_file}. Resume with:\n"
-                               f"  python -m minidiff train --resume {self.run_dir}", file=sys.stderr)
+                               f"  python -m minidiff {self.command} --resume {self.run_dir}", file=sys.stderr)
                 raise
             finally:
                 bar.close()
@@ -284,6 +298,13 @@ class Trainer:
         self.saved_step = self.step
         return self.checkpoint_file
 
+    def preview_sampler(self) -> dict:
+        """How preview grids are drawn: DDIM (Heun for edm and flow) on ``sample_steps`` steps (a few-step
+        student: its own steps)."""
+        objective = self.config.objective
+        steps = 1 if objective == "consistency" else min(self.config.sample_steps, self.schedule.T)  # its one step
+        return dict(sampler=DEFAULT_SAMPLER[objective], steps=steps)
+
     def save_samples(self) -> Path:
         """``samples_step<N>.png``: DDIM (Heun for edm and flow) with the EMA weights from a fixed seed, so
         that successive grids show the same x_T maturing into digits."""
@@ -292,10 +313,9 @@ class Trainer:
         self.model.eval()
         try:
             with self.ema.applied(self.model):
-                samples = generate(self.model, self.schedule, config.sample_n, DEFAULT_SAMPLER[config.objective],
-                                   min(config.sample_steps, self.schedule.T), seed=config.seed, labels=labels,
+                samples = generate(self.model, self.schedule, config.sample_n, seed=config.seed, labels=labels,
                                    prediction=config.prediction, objective=config.objective,
-                                   sigma_data=config.sigma_data)
+                                   sigma_data=config.sigma_data, **self.preview_sampler())
         finally:
             self.model.train()
         return save_image_grid(samples, self.folder.preview_file(self.step), scale=GRID_SCALE)

@@ -138,7 +138,7 @@ def test_a_ddpm_checkpoint_refuses_the_flow_only_sampler_and_flags(ddpm_run, cap
 
 def test_a_crafted_objective_is_refused(ddpm_run, tmp_path, capsys):
     flat = dict(load_npz(ddpm_run / "checkpoint.npz"))
-    flat["config"] = np.array(json.dumps({**json.loads(str(flat["config"])), "objective": "consistency"}))
+    flat["config"] = np.array(json.dumps({**json.loads(str(flat["config"])), "objective": "gan"}))
     save_npz(flat, tmp_path / "crafted.npz")
     line = expect_error(capsys, ["sample", str(tmp_path / "crafted.npz")])
-    assert "config field objective must be one of ddpm, edm, flow, got 'consistency'" in line
+    assert "config field objective must be one of ddpm, edm, flow, consistency, got 'gan'" in line

@@ -80,7 +80,7 @@ def run(args) -> int:
                  sigma_data=config.get("sigma_data"), callback=record, progress=True)
     out.mkdir(parents=True, exist_ok=True)  # after sampling: a refused checkpoint leaves no folder behind
     written = [recorder.save(out / FIGURES[0])]
-    level = "σ" if config["objective"] == "edm" else "t"  # the noise level a step reports
+    level = "σ" if config["objective"] in ("edm", "consistency") else "t"  # the noise level a step reports
     written.append(_spectrum_figure(plt, real[:REAL_IMAGES], x0_hats, schedule.T, out / FIGURES[1], level))
     print(f"figures of {checkpoint.path} (step {checkpoint.step}): " + ", ".join(map(str, written)))
     return 0

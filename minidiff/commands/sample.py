@@ -31,8 +31,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                              "pf-ode and euler, 20 for dpm-solver++, 18 for heun, 25 for midpoint)")
     parser.add_argument("--eta", type=float, default=0.0,
                         help="DDIM noise scale η: 0 deterministic, 1 DDPM-like (default: %(default)s)")
-    parser.add_argument("--spacing", choices=SPACINGS, default="uniform",
-                        help="which of the T timesteps the --steps are (default: %(default)s)")
+    parser.add_argument("--spacing", choices=SPACINGS, default=None,
+                        help="which of the T timesteps the --steps are (default: uniform; a distilled student's own)")
     parser.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     parser.add_argument("--dynamic-threshold", type=float, default=None, metavar="P",
                         help="dynamic thresholding of the predicted x0 at percentile P in (0, 1] (Imagen), "
@@ -89,6 +89,16 @@ def check_sampling_arguments(args) -> None:
     OdeOptions.from_args(args).check()
 
 
+def student_defaults(args, config: dict) -> None:
+    """A distilled student samples by default on the steps it was distilled to, with its spacing
+    (:mod:`minidiff.fewstep`); any other checkpoint on ``--steps`` and uniform spacing."""
+    record = config.get("distill") or {}
+    if args.steps is None and args.sampler == "ddim":
+        args.steps = record.get("to_steps")
+    if args.spacing is None:
+        args.spacing = record.get("spacing", "uniform")
+
+
 def sampling_options(args) -> dict:
     """The keyword arguments of :func:`minidiff.sample.generate` that the shared flags set."""
     return dict(eta=args.eta, seed=args.seed, spacing=args.spacing, clip_denoised=not args.no_clip,
@@ -100,6 +110,7 @@ def checkpoint_options(args, config: dict) -> dict:
     """The keyword arguments of :func:`minidiff.sample.generate` that the checkpoint fixes (its prediction,
     objective and σ_data); ``args.sampler`` defaults to the objective's sampler here."""
     args.sampler = args.sampler or DEFAULT_SAMPLER[config["objective"]]
+    student_defaults(args, config)
     return dict(prediction=config["prediction"], objective=config["objective"], sigma_data=config.get("sigma_data"))
 
 

@@ -16,16 +16,19 @@ from ..train import Trainer
 from ..unet import PRESETS
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The train flags. Their defaults are left out of the namespace (SUPPRESS), so that ``run``
-    can tell the flags given from the ones not given: on --resume, only the former override the
-    checkpoint's config. The defaults shown come from :class:`TrainConfig`."""
+def add_arguments(parser: argparse.ArgumentParser, skip=()) -> None:
+    """The train flags, but for the groups and flags named in ``skip`` (``distill`` takes the rest). Their
+    defaults are left out of the namespace (SUPPRESS), so that ``run`` can tell the flags given from the
+    ones not given: on --resume, only the former override the checkpoint's config. The defaults shown
+    come from :class:`TrainConfig`."""
     defaults = TrainConfig()
     groups = {name: parser.add_argument_group(name)
-              for name in ("data", "model", "objective", "diffusion", "optimisation", "run")}
+              for name in ("data", "model", "objective", "diffusion", "optimisation", "run") if name not in skip}
 
     def option(group, *flags, help, dest=None, **kwargs):
         dest = dest or flags[0].lstrip("-").replace("-", "_")
+        if group in skip or dest in skip:
+            return
         if getattr(defaults, dest, None) not in (None, False):
             help += f" (default: {getattr(defaults, dest)})"
         groups[group].add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=help, **kwargs)
@@ -43,10 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option("model", "--conditional", action="store_true",
            help="same as --num-classes 10 (MNIST and Fashion-MNIST have 10 classes)")
     option("objective", "--objective", choices=OBJECTIVES,
-           help="what the network learns: ddpm (the flags under 'diffusion'), edm (Karras et al. 2022) or flow "
-                "(flow matching, noise at t = 1)")
+           help="what the network learns: ddpm (the flags under 'diffusion'), edm (Karras et al. 2022), flow "
+                "(flow matching, noise at t = 1) or consistency (improved consistency training, Song & Dhariwal "
+                "2023: its grid doubles over --steps; sample it in 1 step)")
     option("objective", "--sigma-data", type=float, metavar="S",
-           help="edm: the data's scale σ_data (default: the training images' root mean square)")
+           help="edm and consistency: the data's scale σ_data (default: the training images' root mean square)")
     option("objective", "--p-mean", type=float, help="edm: the mean of ln σ in training")
     option("objective", "--p-std", type=float, help="edm: the standard deviation of ln σ in training")
     option("objective", "--t-distribution", choices=T_DISTRIBUTIONS,
@@ -91,6 +95,8 @@ def run(args) -> int:
         explicit["num_classes"] = 10
     resume = getattr(args, "resume", None)
     checkpoint = load_checkpoint(resume) if resume else None
+    if checkpoint and "distill" in checkpoint.config:  # its loss has a teacher that train knows nothing of
+        raise ValueError(f"{checkpoint.path} is a distilled student; continue it with distill --resume")
     config = TrainConfig.from_checkpoint(checkpoint, **explicit) if checkpoint else TrainConfig(**explicit)
     check_outputs([Output("--out", config.out)], inputs=[("--data-dir", config.data_dir)])
     trainer = Trainer(config, resume=checkpoint)

@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import consistency
 from . import edm, flow
 from .conversions import constrained_denoiser, constrained_velocity
 
-OBJECTIVES = ("ddpm", "edm", "flow")
-ODE_SAMPLERS = {"ddpm": ("heun", "euler"), "edm": ("heun", "euler"), "flow": ("heun", "euler", "midpoint")}
-DEFAULT_SAMPLER = {"ddpm": "ddim", "edm": "heun", "flow": "heun"}
+OBJECTIVES = ("ddpm", "edm", "flow", "consistency")
+ODE_SAMPLERS = {"ddpm": ("heun", "euler"), "edm": ("heun", "euler"), "flow": ("heun", "euler", "midpoint"),
+                "consistency": ("consistency",)}
+DEFAULT_SAMPLER = {"ddpm": "ddim", "edm": "heun", "flow": "heun", "consistency": "consistency"}
+SIGMA_DATA_OBJECTIVES = ("edm", "consistency")  # whose network is preconditioned with the data's σ_data
 
 
 def check_sampler(objective: str, sampler: str, chain_samplers) -> None:
@@ -36,12 +39,16 @@ def check_sampler(objective: str, sampler: str, chain_samplers) -> None:
 
 
 def training_loss(config):
-    """The loss of ``config.objective`` (edm or flow) as ``loss(model, x0, rng, device=, rows=) -> LossDraw``."""
+    """The loss of ``config.objective`` (edm, flow or consistency) as ``loss(model, x0, rng, device=, rows=,
+    step=) -> LossDraw``; only consistency training reads the step (its grid doubles, :mod:`minidiff.consistency`)."""
     if config.objective == "edm":
-        return lambda model, x0, rng, **where: edm.training_loss(
+        return lambda model, x0, rng, step=None, **where: edm.training_loss(
             model, x0, rng, sigma_data=config.sigma_data, P_mean=config.p_mean, P_std=config.p_std, **where)
-    return lambda model, x0, rng, **where: flow.training_loss(model, x0, rng, t_distribution=config.t_distribution,
-                                                              **where)
+    if config.objective == "consistency":
+        return lambda model, x0, rng, step, **where: consistency.training_loss(
+            model, x0, rng, step=step, total_steps=config.steps, sigma_data=config.sigma_data, **where)
+    return lambda model, x0, rng, step=None, **where: flow.training_loss(
+        model, x0, rng, t_distribution=config.t_distribution, **where)
 
 
 @dataclass
@@ -113,6 +120,8 @@ class OdeSampler:
         check_sampler(objective, sampler, ())
         if objective == "flow":
             grid = flow.flow_times(steps, options.time_shift)
+        elif objective == "consistency":
+            grid = consistency.sampling_sigmas(steps, options.sigma_min, options.sigma_max, options.rho)
         elif objective == "edm":
             grid = edm.karras_sigmas(steps, options.sigma_min, options.sigma_max, options.rho)
         else:  # the VP bridge: EDM's grid inside the schedule's range, rounded to its levels (as EDM's generate.py)
@@ -126,8 +135,12 @@ class OdeSampler:
         the flow velocity v(x, t), with x̂₀ clipped and the known pixels of an inpainting re-imposed."""
         if self.objective == "flow":
             return constrained_velocity(flow.velocity(network), clip_denoised, dynamic_threshold, known, mask)
-        denoise = (edm.denoiser(network, self.sigma_data) if self.objective == "edm"
-                   else edm.vp_denoiser(network, self.schedule, self.prediction))
+        if self.objective == "consistency":  # f(x, σ) estimates x₀ as D does
+            denoise = consistency.consistency_function(network, self.sigma_data)
+        elif self.objective == "edm":
+            denoise = edm.denoiser(network, self.sigma_data)
+        else:
+            denoise = edm.vp_denoiser(network, self.schedule, self.prediction)
         return constrained_denoiser(denoise, clip_denoised, dynamic_threshold, known, mask)
 
     def noised(self, x0, noise, index: int):
@@ -141,6 +154,8 @@ class OdeSampler:
         """The sampler's loop from ``x`` at ``grid[start]`` down to clean data."""
         if self.objective == "flow":
             return flow.sample(model_function, self.grid, x, solver=self.sampler, start=start, callback=callback)
+        if self.objective == "consistency":
+            return consistency.sample(model_function, self.grid[start:], x, rng=rng, callback=callback)
         o = self.options
         return edm.sample(model_function, self.grid, x, solver=self.sampler, start=start, S_churn=o.S_churn,
                           S_tmin=o.S_tmin, S_tmax=o.S_tmax, S_noise=o.S_noise, rng=rng, callback=callback)
@@ -148,6 +163,8 @@ class OdeSampler:
     def encode(self, model_function, images):
         """The noise ε that the deterministic sampler maps to ``images``: the ODE run backwards, from the
         clean end (σ_min for EDM's grid) to the noisy one, and divided by σ_max there."""
+        if self.objective == "consistency":
+            raise ValueError("a consistency model has no ODE to run backwards: interpolate with an edm or flow model")
         if self.objective == "flow":
             return flow.sample(model_function, self.grid[::-1], images, solver=self.sampler)
         noisy = edm.sample(model_function, self.grid[-2::-1], images, solver=self.sampler)

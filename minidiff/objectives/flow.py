@@ -52,16 +52,17 @@ def sample_t(n, rng, distribution="uniform"):
     return 1.0 / (1.0 + np.exp(-rng.standard_normal(n)))
 
 
-def training_loss(model, x0, rng, *, t_distribution="uniform", device="cpu", rows=slice(None)):
+def training_loss(model, x0, rng, *, t_distribution="uniform", noise=None, device="cpu", rows=slice(None)):
     """One draw of the flow-matching loss on a batch x₀ (Liu et al. 2023, Eq. 1; Lipman et al. 2023, §4.1),
     as a :class:`~minidiff.diffusion.LossDraw`.
 
     t by :func:`sample_t`, ε ∼ N(0, I), x_t on the straight path, and the batch mean of
     ‖(ε − x₀) − v_θ(x_t, t)‖²/dim. ``model(x, label)`` returns a Tensor; ``rows`` keeps a slice of
-    the batch with the draws of the whole batch (:func:`minidiff.diffusion.training_loss`).
+    the batch with the draws of the whole batch (:func:`minidiff.diffusion.training_loss`). ``noise`` pairs an
+    ε with each x₀ (reflow's coupling, :mod:`minidiff.reflow`); None draws it independently.
     """
     t = sample_t(len(x0), rng, t_distribution)
-    noise = rng.standard_normal(x0.shape, dtype=np.float32)  # ε ∼ N(0, I)
+    noise = rng.standard_normal(x0.shape, dtype=np.float32) if noise is None else noise  # ε ∼ N(0, I)
     x0, t, noise = x0[rows], t[rows], noise[rows]
     x_t = path(x0, t, noise).astype(np.float32)
     target = velocity_from_x0_eps(x0, noise)  # ε − x₀
