@@ -237,3 +237,17 @@ def test_schedule_parameters_callbacks_and_seeds_are_named():
         ddim_sample(zeros, SCHEDULE, SHAPE, 3, callback=3)
     with pytest.raises(ArgumentError, match=r"mask has shape \(5, 5\), which does not broadcast to \(2, 1, 4, 4\)"):
         repaint_sample(zeros, SCHEDULE, SHAPE, known=np.zeros((1, 4, 4)), mask=np.ones((5, 5)))
+
+
+@pytest.mark.parametrize("objective, sampler", [("edm", "heun"), ("flow", "euler"), ("ddpm", "heun")])
+def test_the_ode_samplers_check_the_network_output_like_the_others(objective, sampler):
+    from minidiff.checks import NonFiniteOutput
+    from minidiff.objectives import OdeSampler
+    ode = OdeSampler.build(objective, sampler, 3, schedule=SCHEDULE, sigma_data=0.5)
+    x = np.random.default_rng(0).standard_normal(SHAPE)
+    wrong = ode.model_function(lambda x, label: np.zeros((1, *x.shape[1:])))
+    with pytest.raises(ArgumentError, match=r"returned shape \(1, 1, 4, 4\) for x_t of shape \(2, 1, 4, 4\)"):
+        ode.run(wrong, x * ode.grid[0])
+    nan = ode.model_function(lambda x, label: np.full_like(x, np.nan))
+    with pytest.raises(NonFiniteOutput, match=r"returned 32 NaN or infinite values \(of 32\) at noise label"):
+        ode.run(nan, x * ode.grid[0])

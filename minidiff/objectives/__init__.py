@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import consistency
+from .. import checks, consistency
+from ..backend import get_array_module
 from . import edm, flow
 from .conversions import constrained_denoiser, constrained_velocity
 
@@ -133,6 +134,7 @@ class OdeSampler:
     def model_function(self, network, clip_denoised=True, dynamic_threshold=None, known=None, mask=None):
         """The loop's model function from ``network(x, label) -> output`` on arrays: EDM's D(x; σ) or
         the flow velocity v(x, t), with x̂₀ clipped and the known pixels of an inpainting re-imposed."""
+        network = checked_network(network)
         if self.objective == "flow":
             return constrained_velocity(flow.velocity(network), clip_denoised, dynamic_threshold, known, mask)
         if self.objective == "consistency":  # f(x, σ) estimates x₀ as D does
@@ -169,3 +171,23 @@ class OdeSampler:
             return flow.sample(model_function, self.grid[::-1], images, solver=self.sampler)
         noisy = edm.sample(model_function, self.grid[-2::-1], images, solver=self.sampler)
         return noisy / self.grid[0]
+
+
+def checked_network(network):
+    """``network(x, label)`` whose every output is checked as the DDPM samplers check theirs
+    (:mod:`minidiff.checks`): shaped like its input x (twice the channels only for a model that
+    learns its variances), and finite, or the ODE loop stops naming the noise label and the count."""
+    learned = bool(getattr(network, "learned_variance", False))
+
+    def checked(x, label):
+        output = checks.model_output(network(x, label), x, learned)
+        xp = get_array_module(output)
+        bad = int(output.size - xp.count_nonzero(xp.isfinite(output)))
+        if bad:
+            level = float(xp.asarray(label).reshape(-1)[0])
+            raise checks.NonFiniteOutput(f"the model returned {bad} NaN or infinite values (of {output.size}) at "
+                                         f"noise label {level:.4g}; sampling stopped")
+        return output
+
+    checked.learned_variance = learned
+    return checked
