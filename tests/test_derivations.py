@@ -15,7 +15,13 @@ from minidiff.diffusion import (UniformSampler, normal_kl, p_mean_variance, pred
                                 predict_x0_from_eps, predict_x0_from_v, q_posterior_mean_variance, q_sample, q_step,
                                 training_loss, vb_terms_bpd)
 from minidiff.guidance import guided_denoiser
-from minidiff.oracles import GaussianMixture, mixture_denoiser
+from minidiff.objectives.conversions import (eps_from_velocity, flow_sigma, flow_time, velocity_from_denoiser,
+                                             velocity_from_x0_eps, vp_sigma, x0_from_velocity)
+from minidiff.objectives.edm import denoiser as edm_denoiser
+from minidiff.objectives.edm import loss_weight, measure_sigma_data, precondition, vp_denoiser
+from minidiff.objectives.flow import path as flow_path
+from minidiff.oracles import (GaussianMixture, gaussian_edm_denoiser, gaussian_edm_ode, gaussian_flow_ode,
+                              gaussian_flow_velocity, mixture_denoiser, mixture_edm_denoiser, mixture_flow_velocity)
 from minidiff.sampling import ddim_update, ddim_variance
 from minidiff.schedule import NoiseSchedule
 from minidiff.sde import integrated_betas, probability_flow_velocity, score_from_eps
@@ -386,3 +392,162 @@ def test_d7_3_the_tilt_is_an_implicit_classifier(schedule):
     left = (1 + w) * log_mixture_density(conditional, x) - w * log_mixture_density(noised, x)
     right = log_mixture_density(conditional, x) + w * log_p_c_given_x - w * np.log(MIXTURE.weights[label])
     np.testing.assert_allclose(left, right, rtol=1e-12)
+
+
+# D8. EDM's preconditioning, ideal denoiser and ODE; the VP bridge; flow matching; one ODE -------------
+
+SIGMAS = np.exp(np.random.default_rng(14).normal(-1.2, 1.2, 8))  # ln σ ∼ N(P_mean, P_std²), EDM's draw
+
+
+def test_d8_1_preconditioning_gives_unit_variance_and_unit_weight():
+    """D8.1–D8.3: for data y of second moment σ_d² (a fixed sample with mean ≠ 0; E over n exact),
+    E[(c_in x)²] = 1; E[(y − c_skip x)²] is least at c_skip and equals c_out² there, so the effective target
+    has unit variance; λ c_out² = 1; and edm.denoiser gives D_θ − y = c_out (F_θ − (y − c_skip x)/c_out)."""
+    y = np.random.default_rng(15).normal(-0.7, 0.6, 4096)
+    sigma_data = measure_sigma_data(y)
+    c_skip, c_out, c_in, c_noise = precondition(SIGMAS, sigma_data)
+    second_moment = np.mean(y**2)  # E[x²] = E[y²] + σ², E[y n] = 0
+    np.testing.assert_allclose(c_in**2 * (second_moment + SIGMAS**2), 1.0, rtol=1e-12)
+
+    def target_moment(c):  # E[(y − c (y + n))²] = (1 − c)² E[y²] + c² σ²
+        return (1 - c) ** 2 * second_moment + c**2 * SIGMAS**2
+
+    h = 1e-6
+    np.testing.assert_allclose((target_moment(c_skip + h) - target_moment(c_skip - h)) / (2 * h), 0.0, atol=1e-8)
+    np.testing.assert_allclose(target_moment(c_skip) / c_out**2, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(loss_weight(SIGMAS, sigma_data) * c_out**2, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(c_noise, 0.25 * np.log(SIGMAS), rtol=1e-12)
+    rng = np.random.default_rng(16)
+    y0, noise, F = rng.standard_normal((3, len(SIGMAS), 5))
+    x = y0 + SIGMAS[:, None] * noise
+    D = edm_denoiser(lambda inputs, label: F, sigma_data)(x, SIGMAS)
+    target = (y0 - c_skip[:, None] * x) / c_out[:, None]
+    np.testing.assert_allclose(D - y0, c_out[:, None] * (F - target), atol=1e-12)
+
+
+def test_d8_4_the_ideal_denoiser_is_the_posterior_mean_and_gives_the_score():
+    """D8.4: D*(x; σ) = (s² x + σ² μ)/(s² + σ²) is E[y | x] for y ∼ N(μ, s² I) (the one-component mixture
+    oracle), and (D* − x)/σ² = ∇ log p(x; σ) (Eq. 3) for the two-component MIXTURE, by numerical gradients."""
+    mean, std = np.array([0.3, -0.5]), 0.7
+    x = np.random.default_rng(17).standard_normal((len(SIGMAS), 2))
+    single = GaussianMixture.isotropic(mean[None], std)
+    gaussian = gaussian_edm_denoiser(mean, std)(x, SIGMAS)
+    np.testing.assert_allclose(gaussian, mixture_edm_denoiser(single)(x, SIGMAS), rtol=1e-12, atol=1e-12)
+    s2 = SIGMAS[:, None] ** 2
+    np.testing.assert_allclose(gaussian, (std**2 * x + s2 * mean) / (std**2 + s2), rtol=1e-12)
+    denoised = mixture_edm_denoiser(MIXTURE)(x, SIGMAS)
+    for row, sigma in enumerate(SIGMAS):
+        score = numerical_gradient(lambda z: log_mixture_density(MIXTURE.scaled(1.0, sigma), z), x[row:row + 1])
+        np.testing.assert_allclose((denoised[row] - x[row]) / sigma**2, score[0], rtol=1e-6, atol=1e-8)
+
+
+def test_d8_5_the_closed_form_solves_edm_s_ode():
+    """D8.5: x(σ) = gaussian_edm_ode(x₁, σ₁, σ) satisfies dx/dσ = (x − D*(x; σ))/σ: central differences in σ."""
+    mean, std, start = np.array([0.3, -0.5]), 0.7, 80.0
+    x_start = np.random.default_rng(18).standard_normal((1, 2)) * start
+    denoise = gaussian_edm_denoiser(mean, std)
+    h = 1e-6
+    for sigma in (0.05, 0.5, 3.0, 20.0):
+        x = gaussian_edm_ode(x_start, start, sigma, mean, std)
+        derivative = (gaussian_edm_ode(x_start, start, sigma + h, mean, std)
+                      - gaussian_edm_ode(x_start, start, sigma - h, mean, std)) / (2 * h)
+        np.testing.assert_allclose(derivative, (x - denoise(x, np.array([sigma]))) / sigma, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(gaussian_edm_ode(x_start, start, start, mean, std), x_start, rtol=1e-15)
+
+
+def test_d8_6_the_vp_bridge_gives_the_denoiser(schedule):
+    """D8.6: at σ = vp_sigma(ᾱ_t) (code index t), vp_denoiser of the exact ε-model (D4.3's oracle) is the exact
+    EDM denoiser E[x₀ | x₀ + σ ε = x̃] and DDPM's x̂₀ at x_t = √ᾱ_t x̃; its score (D − x̃)/σ² is √ᾱ_t ∇ log p(x_t)."""
+    rng = np.random.default_rng(19)
+    for t in (0, 10, 25, 49):
+        alpha_bar = schedule.alphas_cumprod[t]
+        sigma = np.full(4, vp_sigma(alpha_bar))
+        np.testing.assert_allclose(sigma ** 2, (1 - alpha_bar) / alpha_bar, rtol=1e-12)
+        x0, eps = rng.standard_normal((2, 4, 2))
+        x_t = q_sample(schedule, x0, np.full(4, t), eps)
+        x_edm = x_t / np.sqrt(alpha_bar)
+        np.testing.assert_allclose(x_edm, x0 + sigma[:, None] * eps, atol=1e-12)
+        model = mixture_denoiser(MIXTURE, schedule)
+        bridged = vp_denoiser(model, schedule)(x_edm, sigma)
+        np.testing.assert_allclose(bridged, mixture_edm_denoiser(MIXTURE)(x_edm, sigma), rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(bridged, predict_x0_from_eps(schedule, x_t, np.full(4, t), model(x_t, np.full(4, t))),
+                                   rtol=1e-12, atol=1e-12)
+        score = score_from_eps(schedule, x_t, np.full(4, t), model(x_t, np.full(4, t)))
+        np.testing.assert_allclose((bridged - x_edm) / sigma[:, None] ** 2, np.sqrt(alpha_bar) * score, rtol=1e-8,
+                                   atol=1e-10)
+
+
+def test_d8_7_the_flow_velocity_and_its_conversions():
+    """D8.7: d/dt of flow.path is ε − x₀ = velocity_from_x0_eps; x0_from_velocity and eps_from_velocity invert it;
+    and on the mixture oracle they turn v* = E[ε − x₀ | x_t] into E[x₀ | x_t] and E[ε | x_t]."""
+    rng = np.random.default_rng(20)
+    x0, eps = rng.standard_normal((2, 5, 3))
+    t = rng.uniform(0.05, 0.95, 5)
+    h = 1e-6
+    derivative = (flow_path(x0, t + h, eps) - flow_path(x0, t - h, eps)) / (2 * h)
+    v = velocity_from_x0_eps(x0, eps)
+    np.testing.assert_allclose(derivative, v, atol=1e-8)
+    x_t = flow_path(x0, t, eps)
+    np.testing.assert_allclose(x0_from_velocity(x_t, t, v), x0, atol=1e-12)
+    np.testing.assert_allclose(eps_from_velocity(x_t, t, v), eps, atol=1e-12)
+    x = rng.standard_normal((5, 2))
+    v_star = mixture_flow_velocity(MIXTURE)(x, t)
+    for row, level in enumerate(t):
+        x0_mean, eps_mean = MIXTURE.posterior_means(x[row:row + 1], 1 - level, level)
+        np.testing.assert_allclose(x0_from_velocity(x[row:row + 1], level[None], v_star[row:row + 1]), x0_mean,
+                                   atol=1e-12)
+        np.testing.assert_allclose(eps_from_velocity(x[row:row + 1], level[None], v_star[row:row + 1]), eps_mean,
+                                   atol=1e-12)
+
+
+def test_d8_8_the_gaussian_flow_maps_z_to_mu_plus_s_z():
+    """D8.8: gaussian_flow_velocity is the one-component mixture oracle's v*; the curve gaussian_flow_ode(z, t)
+    has dx/dt = v*(x_t, t) (central differences), starts at z (t = 1) and ends at μ + s z (t = 0)."""
+    mean, std = np.array([0.3, -0.5]), 0.7
+    z = np.random.default_rng(21).standard_normal((1, 2))
+    velocity = gaussian_flow_velocity(mean, std)
+    single = GaussianMixture.isotropic(mean[None], std)
+    h = 1e-6
+    for t in (0.02, 0.3, 0.7, 0.98):
+        x = gaussian_flow_ode(z, t, mean, std)
+        np.testing.assert_allclose(velocity(x, np.array([t])), mixture_flow_velocity(single)(x, np.array([t])),
+                                   rtol=1e-10, atol=1e-12)
+        derivative = (gaussian_flow_ode(z, t + h, mean, std) - gaussian_flow_ode(z, t - h, mean, std)) / (2 * h)
+        np.testing.assert_allclose(derivative, velocity(x, np.array([t])), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(gaussian_flow_ode(z, 1.0, mean, std), z, rtol=1e-15)
+    np.testing.assert_allclose(gaussian_flow_ode(z, 0.0, mean, std), mean + std * z, rtol=1e-15)
+
+
+def test_d8_9_the_flow_ode_is_edm_s_ode_in_other_coordinates():
+    """D8.9: with t = flow_time(σ) = σ/(1 + σ) and x_flow = x_edm/(1 + σ): (a) on the mixture oracle,
+    velocity_from_denoiser(D*) = mixture_flow_velocity and the chain rule's −x_edm + (1 + σ)(x_edm − D)/σ equal it;
+    (b) for Gaussian data (1 + σ)·gaussian_flow_ode(z, t) is an EDM trajectory, and central differences in t of
+    x_edm(σ(t))/(1 + σ(t)) along it give v*."""
+    x_edm = np.random.default_rng(22).standard_normal((len(SIGMAS), 2)) * (1 + SIGMAS[:, None])
+    t = flow_time(SIGMAS)
+    np.testing.assert_allclose(flow_sigma(t), SIGMAS, rtol=1e-12)
+    x_flow = x_edm / (1 + SIGMAS[:, None])
+    np.testing.assert_allclose(x_flow, (1 - t[:, None]) * x_edm, rtol=1e-12)
+    exact = mixture_flow_velocity(MIXTURE)(x_flow, t)
+    np.testing.assert_allclose(velocity_from_denoiser(mixture_edm_denoiser(MIXTURE))(x_flow, t), exact, rtol=1e-9,
+                               atol=1e-10)
+    D = mixture_edm_denoiser(MIXTURE)(x_edm, SIGMAS)
+    chain = -x_edm + (1 + SIGMAS[:, None]) * (x_edm - D) / SIGMAS[:, None]
+    np.testing.assert_allclose(chain, exact, rtol=1e-9, atol=1e-10)
+
+    mean, std, start = np.array([0.3, -0.5]), 0.7, 80.0
+    z = np.random.default_rng(23).standard_normal((1, 2))
+    x_start = mean + np.sqrt(std**2 + start**2) * z  # on the flow trajectory through z at t = 1
+
+    def flow_state_along_edm(level):
+        sigma = flow_sigma(level)
+        return gaussian_edm_ode(x_start, start, sigma, mean, std) / (1 + sigma)
+
+    h = 1e-6
+    for level in (0.05, 0.4, 0.9):
+        np.testing.assert_allclose(flow_state_along_edm(level), gaussian_flow_ode(z, level, mean, std), rtol=1e-12,
+                                   atol=1e-12)
+        derivative = (flow_state_along_edm(level + h) - flow_state_along_edm(level - h)) / (2 * h)
+        x = gaussian_flow_ode(z, level, mean, std)
+        np.testing.assert_allclose(derivative, gaussian_flow_velocity(mean, std)(x, np.array([level])), rtol=1e-7,
+                                   atol=1e-9)
