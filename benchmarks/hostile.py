@@ -199,6 +199,8 @@ def cases(run: Path, tmp: Path) -> list[tuple[str, list[str], str]]:
         ("eval --n above the reference images", ["eval", str(run), "--n", "2501"], "--n 2501"),
         *[(f"{command} of finite weights making NaN images", [command, overflow, "--n", "4", "--steps", "5"],
            "non-finite images") for command in ("sample", "eval")],
+        ("sample --sampler heun of finite weights making NaN images",
+         ["sample", overflow, "--n", "4", "--steps", "5", "--sampler", "heun"], "non-finite images"),
         ("sample --sigma-max below --sigma-min", ["sample", str(run), "--sampler", "heun", "--sigma-max", "0.001"],
          "--sigma-max"),
         *[(f"sample --rho {v}", ["sample", str(run), "--sampler", "heun", "--rho", v], "--rho") for v in ("0", "-7")],
