@@ -68,6 +68,7 @@ def test_gradcheck_wrt_input_and_parameters_in_float64():
     t, y, x = np.array([3, 500]), np.array([0, 1]), rng.standard_normal((2, 2, 4, 4))
     assert gradcheck(lambda x: model(x, t, y), x)
     projection = rng.standard_normal((2, 2, 4, 4))
+    model.zero_grad()  # gradcheck's backward reached the parameters too
     (model(x, t, y) * Tensor(projection)).sum().backward()
 
     def objective():
