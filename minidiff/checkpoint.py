@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .backbones import BACKBONES, build_backbone
 from .diffusion import PREDICTIONS
 from .files import load_npz, save_npz
 from .schedule import SCHEDULES, schedule_by_name
-from .unet import PRESETS, UNet
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -39,7 +39,7 @@ SECTIONS = ("model", "ema", "optimizer", "batcher", "rng")
 # The entries of a run's config that decide what its network computes: a checkpoint is refused
 # where one of them differs, since its weights would be loaded into the wrong model or sampled
 # with the wrong noise schedule. Everything in config["model"] is compared as well.
-IDENTITY_KEYS = ("preset", "schedule", "zero_terminal_snr", "timesteps", "prediction")
+IDENTITY_KEYS = ("backbone", "preset", "schedule", "zero_terminal_snr", "timesteps", "prediction")
 
 
 class CheckpointError(ValueError):
@@ -195,18 +195,30 @@ CONFIG_RULES = {
     "prediction": (lambda v: v in PREDICTIONS, f"one of {', '.join(PREDICTIONS)}"),
     "model": (lambda v: isinstance(v, dict), "a JSON object"),
     "zero_terminal_snr": (lambda v: isinstance(v, bool), "true or false"),
+    "backbone": (lambda v: v in BACKBONES, f"one of {', '.join(BACKBONES)}"),
 }
-MODEL_RULES = {
-    "in_channels": _INT, "base_channels": _INT, "channel_mults": _INTS, "num_res_blocks": _INT,
-    "attn_resolutions": (lambda v: isinstance(v, list) and all(isinstance(x, int) for x in v), "a list of integers"),
-    "num_groups": _INT, "image_size": _INT,
-    "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "in [0, 1)"),
+_REAL = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+         "a positive number")
+_CONDITIONING = {
     "num_classes": (lambda v: v is None or _INT[0](v), "null or a positive integer"),
     "null_class": (lambda v: isinstance(v, bool), "true or false"),
     "learn_sigma": (lambda v: isinstance(v, bool), "true or false"),
 }
+MODEL_RULES = {  # per backbone: what its constructor arguments must be
+    "unet": {
+        "in_channels": _INT, "base_channels": _INT, "channel_mults": _INTS, "num_res_blocks": _INT,
+        "attn_resolutions": (lambda v: isinstance(v, list) and all(isinstance(x, int) for x in v), "a list of integers"),
+        "num_groups": _INT, "image_size": _INT,
+        "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "in [0, 1)"),
+        **_CONDITIONING,
+    },
+    "dit": {
+        "in_channels": _INT, "image_size": _INT, "patch_size": _INT, "hidden_size": _INT, "depth": _INT,
+        "num_heads": _INT, "mlp_ratio": _REAL, **_CONDITIONING,
+    },
+}
 # Fields newer than some checkpoints: a config without one gets the value every older run had.
-CONFIG_DEFAULTS = {"zero_terminal_snr": False}
+CONFIG_DEFAULTS = {"zero_terminal_snr": False, "backbone": "unet"}
 MODEL_DEFAULTS = {"null_class": False, "learn_sigma": False}
 
 
@@ -219,7 +231,8 @@ def _check_config(config, path: Path) -> None:
         config.setdefault(key, value)
     if isinstance(config.get("model"), dict):
         config["model"] = {**MODEL_DEFAULTS, **config["model"]}
-    for rules, where, prefix in ((CONFIG_RULES, config, ""), (MODEL_RULES, config.get("model"), "model.")):
+    model_rules = MODEL_RULES.get(config.get("backbone"), {})  # an unknown backbone is named by CONFIG_RULES
+    for rules, where, prefix in ((CONFIG_RULES, config, ""), (model_rules, config.get("model"), "model.")):
         for key, (ok, what) in rules.items():
             if key not in where:
                 raise CheckpointError(f"checkpoint {path}: config field {prefix}{key} is missing")
@@ -237,16 +250,10 @@ def _show(value) -> str:
 
 
 # --------------------------------------------------------------------- what a config describes
-def model_config(preset: str, **overrides) -> dict:
-    """The UNet constructor arguments of ``preset`` with ``overrides`` (e.g. dropout, num_classes)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return {**PRESETS[preset], "num_classes": None, "null_class": False, **overrides}
-
-
-def build_model(config: dict, rng=None) -> UNet:
-    """The UNet of a run config (its ``"model"`` entry), freshly initialised from ``rng``."""
-    return UNet(**config["model"], rng=rng)
+def build_model(config: dict, rng=None):
+    """The network of a run config (its ``"backbone"`` built from its ``"model"`` entry), freshly
+    initialised from ``rng`` (:mod:`minidiff.backbones`)."""
+    return build_backbone(config.get("backbone", "unet"), config["model"], rng=rng)
 
 
 def load_model(path, ema: bool = True, device: str = "cpu"):
@@ -268,5 +275,5 @@ def load_model(path, ema: bool = True, device: str = "cpu"):
 
 __all__ = [
     "CheckpointError", "Checkpoint", "CHECKPOINT_NAME", "checkpoint_path", "save_checkpoint",
-    "load_checkpoint", "model_config", "build_model", "load_model",
+    "load_checkpoint", "build_model", "load_model",
 ]

@@ -86,6 +86,6 @@ def _denoiser(model):
     """The checkpoint's unconditional model as ``model(x_t, t)``; a class-conditional one is refused."""
     if model.num_classes is not None:
         raise ValueError("bpd scores unconditional models only; this checkpoint is class-conditional")
-    from ..unet import as_denoiser
+    from ..backbones import as_denoiser
 
     return as_denoiser(model)

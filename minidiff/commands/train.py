@@ -10,7 +10,7 @@ from ..optim import LR_SCHEDULES
 from ..schedule import SCHEDULES
 from ..config import CONFIG_FIELDS, TrainConfig
 from ..train import Trainer
-from ..unet import PRESETS
+from ..backbones import PRESETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option("data", "--data-dir", help="folder holding the IDX files (default: search $MINIDIFF_DATA/<dataset>, then the cache)")
     option("data", "--limit-data", type=int, metavar="N", help="train on the first N images only")
     option("data", "--hflip", action="store_true", help="random horizontal flips (off: digits are not symmetric)")
-    option("model", "--preset", choices=list(PRESETS), help="U-Net size")
+    option("model", "--backbone", choices=list(PRESETS), help="the network: the U-Net or the Diffusion Transformer")
+    option("model", "--preset", choices=[name for presets in PRESETS.values() for name in presets],
+           help="the network's size (default: mnist for unet, dit-s4 for dit)")
+    option("model", "--patch-size", type=int, metavar="P", help="dit: patch size, dividing the image (default: the preset's)")
+    option("model", "--latent", metavar="AE_RUN",
+           help="diffuse the scaled latents of this autoencoder run (python -m minidiff autoencoder train), "
+                "not the pixels; sample decodes them")
     option("model", "--dropout", type=float, help="dropout in the ResBlocks (default: the preset's)")
     option("model", "--num-classes", type=int, metavar="K", help="train a class-conditional model on K classes")
     option("model", "--p-uncond", type=float, metavar="P",
