@@ -216,6 +216,25 @@ MODEL_RULES = {  # per backbone: what its constructor arguments must be
         "in_channels": _INT, "image_size": _INT, "patch_size": _INT, "hidden_size": _INT, "depth": _INT,
         "num_heads": _INT, "mlp_ratio": _REAL, **_CONDITIONING,
     },
+    "autoencoder": {
+        "in_channels": _INT, "image_size": _INT, "base_channels": _INT, "channel_mults": _INTS,
+        "num_res_blocks": _INT, "z_channels": _INT, "num_groups": _INT,
+    },
+}
+# An autoencoder run (minidiff.autoencoder_train) has its own fields; its scale factor 1/std is
+# measured at every save.
+AUTOENCODER_RULES = {
+    "model": CONFIG_RULES["model"],
+    "kl_weight": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+                  "a number >= 0"),
+    "scale_factor": _REAL,
+}
+# A latent diffusion run's record of its autoencoder (minidiff.latent.LatentSpace.record).
+LATENT_RECORD_RULES = {
+    "run": (lambda v: isinstance(v, str) and v != "", "a folder name"),
+    "fingerprint": (lambda v: isinstance(v, str) and len(v) == 16, "16 hex digits"),
+    "scale_factor": _REAL,
+    "latent_shape": (lambda v: isinstance(v, list) and len(v) == 3 and all(_INT[0](x) for x in v), "[C, H, W]"),
 }
 # Fields newer than some checkpoints: a config without one gets the value every older run had.
 CONFIG_DEFAULTS = {"zero_terminal_snr": False, "backbone": "unet"}
@@ -227,12 +246,20 @@ def _check_config(config, path: Path) -> None:
     checkpoint older than a :data:`MODEL_DEFAULTS` key gets its default."""
     if not isinstance(config, dict):
         raise CheckpointError(f"checkpoint {path}: its config is a JSON {type(config).__name__}, not an object")
-    for key, value in CONFIG_DEFAULTS.items():
-        config.setdefault(key, value)
-    if isinstance(config.get("model"), dict):
-        config["model"] = {**MODEL_DEFAULTS, **config["model"]}
-    model_rules = MODEL_RULES.get(config.get("backbone"), {})  # an unknown backbone is named by CONFIG_RULES
-    for rules, where, prefix in ((CONFIG_RULES, config, ""), (model_rules, config.get("model"), "model.")):
+    if config.get("kind") == "autoencoder":
+        checks = [(AUTOENCODER_RULES, config, ""), (MODEL_RULES["autoencoder"], config.get("model"), "model.")]
+    else:
+        for key, value in CONFIG_DEFAULTS.items():
+            config.setdefault(key, value)
+        if isinstance(config.get("model"), dict):
+            config["model"] = {**MODEL_DEFAULTS, **config["model"]}
+        model_rules = MODEL_RULES.get(config.get("backbone"), {})  # an unknown backbone is named by CONFIG_RULES
+        checks = [(CONFIG_RULES, config, ""), (model_rules, config.get("model"), "model.")]
+        if "autoencoder" in config:  # a latent diffusion run
+            if not isinstance(config["autoencoder"], dict):
+                raise CheckpointError(f"checkpoint {path}: config field autoencoder must be a JSON object")
+            checks.append((LATENT_RECORD_RULES, config["autoencoder"], "autoencoder."))
+    for rules, where, prefix in checks:
         for key, (ok, what) in rules.items():
             if key not in where:
                 raise CheckpointError(f"checkpoint {path}: config field {prefix}{key} is missing")

@@ -67,7 +67,7 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
              seed: int = 0, labels=None, prediction: str = "eps", callback=None, progress: bool = False,
              rows: slice = slice(None), spacing: str | None = None, clip_denoised: bool = True,
              dynamic_threshold: float | None = None, variance: str | None = None, guidance: float = 0.0,
-             x_T=None, init=None, strength: float = 1.0, mask=None, jumps=(1, 1)):
+             x_T=None, init=None, strength: float = 1.0, mask=None, jumps=(1, 1), decode=None):
     """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device.
 
     ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
@@ -85,6 +85,10 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     denoised from there (SDEdit); ``init`` with a ``mask`` (H, W; 1 where to paint) is inpainted
     by RePaint with resampling ``jumps`` = (jump_length, jump_n_sample), for ``sampler`` ddpm or ddim.
 
+    ``decode`` maps what the model generates to images: a latent diffusion run's decoder
+    (:meth:`minidiff.latent.LatentSpace.decode`). Latents are not confined to [−1, 1], so with a
+    ``decode`` the predicted x̂₀ is not clipped.
+
     The samples are drawn :data:`BATCH` at a time, so memory stays bounded: batch k draws x_T and
     its noise from ``default_rng(seed)`` for k = 0 and ``default_rng((seed, k))`` after, so ``seed``
     fixes every draw. ``rows`` draws only those of the n samples (an MPI rank's share): each
@@ -101,6 +105,7 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
         raise ValueError(f"variance applies to the ddpm sampler only, not {sampler}")
     config = model.config
     image_shape = (config["in_channels"], config["image_size"], config["image_size"])
+    clip_denoised = clip_denoised and decode is None
     device = device_of(next(model.parameters()).data)
     wanted = range(n)[rows]
     batches = [range(start, min(start + BATCH, n)) for start in range(0, n, BATCH)]
@@ -136,8 +141,12 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
                 options["x_T"], options["t_start"] = sdedit_start(chain, guide, strength, noise)
             if sample is SAMPLER_FUNCTIONS["ddpm"]:
                 options["variance"] = ddpm_variance(model, variance)
-            samples.append(to_numpy(sample(denoiser, schedule, noise.shape, num_steps, **options)))
-    return np.concatenate(samples).astype(np.float32, copy=False) if samples else np.empty((0, *image_shape), np.float32)
+            drawn = sample(denoiser, schedule, noise.shape, num_steps, **options)
+            samples.append(to_numpy(drawn if decode is None else decode(drawn)))
+    if not samples:  # an MPI rank with no share: an empty batch of what the others return
+        empty = np.zeros((1, *image_shape), np.float32)
+        return to_numpy(empty if decode is None else decode(to_device(empty, device)))[:0]
+    return np.concatenate(samples).astype(np.float32, copy=False)
 
 
 def default_spacing(sampler) -> str:

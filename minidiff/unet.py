@@ -82,24 +82,28 @@ class ResBlock(nn.Module):
     h = conv3×3(SiLU(GroupNorm(x))) + Linear(SiLU(temb)) per channel;
     h = conv3×3(dropout(SiLU(GroupNorm(h)))); out = skip(x) + h, with skip a 1×1 conv when the
     channel count changes (the identity otherwise). The second conv starts at zero (module docstring).
+    With ``temb_dim=None`` there is no time embedding: the ResnetBlock of the autoencoder
+    (:mod:`minidiff.autoencoder`; Rombach et al. 2022 use this block with ``temb_channels=0``).
     (On the fast path each SiLU(GroupNorm(·)) runs as one kernel and the two additions happen as
     the convolutions write their outputs: :mod:`minidiff.functional.fusion`.)
     """
 
-    def __init__(self, cin: int, cout: int, temb_dim: int, num_groups: int, dropout: float = 0.0,
+    def __init__(self, cin: int, cout: int, temb_dim: int | None, num_groups: int, dropout: float = 0.0,
                  rng=None, dtype=DEFAULT_DTYPE):
         super().__init__()
         self.norm1 = nn.GroupNorm(num_groups, cin, dtype=dtype)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, rng=rng, dtype=dtype)
-        self.temb_proj = nn.Linear(temb_dim, cout, rng=rng, dtype=dtype)
+        self.temb_proj = nn.Linear(temb_dim, cout, rng=rng, dtype=dtype) if temb_dim is not None else None
         self.norm2 = nn.GroupNorm(num_groups, cout, dtype=dtype)
         self.dropout = nn.Dropout(dropout, rng=rng)
         self.conv2 = _zero_init(nn.Conv2d(cout, cout, 3, padding=1, rng=rng, dtype=dtype))
         self.skip = nn.Conv2d(cin, cout, 1, rng=rng, dtype=dtype) if cin != cout else nn.Identity()
 
-    def forward(self, x, temb):
-        emb = self.temb_proj(F.silu(temb))  # (N, cout)
-        h = self.conv1(F.silu(self.norm1(x))) + emb.reshape(*emb.shape, 1, 1)  # (N, cout, H, W): one shift per channel
+    def forward(self, x, temb=None):
+        h = self.conv1(F.silu(self.norm1(x)))  # (N, cout, H, W)
+        if self.temb_proj is not None:
+            emb = self.temb_proj(F.silu(temb))  # (N, cout)
+            h = h + emb.reshape(*emb.shape, 1, 1)  # one shift per channel
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
@@ -170,6 +174,10 @@ PRESETS = {
     # but 176,849 parameters, about a tenth of the mnist preset.
     "tiny": dict(in_channels=1, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
                  attn_resolutions=(14,), num_groups=4, dropout=0.0, image_size=28),
+    # For an f = 4 autoencoder's 7×7×4 latents (train --latent), which cannot be halved: one level,
+    # attention at 7×7, no down- or upsampling.
+    "latent": dict(in_channels=4, base_channels=64, channel_mults=(1,), num_res_blocks=2,
+                   attn_resolutions=(7,), num_groups=8, dropout=0.0, image_size=7),
 }
 
 

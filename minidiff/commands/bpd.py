@@ -53,6 +53,9 @@ def run(args) -> int:
         raise ValueError(f"--seed must be an integer in [0, 2^63), got {args.seed}")
     device = check_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
+    if "autoencoder" in checkpoint.config:
+        raise ValueError(f"checkpoint {checkpoint.path} diffuses an autoencoder's latents; bpd bounds the likelihood "
+                         "of pixels, which its variational bound does not reach through the decoder")
     model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
     if not 1 <= args.timesteps <= schedule.T:
         raise ValueError(f"--timesteps {args.timesteps} is outside [1, {schedule.T}], the checkpoint's timesteps")

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..backend import check_device
 from ..checkpoint import load_checkpoint, load_model
+from ..latent import LatentSpace
 from ..datasets import DATASETS
 from ..distributed import world
 from ..files import atomic_write
@@ -94,7 +95,8 @@ def run(args) -> int:
 def _draw(checkpoint, args, device):
     """``--n`` samples of the checkpoint's model, and the settings they were drawn with."""
     model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
-    channels, size = model.config["in_channels"], model.config["image_size"]
+    space = LatentSpace.of_checkpoint(checkpoint, device)  # a latent run's samples are decoded
+    channels, size, _ = space.image_shape if space else (model.config["in_channels"], model.config["image_size"], None)
     if (channels, size, size) != IMAGE_SHAPE:
         raise ValueError(f"checkpoint {checkpoint.path} makes {channels}-channel {size}×{size} images; "
                          "eval scores 1-channel 28×28 digits only")
@@ -102,7 +104,7 @@ def _draw(checkpoint, args, device):
     options = sampling_options(args)
     samples = generate_on_ranks(model, schedule, args.n, args.sampler, num_steps,
                                 labels=class_labels(args.n, model.num_classes), prediction=config["prediction"],
-                                progress=True, **options)
+                                progress=True, decode=space and space.decode, **options)
     drawn_with = {"sampler": args.sampler, "steps": num_steps, "ema": not args.no_ema, **options}
     if args.sampler == "ddpm":
         drawn_with["variance"] = ddpm_variance(model, args.variance)

@@ -48,6 +48,9 @@ def run(args) -> int:
     except ImportError:
         raise ValueError(MISSING) from None
     checkpoint = load_checkpoint(args.checkpoint)
+    if "autoencoder" in checkpoint.config:
+        raise ValueError(f"checkpoint {checkpoint.path} diffuses an autoencoder's latents; figures draws pixel-space "
+                         "trajectories and spectra only")
     model, schedule, config = load_model(checkpoint, device=check_device(args.device))
     steps = sampler_steps("ddim", args.steps, schedule.T)  # refuses a count outside [1, T]
     out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent

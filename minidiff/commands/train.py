@@ -13,12 +13,14 @@ from ..train import Trainer
 from ..backbones import PRESETS
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The train flags. Their defaults are left out of the namespace (SUPPRESS), so that ``run``
-    can tell the flags given from the ones not given: on --resume, only the former override the
-    checkpoint's config. The defaults shown come from :class:`TrainConfig`."""
-    defaults = TrainConfig()
-    groups = {name: parser.add_argument_group(name) for name in ("data", "model", "diffusion", "optimisation", "run")}
+def shared_options(parser: argparse.ArgumentParser, defaults, groups=("data", "model", "optimisation", "run")):
+    """The flags of every run folder's :class:`~minidiff.config.RunConfig` (data, optimisation, run),
+    added to ``parser``; returns ``option(group, *flags, help=…, **kwargs)`` to add the model's.
+
+    Their defaults are left out of the namespace (SUPPRESS), so that ``run`` can tell the flags
+    given from the ones not given: on --resume, only the former override the checkpoint's config.
+    The defaults shown come from ``defaults``, the config class's instance."""
+    groups = {name: parser.add_argument_group(name) for name in groups}
 
     def option(group, *flags, help, dest=None, **kwargs):
         dest = dest or flags[0].lstrip("-").replace("-", "_")
@@ -29,6 +31,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option("data", "--dataset", choices=list(DATASETS), help="training images")
     option("data", "--data-dir", help="folder holding the IDX files (default: search $MINIDIFF_DATA/<dataset>, then the cache)")
     option("data", "--limit-data", type=int, metavar="N", help="train on the first N images only")
+    option("optimisation", "--steps", type=int, help="train until this many optimiser steps")
+    option("optimisation", "--batch-size", type=int, help="images per step")
+    option("optimisation", "--lr", type=float, help="Adam learning rate after warm-up")
+    option("optimisation", "--warmup-steps", type=int, help="linear learning-rate warm-up")
+    option("optimisation", "--lr-schedule", choices=LR_SCHEDULES,
+           help="after the warm-up: constant, or cosine decay to 0 at --steps")
+    option("optimisation", "--grad-clip", type=float, help="clip the gradient norm; 0 turns it off")
+    option("optimisation", "--ema-decay", type=float, help="EMA decay of the weights used for sampling")
+    option("optimisation", "--seed", type=int, help="seeds initialisation, data order, t, noise and dropout")
+    option("run", "--out", help="run folder")
+    option("run", "--resume", help="continue the run in this folder (or from this checkpoint .npz); "
+                                   "other flags (--steps, --lr, the cadences, --device, …) apply from there; "
+                                   "a flag that would change the experiment (--seed, the model, the schedule, "
+                                   "the batch) is refused")
+    option("run", "--sample-every", type=int, metavar="N", help="preview grid every N steps; 0: never")
+    option("run", "--sample-n", type=int, metavar="N", help="images in a preview grid")
+    option("run", "--checkpoint-every", type=int, metavar="N", help="checkpoint every N steps; 0: only at the end")
+    option("run", "--log-every", type=int, metavar="N", help="log.jsonl line every N steps")
+    option("run", "--device", help="cpu or cuda")
+    return option
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The train flags: the shared ones, the model's and the diffusion's."""
+    option = shared_options(parser, TrainConfig(), ("data", "model", "diffusion", "optimisation", "run"))
     option("data", "--hflip", action="store_true", help="random horizontal flips (off: digits are not symmetric)")
     option("model", "--backbone", choices=list(PRESETS), help="the network: the U-Net or the Diffusion Transformer")
     option("model", "--preset", choices=[name for presets in PRESETS.values() for name in presets],
@@ -53,26 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option("diffusion", "--learn-sigma", action="store_true",
            help="also learn the reverse variances, trained with L_hybrid (Nichol & Dhariwal 2021); "
                 "sample --sampler ddpm then uses them"),
-    option("optimisation", "--steps", type=int, help="train until this many optimiser steps")
-    option("optimisation", "--batch-size", type=int, help="images per step")
-    option("optimisation", "--lr", type=float, help="Adam learning rate after warm-up")
-    option("optimisation", "--warmup-steps", type=int, help="linear learning-rate warm-up")
-    option("optimisation", "--lr-schedule", choices=LR_SCHEDULES,
-           help="after the warm-up: constant, or cosine decay to 0 at --steps")
-    option("optimisation", "--grad-clip", type=float, help="clip the gradient norm; 0 turns it off")
-    option("optimisation", "--ema-decay", type=float, help="EMA decay of the weights used for sampling")
-    option("optimisation", "--seed", type=int, help="seeds initialisation, data order, t, noise and dropout")
-    option("run", "--out", help="run folder")
-    option("run", "--resume", help="continue the run in this folder (or from this checkpoint .npz); "
-                                   "other flags (--steps, --lr, the cadences, --device, …) apply from there; "
-                                   "a flag that would change the experiment (--seed, the model, the schedule, "
-                                   "the batch) is refused")
-    option("run", "--sample-every", type=int, metavar="N", help="preview grid every N steps; 0: never")
-    option("run", "--sample-n", type=int, metavar="N", help="images in a preview grid")
     option("run", "--sample-steps", type=int, metavar="N", help="DDIM steps for a preview grid")
-    option("run", "--checkpoint-every", type=int, metavar="N", help="checkpoint every N steps; 0: only at the end")
-    option("run", "--log-every", type=int, metavar="N", help="log.jsonl line every N steps")
-    option("run", "--device", help="cpu or cuda")
 
 
 def run(args) -> int:
@@ -84,6 +92,9 @@ def run(args) -> int:
         explicit["num_classes"] = 10
     resume = getattr(args, "resume", None)
     checkpoint = load_checkpoint(resume) if resume else None
+    if checkpoint is not None and checkpoint.config.get("kind") == "autoencoder":
+        raise ValueError(f"--resume {resume}: {checkpoint.path} is an autoencoder run; resume it with "
+                         "python -m minidiff autoencoder train")
     config = TrainConfig.from_checkpoint(checkpoint, **explicit) if checkpoint else TrainConfig(**explicit)
     trainer = Trainer(config, resume=checkpoint)
     path = trainer.fit()  # on Ctrl-C it saves, says how to resume, and re-raises
