@@ -155,8 +155,8 @@ class AutoencoderKL(nn.Module):
 
 
 def autoencoder_loss(model: AutoencoderKL, x: np.ndarray, rng: np.random.Generator, kl_weight: float):
-    """(L, reconstruction MSE, KL per pixel) for a batch x: the module docstring's loss, z drawn with
-    ε from ``rng``. L is a differentiable scalar; the other two are floats for the log."""
+    """(L, reconstruction MSE, KL per pixel) for a batch x: the module docstring's loss (the KL-reg
+    autoencoder of Rombach et al. 2022, §3), z drawn with ε from ``rng``. L is a differentiable scalar; the other two are floats for the log."""
     posterior = model.encode(x)
     noise = rng.standard_normal(posterior.mean.shape).astype(posterior.mean.dtype)  # ε ∼ N(0, I)
     reconstruction = model.decode(posterior.sample(noise))  # x̂ = D(μ + σ ⊙ ε)

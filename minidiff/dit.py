@@ -35,7 +35,8 @@ FREQUENCY_EMBEDDING_SIZE = 256  # the sinusoid fed to the time MLP (DiT's Timest
 
 def patchify(x, p: int):
     """(N, C, H, W) → (N, L, p·p·C) with L = (H/p)(W/p) tokens in row-major order; each token is one
-    p×p patch flattened as (row in patch, column in patch, channel) -- the inverse of :func:`unpatchify`."""
+    p×p patch flattened as (row in patch, column in patch, channel) -- the inverse of :func:`unpatchify`
+    ("Patchify", Peebles & Xie 2023, §3.2)."""
     n, c, height, width = x.shape
     h, w = height // p, width // p
     x = x.reshape(n, c, h, p, w, p)  # (N, C, h, p, w, p)
@@ -44,7 +45,8 @@ def patchify(x, p: int):
 
 
 def unpatchify(tokens, p: int, channels: int, height: int, width: int):
-    """(N, L, p·p·C) → (N, C, H, W): every token back in its p×p place (DiT's ``unpatchify``)."""
+    """(N, L, p·p·C) → (N, C, H, W): every token back in its p×p place (the "Transformer decoder" of
+    Peebles & Xie 2023, §3.2; DiT's ``unpatchify``)."""
     n = tokens.shape[0]
     h, w = height // p, width // p
     x = tokens.reshape(n, h, w, p, p, channels)  # (N, h, w, p, p, C)
@@ -66,8 +68,9 @@ def sincos_2d_embedding(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
     r"""(grid_h·grid_w, dim) fixed position embedding of the tokens of :func:`patchify`, row-major.
 
     Half the features embed the token's column j, half its row i, each with
-    :func:`sincos_1d_embedding` of dim/2: E[i·grid_w + j] = [e_{dim/2}(j), e_{dim/2}(i)] -- DiT's
-    ``get_2d_sincos_pos_embed`` (from MAE), whose meshgrid puts w first. ``dim`` must divide by 4.
+    :func:`sincos_1d_embedding` of dim/2: E[i·grid_w + j] = [e_{dim/2}(j), e_{dim/2}(i)] -- the
+    "standard ViT frequency-based positional embeddings" of Peebles & Xie 2023, §3.2, as DiT's
+    ``get_2d_sincos_pos_embed`` (from MAE) computes them, its meshgrid putting w first. ``dim`` must divide by 4.
     """
     if dim % 4:
         raise ValueError(f"sincos_2d_embedding: dim={dim} must be divisible by 4")
@@ -154,7 +157,7 @@ class DiTBlock(nn.Module):
 
 class FinalLayer(nn.Module):
     """adaLN LayerNorm (shift β, scale γ from c) then Linear(D → p·p·C_out), both starting at zero
-    (DiT's ``FinalLayer``): the untrained model outputs 0."""
+    (Peebles & Xie 2023, §3.2; DiT's ``FinalLayer``): the untrained model outputs 0."""
 
     def __init__(self, dim: int, patch_size: int, out_channels: int, rng=None, dtype=DEFAULT_DTYPE):
         super().__init__()
@@ -179,7 +182,7 @@ PRESETS = {
 
 
 class DiT(nn.Module):
-    """The Diffusion Transformer (Peebles & Xie 2023) behind the U-Net's interface ``model(x, t, y)``.
+    """The Diffusion Transformer (Peebles & Xie 2023, §3.2, Fig. 3) behind the U-Net's interface ``model(x, t, y)``.
 
     Args:
         in_channels, image_size: the input's C and H = W (pixels, or an autoencoder's latents).

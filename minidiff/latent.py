@@ -108,13 +108,15 @@ class LatentSpace:
         return np.concatenate(parts).astype(np.float32)
 
     def scaled_sample(self, moments: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """z₀ = s·(μ + σ ⊙ ε), ε ∼ N(0, I) from ``rng``: a training batch from :meth:`encode`'s (N, 2z, h, w)."""
+        """z₀ = s·(μ + σ ⊙ ε), ε ∼ N(0, I) from ``rng``: a training batch from :meth:`encode`'s (N, 2z, h, w),
+        latents scaled to unit std (Rombach et al. 2022, §4.3.2)."""
         c = moments.shape[1] // 2
         mean, std = moments[:, :c], moments[:, c:]
         return (self.scale_factor * (mean + std * rng.standard_normal(mean.shape))).astype(np.float32)
 
     def decode(self, z):
-        """Images D(z/s), clipped to [−1, 1], for scaled latents z (N, z_channels, h, w) on any device."""
+        """Images x = D(ẑ₀/s), clipped to [−1, 1], for scaled latents (N, z_channels, h, w) on any device
+        (the decoder of Rombach et al. 2022, §3)."""
         with no_grad():
             images = self.autoencoder.decode(z / self.scale_factor).data
         return images.clip(-1.0, 1.0)

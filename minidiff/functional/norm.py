@@ -77,7 +77,7 @@ def group_norm_silu(x, num_groups: int, weight=None, bias=None, eps: float = 1e-
 
 class LayerNorm(Function):
     r"""y = γ·x̂ + β with x̂ = (x − μ)/√(σ² + eps), μ and σ² taken over the last axis of each row
-    (Ba et al. 2016, Eq. 4), the normaliser of a transformer block; γ, β are per feature or absent."""
+    (Ba et al. 2016, §3), the normaliser of a transformer block; γ, β are per feature or absent."""
 
     def forward(self, x, weight, bias, eps):
         xp = get_array_module(x)
