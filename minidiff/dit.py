@@ -268,7 +268,7 @@ class DiT(nn.Module):
             raise ValueError(f"DiT: empty batch (input shape {tuple(x.shape)})")
         if tuple(np.shape(t)) != (n,):
             raise ValueError(f"DiT: expected timesteps of shape ({n},), one per image, got shape {tuple(np.shape(t))}")
-        _check_indices("timesteps t", t, 0, None)
+        _check_indices("timesteps t", t, 0, None, model="DiT")
         if self.num_classes is None and y is not None:
             raise ValueError("DiT: class labels y given to an unconditional model (built with num_classes=None)")
         if self.num_classes is not None:
@@ -276,7 +276,7 @@ class DiT(nn.Module):
                 raise ValueError(f"DiT: this model is class-conditional (num_classes={self.num_classes}); pass labels y")
             if tuple(np.shape(y)) != (n,):
                 raise ValueError(f"DiT: expected labels of shape ({n},), got shape {tuple(np.shape(y))}")
-            _check_indices("class labels y", y, 0, self.y_embedder.shape[0])
+            _check_indices("class labels y", y, 0, self.y_embedder.shape[0], model="DiT")
 
     def extra_repr(self):
         return ", ".join(f"{k}={v}" for k, v in self.config.items())

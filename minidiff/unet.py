@@ -363,18 +363,18 @@ def _size_advice(size: int, times: int) -> str:
     return f"use a size divisible by {step} such as {f'{lower} or {upper}' if lower else upper}"
 
 
-def _check_indices(what: str, values, low: int, high: int | None) -> None:
+def _check_indices(what: str, values, low: int, high: int | None, model: str = "UNet") -> None:
     """Refuse timesteps or labels that are not integers in [low, high): casting 2.7 to 2, or letting
     −1 pick the last embedding row, would be a silently wrong result. (T is the schedule's: the
     samplers and the loss check t < T.)"""
     values = values.data if isinstance(values, Tensor) else values
     values = get_array_module(values).asarray(values)
     if not get_array_module(values).issubdtype(values.dtype, np.integer):
-        raise ValueError(f"UNet: {what} must be integers, got dtype {values.dtype}")
+        raise ValueError(f"{model}: {what} must be integers, got dtype {values.dtype}")
     lowest, highest = int(values.min()), int(values.max())
     if lowest < low or high is not None and highest >= high:
         bound = f"[{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"UNet: {what} must lie in {bound}, got {lowest}…{highest}")
+        raise ValueError(f"{model}: {what} must lie in {bound}, got {lowest}…{highest}")
 
 
 def _as_input(x, like: Tensor) -> Tensor:

@@ -109,3 +109,5 @@ def test_bad_input_is_refused_in_one_line():
         model(np.zeros((1, 1, 32, 32)), [0])
     with pytest.raises(ValueError, match="class labels y given to an unconditional model"):
         model(np.zeros((1, 1, 28, 28)), [0], [1])
+    with pytest.raises(ValueError, match=r"DiT: class labels y must lie in \[0, 3\), got 0…3"):
+        DiT.from_preset("dit-tiny", num_classes=2, null_class=True)(np.zeros((2, 1, 28, 28)), [0, 1], [0, 3])
