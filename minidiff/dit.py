@@ -25,7 +25,7 @@ from . import functional as F
 from . import nn
 from .autograd import DEFAULT_DTYPE, Tensor
 from .backend import device_of, to_device
-from .unet import _as_input, _check_indices, _index_array, timestep_embedding
+from .unet import _as_input, _check_indices, _index_array, _zero_init, timestep_embedding
 
 __all__ = ["patchify", "unpatchify", "sincos_1d_embedding", "sincos_2d_embedding", "modulate", "DiTBlock",
            "FinalLayer", "DiT", "PRESETS"]
@@ -99,12 +99,6 @@ def _rng(rng):
     return nn.default_rng() if rng is None else rng
 
 
-def _zero(layer: nn.Module) -> nn.Module:
-    for param in layer.parameters():
-        param.data[...] = 0
-    return layer
-
-
 class Attention(nn.Module):
     """Multi-head self-attention over tokens (Vaswani et al. 2017, §3.2.2): one Linear to q, k, v
     (3D), softmax(q kᵀ/√(D/H)) v per head, heads concatenated, one Linear back (timm's ``Attention``)."""
@@ -144,7 +138,7 @@ class DiTBlock(nn.Module):
         self.attn = Attention(dim, num_heads, rng=rng, dtype=dtype)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6, affine=False, dtype=dtype)
         self.mlp = nn.Sequential(_xavier_linear(dim, hidden, rng, dtype), nn.GELU(), _xavier_linear(hidden, dim, rng, dtype))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), _zero(nn.Linear(dim, 6 * dim, rng=rng, dtype=dtype)))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), _zero_init(nn.Linear(dim, 6 * dim, rng=rng, dtype=dtype)))
 
     def forward(self, x, c):
         d = x.shape[-1]
@@ -162,8 +156,8 @@ class FinalLayer(nn.Module):
     def __init__(self, dim: int, patch_size: int, out_channels: int, rng=None, dtype=DEFAULT_DTYPE):
         super().__init__()
         self.norm_final = nn.LayerNorm(dim, eps=1e-6, affine=False, dtype=dtype)
-        self.linear = _zero(nn.Linear(dim, patch_size * patch_size * out_channels, rng=rng, dtype=dtype))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), _zero(nn.Linear(dim, 2 * dim, rng=rng, dtype=dtype)))
+        self.linear = _zero_init(nn.Linear(dim, patch_size * patch_size * out_channels, rng=rng, dtype=dtype))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), _zero_init(nn.Linear(dim, 2 * dim, rng=rng, dtype=dtype)))
 
     def forward(self, x, c):
         d = x.shape[-1]

@@ -260,12 +260,16 @@ class Trainer(BaseTrainer):
 
     def __init__(self, config: TrainConfig, data=None, resume=None, progress: bool = True):
         # With --latent, the autoencoder first: the run config records it and the model takes its latents.
-        self.latent = LatentSpace.load(config.latent, check_device(config.device)) if config.latent else None
+        # A resumed run's is the one it recorded (by absolute path), refused if missing or changed since.
+        if resume is not None and not isinstance(resume, Checkpoint):
+            resume = load_checkpoint(resume)
+        recorded = None if resume is None else resume.config.get("autoencoder")
+        device = check_device(config.device)
+        self.latent = None
+        if config.latent:
+            self.latent = (LatentSpace.from_record(recorded, f"checkpoint {resume.path}", device) if recorded
+                           else LatentSpace.load(config.latent, device))
         self.run_config = config.run_config(None if self.latent is None else self.latent.record())
-        if resume is not None and self.latent is not None:
-            resume = resume if isinstance(resume, Checkpoint) else load_checkpoint(resume)
-            if "autoencoder" in resume.config:  # else check_config refuses its pixel-sized model
-                self.latent.check(resume.config["autoencoder"], f"checkpoint {resume.path}")
         self.schedule = schedule_by_name(config.schedule, config.timesteps, config.zero_terminal_snr)
         self.timestep_sampler = UniformSampler(self.schedule.T)
         super().__init__(config, data, resume, progress)
