@@ -1,12 +1,16 @@
 """Hostile input against the command line, counted: ``python benchmarks/hostile.py [--verbose]``.
 
 Each case is a command line (``python -m minidiff …``) given a bad flag, a bad file or a crafted
-checkpoint, with the words its refusal must contain. A case is
+checkpoint, with the words its refusal must contain; or a call of the Python API with bad
+arguments (refused by an exception whose one-line message holds the words); or an input that
+must be accepted, with a test of the result. A case is
 
-* ``refused cleanly``: exit status 2, one line ``minidiff <command>: error: …`` containing them;
-* ``refused vaguely``: exit status 2 but the line does not name the problem;
+* ``refused cleanly``: exit status 2, one line ``minidiff <command>: error: …`` containing them
+  (for a call: a ValueError or TypeError whose one-line message contains them);
+* ``refused vaguely``: refused, but the line does not name the problem;
 * ``traceback``: any other exception;
-* ``silently accepted``: exit status 0;
+* ``silently accepted``: exit status 0 (a call returns) where a refusal was due;
+* ``correct result`` / ``wrong result``: an input to accept, accepted, and its result right or wrong;
 * ``lost``: the run folder's checkpoint no longer loads afterwards (checked after every case).
 
 It needs the MNIST t10k set in ``../shared/data/mnist`` and takes about a minute; the faults of a
@@ -184,26 +188,244 @@ def cases(run: Path, tmp: Path) -> list[tuple[str, list[str], str]]:
         ("eval --n 1", ["eval", str(run), "--n", "1"], "--n"),
         ("eval --classifier-steps 0", ["eval", str(run), "--classifier-steps", "0"], "--classifier-steps"),
         ("eval with nothing to score", ["eval"], "checkpoint"),
+        *outputs_checked_first(run, tmp),
+        *python_api_edges(),
+        *image_inputs(run, tmp),
+        *semantics(run, tmp, train),
     ]
     return result
 
 
-def classify(argv: list[str], words: str) -> tuple[str, str]:
+def outputs_checked_first(run: Path, tmp: Path) -> list:
+    """Every output path (and --data-dir, --n) checked before any work; the checkpoint never written over."""
+    (tmp / "link.npy").symlink_to(run / "checkpoint.npz")
+    dead = 2**22 + 12345  # above the default pid_max: a writer killed long ago
+    stale = tmp / f".kept.png.{dead}.0123abcd.part"
+    stale.write_bytes(b"half a picture")
+    sample = ["sample", str(run), "--n", "2", "--steps", "2"]
+    return [
+        ("sample --npy RUN/checkpoint.npz", ["sample", str(run), "--npy", str(run / "checkpoint.npz")], "--npy"),
+        ("sample --out RUN/checkpoint.npz", ["sample", str(run), "--out", str(run / "checkpoint.npz")], "--out"),
+        ("sample --out RUN/samples_step4.png", ["sample", str(run), "--out", str(run / "samples_step4.png")],
+         "run folder"),
+        ("sample --npy a link to the checkpoint", ["sample", str(run), "--npy", str(tmp / "link.npy")], "checkpoint"),
+        ("sample --out s.jpg", ["sample", str(run), "--out", str(tmp / "s.jpg")], "--out"),
+        ("sample --out a folder", ["sample", str(run), "--out", str(tmp)], "--out"),
+        ("sample --out ''", ["sample", str(run), "--out", ""], "--out"),
+        ("sample --out and --trajectory the same", ["sample", str(run), "--out", str(tmp / "a.png"), "--trajectory",
+                                                    str(tmp / "a.png")], "--out and --trajectory"),
+        ("sample --out the --init image", ["sample", str(run), "--init", str(tmp / "digit.png"), "--out",
+                                           str(tmp / "digit.png")], "--init"),
+        ("sample --npy under a file", ["sample", str(run), "--npy", str(tmp / "afile" / "x.npy")], "afile"),
+        ("sample --npy /proc/nope/x.npy", ["sample", str(run), "--npy", "/proc/nope/x.npy"], "--npy"),
+        ("eval --json RUN/checkpoint.npz", ["eval", str(run), "--json", str(run / "checkpoint.npz")], "--json"),
+        ("eval --json RUN/config.json", ["eval", str(run), "--json", str(run / "config.json")], "run folder"),
+        ("eval --json /proc/nope/x.json", ["eval", str(run), "--json", "/proc/nope/x.json"], "--json"),
+        ("eval --n 6000 (before sampling)", ["eval", str(run), "--n", "6000", "--data-dir", str(MNIST)], "--n 6000"),
+        ("eval --data-dir missing (before sampling)", ["eval", str(run), "--data-dir", str(tmp / "missing")],
+         "missing"),
+        ("figures --data-dir missing (before drawing)", ["figures", str(run), "--out", str(tmp / "figs"),
+                                                         "--data-dir", str(tmp / "missing")], "missing"),
+        ("figures --out a file", ["figures", str(run), "--out", str(tmp / "afile")], "--out"),
+        ("train --out a file", ["train", *TINY, "--out", str(tmp / "afile"), "--steps", "1"], "--out"),
+        ("sample --sampler pf-ode --no-clip --npy: in [-1, 1], what eval scores",
+         [*sample, "--sampler", "pf-ode", "--no-clip", "--out", str(tmp / "pf.png"), "--npy", str(tmp / "pf.npy")],
+         lambda err: np.abs(np.load(tmp / "pf.npy")).max() <= 1.0),
+        ("a killed write's .part file is removed by the next write of that output",
+         [*sample, "--out", str(tmp / "kept.png")], lambda err: not stale.exists() and (tmp / "kept.png").exists()),
+    ]
+
+
+def python_api_edges() -> list:
+    """The Python API refuses what would be silently wrong, in the caller's terms."""
+    from minidiff.autograd import Tensor
+    from minidiff.diffusion import q_sample, training_loss
+    from minidiff.guidance import guided_denoiser
+    from minidiff.likelihood import bpd_estimate
+    from minidiff.sampling import ddim_sample, ddpm_sample
+    from minidiff.schedule import NoiseSchedule
+    from minidiff.testing import check_round_trips, schedules
+    from minidiff.unet import UNet
+
+    schedule, shape = NoiseSchedule.linear(10), (2, 1, 4, 4)
+    x, t = np.random.default_rng(0).standard_normal(shape), np.array([3, 7])
+
+    def returning(make):
+        return lambda x_t, t: make(x_t)
+
+    def zeros(x_t, t):
+        return np.zeros_like(x_t)
+
+    def nan(x_t, t):
+        return np.full_like(x_t, np.nan)
+
+    def ddim(model, **kwargs):
+        return lambda: ddim_sample(model, schedule, shape, 3, **kwargs)
+
+    conditional = UNet(in_channels=1, base_channels=8, channel_mults=(1,), num_res_blocks=1, attn_resolutions=(),
+                       num_groups=4, image_size=4, num_classes=2, null_class=True, rng=np.random.default_rng(0))
+
+    def float32_round_trips():
+        for name in ("linear", "cosine", "sigmoid"):
+            s = getattr(NoiseSchedule, name)(100)
+            check_round_trips(s, x.astype(np.float32), np.arange(0, 100, 50), x.astype(np.float32))
+        return True
+
+    def one_step_schedules():
+        from hypothesis import given, settings
+
+        @settings(max_examples=30, database=None)
+        @given(schedules(min_T=1, max_T=3))
+        def draw(s):
+            assert s.T >= 1
+
+        draw()
+        return True
+
+    return [
+        ("API q_sample with uint8 x0", lambda: q_sample(schedule, x.astype(np.uint8), t, x), "x0 has dtype uint8"),
+        ("API training_loss with int x0", lambda: training_loss(lambda x_t, t: Tensor(np.zeros(x_t.shape)), schedule,
+                                                                x.astype(int), np.random.default_rng(0)), "x0"),
+        ("API ddim_sample with int x_T", ddim(zeros, x_T=np.zeros(shape, int)), "x_T has dtype"),
+        ("API q_sample with a Tensor x0", lambda: q_sample(schedule, Tensor(x), t, x), "Tensor"),
+        ("API q_sample with a list x0", lambda: q_sample(schedule, x.tolist(), t, x), "list"),
+        ("API q_sample with t None", lambda: q_sample(schedule, x, None, x), "timesteps t"),
+        ("API model output (1, C, H, W)", ddim(returning(lambda x_t: np.zeros((1, *x_t.shape[1:])))),
+         "the model returned shape"),
+        ("API model output 0-d", ddim(returning(lambda x_t: np.zeros(()))), "the model returned shape ()"),
+        ("API model output (N, 1, 1, 1)", ddim(returning(lambda x_t: np.zeros((len(x_t), 1, 1, 1)))),
+         "the model returned shape"),
+        ("API model output 3C channels", ddim(returning(lambda x_t: np.zeros((2, 3, 4, 4))))
+         , "the model returned shape"),
+        ("API model output 2C without learned variances", ddim(returning(lambda x_t: np.zeros((2, 2, 4, 4)))),
+         "twice the channels"),
+        ("API model returning NaN", ddim(nan), "NaN"),
+        ("API rng=0", lambda: ddpm_sample(zeros, schedule, shape, 3, rng=0), "default_rng(0)"),
+        ("API steps '5'", lambda: ddim_sample(zeros, schedule, shape, "5"), "steps"),
+        ("API guidance w '2'", lambda: guided_denoiser(conditional, np.array([0, 1]), "2"), "guidance"),
+        ("API bpd probabilities not summing to 1",
+         lambda: bpd_estimate(zeros, schedule, x, 3, np.random.default_rng(0), probabilities=np.full(9, 0.2)),
+         "sum to 1"),
+        ("API bpd_estimate with 1 timestep", lambda: bpd_estimate(zeros, schedule, x, 1, np.random.default_rng(0)),
+         "num_timesteps"),
+        ("API q_sample with noise of another shape", lambda: q_sample(schedule, x, t, x[:1]), "noise has shape"),
+        ("API q_sample with 3 timesteps for 2 images", lambda: q_sample(schedule, x, np.arange(3), x), "timesteps t"),
+        ("API a U-Net handed to a sampler as it is",
+         ddim(UNet(in_channels=1, base_channels=8, channel_mults=(1,), num_res_blocks=1, attn_resolutions=(),
+                   num_groups=4, image_size=4, rng=np.random.default_rng(0))), "as_denoiser"),
+        ("API NoiseSchedule.cosine(s=-1)", lambda: NoiseSchedule.cosine(10, s=-1), "s (the cosine"),
+        ("API testing.schedules(min_T=1)", one_step_schedules, lambda ok: ok),
+        ("API check_round_trips on float32", float32_round_trips, lambda ok: ok),
+    ]
+
+
+def image_inputs(run: Path, tmp: Path) -> list:
+    """Input images of every kind by one rule; bombs and unreadable files refused."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from minidiff.images import load_image
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    (tmp / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+                                   + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    ramp = np.linspace(0, 1, 28 * 28).reshape(28, 28)
+    Image.fromarray(np.round(ramp * 65535).astype(np.uint16)).save(tmp / "grey16.png")
+    Image.fromarray((ramp * 255).astype(np.float32), mode="F").save(tmp / "float255.tif")
+    sketch = np.zeros((28, 28), np.uint8)
+    sketch[5:20, 10:14] = 255
+    Image.fromarray(np.dstack([np.full((28, 28, 3), 255, np.uint8), sketch]), "RGBA").save(tmp / "sketch.png")
+    (tmp / "empty.png").write_bytes(b"")
+
+    def intensities(name, **kwargs):
+        return lambda: (load_image(tmp / name, "--init", 1, 28, **kwargs)[0][0] + 1) / 2
+
+    return [
+        ("sample --init a decompression bomb", ["sample", str(run), "--init", str(tmp / "bomb.png")], "bomb"),
+        ("sample --init a float TIFF in [0, 255]", ["sample", str(run), "--init", str(tmp / "float255.tif")],
+         "float image"),
+        ("sample --init an empty file", ["sample", str(run), "--init", str(tmp / "empty.png")], "cannot read"),
+        ("sample --mask a decompression bomb", ["sample", str(run), "--init", str(tmp / "digit.png"), "--mask",
+                                                str(tmp / "bomb.png")], "--mask"),
+        ("a 16-bit PNG keeps its grey levels", intensities("grey16.png"), lambda a: np.allclose(a, ramp, atol=1e-4)),
+        ("an RGBA sketch is composited on black", intensities("sketch.png"),
+         lambda a: np.allclose(a, sketch / 255, atol=1e-6)),
+        ("an RGBA mask repaints its sketch", intensities("sketch.png", nearest=True),
+         lambda a: np.array_equal(a > 0.5, sketch > 0)),
+    ]
+
+
+def semantics(run: Path, tmp: Path, train) -> list:
+    """Semantics that must not drift: the bound's KL terms, the classes, Min-SNR-γ, inpainting's variance, resume."""
+    from minidiff.sample import generate
+    from minidiff.schedule import NoiseSchedule
+    from minidiff.unet import UNet
+
+    model = UNet(in_channels=1, base_channels=8, channel_mults=(1,), num_res_blocks=1, attn_resolutions=(),
+                 num_groups=4, image_size=8, rng=np.random.default_rng(0))
+    for param in model.parameters():
+        param.data += np.random.default_rng(1).normal(0, 0.05, param.shape).astype(param.data.dtype)
+    mask = np.zeros((8, 8), np.float32)
+    mask[:4] = 1
+
+    def inpaint(variance):
+        return generate(model, NoiseSchedule.cosine(20), 2, "ddpm", 5, variance=variance, seed=3,
+                        init=np.zeros((1, 8, 8), np.float32), mask=mask)
+
+    edited = tmp / "edited"
+    shutil.copytree(run, edited)
+    config = json.loads((edited / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps({**config, "lr": 0.5}))
+    return [
+        ("bpd --timesteps 1 (drops every KL term)", ["bpd", str(run), "--timesteps", "1"], "--timesteps"),
+        ("train --limit-data beyond the data", train("--limit-data", "20000"), "--limit-data 20000"),
+        ("sample --mask with --sampler pf-ode", ["sample", str(run), "--init", str(tmp / "digit.png"), "--mask",
+                                                 str(tmp / "digit.png"), "--sampler", "pf-ode"], "--sampler"),
+        ("sample --jump-length as long as the chain", ["sample", str(run), "--init", str(tmp / "digit.png"), "--mask",
+                                                       str(tmp / "digit.png"), "--sampler", "ddpm", "--steps", "4",
+                                                       "--jump-length", "4", "--jump-n-sample", "2"], "--jump-length 4"),
+        *[(f"train --num-classes {k} on MNIST", train("--num-classes", k), f"--num-classes {k}") for k in ("20", "11")],
+        *[(f"train --min-snr-gamma {g}", train("--min-snr-gamma", g), "--min-snr-gamma") for g in ("1e-300", "1e30")],
+        ("inpainting honours the DDPM variance", lambda: (inpaint("fixed_small"), inpaint("fixed_large")),
+         lambda pair: not np.allclose(*pair)),
+        ("train --resume after config.json was edited by hand", ["train", "--resume", str(edited), "--steps", "5"],
+         lambda err: "config.json" in err and "not read on resume" in err),
+    ]
+
+
+def classify(argv, expect) -> tuple[str, str]:
+    """How case ``argv`` (a command line, or a callable of the Python API) met ``expect``: the words of
+    its refusal, or a test ``expect(result)`` of an accepted case's result (a call's return value, a
+    command's stderr)."""
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("always" if callable(expect) else "ignore")  # an accepted case may be judged by one
         try:
-            status = main(argv)
+            result = argv() if callable(argv) else None
+            status = 0 if callable(argv) else main(argv)
         except SystemExit as exc:
             status = exc.code
+        except (ValueError, TypeError) as exc:
+            if not callable(argv):
+                return "traceback", f"{type(exc).__name__}: {exc}"
+            line = f"{type(exc).__name__}: {exc}"
+            return ("refused cleanly" if isinstance(expect, str) and expect in line and "\n" not in line
+                    else "refused vaguely"), line
         except BaseException as exc:  # noqa: BLE001 — an escaping exception is what this counts
             return "traceback", f"{type(exc).__name__}: {exc}"
     lines = [line for line in err.getvalue().splitlines() if line.strip() and "\r" not in line and "%|" not in line]
     last = lines[-1] if lines else ""
     if status == 0:
+        if callable(expect):
+            right = expect(result if callable(argv) else err.getvalue())
+            return ("correct result" if right else "wrong result"), last
         return "silently accepted", ""
-    if status == 2 and last.startswith(f"minidiff {argv[0]}: error:"):
-        return ("refused cleanly" if words in last else "refused vaguely"), last
+    if status == 2 and not callable(argv) and last.startswith(f"minidiff {argv[0]}: error:"):
+        return ("refused cleanly" if isinstance(expect, str) and expect in last else "refused vaguely"), last
     return "traceback", last
 
 
@@ -215,7 +437,8 @@ def run_all(verbose: bool) -> dict:
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert main(["train", *TINY, "--out", str(run), "--steps", "4"]) == 0
-        counts = {kind: 0 for kind in ("refused cleanly", "refused vaguely", "traceback", "silently accepted", "lost")}
+        counts = {kind: 0 for kind in ("refused cleanly", "correct result", "refused vaguely", "traceback",
+                                       "silently accepted", "wrong result", "lost")}
         all_cases = cases(run, tmp)
         for description, argv, words in all_cases:
             kind, line = classify(argv, words)
@@ -226,7 +449,7 @@ def run_all(verbose: bool) -> dict:
                 counts["lost"] += 1
                 kind += ", and the run folder's checkpoint was lost"
                 shutil.copytree(run, tmp / "broken", dirs_exist_ok=True)
-            if verbose or kind != "refused cleanly":
+            if verbose or kind not in ("refused cleanly", "correct result"):
                 print(f"{kind:18} {description}: {line}")
         return {"tried": len(all_cases), **counts}
 

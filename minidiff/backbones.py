@@ -46,4 +46,5 @@ def as_denoiser(model, y=None):
         with no_grad():
             return model(x_t, t, y).data
 
+    denoise.learned_variance = bool(getattr(model, "learned_variance", False))  # its output may have 2C channels
     return denoise

@@ -17,7 +17,7 @@ from .backend import DEVICES
 from .backbones import DEFAULT_PRESET, PRESETS, model_config
 from .checkpoint import Checkpoint, CheckpointError
 from .datasets import DATASETS
-from .diffusion import PREDICTIONS
+from .diffusion import MIN_SNR_GAMMA_RANGE, PREDICTIONS
 from .optim import LR_SCHEDULES
 from .schedule import SCHEDULES, schedule_by_name
 
@@ -168,8 +168,9 @@ class TrainConfig(RunConfig):
             need(getattr(self, name) is None or _is_int(getattr(self, name)) and getattr(self, name) >= 1,
                  name, "a positive integer")
         need(self.dropout is None or _is_real(self.dropout) and 0 <= self.dropout < 1, "dropout", "in [0, 1)")
-        need(self.min_snr_gamma is None or _is_real(self.min_snr_gamma) and self.min_snr_gamma > 0,
-             "min_snr_gamma", "a positive finite number")
+        low, high = MIN_SNR_GAMMA_RANGE
+        need(self.min_snr_gamma is None or _is_real(self.min_snr_gamma) and low <= self.min_snr_gamma <= high,
+             "min_snr_gamma", f"in [{low:g}, {high:g}] (Hang et al. 2023 use 5)")
         need(_is_real(self.p_uncond) and 0 <= self.p_uncond < 1, "p_uncond", "in [0, 1)")
         need(not self.p_uncond or self.num_classes is not None, "p_uncond",
              "0 without --num-classes (it drops class labels)")

@@ -86,6 +86,7 @@ class DatasetInfo:
     mirrors: tuple[str, ...]
     splits: dict[str, tuple[IdxFile, IdxFile]]  # split -> (images, labels)
     system_dirs: tuple[Path, ...] = ()
+    num_classes: int = 10  # labels 0..num_classes-1 (MNIST: digits; Fashion-MNIST: garments)
 
 
 def _splits(md5s: dict[str, tuple[str, str]]) -> dict[str, tuple[IdxFile, IdxFile]]:

@@ -31,6 +31,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from . import checks
 from . import functional as F
 from .autograd import Tensor
 from .backend import get_array_module, to_device, to_numpy
@@ -38,6 +39,10 @@ from .schedule import extract, gather
 
 PREDICTIONS = ("eps", "x0", "v")
 VARIANCES = ("fixed_small", "fixed_large", "learned")
+# Min-SNR-γ's γ (Hang et al. 2023 use 5): far below 0.01 the weights (down to γ/SNR) and the gradients
+# underflow to nothing, and 1e-300 trains on a loss of exactly 0; from 1e4, above the SNR of the
+# usual schedules' first steps, it clips almost nothing.
+MIN_SNR_GAMMA_RANGE = (0.01, 1e4)
 HYBRID_LAMBDA = 0.001  # λ of L_hybrid = L_simple + λ L_vlb (Nichol & Dhariwal 2021, §3.1)
 
 # Data in [−1, 1] quantised to 256 levels: bins are 2/255 wide (Ho et al. 2020, Eq. 13).
@@ -71,11 +76,14 @@ def q_step(schedule, x_prev, t, noise):
 
     ``x_prev`` is x_{t−1} (x₀ at t = 0). Its small-β limit is the VP SDE (Song et al. 2021b, Eq. 10).
     """
+    x_prev = checks.float_array(x_prev, "x_prev")
+    noise = checks.same_shape(checks.float_array(noise, "noise"), "noise", x_prev, "x_prev")
     return extract(np.sqrt(schedule.alphas), t, x_prev) * x_prev + extract(np.sqrt(schedule.betas), t, x_prev) * noise
 
 
 def q_mean_variance(schedule, x0, t):
     """Mean, variance and log-variance of q(x_t | x₀) = N(√ᾱ_t x₀, (1 − ᾱ_t) I) (Ho et al. 2020, Eq. 4)."""
+    x0 = checks.float_array(x0, "x0")
     mean = extract(schedule.sqrt_alphas_cumprod, t, x0) * x0
     variance = extract(1.0 - schedule.alphas_cumprod, t, x0)
     log_variance = extract(schedule.log_one_minus_alphas_cumprod, t, x0)
@@ -84,6 +92,7 @@ def q_mean_variance(schedule, x0, t):
 
 def q_sample(schedule, x0, t, noise):
     """x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε, a sample of q(x_t | x₀) (Ho et al. 2020, Eq. 4)."""
+    x0, noise = checks.float_array(x0, "x0"), checks.same_shape(checks.float_array(noise, "noise"), "noise", x0, "x0")
     return (
         extract(schedule.sqrt_alphas_cumprod, t, x0) * x0
         + extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * noise
@@ -92,6 +101,7 @@ def q_sample(schedule, x0, t, noise):
 
 def q_posterior_mean_variance(schedule, x0, x_t, t):
     """Mean μ̃_t(x_t, x₀), variance β̃_t and clipped log β̃_t of q(x_{t−1} | x_t, x₀) (Ho et al. 2020, Eqs. 6–7)."""
+    x0, x_t = checks.float_array(x0, "x0"), checks.float_array(x_t, "x_t")
     mean = extract(schedule.posterior_mean_coef1, t, x_t) * x0 + extract(schedule.posterior_mean_coef2, t, x_t) * x_t
     variance = extract(schedule.posterior_variance, t, x_t)
     log_variance = extract(schedule.posterior_log_variance_clipped, t, x_t)
@@ -163,22 +173,31 @@ def dynamic_thresholding(x0_hat, percentile=0.995):
 
     Saharia et al. 2022, §2.3 ("dynamic thresholding"); s = 1 reduces it to static clipping.
     """
-    if not 0 < percentile <= 1:
-        raise ValueError(f"dynamic threshold percentile must lie in (0, 1], got {percentile}")
+    if not 0 < checks.real(percentile, "dynamic threshold percentile") <= 1:
+        raise checks.ArgumentError(f"dynamic threshold percentile must lie in (0, 1], got {percentile}")
     xp = get_array_module(x0_hat)
     s = xp.quantile(xp.abs(x0_hat).reshape(len(x0_hat), -1), percentile, axis=1)
     s = xp.maximum(s, 1.0).astype(x0_hat.dtype).reshape((-1,) + (1,) * (x0_hat.ndim - 1))
     return xp.clip(x0_hat, -s, s) / s
 
 
-def call_model(model, schedule, x_t, t):
-    """``model(x_t, t)`` with t mapped to the model's own timesteps.
+def call_model(model, schedule, x_t, t, learned_variance=None):
+    """``model(x_t, t)`` with t mapped to the model's own timesteps, its output's shape checked.
 
     A respaced schedule indexes a subset of the training chain; the model must see the
-    original t it was trained with (Nichol & Dhariwal 2021, §4).
+    original t it was trained with (Nichol & Dhariwal 2021, §4). The output must have x_t's
+    shape, or twice its channels (ε̂ and v stacked, :func:`model_output_parts`) when the model
+    learns its variances: ``learned_variance``, by default the model's own ``learned_variance``
+    attribute (a U-Net built with ``learn_sigma`` and :func:`minidiff.unet.as_denoiser` have one).
+    A broadcastable wrong shape would otherwise pass silently.
     """
+    if not callable(model):
+        raise checks.ArgumentError(f"model must be a callable model(x_t, t), got {type(model).__name__}")
     xp = get_array_module(x_t)
-    return model(x_t, xp.asarray(gather(schedule.timesteps, t)))
+    output = model(x_t, xp.asarray(gather(schedule.timesteps, t)))
+    if learned_variance is None:
+        learned_variance = bool(getattr(model, "learned_variance", False))
+    return checks.model_output(output, x_t, learned_variance)
 
 
 def model_output_parts(output, x_t):
@@ -204,6 +223,10 @@ def denoise_output(schedule, x_t, t, output, prediction="eps", clip_denoised=Fal
     dynamic thresholding at percentile ``dynamic_threshold`` (Saharia et al. 2022, §2.3); ε̂
     then follows from Ho et al. 2020, Eq. 4 so that both stay consistent with x_t.
     """
+    if isinstance(output, Tensor):  # e.g. a U-Net handed to a sampler as it is
+        raise checks.ArgumentError("the model returned a minidiff Tensor; samplers take a model on arrays: wrap a "
+                                   "U-Net with minidiff.unet.as_denoiser(model)")
+    checks.finite_model_output(output, gather(schedule.timesteps, t))  # NaN in, NaN samples out: stop here
     x0_hat = predict_x0(schedule, x_t, t, model_output_parts(output, x_t)[0], prediction)
     if dynamic_threshold is not None:
         x0_hat = dynamic_thresholding(x0_hat, dynamic_threshold)
@@ -219,6 +242,7 @@ def training_target(schedule, x0, t, noise, prediction="eps"):
     """What the model should output at (x_t, t): ε (Ho et al. 2020, Eq. 14), x₀, or
     v = √ᾱ_t ε − √(1 − ᾱ_t) x₀ (Salimans & Ho 2022, §4)."""
     check_choice("prediction", prediction, PREDICTIONS)
+    x0, noise = checks.float_array(x0, "x0"), checks.same_shape(checks.float_array(noise, "noise"), "noise", x0, "x0")
     if prediction == "eps":
         return noise
     if prediction == "v":
@@ -236,8 +260,7 @@ def snr_loss_weight(schedule, t, prediction="eps", min_snr_gamma=None):
     check_choice("prediction", prediction, PREDICTIONS)
     if min_snr_gamma is None:
         return gather(np.ones(schedule.T), t)
-    if not min_snr_gamma > 0:
-        raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
+    checks.real(min_snr_gamma, "min_snr_gamma", *MIN_SNR_GAMMA_RANGE)
     snr = schedule.snr
     if prediction == "eps":
         # min(SNR, γ)/SNR written as min(1, γ/SNR) stays finite (= 1) at zero terminal SNR.
@@ -271,6 +294,9 @@ def training_loss(model, schedule, x0, rng, *, prediction="eps", min_snr_gamma=N
     mean over those rows only, so a data-parallel rank (:mod:`minidiff.distributed`) computes
     exactly the single process's terms for its rows, and ``rng`` advances alike on every rank.
     """
+    x0 = checks.float_array(x0, "x0")
+    if checks.generator(rng) is None:
+        raise checks.ArgumentError("rng must be a numpy.random.Generator (it draws t and the noise), got None")
     timestep_sampler = UniformSampler(schedule.T) if timestep_sampler is None else timestep_sampler
     t, importance = timestep_sampler.sample(len(x0), rng)  # line 3: t ∼ Uniform({1, …, T}), or p_t
     noise = rng.standard_normal(x0.shape, dtype=np.float32)  # line 4: ε ∼ N(0, I)

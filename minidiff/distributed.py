@@ -170,3 +170,22 @@ class RowsOf:
 
     def standard_normal(self, size, dtype=np.float64):
         return self.rng.standard_normal((self.n, *size[1:]), dtype=dtype)[self.rows]
+
+    def random(self, size):
+        return self.rng.random((self.n, *size[1:]))[self.rows]
+
+    def choice(self, a, size, p=None):
+        return self.rng.choice(a, size=(self.n, *size[1:]), p=p)[self.rows]
+
+
+def batch_shares(n: int, batch: int, rows: slice) -> list[tuple[int, range, range]]:
+    """(k, batch k's rows, its rows within ``rows``) for the batches of ``batch`` of n rows that meet ``rows``.
+
+    A rank's share of work drawn in batches: batch k draws its random numbers for all its rows from a
+    generator seeded by k (:class:`RowsOf`), so a row's draws do not depend on how the rows are split.
+    """
+    batches = [range(start, min(start + batch, n)) for start in range(0, n, batch)]
+    wanted = range(n)[rows]
+    shares = [(k, rows_k, range(max(rows_k.start, wanted.start), min(rows_k.stop, wanted.stop)))
+              for k, rows_k in enumerate(batches)]
+    return [(k, rows_k, share) for k, rows_k, share in shares if len(share)]

@@ -250,6 +250,11 @@ class DiT(nn.Module):
             tokens = block(tokens, c)  # (N, L, D)
         return unpatchify(self.final_layer(tokens, c), p, self.out_channels, height, width)  # (N, C_out, H, W)
 
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the output stacks ε̂ and the variance interpolation v (2·in_channels channels), as the U-Net's."""
+        return bool(self.config["learn_sigma"])
+
     def _check_inputs(self, x, t, y):
         if len(x.shape) != 4:
             raise ValueError(f"DiT: expected an image batch (N, C, H, W), got shape {tuple(x.shape)}")

@@ -23,15 +23,16 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import get_array_module
-from .diffusion import denoise, q_sample, q_step
+from . import checks
+from .diffusion import call_model, denoise_output, model_output_parts, p_mean_variance, q_sample, q_step
 from .sampling import _recorder, _start, _timestep_batch, ddim_update, ddim_variance, respaced
 from .schedule import extract, standard_normal
 
 
 def strength_steps(strength: float, steps: int) -> int:
     """How many of ``steps`` denoising steps an SDEdit of ``strength`` ∈ [0, 1] runs: round(strength·steps)."""
-    if not 0 <= strength <= 1:
-        raise ValueError(f"strength must lie in [0, 1], got {strength}")
+    if not 0 <= checks.real(strength, "strength") <= 1:
+        raise checks.ArgumentError(f"strength must lie in [0, 1], got {strength}")
     return round(strength * steps)
 
 
@@ -71,16 +72,19 @@ def repaint_timesteps(T: int, jump_length: int = 1, jump_n_sample: int = 1) -> l
     return visited
 
 
-def repaint_sample(model, schedule, shape, steps=None, spacing="uniform", *, known, mask, eta=1.0, jump_length=1,
-                   jump_n_sample=1, rng=None, prediction="eps", clip_denoised=True, dynamic_threshold=None,
-                   x_T=None, callback=None, return_trajectory=False):
+def repaint_sample(model, schedule, shape, steps=None, spacing="uniform", *, known, mask, eta=1.0, variance=None,
+                   jump_length=1, jump_n_sample=1, rng=None, prediction="eps", clip_denoised=True,
+                   dynamic_threshold=None, x_T=None, callback=None, return_trajectory=False):
     """Inpaint ``known`` where ``mask`` is 0 (Lugmayr et al. 2022, Algorithm 1): returns x₀ equal to
     ``known`` on those pixels and sampled on the others (mask 1).
 
     Each step down draws x_{t−1}^known ∼ q(x_{t−1} | x₀) (Ho et al. 2020, Eq. 4; x₀ itself at the
     last step) and x_{t−1}^unknown ∼ p_θ(x_{t−1} | x_t) by the DDIM update with σ_t(η)
     (Song et al. 2021, Eqs. 12 and 16; η = 1 is DDPM's ancestral step, the paper's), and keeps
-    x_{t−1} = (1 − m) ⊙ x^known + m ⊙ x^unknown. A step up (a resampling jump,
+    x_{t−1} = (1 − m) ⊙ x^known + m ⊙ x^unknown. Given a DDPM ``variance`` (``"fixed_small"``,
+    ``"fixed_large"`` or the model's ``"learned"`` one, as :func:`minidiff.sampling.ddpm_sample`
+    takes), x^unknown is instead DDPM's own step μ_θ + σ_t z with that σ_t (Ho et al. 2020, Eq. 11),
+    and ``eta`` is unused. A step up (a resampling jump,
     :func:`repaint_timesteps`) is one forward step q(x_t | x_{t−1}) (Ho et al. 2020, Eq. 2).
     ``known`` and ``mask`` broadcast against ``shape``. Returns x₀, or (x₀, [TrajectoryStep, …]).
     """
@@ -88,6 +92,12 @@ def repaint_sample(model, schedule, shape, steps=None, spacing="uniform", *, kno
     variances = ddim_variance(schedule, eta)  # σ_t(η)², Eq. 16
     report, trajectory = _recorder(callback, return_trajectory)
     rng, x = _start(rng, shape, x_T)
+    known, mask = checks.float_array(known, "known"), checks.float_array(mask, "mask")
+    for name, array in (("known", known), ("mask", mask)):
+        checks.broadcasts_to(array, name, x.shape)
+    if mask.size and (float(mask.min()) < 0 or float(mask.max()) > 1):  # 0 keep, 1 paint: a blend in between
+        raise checks.ArgumentError(f"mask values must lie in [0, 1] (1: paint, 0: keep), got "
+                                   f"[{float(mask.min()):.4g}, {float(mask.max()):.4g}]")
     xp = get_array_module(x)
     visited = repaint_timesteps(schedule.T, jump_length, jump_n_sample)
     steps_down = 0  # the index reported: model steps so far, jumps not counted
@@ -96,12 +106,19 @@ def repaint_sample(model, schedule, shape, steps=None, spacing="uniform", *, kno
             x = q_step(schedule, x, _timestep_batch(t_next, x), standard_normal(rng, x))
             continue
         t_batch = _timestep_batch(t, x)
-        x0_hat, eps_hat = denoise(model, schedule, x, t_batch, prediction, clip_denoised, dynamic_threshold)
+        output = call_model(model, schedule, x, t_batch, learned_variance=variance == "learned" or None)
+        x0_hat, eps_hat = denoise_output(schedule, x, t_batch, output, prediction, clip_denoised, dynamic_threshold)
         report(steps_down, int(schedule.timesteps[t]), x, x0_hat)
         steps_down += 1
-        variance = extract(variances, t_batch, x)
-        unknown = ddim_update(x0_hat, eps_hat, extract(schedule.alphas_cumprod_prev, t_batch, x), variance)
-        unknown = unknown + xp.sqrt(variance) * standard_normal(rng, x)  # x^unknown ∼ p_θ(x_{t−1} | x_t)
+        z = standard_normal(rng, x)
+        if variance is None:  # x^unknown ∼ p_θ(x_{t−1} | x_t) by DDIM's step with σ_t(η), Eq. 12
+            sigma_squared = extract(variances, t_batch, x)
+            unknown = ddim_update(x0_hat, eps_hat, extract(schedule.alphas_cumprod_prev, t_batch, x), sigma_squared)
+            unknown = unknown + xp.sqrt(sigma_squared) * z
+        else:  # by DDPM's step with its σ_t², Eq. 11 (no noise onto x₀, as in Algorithm 2)
+            mean, _, log_variance = p_mean_variance(schedule, x, t_batch, x0_hat, variance,
+                                                    model_output_parts(output, x)[1])
+            unknown = mean + xp.exp(0.5 * log_variance) * (z if t > 0 else 0.0)
         known_t = known if t == 0 else q_sample(schedule, xp.broadcast_to(known, x.shape), t_batch - 1,
                                                 standard_normal(rng, x))  # x^known ∼ q(x_{t−1} | x₀)
         x = (1 - mask) * known_t + mask * unknown  # the known region re-imposed

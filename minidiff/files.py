@@ -8,6 +8,7 @@ destination, are flushed to disk, and only then renamed over it. A crash, a Ctrl
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 import zipfile
@@ -29,9 +30,11 @@ def atomic_write(path: str | os.PathLike):
     the folder names either the old file or the complete new one. The temporary file is opened
     with a plain ``open`` (not ``mkstemp``, which makes files private), so the result gets the
     usual umask permissions. Its name, ``.<name>.<pid>.<random>.part``, lets
-    :func:`remove_stale_parts` find what a killed process left behind.
+    :func:`remove_stale_parts` find what a killed process left behind: the temporary files of
+    earlier writes of the same ``path`` by dead processes are removed before this one starts.
     """
     path = Path(path)
+    remove_stale_parts(path.parent, path.name)  # what a killed earlier write of this file left
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{PART_SUFFIX}")
     try:
         with open(tmp, "xb") as out:
@@ -58,16 +61,20 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_parts(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files of :func:`atomic_write` that a killed process left in ``folder``.
+def remove_stale_parts(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_write` that a killed process left in ``folder``
+    (only those of the file ``name``, when given).
 
     Only files of processes that no longer run are removed, so a writer still at work keeps its
     own. Returns the paths removed.
     """
     removed = []
-    for part in Path(folder).glob(f".*{PART_SUFFIX}"):
+    pattern = f".{glob.escape(name)}.*{PART_SUFFIX}" if name else f".*{PART_SUFFIX}"
+    for part in Path(folder).glob(pattern):
         fields = part.name.split(".")
         pid = fields[-3] if len(fields) >= 4 else ""
+        if name is not None and part.name != f".{name}.{pid}.{fields[-2]}{PART_SUFFIX}":
+            continue  # another file whose name starts like this one's
         if pid.isdigit() and _process_alive(int(pid)):
             continue
         part.unlink(missing_ok=True)

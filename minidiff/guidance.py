@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import checks
 from .autograd import no_grad
 from .backend import get_array_module
 from .diffusion import model_output_parts
@@ -26,7 +27,7 @@ def drop_labels(labels: np.ndarray, p_uncond: float, null_label: int, rng: np.ra
     ``null_label`` is ∅'s index in the class embedding. One uniform draw per label from ``rng``
     (the trainer's stream), so a resumed run drops the same labels as one that never stopped.
     """
-    dropped = rng.random(len(labels)) < p_uncond
+    dropped = rng.random(len(labels)) < checks.real(p_uncond, "p_uncond", 0.0, 1.0)
     return np.where(dropped, null_label, labels)
 
 
@@ -48,6 +49,7 @@ def guided_denoiser(model, labels, guidance: float = 0.0):
     x̂₀ happens after guidance, in :func:`minidiff.diffusion.denoise`. A model with learned
     variances keeps the conditional branch's v (Nichol & Dhariwal 2021, Eq. 15): only the mean is guided.
     """
+    guidance = checks.real(guidance, "guidance weight w", 0.0)
     if not guidance:
         return as_denoiser(model, labels)
     if getattr(model, "null_label", None) is None:
@@ -67,4 +69,5 @@ def guided_denoiser(model, labels, guidance: float = 0.0):
         # a learned variance is not guided: the conditional branch's v, as GLIDE and improved-diffusion do
         return guided if v is None else xp.concatenate([guided, v], axis=1)
 
+    denoise.learned_variance = bool(getattr(model, "learned_variance", False))
     return denoise

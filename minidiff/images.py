@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .files import atomic_write
 
@@ -79,17 +80,82 @@ def save_image_grid(
     return path
 
 
+# Larger input images are refused before they are decoded: a small file can claim 30000×30000
+# pixels (a "decompression bomb") and take gigabytes; no picture a 28×28 model edits needs more.
+MAX_INPUT_PIXELS = 4096 * 4096
+INTEGER_FULL_SCALE = 65535  # integer images beyond 8 bits (PNG and TIFF "I;16", "I") are 16-bit
+
+
+class ImageRefused(ValueError):
+    """An input image that cannot be read, or is read by no rule (one line naming the flag and the file)."""
+
+
 def load_image(path, flag: str, channels: int, size: int, nearest: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
     """The image file at ``path`` (PNG or anything Pillow reads) as (channels, size, size) float32
-    in [−1, 1], and its own (width, height) before resizing; unreadable files are refused in one
-    line naming ``flag``. Resizing is bicubic, or nearest-neighbour for masks (``nearest``)."""
+    in [−1, 1], and its own (width, height) before resizing.
+
+    Every kind of image is first read as intensities in [0, 1], by one rule:
+
+    - 8-bit channels (grey, RGB, palette colours, bilevel) are divided by 255; integer images of
+      more bits (16-bit PNG or TIFF) by 65535; float images (TIFF "F") are taken as they are, 0
+      black and 1 white, and refused when a value lies outside [0, 1] or is not finite;
+    - an alpha channel is **composited on black**: each colour times its opacity, so transparent
+      pixels are black (MNIST's background) and a sketch drawn in the alpha channel shows;
+    - a photo's EXIF orientation is applied; other colour spaces (CMYK, YCbCr, …) become RGB;
+    - colour becomes grey by ITU-R 601 luma, 0.299 R + 0.587 G + 0.114 B, for a 1-channel
+      model; grey is repeated for a 3-channel one.
+
+    Resizing is bicubic (clipped back to [0, 1]), or nearest-neighbour for masks (``nearest``).
+    A file that cannot be read as an image, or one larger than :data:`MAX_INPUT_PIXELS`, is
+    refused in one line naming ``flag``.
+    """
     try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-    except (OSError, ValueError) as exc:  # a missing file, not an image, a truncated one
-        raise ValueError(f"{flag} {path}: cannot read it as an image ({exc})") from None
-    original = image.size
-    if original != (size, size):
-        image = image.resize((size, size), Image.NEAREST if nearest else Image.BICUBIC)
-    array = np.asarray(image, np.float32) / 127.5 - 1.0
-    return (array[None] if channels == 1 else array.transpose(2, 0, 1)), original
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                original = image.size
+                if original[0] * original[1] <= MAX_INPUT_PIXELS:
+                    colour = _intensities(ImageOps.exif_transpose(image), flag, path)  # a camera's rotation
+                    original = colour.shape[1::-1]
+    except ImageRefused:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRefused(f"{flag} {path}: refused, its header claims too many pixels to decode safely "
+                           f"(a decompression bomb guard: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 — Pillow's decoders raise many kinds on a damaged file
+        raise ImageRefused(f"{flag} {path}: cannot read it as an image ({type(exc).__name__}: {exc})") from None
+    if original[0] * original[1] > MAX_INPUT_PIXELS:
+        raise ImageRefused(f"{flag} {path} is {original[0]}×{original[1]} pixels, more than the "
+                           f"{MAX_INPUT_PIXELS:,} read (a guard against decompression bombs); shrink it first")
+    if channels == 1 and colour.shape[-1] == 3:
+        colour = colour @ np.array([0.299, 0.587, 0.114])[:, None]
+    elif channels == 3 and colour.shape[-1] == 1:
+        colour = np.repeat(colour, 3, axis=-1)
+    planes = []
+    for plane in colour.astype(np.float32).transpose(2, 0, 1):
+        if original != (size, size):
+            resized = Image.fromarray(plane, mode="F").resize((size, size), Image.NEAREST if nearest else Image.BICUBIC)
+            plane = np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
+        planes.append(plane)
+    return np.stack(planes) * 2.0 - 1.0, original
+
+
+def _intensities(image, flag: str, path) -> np.ndarray:
+    """(H, W, 1 or 3) float64 in [0, 1]: ``image`` read and composited on black by :func:`load_image`'s rule."""
+    if image.mode == "F":
+        values = np.asarray(image, np.float64)
+        if not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+            raise ImageRefused(f"{flag} {path}: a float image must hold values in [0, 1] (0 black, 1 white); "
+                               f"this one lies in [{np.nanmin(values):.4g}, {np.nanmax(values):.4g}]")
+        return values[..., None]
+    if image.mode.startswith("I"):  # 16- or 32-bit integers
+        values = np.asarray(image).astype(np.float64)
+        if values.min() < 0 or values.max() > INTEGER_FULL_SCALE:
+            raise ImageRefused(f"{flag} {path}: integer pixel values must lie in [0, {INTEGER_FULL_SCALE}] "
+                               f"(16-bit), got [{values.min():.0f}, {values.max():.0f}]")
+        return values[..., None] / INTEGER_FULL_SCALE
+    grey = image.mode in ("1", "L", "LA", "La")
+    if not grey and image.mode not in ("P", "PA", "RGB", "RGBA", "RGBa"):  # CMYK, YCbCr, LAB, HSV, …
+        image = image.convert("RGB")
+    values = np.asarray(image.convert("LA" if grey else "RGBA"), np.float64) / 255.0  # palette: through its colours
+    return values[..., :-1] * values[..., -1:]  # composited on black

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from . import checks
 from .backend import get_array_module, to_numpy
 from .diffusion import (call_model, denoise_output, mean_flat, model_output_parts, normal_kl, q_mean_variance,
                         q_sample, vb_terms_bpd)
@@ -64,12 +65,17 @@ def bpd_estimate(model, schedule, x0, num_timesteps, rng, prediction="eps", vari
     (Nichol & Dhariwal 2021, Eq. 18): drawn uniformly without replacement and scaled by
     (T − 1)/K, or, given ``probabilities`` p_t over t = 1, …, T−1, drawn from them with
     replacement and weighted 1/(K p_t) (importance sampling). With ``num_timesteps = T`` and
-    uniform draws it is every term once, as the full loop. Returns (N,) float64.
+    uniform draws it is every term once, as the full loop. ``num_timesteps`` must be at least 2
+    (1 on a one-step chain, which has no KL term): with the decoder alone, every KL term would be
+    dropped and the "bound" would be far too low. Returns (N,) float64.
     """
     T = schedule.T
-    if int(num_timesteps) != num_timesteps or not 1 <= num_timesteps <= T:
-        raise ValueError(f"number of timesteps must be an integer in [1, {T}], got {num_timesteps}")
+    num_timesteps = checks.integer(num_timesteps, "num_timesteps", min(2, T), T)
+    rng = np.random.default_rng() if checks.generator(rng) is None else rng
+    x0 = checks.float_array(x0, "x0")
     n, k = len(x0), num_timesteps - 1
+    if probabilities is not None:
+        probabilities = checks.probabilities(probabilities, "probabilities (over t = 1, ..., T-1)", T - 1)
     if probabilities is None:
         drawn = np.argsort(rng.random((n, T - 1)), axis=1)[:, :k] + 1  # K distinct t ∈ {1, …, T−1} per example
         weights = np.full((n, k), (T - 1) / max(k, 1))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import warnings
@@ -29,6 +30,19 @@ from .files import atomic_write, remove_stale_parts
 LOG_NAME = "log.jsonl"
 CONFIG_NAME = "config.json"
 LOCK_NAME = ".lock"
+PREVIEW_PATTERN = re.compile(r"samples_step\d+\.png")
+
+
+def run_file_owner(path) -> Path | None:
+    """The run folder whose own file ``path`` is (its checkpoint, config, log, lock or a preview grid),
+    else None: what no command but ``train`` may write over. A run folder is one holding a
+    checkpoint or a config."""
+    path = Path(path)
+    folder = path.parent
+    if not any((folder / name).is_file() for name in (CHECKPOINT_NAME, CONFIG_NAME)):
+        return None
+    own = path.name in (CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, LOCK_NAME) or PREVIEW_PATTERN.fullmatch(path.name)
+    return folder if own else None
 
 
 class RunFolderBusy(RuntimeError):
@@ -78,6 +92,20 @@ class RunFolder:
         with atomic_write(self.config_file) as f:
             f.write(json.dumps(config, indent=2).encode() + b"\n")
 
+    def config_edits(self, config: dict) -> list[str]:
+        """The top-level fields in which ``config.json`` differs from ``config`` (a checkpoint's), or a
+        word on why it cannot be compared; empty when they agree or there is no ``config.json``."""
+        if not self.config_file.exists():
+            return []
+        try:
+            on_disk = json.loads(self.config_file.read_text())
+        except (OSError, ValueError):
+            return ["(it is not valid JSON)"]
+        if not isinstance(on_disk, dict):
+            return ["(it is not a JSON object)"]
+        saved = json.loads(json.dumps(config))  # tuples as lists, as in the file
+        return sorted(key for key in set(on_disk) | set(saved) if on_disk.get(key) != saved.get(key))
+
     def append_log(self, record: dict) -> None:
         """One line of ``log.jsonl``, flushed at once so that a crash loses no logged step."""
         with open(self.log_file, "a") as log:
@@ -113,7 +141,7 @@ class RunFolder:
             f.write("".join(kept).encode())
 
     def preview_file(self, step: int) -> Path:
-        return self.path / f"samples_step{step}.png"
+        return self.path / f"samples_step{step}.png"  # matches PREVIEW_PATTERN
 
 
 @contextmanager

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checks
 from .backend import device_of, performance_settings, to_device, to_numpy
-from .distributed import RowsOf, world
+from .distributed import RowsOf, batch_shares, world
 from .files import atomic_write
 from .editing import repaint_sample, repaint_timesteps, sdedit_start, strength_steps
 from .guidance import guided_denoiser
@@ -68,7 +69,8 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
              rows: slice = slice(None), spacing: str | None = None, clip_denoised: bool = True,
              dynamic_threshold: float | None = None, variance: str | None = None, guidance: float = 0.0,
              x_T=None, init=None, strength: float = 1.0, mask=None, jumps=(1, 1), decode=None):
-    """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device.
+    """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device;
+    the sampler's final x₀ is clipped to [−1, 1], the data range, whatever the sampler and ``clip_denoised``.
 
     ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
     steps or the full chain), ``"ddim"`` (Song et al. 2021, with ``eta``), ``"dpm-solver++"``
@@ -96,6 +98,10 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     drawing all n would return.
     """
     num_steps = sampler_steps(sampler, steps, schedule.T)
+    n, seed = checks.integer(n, "n", 0), checks.integer(seed, "seed", 0)
+    for name, array in (("x_T", x_T), ("init", init), ("mask", mask)):  # an int image would be read as [-1, 1]
+        if array is not None:
+            checks.float_array(array, name)
     if eta and sampler != "ddim":
         raise ValueError(f"eta applies to the ddim sampler only, not {sampler}")
     if mask is not None and sampler not in INPAINTING_SAMPLERS:
@@ -107,11 +113,7 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     image_shape = (config["in_channels"], config["image_size"], config["image_size"])
     clip_denoised = clip_denoised and decode is None
     device = device_of(next(model.parameters()).data)
-    wanted = range(n)[rows]
-    batches = [range(start, min(start + BATCH, n)) for start in range(0, n, BATCH)]
-    shares = [(k, batch, range(max(batch.start, wanted.start), min(batch.stop, wanted.stop)))
-              for k, batch in enumerate(batches)]
-    shares = [(k, batch, share) for k, batch, share in shares if len(share)]
+    shares = batch_shares(n, BATCH, rows)
     samples = []
     total_steps = denoising_steps(num_steps, init, strength, mask, jumps) * len(shares)
     with performance_settings(), _progress_bar(total_steps, progress) as bar:
@@ -134,7 +136,9 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
             elif mask is not None:
                 sample = repaint_sample
                 options.update(known=to_device(init, device), mask=to_device(mask, device), jump_length=jumps[0],
-                               jump_n_sample=jumps[1], eta=1.0 if sampler == "ddpm" else eta)
+                               jump_n_sample=jumps[1], eta=eta)
+                if sampler == "ddpm":  # RePaint's ancestral step, with DDPM's σ_t² (--variance)
+                    options["variance"] = ddpm_variance(model, variance)
             elif init is not None:
                 guide = to_device(np.broadcast_to(init, noise.shape).astype(np.float32), device)
                 chain = respaced(schedule, num_steps, options.get("spacing", default_spacing(sample)))
@@ -146,7 +150,9 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     if not samples:  # an MPI rank with no share: an empty batch of what the others return
         empty = np.zeros((1, *image_shape), np.float32)
         return to_numpy(empty if decode is None else decode(to_device(empty, device)))[:0]
-    return np.concatenate(samples).astype(np.float32, copy=False)
+    # The data range, as every picture of them shows it: without clip_denoised, or on the SDE samplers,
+    # the last step can overshoot [−1, 1] a little, and eval and `sample --npy` promise the data range.
+    return np.clip(np.concatenate(samples), -1.0, 1.0).astype(np.float32, copy=False)
 
 
 def default_spacing(sampler) -> str:

@@ -35,10 +35,11 @@ from collections import namedtuple
 
 import numpy as np
 
+from . import checks
 from .backend import get_array_module
 from .diffusion import (call_model, denoise, denoise_output, model_output_parts, p_mean_variance,
                         predict_eps_from_x0)
-from .schedule import extract, space_timesteps, standard_normal
+from .schedule import NoiseSchedule, extract, space_timesteps, standard_normal
 
 TrajectoryStep = namedtuple("TrajectoryStep", "index t x_t x0_hat")
 TrajectoryStep.__doc__ = "One sampler step: its index, the model timestep t, the input x_t and the model's x̂₀."
@@ -46,16 +47,21 @@ TrajectoryStep.__doc__ = "One sampler step: its index, the model timestep t, the
 
 def respaced(schedule, steps=None, spacing="uniform"):
     """``schedule`` on ``steps`` of its timesteps chosen by ``spacing``; itself when ``steps`` is None."""
+    if not isinstance(schedule, NoiseSchedule):
+        raise checks.ArgumentError(f"schedule must be a minidiff NoiseSchedule, got {type(schedule).__name__}")
     if steps is None:
         return schedule
+    checks.integer(steps, "steps", 1, schedule.T)
     return schedule.respace(space_timesteps(schedule.T, steps, spacing, schedule.log_snr))
 
 
 def _start(rng, shape, x_T):
-    """The generator and the starting x_T ∼ N(0, I) (or the caller's x_T)."""
-    rng = np.random.default_rng() if rng is None else rng
+    """The generator and the starting x_T ∼ N(0, I) (or the caller's x_T), each checked."""
+    rng = np.random.default_rng() if checks.generator(rng) is None else rng
+    shape = checks.shape(shape)
     if x_T is None:
         return rng, rng.standard_normal(shape)
+    x_T = checks.finite(checks.float_array(x_T, "x_T"), "x_T")
     if tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
     return rng, x_T
@@ -65,6 +71,9 @@ def _recorder(callback, return_trajectory):
     """(report, trajectory): ``report(index, t, x_t, x0_hat)`` calls ``callback`` and, when asked,
     appends a TrajectoryStep to ``trajectory``."""
     trajectory = [] if return_trajectory else None
+    if callback is not None and not callable(callback):
+        raise checks.ArgumentError(f"callback must be a function callback(index, t, x_t, x0_hat), got "
+                                   f"{type(callback).__name__}")
 
     def report(index, t, x_t, x0_hat):
         if callback is not None:
@@ -79,7 +88,7 @@ def _first_index(schedule, t_start):
     """The respaced index the loop starts at: ``t_start``, by default the last, T − 1."""
     if t_start is None:
         return schedule.T - 1
-    if not -1 <= t_start < schedule.T:
+    if not -1 <= checks.integer(t_start, "t_start", -1) < schedule.T:
         raise ValueError(f"t_start={t_start} is outside [-1, {schedule.T}), the sampler's steps")
     return t_start
 
@@ -109,7 +118,7 @@ def ddpm_sample(model, schedule, shape, steps=None, spacing="uniform", *, rng=No
     rng, x = _start(rng, shape, x_T)  # line 1: x_T ∼ N(0, I)
     for index, t in enumerate(range(_first_index(schedule, t_start), -1, -1)):  # line 2: for t = T, …, 1
         t_batch = _timestep_batch(t, x)
-        output = call_model(model, schedule, x, t_batch)
+        output = call_model(model, schedule, x, t_batch, learned_variance=variance == "learned" or None)
         x0_hat, _ = denoise_output(schedule, x, t_batch, output, prediction, clip_denoised, dynamic_threshold)
         report(index, int(schedule.timesteps[t]), x, x0_hat)
         z = standard_normal(rng, x) if t > 0 else 0.0  # line 3: z ∼ N(0, I) if t > 1, else z = 0
@@ -128,8 +137,7 @@ def ddim_variance(schedule, eta):
     η = 1 gives the DDPM posterior variance β̃_t; η = 0 the deterministic DDIM. η is refused
     if negative, or so large that σ_t² exceeds 1 − ᾱ_{t−1} (Eq. 12 would need √ of a negative).
     """
-    if not eta >= 0:
-        raise ValueError(f"eta must be >= 0, got eta={eta}")
+    checks.real(eta, "eta", 0.0)
     alphas_cumprod, alphas_cumprod_prev = schedule.alphas_cumprod, schedule.alphas_cumprod_prev
     variance = eta**2 * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod) * (1.0 - alphas_cumprod / alphas_cumprod_prev)
     too_large = np.flatnonzero(variance > (1.0 - alphas_cumprod_prev) * (1.0 + 1e-9))

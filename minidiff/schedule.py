@@ -32,6 +32,8 @@ import math
 import numpy as np
 
 from .backend import get_array_module
+from . import checks
+from .checks import ArgumentError, timestep_array
 
 
 def standard_normal(rng, like):
@@ -50,10 +52,8 @@ def gather(coefficients, t):
     Refuses timesteps outside ``[0, T)``, ``T = len(coefficients)``, instead of letting
     negative indices silently wrap around.
     """
+    t = timestep_array(t)
     xp = get_array_module(t)
-    t = xp.asarray(t)
-    if not xp.issubdtype(t.dtype, xp.integer):
-        raise ValueError(f"timesteps t must be integers, got dtype {t.dtype}")
     num_timesteps = len(coefficients)
     if t.size and (int(t.min()) < 0 or int(t.max()) >= num_timesteps):
         bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
@@ -68,7 +68,13 @@ def extract(coefficients, t, x):
     silently upcast float32 tensors (improved-diffusion's ``_extract_into_tensor``).
     """
     xp = get_array_module(x)
+    if np.dtype(x.dtype).kind != "f":  # cast to an integer dtype, every coefficient in (0, 1) would be 0
+        raise ArgumentError(f"an array of dtype {x.dtype} and shape {tuple(x.shape)} met the schedule's coefficients; "
+                            "x0, x_t, noise and model outputs must be floating point")
     values = xp.asarray(gather(coefficients, t)).astype(x.dtype, copy=False)
+    if values.ndim > 1 or (x.ndim and values.size not in (1, x.shape[0])):  # one t, or one per example
+        raise ArgumentError(f"timesteps t of shape {tuple(values.shape)} do not fit a batch of "
+                            f"{x.shape[0] if x.ndim else 0}: give one t per example (N,) or a single one")
     return values.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
@@ -276,6 +282,7 @@ class NoiseSchedule:
     def cosine(cls, T=1000, s=0.008, max_beta=0.999):
         """ᾱ(τ) = f(τ)/f(0), f(τ) = cos²((τ + s)/(1 + s) · π/2) (Nichol & Dhariwal 2021, Eq. 17)."""
         _check_T(T)
+        s = checks.real(s, "s (the cosine schedule's offset)", 0.0, 1.0)
 
         def alpha_bar(tau):
             return np.cos((tau + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
@@ -290,6 +297,9 @@ class NoiseSchedule:
         β is then clipped at ``max_beta`` as for the cosine schedule.
         """
         _check_T(T)
+        checks.real(tau, "tau", 1e-6)
+        if not checks.real(start, "start") < checks.real(end, "end"):
+            raise checks.ArgumentError(f"the sigmoid schedule needs start < end, got start={start}, end={end}")
 
         def sigmoid(z):
             return 1.0 / (1.0 + np.exp(-z))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from .backend import check_device, performance_settings
 from .batching import Batcher
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from .config import RunConfig, TrainConfig
-from .datasets import load_dataset
+from .datasets import dataset_info, load_dataset
 from .diffusion import UniformSampler, training_loss
 from .distributed import sync_check_every, world
 from .guidance import drop_labels
@@ -49,6 +50,9 @@ class DivergenceError(RuntimeError):
 def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 1, 28, 28) in [−1, 1] and labels of ``config.dataset``, the first ``limit_data`` only."""
     images, labels = load_dataset(config.dataset, split="auto", data_dir=config.data_dir)
+    if config.limit_data is not None and config.limit_data > len(images):  # the run would record a limit it never had
+        raise ValueError(f"--limit-data {config.limit_data} is more than the {len(images)} images found; "
+                         f"give at most {len(images)}")
     return images[: config.limit_data], labels[: config.limit_data]
 
 
@@ -79,6 +83,11 @@ class BaseTrainer:
         if resume is not None:
             resume = resume if isinstance(resume, Checkpoint) else load_checkpoint(resume)
             resume.check_config(self.run_config)  # before the data is loaded: fail fast
+            edits = self.folder.config_edits(resume.config) if self.world.is_root else []
+            if edits:
+                warnings.warn(f"{self.folder.config_file} differs from the checkpoint's config in {', '.join(edits)}: "
+                              "config.json is not read on resume (the checkpoint and the flags given are) and is "
+                              "rewritten now; give changes as flags, e.g. --lr", RuntimeWarning, stacklevel=2)
         images, labels = self.training_data(data)
 
         # Independent streams, so that e.g. turning on --hflip does not change the data order.
@@ -277,16 +286,24 @@ class Trainer(BaseTrainer):
     def training_data(self, data):
         """The images and labels; with ``--latent``, the images' q(z|x) parameters (μ, σ), encoded once."""
         images, labels = super().training_data(data)
-        self._check_data(images, labels)
+        self._check_data(images, labels, dataset_info(self.config.dataset).num_classes if data is None else None)
         return (images, labels) if self.latent is None else (self.latent.encode(images), labels)
 
-    def _check_data(self, images, labels):
+    def _check_data(self, images, labels, dataset_classes: int | None):
+        """Refuse data the model (or the autoencoder) cannot take; ``dataset_classes``: the class count
+        of the dataset it came from."""
         model = self.run_config["model"] if self.latent is None else self.latent.autoencoder.config
         expected = (model["in_channels"], model["image_size"], model["image_size"])
         if images.ndim != 4 or images.shape[1:] != expected:
             raise ValueError(f"preset {self.config.preset!r} takes images of shape (N, {', '.join(map(str, expected))}); "
                              f"the data has shape {images.shape}")
-        if self.config.num_classes is not None and len(labels) and int(labels.max()) >= self.config.num_classes:
+        num_classes = self.config.num_classes
+        if num_classes is not None and dataset_classes is not None and num_classes != dataset_classes:
+            # More would add classes never trained, that sample --label then draws as if they were.
+            raise ValueError(f"--num-classes {num_classes} does not match the {self.config.dataset} dataset's "
+                             f"{dataset_classes} classes (labels 0..{dataset_classes - 1}); give --num-classes "
+                             f"{dataset_classes}")
+        if num_classes is not None and len(labels) and int(labels.max()) >= num_classes:
             raise ValueError(f"the data has label {int(labels.max())}, outside --num-classes {self.config.num_classes}")
 
     # ----------------------------------------------------------------- one step
@@ -305,7 +322,12 @@ class Trainer(BaseTrainer):
         if config.num_classes is not None:
             labels = drop_labels(y, config.p_uncond, config.num_classes, self.rng) if config.p_uncond else y
             labels = labels[rows]
-        return training_loss(lambda x_t, t: self.model(x_t, t, labels), self.schedule, x0, self.rng,
+
+        def denoiser(x_t, t):
+            return self.model(x_t, t, labels)
+
+        denoiser.learned_variance = self.model.learned_variance  # ε̂ and v stacked: L_hybrid
+        return training_loss(denoiser, self.schedule, x0, self.rng,
                              prediction=config.prediction, min_snr_gamma=config.min_snr_gamma,
                              timestep_sampler=self.timestep_sampler, device=self.device, rows=rows).loss
 

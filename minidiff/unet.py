@@ -352,6 +352,12 @@ class UNet(nn.Module):
                 raise ValueError(f"UNet: expected labels of shape ({n},), got shape {tuple(np.shape(y))}")
             _check_indices("class labels y", y, 0, self.label_embed.shape[0])
 
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the output stacks ε̂ and the variance interpolation v (2·in_channels channels): what
+        :func:`minidiff.diffusion.call_model` accepts only from a model that says so."""
+        return bool(self.config["learn_sigma"])
+
     def extra_repr(self):
         return ", ".join(f"{k}={v}" for k, v in self.config.items())
 

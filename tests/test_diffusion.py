@@ -323,7 +323,7 @@ def test_unknown_names_and_bad_values_are_refused():
         p_mean_variance(schedule, x, t, x, "learned")
     with pytest.raises(ValueError, match=r"t=10 is outside \[0, 10\)"):
         q_sample(schedule, x, np.array([0, 10]), x)
-    with pytest.raises(ValueError, match="min_snr_gamma must be > 0, got 0"):
+    with pytest.raises(ValueError, match=r"min_snr_gamma must be a finite number in \[0.01, 10000\], got 0"):
         snr_loss_weight(schedule, t, "eps", 0)
     with pytest.raises(ValueError, match="percentile must lie in \\(0, 1\\], got 1.5"):
         dynamic_thresholding(x, 1.5)

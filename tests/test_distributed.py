@@ -156,6 +156,19 @@ def test_two_ranks_sample_the_single_process_images(tmp_path):
 
 
 @needs_mpi
+def test_two_ranks_split_bpd_and_print_the_single_process_result_once(tmp_path):
+    single("train", *TINY, "--steps", "1", "--out", str(tmp_path / "run"))
+    flags = ["bpd", str(tmp_path / "run"), "--n", "5", "--timesteps", "3"]
+    result = launch(*flags)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1  # rank 0 alone reports
+    one = json.loads(single(*flags).stdout)
+    assert json.loads(lines[0])["n"] == 5
+    np.testing.assert_allclose(json.loads(lines[0])["bpd"], one["bpd"], rtol=1e-5)
+
+
+@needs_mpi
 def test_a_batch_that_does_not_split_over_the_ranks_is_one_clear_error(tmp_path):
     result = launch("train", *TINY, "--batch-size", "7", "--steps", "1", "--out", str(tmp_path))
     assert result.returncode != 0

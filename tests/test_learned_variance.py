@@ -119,5 +119,5 @@ def test_bpd_estimate_is_unbiased_and_exact_with_every_timestep():
     assert p.shape == (9,) and np.isclose(p.sum(), 1) and p.min() >= 0.1 / 9
     weighted = bpd_estimate(model, schedule, x0, 3, np.random.default_rng(4), clip_denoised=False, probabilities=p)
     assert abs(weighted.mean() - full.mean()) < 4 * np.hypot(full.std(), weighted.std()) / np.sqrt(len(x0))
-    with pytest.raises(ValueError, match=r"number of timesteps must be an integer in \[1, 10\], got 11"):
+    with pytest.raises(ValueError, match=r"num_timesteps must be an integer in \[2, 10\], got 11"):
         bpd_estimate(model, schedule, x0, 11, np.random.default_rng(0))

@@ -231,4 +231,4 @@ def test_bpd_command_reports_the_bound_with_its_standard_error(run, capsys):
     assert printed["bpd"] > 0 and printed["stderr"] > 0 and printed["variance"] == "fixed_small"
     with pytest.raises(SystemExit):
         main(["bpd", str(run), "--timesteps", "21"])
-    assert "--timesteps 21 is outside [1, 20]" in capsys.readouterr().err
+    assert "--timesteps 21 is outside [2, 20]" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import dataclasses
 from ..autoencoder import PRESETS
 from ..autoencoder_train import AutoencoderConfig, AutoencoderTrainer
 from ..checkpoint import load_checkpoint
+from ..outputs import Output, check_outputs
 from . import train
 
 
@@ -31,6 +32,7 @@ def run(args) -> int:
     if checkpoint is not None and checkpoint.config.get("kind") != "autoencoder":
         raise ValueError(f"--resume {resume}: {checkpoint.path} is a diffusion run; resume it with python -m minidiff train")
     config = AutoencoderConfig.from_checkpoint(checkpoint, **explicit) if checkpoint else AutoencoderConfig(**explicit)
+    check_outputs([Output("--out", config.out)], inputs=[("--data-dir", config.data_dir)])
     trainer = AutoencoderTrainer(config, resume=checkpoint)
     path = trainer.fit()
     if trainer.world.is_root:

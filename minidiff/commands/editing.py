@@ -12,7 +12,7 @@ import numpy as np
 
 from ..editing import interpolation_path
 from ..images import load_image
-from ..sample import DETERMINISTIC, class_labels, denoising_steps, encode, seed_noise
+from ..sample import DETERMINISTIC, INPAINTING_SAMPLERS, class_labels, denoising_steps, encode, seed_noise
 
 DEFAULT_STRENGTH = 0.6  # SDEdit's middle ground between faithful to the guide and realistic (Meng et al. 2022)
 
@@ -71,12 +71,21 @@ def check_arguments(args) -> None:
         raise ValueError("--strength is SDEdit's; --mask inpaints from pure noise and takes no --strength")
     if (args.jump_length, args.jump_n_sample) != (1, 1) and not args.mask:
         raise ValueError("--jump-length and --jump-n-sample are RePaint's resampling: they need --mask")
+    if args.mask and args.sampler not in INPAINTING_SAMPLERS:
+        raise ValueError(f"--mask inpaints with RePaint's ancestral steps: use sampler "
+                         f"{' or '.join(INPAINTING_SAMPLERS)}, not {args.sampler} (--sampler)")
     if edits and edits[0].startswith("--interpolate"):
         if args.sampler not in DETERMINISTIC or args.eta:
             raise ValueError(f"{edits[0]} needs a deterministic sampler ({', '.join(DETERMINISTIC)}; ddim with --eta 0), "
                              f"not --sampler {args.sampler}" + (f" --eta {args.eta}" if args.eta else ""))
         if args.label == "all":
             raise ValueError(f"{edits[0]} draws one class: give --label K, not --label all")
+
+
+def input_files(args) -> list[tuple[str, str]]:
+    """(flag, path) of the images the editing flags read: what no output may overwrite."""
+    return [("--init", args.init), ("--mask", args.mask),
+            *(("--interpolate-images", path) for path in args.interpolate_images or ())]
 
 
 @dataclass
@@ -125,6 +134,8 @@ def plan(args, model, schedule, prediction: str, num_steps: int) -> Plan:
             if mask_size != (width, height):
                 raise ValueError(f"--mask {args.mask} is {mask_size[0]}×{mask_size[1]} but --init {args.init} is "
                                  f"{width}×{height}; the mask must match the image")
+            if args.jump_n_sample > 1 and args.jump_length >= num_steps:  # no step to jump back from: a silent no-op
+                raise ValueError(f"--jump-length {args.jump_length} must be less than the {num_steps} sampling steps")
             options.update(mask=(mask > 0).astype(np.float32), jumps=(args.jump_length, args.jump_n_sample))
         else:
             options["strength"] = DEFAULT_STRENGTH if args.strength is None else args.strength

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import check_device
-from ..checkpoint import load_checkpoint, load_model
+from ..checkpoint import checkpoint_path, load_checkpoint, load_model
 from ..latent import LatentSpace
 from ..datasets import DATASETS
 from ..distributed import world
 from ..files import atomic_write
+from ..outputs import Output, check_outputs
 from ..metrics import (IMAGE_SHAPE, TRAIN_STEPS, check_sample_images, evaluate_samples, feature_classifier,
                        real_image_splits)
 from ..sample import class_labels, ddpm_variance, generate_on_ranks, sampler_steps
@@ -56,15 +57,24 @@ def run(args) -> int:
         raise ValueError(f"--classifier-steps must be at least 1, got {args.classifier_steps}")
     if args.checkpoint is None and args.samples is None:
         raise ValueError("give a checkpoint (or run folder) to sample from, or --samples samples.npy")
+    check_outputs([Output("--json", args.json, (".json",))],
+                  inputs=[("the checkpoint", args.checkpoint and checkpoint_path(args.checkpoint)),
+                          ("--samples", args.samples)])
     device = check_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else None
     config = checkpoint.config if checkpoint else {}
     dataset = args.dataset or config.get("dataset", "mnist")
     data_dir = args.data_dir or config.get("data_dir")
 
+    # Everything that can refuse the job is decided before the samples are drawn: the data, --n against it.
+    samples = _load_samples(args.samples) if args.samples else None
+    real = real_image_splits(dataset, data_dir)
+    n = args.n if samples is None else len(samples)
+    if n > min(len(real.reference), len(real.floor)):
+        raise ValueError(f"--n {n} is more than the {min(len(real.reference), len(real.floor))} real images "
+                         f"each of the reference and the floor has ({real.source})")
     report = {"checkpoint": str(checkpoint.path), "step": checkpoint.step} if checkpoint else {}
     if args.samples:
-        samples = _load_samples(args.samples)
         report["samples"] = args.samples
     else:
         samples, drawn_with = _draw(checkpoint, args, device)
@@ -72,11 +82,6 @@ def run(args) -> int:
     if not world().is_root:  # under MPI, rank 0 scores what the ranks drew (gathered there)
         return 0
 
-    real = real_image_splits(dataset, data_dir)
-    n = len(samples)
-    if n > min(len(real.reference), len(real.floor)):
-        raise ValueError(f"--n {n} is more than the {min(len(real.reference), len(real.floor))} real images "
-                         f"each of the reference and the floor has ({real.source})")
     classifier = feature_classifier(dataset, data_dir, train_steps=args.classifier_steps, progress=True,
                                     real=real).to(device)
     scores = evaluate_samples(samples, classifier, real.reference[:n], progress=True)

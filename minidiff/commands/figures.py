@@ -19,20 +19,23 @@ import numpy as np
 from ..backend import check_device
 from ..checkpoint import checkpoint_path, load_checkpoint, load_model
 from ..datasets import load_dataset
+from ..distributed import world
 from ..files import atomic_write
+from ..outputs import Output, check_outputs
 from ..plot import MISSING, pyplot
 from ..sample import TrajectoryRecorder, generate, sampler_steps
 from ..schedule import schedule_by_name
 from ..spectrum import band_correlation, band_crossings, forward_snr_per_band, radial_power_spectrum
 
 REAL_IMAGES = 2000  # enough for a smooth data spectrum
+FIGURES = ("trajectory.png", "spectrum.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint .npz or a run folder holding checkpoint.npz")
     parser.add_argument("--out", default=None, help="folder for the PNGs (default: the run folder)")
     parser.add_argument("--n", type=int, default=64, help="samples whose x̂₀ spectra are averaged (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 50, or T if the chain is shorter)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--data-dir", default=None, help="the real images (default: the checkpoint's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
@@ -43,17 +46,24 @@ def run(args) -> int:
         raise ValueError(f"--n must be between 2 and 10,000, got {args.n}")
     if not 0 <= args.seed < 2**63:
         raise ValueError(f"--seed must be an integer in [0, 2^63), got {args.seed}")
-    try:
-        plt = pyplot()
-    except ImportError:
-        raise ValueError(MISSING) from None
+    folder = args.out if args.out is not None else checkpoint_path(args.checkpoint).parent
+    out = Path(folder)
+    check_outputs([Output("--out", folder), *(Output("--out", out / name, (".png",)) for name in FIGURES)],
+                  inputs=[("the checkpoint", checkpoint_path(args.checkpoint))])
     checkpoint = load_checkpoint(args.checkpoint)
     if "autoencoder" in checkpoint.config:
         raise ValueError(f"checkpoint {checkpoint.path} diffuses an autoencoder's latents; figures draws pixel-space "
                          "trajectories and spectra only")
     model, schedule, config = load_model(checkpoint, device=check_device(args.device))
+    if not world().is_root:  # under mpirun, one picture is drawn, once: rank 0's (every rank checked the flags)
+        return 0
     steps = sampler_steps("ddim", args.steps, schedule.T)  # refuses a count outside [1, T]
-    out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent
+    # The real images before any sampling or writing, so that a bad --data-dir leaves nothing behind.
+    real, _ = load_dataset(config.get("dataset", "mnist"), "auto", args.data_dir or config.get("data_dir"))
+    try:
+        plt = pyplot()
+    except ImportError:
+        raise ValueError(MISSING) from None
     out.mkdir(parents=True, exist_ok=True)
 
     recorder = TrajectoryRecorder(steps)
@@ -66,10 +76,8 @@ def run(args) -> int:
     labels = np.arange(args.n) % model.num_classes if model.num_classes else None
     generate(model, schedule, args.n, "ddim", steps, seed=args.seed, labels=labels,
              prediction=config["prediction"], callback=record, progress=True)
-    written = [recorder.save(out / "trajectory.png")]
-
-    real, _ = load_dataset(config.get("dataset", "mnist"), "auto", args.data_dir or config.get("data_dir"))
-    written.append(_spectrum_figure(plt, real[:REAL_IMAGES], x0_hats, schedule.T, out / "spectrum.png"))
+    written = [recorder.save(out / FIGURES[0])]
+    written.append(_spectrum_figure(plt, real[:REAL_IMAGES], x0_hats, schedule.T, out / FIGURES[1]))
     print(f"figures of {checkpoint.path} (step {checkpoint.step}): " + ", ".join(map(str, written)))
     return 0
 

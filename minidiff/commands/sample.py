@@ -12,6 +12,7 @@ from ..latent import LatentSpace
 from ..diffusion import VARIANCES
 from ..distributed import world
 from ..images import save_image_grid
+from ..outputs import Output, check_outputs
 from ..sample import GRID_SCALE, SAMPLERS, TrajectoryRecorder, generate_on_ranks, sampler_steps, save_npy
 from ..schedule import SPACINGS
 from . import editing
@@ -97,6 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     check_sampling_arguments(args)
     editing.check_arguments(args)
+    out = args.out if args.out is not None else checkpoint_path(args.checkpoint).parent / "samples.png"
+    check_outputs([Output("--out", out, (".png",)), Output("--npy", args.npy, (".npy",)),
+                   Output("--trajectory", args.trajectory, (".png",))],
+                  inputs=[("the checkpoint", checkpoint_path(args.checkpoint)), *editing.input_files(args)])
     device = check_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
@@ -105,6 +110,8 @@ def run(args) -> int:
         _check_latent_arguments(args)
     num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
     drawing = editing.plan(args, model, schedule, config["prediction"], num_steps)
+    if drawing.n > MAX_N:
+        raise ValueError(f"--n {args.n} with --label all draws {drawing.n:,} images, more than {MAX_N:,}")
     # Under MPI each rank draws a share of the samples (the trajectory's come from rank 0's);
     # rank 0 writes them all.
     recorder = TrajectoryRecorder(drawing.steps) if args.trajectory and world().is_root else None
@@ -113,7 +120,6 @@ def run(args) -> int:
                                 decode=space and space.decode, **sampling_options(args), **drawing.options)
     if samples is None:
         return 0
-    out = Path(args.out) if args.out else checkpoint_path(args.checkpoint).parent / "samples.png"
     written = [save_image_grid(samples, out, nrow=drawing.nrow, scale=GRID_SCALE)]
     if args.npy:
         written.append(save_npy(samples, args.npy))

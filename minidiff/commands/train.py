@@ -9,6 +9,7 @@ from ..diffusion import PREDICTIONS
 from ..optim import LR_SCHEDULES
 from ..schedule import SCHEDULES
 from ..config import CONFIG_FIELDS, TrainConfig
+from ..outputs import Output, check_outputs
 from ..train import Trainer
 from ..backbones import PRESETS
 
@@ -76,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            help="rescale the schedule to end at alphas_cumprod = 0 (Lin et al. 2023); needs --prediction v or x0")
     option("diffusion", "--timesteps", type=int, metavar="T", help="length of the diffusion chain")
     option("diffusion", "--prediction", choices=PREDICTIONS, help="what the network predicts")
-    option("diffusion", "--min-snr-gamma", type=float, metavar="GAMMA", help="Min-SNR-γ loss weighting (Hang et al. 2023)")
+    option("diffusion", "--min-snr-gamma", type=float, metavar="GAMMA", help="Min-SNR-γ loss weighting (Hang et al. 2023; they use 5), γ in [0.01, 1e4]")
     option("diffusion", "--learn-sigma", action="store_true",
            help="also learn the reverse variances, trained with L_hybrid (Nichol & Dhariwal 2021); "
                 "sample --sampler ddpm then uses them"),
@@ -96,6 +97,7 @@ def run(args) -> int:
         raise ValueError(f"--resume {resume}: {checkpoint.path} is an autoencoder run; resume it with "
                          "python -m minidiff autoencoder train")
     config = TrainConfig.from_checkpoint(checkpoint, **explicit) if checkpoint else TrainConfig(**explicit)
+    check_outputs([Output("--out", config.out)], inputs=[("--data-dir", config.data_dir), ("--latent", config.latent)])
     trainer = Trainer(config, resume=checkpoint)
     path = trainer.fit()  # on Ctrl-C it saves, says how to resume, and re-raises
     if trainer.world.is_root:  # one report for an MPI job
