@@ -78,7 +78,7 @@ def test_latent_run_records_its_autoencoder_and_resumes_exactly(autoencoder, lat
     assert_same_weights(tmp_path, latent_run)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm-solver++", "pf-ode"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm-solver++", "pf-ode", "reverse-sde", "pc"])
 def test_sampling_a_latent_run_decodes_images_with_guidance(latent_run, tmp_path, sampler):
     npy = tmp_path / "samples.npy"
     assert main(["sample", str(latent_run), "--n", "3", "--sampler", sampler, "--steps", "3", "--label", "7",
