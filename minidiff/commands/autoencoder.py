@@ -18,7 +18,7 @@ from . import train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["train"], help="train: train (or --resume) an autoencoder run")
+    parser.add_argument("action", choices=["train"], metavar="train", help="train (or --resume) an autoencoder run")
     option = train.shared_options(parser, AutoencoderConfig())
     option("model", "--preset", choices=list(PRESETS), help="autoencoder size (kl-f4: 28×28×1 → 7×7×4)")
     option("model", "--kl-weight", type=float, metavar="BETA", help="β, the weight of the KL term per pixel")
