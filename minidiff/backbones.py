@@ -30,6 +30,14 @@ def model_config(backbone: str, preset: str, **overrides) -> dict:
     return {**PRESETS[backbone][preset], "num_classes": None, "null_class": False, **overrides}
 
 
+def backbone_of(preset: str) -> str:
+    """The backbone whose preset ``preset`` is (preset names are unique across backbones)."""
+    for backbone, presets in PRESETS.items():
+        if preset in presets:
+            return backbone
+    raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(p for ps in PRESETS.values() for p in ps)}")
+
+
 def build_backbone(backbone: str, config: dict, rng=None):
     """A fresh ``backbone`` network with constructor arguments ``config``, initialised from ``rng``."""
     return BACKBONES[backbone](**config, rng=rng)

@@ -111,3 +111,10 @@ def test_bad_input_is_refused_in_one_line():
         model(np.zeros((1, 1, 28, 28)), [0], [1])
     with pytest.raises(ValueError, match=r"DiT: class labels y must lie in \[0, 3\), got 0…3"):
         DiT.from_preset("dit-tiny", num_classes=2, null_class=True)(np.zeros((2, 1, 28, 28)), [0, 1], [0, 3])
+
+
+def test_bench_times_a_dit_preset(capsys):
+    from minidiff.__main__ import main
+
+    assert main(["bench", "--preset", "dit-tiny", "--batch", "2", "--steps", "1", "--warmup", "0", "--mode", "train"]) == 0
+    assert '"preset": "dit-tiny"' in capsys.readouterr().out
