@@ -6,7 +6,8 @@ the machine's load hits both alike: a training step and a no-grad forward (batch
 only, the latency of interactive sampling). ``--sample N`` adds sampling N digits with DDIM-50,
 each side drawing them in the same batches (``minidiff sample``'s). Prints one JSON object per
 batch size, and one for sampling: the median seconds of each side and the throughput ratio
-minidiff / PyTorch, with the BLAS NumPy ran with (threadpoolctl: library, version, core type).
+minidiff / PyTorch, with the BLAS NumPy ran with (threadpoolctl: library, version, core type)
+and the CPU (model name and vector extensions, so a figure says which machine kind made it).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \
         python benchmarks/compare_torch.py --torch-python /path/to/venv-with-torch/bin/python \
@@ -95,7 +96,7 @@ def main() -> int:
                 seconds[job, "minidiff", m].append(ours[f"{m}_step_s"])
                 seconds[job, "torch", m].append(theirs[f"{m}_s" if m == "sample" else f"{m}_step_s"])
             reports[job] = {"batch": batch, "device": args.device, "rounds": args.rounds, "torch_version": theirs["version"],
-                            "torch_threads": theirs["threads"], "blas": ours["blas"]}
+                            "torch_threads": theirs["threads"], "blas": ours["blas"], "cpu": ours["cpu"]}
             if sampling:
                 reports[job].update(digits=batch, sample_steps=ours["sample_steps"], sample_batch=ours["sample_batch"])
                 del reports[job]["batch"]

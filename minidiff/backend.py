@@ -12,7 +12,8 @@ Kernel selection (``MINIDIFF_KERNELS``):
 * ``cpu`` -- the Cython kernels, or an error if they are not built.
 
 Convolution algorithm (``MINIDIFF_CONV``): ``auto`` (default) computes 3×3 stride-1
-convolutions of 4 or more input channels by Winograd's F(2×2, 3×3), 1×1 convolutions as one GEMM
+convolutions of 4 or more input channels by Winograd's F(2×2, 3×3) (F(4×4, 3×3) on maps of 20×20
+and more, see ``conv_fast.winograd_tile``), 1×1 convolutions as one GEMM
 per image and the others by im2col + GEMM, all in chunks on worker threads; ``im2col`` uses
 chunked im2col for all of them (the baseline the benchmark compares with); ``reference`` the
 textbook im2col convolution, one GEMM for the whole batch on one thread (what

@@ -3,8 +3,10 @@
 Prints one JSON object per kernel family: seconds per step (median over ``--steps``),
 images/s, GFLOP/s (the matrix products counted by :mod:`minidiff.flops`; a training step is
 three forward passes, DDIM-50 sampling fifty), the peak memory a training step allocates and
-NumPy's BLAS (its core type decides which GEMM kernels run). ``--mode sample`` times drawing
-``--batch`` digits as ``minidiff sample`` does, with random weights. With several
+NumPy's BLAS (its core type decides which GEMM kernels run) and the CPU, by model name and the
+vector extensions its GEMMs and kernels can use (figures from an AMD EPYC and an Intel Xeon
+differ). ``--mode sample`` times drawing ``--batch`` digits as ``minidiff sample`` does, with
+random weights, by ``--sampler`` (:data:`SAMPLERS`). With several
 ``--kernels`` the families run alternately, step by step, so that a busy machine slows them
 alike and their ratio stays honest. ``--profile`` adds the per-op time breakdown of one step.
 """
@@ -33,7 +35,14 @@ from .schedule import NoiseSchedule
 from .backbones import PRESETS, backbone_of, build_backbone, model_config
 
 KERNEL_CHOICES = ("cpu", "reference")
-SAMPLE_STEPS = 50  # DDIM steps of --mode sample
+SAMPLE_STEPS = 50  # sampler steps of --mode sample
+# --mode sample's samplers: name (as `generate` takes it) → model evaluations per step, which
+# the GFLOP/s count uses. A sampler is timed by adding its line here; a second-order one such as
+# Heun (2 evaluations per step, coming with the EDM objectives) goes in as `"heun": 2`.
+SAMPLERS = {"ddim": 1, "ddpm": 1, "dpm-solver++": 1}
+# CPU flags worth naming in a report: the vector extensions NumPy's BLAS and the kernels can use.
+VECTOR_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                     "amx_bf16", "neon", "asimd", "sve")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
     parser.add_argument("--mode", choices=("train", "forward", "both", "sample"), default="both",
                         help="what to time: a training step, a no-grad forward, both, or sampling --batch digits "
-                             f"with DDIM-{SAMPLE_STEPS} as `minidiff sample` does (default: both)")
+                             f"with --sampler, {SAMPLE_STEPS} steps, as `minidiff sample` does (default: both)")
+    parser.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="the sampler --mode sample times (default: ddim)")
     parser.add_argument("--kernels", default="cpu",
                         help="comma-separated kernel families to compare: cpu, reference (default: cpu)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -64,7 +74,7 @@ def run(args) -> int:
         raise ValueError(f"--warmup must be at least 0, got {args.warmup}")
     device = backend.check_device(args.device)
     with backend.performance_settings():  # as training runs, also when run() is called from a script
-        bench = Benchmark(args.preset, args.batch, device, args.seed)
+        bench = Benchmark(args.preset, args.batch, device, args.seed, getattr(args, "sampler", "ddim"))
         modes = {"both": ("train", "forward")}.get(args.mode, (args.mode,))
         results = bench.measure_alternately(kernels, modes, args.steps, args.warmup)
         for kernel_family, timings in results.items():
@@ -92,9 +102,11 @@ def setting(name: str, value: str):
 class Benchmark:
     """The model, a fixed random batch and one Adam optimizer, as a training loop has them."""
 
-    def __init__(self, preset: str, batch: int, device: str, seed: int):
+    def __init__(self, preset: str, batch: int, device: str, seed: int, sampler: str = "ddim"):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler {sampler!r}: bench times {', '.join(SAMPLERS)}")
         rng = np.random.default_rng(seed)
-        self.preset, self.batch, self.device = preset, batch, device
+        self.preset, self.batch, self.device, self.sampler = preset, batch, device, sampler
         backbone = backbone_of(preset)
         self.model = build_backbone(backbone, model_config(backbone, preset), rng=rng).to(device)
         self.optimizer = Adam(self.model.parameters(), lr=1e-4)
@@ -119,8 +131,8 @@ class Benchmark:
             self.model(self.x, self.t).numpy()
 
     def sample(self):
-        """``batch`` digits by DDIM-50 from x_T, as ``minidiff sample`` draws them (in its batches)."""
-        generate(self.model, self.schedule, self.batch, sampler="ddim", steps=SAMPLE_STEPS)
+        """``batch`` digits in SAMPLE_STEPS steps of the sampler from x_T, as ``minidiff sample`` draws them (in its batches)."""
+        generate(self.model, self.schedule, self.batch, sampler=self.sampler, steps=SAMPLE_STEPS)
 
     def measure_alternately(self, families, modes, steps, warmup):
         timings = {f: {m: [] for m in modes} for f in families}
@@ -155,7 +167,7 @@ class Benchmark:
             "cpu_count": os.cpu_count(), "gflop_per_image_forward": round(self.forward_flops / self.batch / 1e9, 4),
         }
         for mode, flops in (("train", 3 * self.forward_flops), ("forward", self.forward_flops),
-                            ("sample", SAMPLE_STEPS * self.forward_flops)):
+                            ("sample", SAMPLERS[self.sampler] * SAMPLE_STEPS * self.forward_flops)):
             if mode in timings:
                 seconds = statistics.median(timings[mode])
                 out[f"{mode}_step_s"] = round(seconds, 6)
@@ -165,9 +177,29 @@ class Benchmark:
             out["train_peak_memory_mib"] = round(timings["peak_memory_mib"], 1)
         if "sample" in timings:
             out["sample_steps"], out["sample_batch"] = SAMPLE_STEPS, min(self.batch, SAMPLE_BATCH)
+            out["sampler"], out["sample_evaluations"] = self.sampler, SAMPLERS[self.sampler] * SAMPLE_STEPS
         out["machine"] = platform.processor() or platform.machine()
+        out["cpu"] = cpu_description()
         out["blas"] = blas_description()
         return out
+
+
+def cpu_description() -> dict:
+    """The CPU's model name and which of VECTOR_EXTENSIONS it has, from /proc/cpuinfo (Linux);
+    elsewhere the platform's processor string and no extensions."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model") and model == (platform.processor() or platform.machine()):
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "vector_extensions": [f for f in VECTOR_EXTENSIONS if f in flags]}
 
 
 def blas_description() -> dict:

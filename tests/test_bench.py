@@ -53,6 +53,20 @@ def test_bench_times_sampling_and_names_the_blas(capsys, monkeypatch):
     assert line["sample_steps"] == 50 and line["sample_batch"] == 3
     assert line["sample_step_s"] > 0 and line["sample_images_per_s"] > 0 and "train_step_s" not in line
     assert line["blas"]["OPENBLAS_CORETYPE"] == "Haswell" and {"internal_api", "architecture"} <= set(line["blas"])
+    assert line["sampler"] == "ddim" and line["sample_evaluations"] == 50
+    assert line["cpu"]["model"] and isinstance(line["cpu"]["vector_extensions"], list)  # which machine made the figure
+
+
+def test_bench_samplers_are_a_table_of_evaluations_per_step():
+    """Adding a sampler to bench is one line of SAMPLERS; each must be one `generate` draws with."""
+    import inspect
+
+    from minidiff.bench import SAMPLERS
+    from minidiff.sample import generate
+
+    assert SAMPLERS["ddim"] == 1 and all(isinstance(k, int) and k >= 1 for k in SAMPLERS.values())
+    doc = inspect.getdoc(generate)
+    assert all(f'"{name}"' in doc for name in SAMPLERS)
 
 
 def test_bench_profile_names_the_ops(capsys):

@@ -1,4 +1,4 @@
-"""3×3, stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray 2016).
+"""3×3, stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3) or F(4×4, 3×3) (Lavin & Gray 2016).
 
 For one 4×4 input tile d, one 3×3 filter g and one 2×2 output tile (Lavin & Gray 2016, Eq. 8)
 
@@ -12,6 +12,11 @@ of the α² = 16 positions ξ of the 4×4 tile is a matrix product over channels
 so a convolution is 16 GEMMs with 2.25× fewer FLOPs than im2col's one GEMM, and the input is
 expanded 4× (overlapping 4×4 tiles with stride 2) instead of 9×. (The tiles of an image take
 tH·(tW + 1) columns: one spare per row of tiles, see the layout in kernels/reference.py.)
+
+F(4×4, 3×3) (``tile=4``) is the same with 6×6 input tiles at stride 4 and α² = 36 GEMMs: 4× fewer
+FLOPs than im2col, the input expanded 2.25×; its transforms' larger weights (up to 8, and ⅙ in G)
+cost float32 accuracy: about 10× F(2×2)'s error, ~5e-6 of the output's largest value on the
+U-Net's 28×28 convs (tests/test_winograd.py holds it to 3e-5).
 Every step is linear, so the backward pass is each step's adjoint in reverse order:
 
     ∂M = A ∂Y Aᵀ,   ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ,   ∂V[ξ] = U[ξ]ᵀ·∂M[ξ],   ∂g = Gᵀ ∂U G,   ∂d = B ∂V Bᵀ,
@@ -28,13 +33,14 @@ import numpy as np
 from ..autograd import Function, Tensor
 from ..backend import get_array_module
 from ..kernels import kernel
-from ..kernels.reference import WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, winograd_tile_count
+from ..kernels.reference import winograd_tile_count, winograd_tile_entries
 from .chunking import image_chunks, map_chunks, scratch, sum_shares
 from .fusion import pending
 
 
 class WinogradConv2d(Function):
-    """y = conv2d(x, w, b, stride=1, padding) + residual for a 3×3 kernel, via F(2×2, 3×3).
+    """y = conv2d(x, w, b, stride=1, padding) + residual for a 3×3 kernel, via F(m×m, 3×3),
+    m = 2 or 4 (``tile``).
 
     Like :class:`~minidiff.functional.conv_fast.ChunkedConv2d`, a few images at a time so that a chunk's
     transformed tiles are still in cache when their GEMMs read them, and only x and the
@@ -42,24 +48,25 @@ class WinogradConv2d(Function):
     rather than kept alive, 4× the size of x, until then.
     """
 
-    def forward(self, x, w, b, residual, padding):
+    def forward(self, x, w, b, residual, padding, tile=2):
         xp = get_array_module(x)
         n, c, h, width = x.shape
         c_out = w.shape[0]
         ho, wo = h + 2 * padding - 2, width + 2 * padding - 2
-        tiles = winograd_tile_count(ho, wo)
-        u = kernel("winograd_filter_transform", w)(w)  # U = G g Gᵀ: (α², C_out, C)
+        m, entries = tile, winograd_tile_entries(tile)
+        tiles = winograd_tile_count(ho, wo, m)
+        u = kernel("winograd_filter_transform", w)(w, m)  # U = G g Gᵀ: (α², C_out, C)
         input_transform, output_transform = kernel("winograd_input_transform", x), kernel("winograd_output_transform", x)
         out = xp.empty((n, c_out, ho, wo), dtype=x.dtype)
 
         def forward_chunk(chunk):
             size = chunk.stop - chunk.start
-            v = input_transform(x[chunk], padding, out=scratch("winograd_v", (TILE_ENTRIES, c, size * tiles), x.dtype, xp))  # Bᵀ d B
-            m = xp.matmul(u, v, out=scratch("winograd_m", (TILE_ENTRIES, c_out, size * tiles), x.dtype, xp))  # M[ξ] = U[ξ]·V[ξ]
-            output_transform(m, out[chunk].shape, b, None if residual is None else residual[chunk], out=out[chunk])  # Aᵀ M A + b + residual
+            v = input_transform(x[chunk], padding, out=scratch("winograd_v", (entries, c, size * tiles), x.dtype, xp), m=m)  # Bᵀ d B
+            products = xp.matmul(u, v, out=scratch("winograd_m", (entries, c_out, size * tiles), x.dtype, xp))  # M[ξ] = U[ξ]·V[ξ]
+            output_transform(products, out[chunk].shape, b, None if residual is None else residual[chunk], out=out[chunk], m=m)  # Aᵀ M A + b + residual
 
-        map_chunks(forward_chunk, image_chunks(n, TILE_ENTRIES * max(c, c_out), tiles, x.itemsize, xp is not np), xp)
-        self.padding = padding
+        map_chunks(forward_chunk, image_chunks(n, entries * max(c, c_out), tiles, x.itemsize, xp is not np), xp)
+        self.padding, self.tile = padding, tile
         self.save_for_backward(x, u)
         return out
 
@@ -68,7 +75,8 @@ class WinogradConv2d(Function):
         xp = get_array_module(grad)
         n, c = x.shape[:2]
         c_out = grad.shape[1]
-        tiles = winograd_tile_count(*grad.shape[2:])
+        m, entries = self.tile, winograd_tile_entries(self.tile)
+        tiles = winograd_tile_count(*grad.shape[2:], m)
         input_transform = kernel("winograd_input_transform", x)
         input_adjoint = kernel("winograd_input_transform_adjoint", x)
         output_adjoint = kernel("winograd_output_transform_adjoint", x)
@@ -82,28 +90,28 @@ class WinogradConv2d(Function):
         def backward_chunk(chunk):
             size = chunk.stop - chunk.start
             plane_sums = xp.empty((size, c_out), dtype=grad.dtype)  # ∂y/∂b = 1: Σ ∂Y over each plane, read with ∂Y
-            grad_m = output_adjoint(grad[chunk], out=scratch("winograd_m", (TILE_ENTRIES, c_out, size * tiles), x.dtype, xp),
-                                    plane_sums=plane_sums)  # ∂M = A ∂Y Aᵀ
+            grad_m = output_adjoint(grad[chunk], out=scratch("winograd_m", (entries, c_out, size * tiles), x.dtype, xp),
+                                    plane_sums=plane_sums, m=m)  # ∂M = A ∂Y Aᵀ
             grad_b = plane_sums.sum(axis=0) if self.needs_input_grad[2] else None
             if grad_shift is not None:
                 grad_shift[chunk] = plane_sums
             if grad_x is not None:
-                grad_v = xp.matmul(u_t, grad_m, out=scratch("winograd_v", (TILE_ENTRIES, c, size * tiles), x.dtype, xp))  # ∂V[ξ] = U[ξ]ᵀ·∂M[ξ]
-                input_adjoint(grad_v, x[chunk].shape, self.padding, out=grad_x[chunk])  # ∂d = B ∂V Bᵀ, overlaps added
+                grad_v = xp.matmul(u_t, grad_m, out=scratch("winograd_v", (entries, c, size * tiles), x.dtype, xp))  # ∂V[ξ] = U[ξ]ᵀ·∂M[ξ]
+                input_adjoint(grad_v, x[chunk].shape, self.padding, out=grad_x[chunk], m=m)  # ∂d = B ∂V Bᵀ, overlaps added
             if self.needs_input_grad[1]:
-                v = input_transform(x[chunk], self.padding, out=scratch("winograd_v", (TILE_ENTRIES, c, size * tiles), x.dtype, xp))  # recomputed
+                v = input_transform(x[chunk], self.padding, out=scratch("winograd_v", (entries, c, size * tiles), x.dtype, xp), m=m)  # recomputed
                 return xp.matmul(grad_m, v.transpose(0, 2, 1)), grad_b  # ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ, this chunk's share
             return None, grad_b
 
-        grad_u, grad_b = sum_shares(map_chunks(backward_chunk, image_chunks(n, TILE_ENTRIES * max(c, c_out), tiles, x.itemsize, xp is not np), xp))
-        grad_w = None if grad_u is None else kernel("winograd_filter_transform_adjoint", grad_u)(grad_u)  # ∂g = Gᵀ ∂U G
+        grad_u, grad_b = sum_shares(map_chunks(backward_chunk, image_chunks(n, entries * max(c, c_out), tiles, x.itemsize, xp is not np), xp))
+        grad_w = None if grad_u is None else kernel("winograd_filter_transform_adjoint", grad_u)(grad_u, m)  # ∂g = Gᵀ ∂U G
         grad_residual = grad_shift.reshape(residual_shape) if grad_shift is not None else grad if residual_shape is not None else None
         return grad_x, grad_w, grad_b, grad_residual  # ∂y/∂residual = 1, summed over the positions it was broadcast to
 
 
 
-def winograd_conv2d(x, w, b, padding: int):
-    """``conv2d(x, w, b, padding=padding)`` by :class:`WinogradConv2d`, left pending
+def winograd_conv2d(x, w, b, padding: int, tile: int = 2):
+    """``conv2d(x, w, b, padding=padding)`` by :class:`WinogradConv2d` with F(tile×tile, 3×3), left pending
     (:mod:`~minidiff.functional.fusion`) so that ``+ r`` right after it becomes the convolution
     adding r as it writes its output: r of the output's shape (a skip connection) or
     (N, C_out, 1, 1) (a ResBlock's time-embedding shift)."""
@@ -112,6 +120,6 @@ def winograd_conv2d(x, w, b, padding: int):
     def with_residual(r):
         if not isinstance(r, Tensor) or r.dtype != x.dtype or tuple(r.shape) not in (shape, shape[:2] + (1, 1)):
             return None
-        return WinogradConv2d.apply(x, w, b, r, padding=padding)
+        return WinogradConv2d.apply(x, w, b, r, padding=padding, tile=tile)
 
-    return pending(WinogradConv2d, (x, w, b, None), dict(padding=padding), shape, add=with_residual)
+    return pending(WinogradConv2d, (x, w, b, None), dict(padding=padding, tile=tile), shape, add=with_residual)

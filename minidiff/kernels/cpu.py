@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import backend
 from . import reference
-from .reference import WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, conv_output_size, winograd_tile_count, winograd_tiles
+from .reference import WINOGRAD_TILE_ENTRIES as TILE_ENTRIES, conv_output_size, winograd_tile_count, winograd_tile_entries, winograd_tiles
 
 
 def _C():
@@ -53,49 +53,59 @@ def group_norm_backward(grad_y, x, mean, rstd, weight, bias, silu: bool):
     return grad_x, grad_weight.sum(axis=0).astype(x.dtype), grad_bias.sum(axis=0).astype(x.dtype)
 
 
-def winograd_filter_transform(w):
+def winograd_filter_transform(w, m: int = 2):
+    if m != 2:  # F(4×4, 3×3): NumPy's (36, 9) × (9, C_out·C) product, a few µs per conv of a training step
+        return reference.winograd_filter_transform(w, m)
     c_out, c = w.shape[:2]
     rows = np.empty((TILE_ENTRIES, c_out * c + 16), dtype=w.dtype)  # (α², C_out·C + 16): the kernel says why 16
     _C().winograd_filter_transform(np.ascontiguousarray(w).reshape(c_out * c, 9), rows)
     return rows[:, : c_out * c].reshape(TILE_ENTRIES, c_out, c)  # (α², C_out, C), a view
 
 
-def winograd_filter_transform_adjoint(grad_u):
+def winograd_filter_transform_adjoint(grad_u, m: int = 2):
+    if m != 2:
+        return reference.winograd_filter_transform_adjoint(grad_u, m)
     _, c_out, c = grad_u.shape
     grad_w = np.empty((c_out, c, 3, 3), dtype=grad_u.dtype)  # (C_out, C, 3, 3)
     _C().winograd_filter_transform_adjoint(np.ascontiguousarray(grad_u).reshape(TILE_ENTRIES, c_out * c), grad_w.reshape(c_out * c, 9))
     return grad_w
 
 
-def winograd_input_transform(x, padding: int, out=None):
+def _transforms(m: int):
+    """The Cython transforms of F(m×m, 3×3): winograd.pxi's (m = 2) or winograd4.pxi's (m = 4)."""
+    return "winograd_" if m == 2 else "winograd4_"
+
+
+def winograd_input_transform(x, padding: int, out=None, m: int = 2):
     n, c, h, w = x.shape
-    th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)
-    v = np.empty((TILE_ENTRIES, c, n * th * (tw + 1)), dtype=x.dtype) if out is None else out  # (α², C, tH·N·(tW + 1))
-    _C().winograd_input_transform(np.ascontiguousarray(x), padding, th, tw, v)
+    th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2, m)
+    v = np.empty((winograd_tile_entries(m), c, n * th * (tw + 1)), dtype=x.dtype) if out is None else out  # (α², C, tH·N·(tW + 1))
+    getattr(_C(), _transforms(m) + "input_transform")(np.ascontiguousarray(x), padding, th, tw, v)
     return v
 
 
-def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None):
+def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None, m: int = 2):
     n, c, h, w = x_shape
-    th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)
+    th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2, m)
     grad_x = np.empty(x_shape, dtype=grad_v.dtype) if out is None else out  # (N, C, H, W)
-    _C().winograd_input_transform_adjoint(np.ascontiguousarray(grad_v), padding, th, tw, grad_x)
+    getattr(_C(), _transforms(m) + "input_transform_adjoint")(np.ascontiguousarray(grad_v), padding, th, tw, grad_x)
     return grad_x
 
 
-def winograd_output_transform(m, out_shape, bias=None, residual=None, out=None):
-    y = np.empty(out_shape, dtype=m.dtype) if out is None else out  # (N, C_out, Ho, Wo)
-    bias = np.empty(0, dtype=m.dtype) if bias is None else _vector(bias, m.dtype)
-    residual = np.empty((0, 0, 0, 0), dtype=m.dtype) if residual is None else np.ascontiguousarray(residual, dtype=m.dtype)
-    _C().winograd_output_transform(np.ascontiguousarray(m), bias, residual, y)
+def winograd_output_transform(products, out_shape, bias=None, residual=None, out=None, m: int = 2):
+    y = np.empty(out_shape, dtype=products.dtype) if out is None else out  # (N, C_out, Ho, Wo)
+    bias = np.empty(0, dtype=products.dtype) if bias is None else _vector(bias, products.dtype)
+    residual = np.empty((0, 0, 0, 0), dtype=products.dtype) if residual is None else np.ascontiguousarray(residual, dtype=products.dtype)
+    getattr(_C(), _transforms(m) + "output_transform")(np.ascontiguousarray(products), bias, residual, y)
     return y
 
 
-def winograd_output_transform_adjoint(grad_y, out=None, plane_sums=None):
+def winograd_output_transform_adjoint(grad_y, out=None, plane_sums=None, m: int = 2):
     n, c_out, ho, wo = grad_y.shape
-    grad_m = np.empty((TILE_ENTRIES, c_out, n * winograd_tile_count(ho, wo)), dtype=grad_y.dtype) if out is None else out  # (α², C_out, tH·N·(tW + 1))
+    grad_m = (np.empty((winograd_tile_entries(m), c_out, n * winograd_tile_count(ho, wo, m)), dtype=grad_y.dtype)
+              if out is None else out)  # (α², C_out, tH·N·(tW + 1))
     sums = np.empty((n, c_out), dtype=grad_y.dtype) if plane_sums is None else plane_sums  # (N, C_out)
-    _C().winograd_output_transform_adjoint(np.ascontiguousarray(grad_y), grad_m, sums)
+    getattr(_C(), _transforms(m) + "output_transform_adjoint")(np.ascontiguousarray(grad_y), grad_m, sums)
     return grad_m
 
 

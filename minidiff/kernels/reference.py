@@ -106,52 +106,72 @@ def group_norm_backward(grad_y, x, mean, rstd, weight, bias, silu: bool):
     return grad_x.reshape(n, c, m), grad_weight, grad_bias
 
 
-# Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray 2016, "Fast Algorithms for
-# Convolutional Neural Networks", Section 4.1): a 2×2 output tile Y of a 3×3 correlation of a
-# 4×4 input tile d with a filter g is
+# Winograd's minimal filtering F(m×m, 3×3) (Lavin & Gray 2016, "Fast Algorithms for
+# Convolutional Neural Networks", Section 4): an m×m output tile Y of a 3×3 correlation of an
+# α×α input tile d (α = m + 2) with a filter g is
 #     Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A,
-# 16 multiplications instead of 36. The transforms below move whole batches of tiles in and
-# out of that 4×4 "Winograd domain"; functional/winograd.py does the multiplications as GEMMs.
-# The functions are written for any F(m×m, 3×3) given its three matrices (F(4×4, 3×3)'s are
-# in Lavin & Gray, Section 4.2: 4× fewer multiplications, but on this CPU its 6×6 transforms
-# cost more than the GEMM time they save).
-WINOGRAD_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-WINOGRAD_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
-WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
-WINOGRAD_M = len(WINOGRAD_AT)  # m: output tile side
-WINOGRAD_ALPHA = len(WINOGRAD_BT)  # α = m + 2: input tile side
-WINOGRAD_TILE_ENTRIES = WINOGRAD_ALPHA * WINOGRAD_ALPHA  # α²: entries of a transformed tile, GEMMs per convolution
+# α² multiplications instead of 9m². The transforms below move whole batches of tiles in and
+# out of that α×α "Winograd domain"; functional/winograd.py does the multiplications as GEMMs.
+# Two tile sizes, each given by its three matrices:
+#   m = 2, F(2×2, 3×3): 16 multiplications for 4 outputs (2.25× fewer than direct), transforms of
+#     0 and ±1 only, so float32 rounds about as the direct sum does;
+#   m = 4, F(4×4, 3×3): 36 for 16 (4× fewer), interpolation points 0, ±1, ±2 (Section 4.2): the
+#     transforms have entries up to 8 and ⅙, so float32 results carry a few times the error of
+#     m = 2 (tests/test_winograd.py bounds it against the im2col conv).
+WINOGRAD_MATRICES = {
+    2: dict(bt=((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+            g=((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1)),
+            at=((1, 1, 1, 0), (0, 1, -1, -1))),
+    4: dict(bt=((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+                (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
+            g=((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+               (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+            at=((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))),
+}
+WINOGRAD_TILE_SIZES = tuple(WINOGRAD_MATRICES)
 
 
-def winograd_tiles(ho: int, wo: int) -> tuple[int, int]:
+def winograd_tile_entries(m: int = 2) -> int:
+    """α² = (m + 2)²: entries of a transformed tile, GEMMs per convolution."""
+    return (m + 2) ** 2
+
+
+WINOGRAD_TILE_ENTRIES = winograd_tile_entries(2)
+
+
+def _winograd_matrix(m: int, name: str, xp, dtype):
+    return xp.asarray(WINOGRAD_MATRICES[m][name], dtype=dtype)
+
+
+def winograd_tiles(ho: int, wo: int, m: int = 2) -> tuple[int, int]:
     """Tiles (tH, tW) = (⌈Hₒ/m⌉, ⌈Wₒ/m⌉) of m×m outputs that cover an Hₒ×Wₒ output."""
-    return -(-ho // WINOGRAD_M), -(-wo // WINOGRAD_M)
+    return -(-ho // m), -(-wo // m)
 
 
-def winograd_tile_count(ho: int, wo: int) -> int:
+def winograd_tile_count(ho: int, wo: int, m: int = 2) -> int:
     """Columns an image takes in the transformed tiles: tH·(tW + 1), a spare tile per row of tiles."""
-    th, tw = winograd_tiles(ho, wo)
+    th, tw = winograd_tiles(ho, wo, m)
     return th * (tw + 1)
 
 
-def winograd_filter_transform(w):
+def winograd_filter_transform(w, m: int = 2):
     """U = G g Gᵀ for every (output, input) channel pair: w (C_out, C, 3, 3) → U (α², C_out, C).
 
     With row-major vec, vec(G g Gᵀ) = (G ⊗ G)·vec(g), so all pairs' transforms are one product.
     """
     xp = get_array_module(w)
     c_out, c = w.shape[:2]
-    g = xp.asarray(WINOGRAD_G, dtype=w.dtype)
+    g = _winograd_matrix(m, "g", xp, w.dtype)
     u = xp.kron(g, g) @ w.reshape(c_out * c, 9).T  # (α², 9) @ (9, C_out·C)
-    return u.reshape(WINOGRAD_TILE_ENTRIES, c_out, c)
+    return u.reshape(winograd_tile_entries(m), c_out, c)
 
 
-def winograd_filter_transform_adjoint(grad_u):
+def winograd_filter_transform_adjoint(grad_u, m: int = 2):
     """∂g = Gᵀ ∂U G, the adjoint of :func:`winograd_filter_transform`: (α², C_out, C) → (C_out, C, 3, 3)."""
     xp = get_array_module(grad_u)
     _, c_out, c = grad_u.shape
-    g = xp.asarray(WINOGRAD_G, dtype=grad_u.dtype)
-    return (grad_u.reshape(WINOGRAD_TILE_ENTRIES, c_out * c).T @ xp.kron(g, g)).reshape(c_out, c, 3, 3)
+    g = _winograd_matrix(m, "g", xp, grad_u.dtype)
+    return (grad_u.reshape(winograd_tile_entries(m), c_out * c).T @ xp.kron(g, g)).reshape(c_out, c, 3, 3)
 
 
 # Layout of transformed tiles, (α², C, tH·N·(tW + 1)): axis 0 runs over the α² entries (ξ, ν)
@@ -176,7 +196,7 @@ def winograd_unpack_tiles(flat, n: int, th: int, tw: int):
     return xp.swapaxes(flat.reshape(*flat.shape[:-1], th, n, tw + 1)[..., :tw], -3, -2)
 
 
-def winograd_input_transform(x, padding: int, out=None):
+def winograd_input_transform(x, padding: int, out=None, m: int = 2):
     """V = Bᵀ d B for every α×α input tile d of a 3×3, stride-1 convolution's input.
 
     x: (N, C, H, W) → V: (α², C, tH·N·(tW + 1)), in the layout described above. Tile (i, j)
@@ -186,25 +206,25 @@ def winograd_input_transform(x, padding: int, out=None):
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
-    m, alpha = WINOGRAD_M, WINOGRAD_ALPHA
-    th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)
+    alpha = m + 2
+    th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2, m)
     padded = xp.zeros((n, c, m * th + 2, m * tw + 2), dtype=x.dtype)
     padded[:, :, padding : padding + h, padding : padding + w] = x
     rows = [xp.stack([padded[:, :, a : a + m * th : m, b : b + m * tw : m] for b in range(alpha)], axis=-1) for a in range(alpha)]
     d = xp.stack(rows, axis=-2)  # (N, C, tH, tW, α, α)
-    bt = xp.asarray(WINOGRAD_BT, dtype=x.dtype)
+    bt = _winograd_matrix(m, "bt", xp, x.dtype)
     v = xp.einsum("xa,nctsab,yb->xycnts", bt, d, bt, optimize=True)  # Bᵀ d B: (α, α, C, N, tH, tW)
     return _into(out, winograd_pack_tiles(v).reshape(alpha * alpha, c, -1))
 
 
-def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None):
+def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None, m: int = 2):
     """The adjoint of :func:`winograd_input_transform`: ∂d = B ∂V Bᵀ for every tile, added up where
     tiles overlap, with the padding cut off. grad_v: (α², C, tH·N·(tW + 1)) → (N, C, H, W)."""
     xp = get_array_module(grad_v)
     n, c, h, w = x_shape
-    m, alpha = WINOGRAD_M, WINOGRAD_ALPHA
-    th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2)
-    bt = xp.asarray(WINOGRAD_BT, dtype=grad_v.dtype)
+    alpha = m + 2
+    th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2, m)
+    bt = _winograd_matrix(m, "bt", xp, grad_v.dtype)
     grad_tiles = winograd_unpack_tiles(grad_v.reshape(alpha, alpha, c, -1), n, th, tw)  # (α, α, C, N, tH, tW)
     grad_d = xp.einsum("xa,xycnts,yb->nctsab", bt, grad_tiles, bt, optimize=True)  # B ∂V Bᵀ: (N, C, tH, tW, α, α)
     padded = xp.zeros((n, c, m * th + 2, m * tw + 2), dtype=grad_v.dtype)
@@ -214,26 +234,26 @@ def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None):
     return _into(out, padded[:, :, padding : padding + h, padding : padding + w])
 
 
-def winograd_output_transform(m, out_shape, bias=None, residual=None, out=None):
+def winograd_output_transform(products, out_shape, bias=None, residual=None, out=None, m: int = 2):
     """Y = Aᵀ M A for every tile, tiles laid side by side, cropped to Hₒ×Wₒ, plus a per-channel
     bias, plus a residual (a skip connection, added here rather than in a pass of its own).
 
-    m: (α², C_out, tH·N·(tW + 1)) → (N, C_out, Hₒ, Wₒ) = ``out_shape``; bias: (C_out,) or None;
-    residual: ``out_shape``, (N, C_out, 1, 1) or None.
+    products, the M: (α², C_out, tH·N·(tW + 1)) → (N, C_out, Hₒ, Wₒ) = ``out_shape``; bias:
+    (C_out,) or None; residual: ``out_shape``, (N, C_out, 1, 1) or None.
     """
-    xp = get_array_module(m)
+    xp = get_array_module(products)
     n, c_out, ho, wo = out_shape
-    th, tw = winograd_tiles(ho, wo)
-    alpha = WINOGRAD_ALPHA
-    at = xp.asarray(WINOGRAD_AT, dtype=m.dtype)
-    tiles = winograd_unpack_tiles(m.reshape(alpha, alpha, c_out, -1), n, th, tw)  # (α, α, C_out, N, tH, tW)
+    th, tw = winograd_tiles(ho, wo, m)
+    alpha = m + 2
+    at = _winograd_matrix(m, "at", xp, products.dtype)
+    tiles = winograd_unpack_tiles(products.reshape(alpha, alpha, c_out, -1), n, th, tw)  # (α, α, C_out, N, tH, tW)
     tiles = xp.einsum("ax,xyonts,by->notasb", at, tiles, at, optimize=True)  # Aᵀ M A: (N, C_out, tH, m, tW, m)
-    y = tiles.reshape(n, c_out, WINOGRAD_M * th, WINOGRAD_M * tw)[:, :, :ho, :wo]
+    y = tiles.reshape(n, c_out, m * th, m * tw)[:, :, :ho, :wo]
     y = y if bias is None else y + bias[:, None, None]
     return _into(out, y if residual is None else y + residual)
 
 
-def winograd_output_transform_adjoint(grad_y, out=None, plane_sums=None):
+def winograd_output_transform_adjoint(grad_y, out=None, plane_sums=None, m: int = 2):
     """The adjoint of :func:`winograd_output_transform` (without the bias): ∂M = A ∂Y Aᵀ for every
     tile, cropped positions getting zero. grad_y: (N, C_out, Hₒ, Wₒ) → (α², C_out, tH·N·(tW + 1)).
 
@@ -242,11 +262,11 @@ def winograd_output_transform_adjoint(grad_y, out=None, plane_sums=None):
     """
     xp = get_array_module(grad_y)
     n, c_out, ho, wo = grad_y.shape
-    m, alpha = WINOGRAD_M, WINOGRAD_ALPHA
-    th, tw = winograd_tiles(ho, wo)
+    alpha = m + 2
+    th, tw = winograd_tiles(ho, wo, m)
     padded = xp.zeros((n, c_out, m * th, m * tw), dtype=grad_y.dtype)
     padded[:, :, :ho, :wo] = grad_y
-    at = xp.asarray(WINOGRAD_AT, dtype=grad_y.dtype)
+    at = _winograd_matrix(m, "at", xp, grad_y.dtype)
     grad_m = xp.einsum("ax,notasb,by->xyonts", at, padded.reshape(n, c_out, th, m, tw, m), at, optimize=True)  # A ∂Y Aᵀ
     if plane_sums is not None:
         plane_sums[...] = grad_y.sum(axis=(2, 3))
