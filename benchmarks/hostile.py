@@ -74,6 +74,11 @@ def cases(run: Path, tmp: Path) -> list[tuple[str, list[str], str]]:
     def train(*flags):  # a new folder per case; a silently accepted run stays short
         return ["train", *TINY, "--out", str(tmp / f"new{next(fresh)}"), "--steps", "3", *flags]
 
+    def objective_train(objective, *flags):  # train another objective, without TINY's DDPM chain
+        chain = TINY.index("--schedule")
+        return ["train", *TINY[:chain], *TINY[chain + 4:], "--objective", objective, "--out",
+                str(tmp / f"new{next(fresh)}"), "--steps", "3", *flags]
+
     def bad(flag, *values):  # train with one bad value of one flag, each refusal naming the flag
         return [(f"train {flag} {value}", train(flag, value), flag) for value in values]
 
@@ -82,6 +87,9 @@ def cases(run: Path, tmp: Path) -> list[tuple[str, list[str], str]]:
     (tmp / "truncated.npz").write_bytes((run / "checkpoint.npz").read_bytes()[:4000])
     key = next(k for k in load_npz(run / "checkpoint.npz") if k.startswith("ema.shadow."))
     nan = crafted(run, tmp, "nan", **{key: np.full_like(load_npz(run / "checkpoint.npz")[key], np.nan)})
+    # finite weights whose first convolution overflows: NaN images at the first sampler step
+    overflow = crafted(run, tmp, "overflow", **{prefix + "input_blocks.0.0.weight": np.full_like(
+        load_npz(run / "checkpoint.npz")[prefix + "input_blocks.0.0.weight"], 1e38) for prefix in ("model.", "ema.shadow.")})
     samples = {
         "s255": np.full((8, 1, 28, 28), 200.0, np.float32), "uint8": np.zeros((8, 1, 28, 28), np.uint8),
         "complex": np.zeros((8, 1, 28, 28), np.complex64), "bool": np.zeros((8, 1, 28, 28), bool),
@@ -188,6 +196,21 @@ def cases(run: Path, tmp: Path) -> list[tuple[str, list[str], str]]:
         ("eval --n 1", ["eval", str(run), "--n", "1"], "--n"),
         ("eval --classifier-steps 0", ["eval", str(run), "--classifier-steps", "0"], "--classifier-steps"),
         ("eval with nothing to score", ["eval"], "checkpoint"),
+        ("eval --n above the reference images", ["eval", str(run), "--n", "2501"], "--n 2501"),
+        *[(f"{command} of finite weights making NaN images", [command, overflow, "--n", "4", "--steps", "5"],
+           "non-finite images") for command in ("sample", "eval")],
+        ("sample --sigma-max below --sigma-min", ["sample", str(run), "--sampler", "heun", "--sigma-max", "0.001"],
+         "--sigma-max"),
+        *[(f"sample --rho {v}", ["sample", str(run), "--sampler", "heun", "--rho", v], "--rho") for v in ("0", "-7")],
+        ("train --objective edm --p-std -1", objective_train("edm", "--p-std", "-1"), "--p-std"),
+        *[(f"sample --time-shift {v}", ["sample", str(run), "--sampler", "euler", "--time-shift", v], "--time-shift")
+          for v in ("0", "-2")],
+        ("sample an objective the checkpoint lacks", ["sample", crafted(run, tmp, "objective",
+                                                                        config__objective="gan")], "objective"),
+        ("sample --sampler midpoint (flow's) on a ddpm checkpoint", ["sample", str(run), "--sampler", "midpoint"],
+         "--objective ddpm"),
+        ("train --resume --objective flow", ["train", "--resume", str(run), "--objective", "flow", "--steps", "9"],
+         "--objective flow"),
         *outputs_checked_first(run, tmp),
         *python_api_edges(),
         *image_inputs(run, tmp),

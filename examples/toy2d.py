@@ -4,8 +4,9 @@
 
 For two moons, a swiss roll, 8 Gaussians and a checkerboard, a small MLP ε-model is trained with
 minidiff's own autograd and the same loss as the U-Net (:func:`minidiff.diffusion.training_loss`,
-Algorithm 1 of Ho et al. 2020); under a minute on a 2-core laptop. Then five figures go to
-``--out`` (``pip install 'minidiff[plot]'`` for matplotlib):
+Algorithm 1 of Ho et al. 2020), and beside it the same MLP as a flow-matching velocity model
+(:func:`minidiff.objectives.flow.training_loss`); a minute or two on a 2-core laptop. Then six
+figures go to ``--out`` (``pip install 'minidiff[plot]'`` for matplotlib):
 
 - ``toy2d_forward.png``: the forward process, step by step (Eq. 2), pulls every cloud to the origin
   and spreads it into N(0, I);
@@ -15,7 +16,10 @@ Algorithm 1 of Ho et al. 2020); under a minute on a 2-core laptop. Then five fig
   and by the probability-flow ODE (smooth ones);
 - ``toy2d_samples.png``: samples next to the data, for all four sets;
 - ``toy2d_modes.png``: E[x₀ | x_t] along one reverse trajectory — it starts at the data mean, the
-  centre of the circle, and moves out to one mode as the noise comes down.
+  centre of the circle, and moves out to one mode as the noise comes down;
+- ``toy2d_flow.png``: the same starting points carried to the data by the VP model's
+  probability-flow ODE (curved) and by the flow-matching ODE (nearly straight, Liu et al. 2023),
+  with each path's length over the distance it covers, and flow-matching samples for all four sets.
 """
 import argparse
 import sys
@@ -28,6 +32,7 @@ from minidiff import functional as F
 from minidiff import nn, toy
 from minidiff.autograd import Tensor, no_grad
 from minidiff.diffusion import q_step, training_loss
+from minidiff.objectives import flow
 from minidiff.optim import Adam
 from minidiff.oracles import GaussianMixture, mixture_denoiser
 from minidiff.plot import pyplot
@@ -44,6 +49,7 @@ DATASETS = {
 }
 EIGHT_GAUSSIANS = GaussianMixture.on_circle(modes=8, radius=1.0, std=0.05)  # the law of DATASETS["8 gaussians"]
 T = 200
+FLOW_STEPS = 50  # Heun steps of the flow-matching ODE for the samples, Euler steps for the paths
 
 
 class MLPDenoiser(nn.Module):
@@ -74,17 +80,24 @@ def as_array_model(model):
     return predict
 
 
-def train(sample_data, schedule, steps, batch_size=512, lr=5e-3, seed=0):
-    """An MLPDenoiser fitted by Algorithm 1 on fresh batches of ``sample_data(n, rng)``."""
+def train(sample_data, loss_of, steps, batch_size=512, lr=5e-3, seed=0):
+    """An MLPDenoiser fitted on fresh batches of ``sample_data(n, rng)`` by ``loss_of(model, x0, rng)``:
+    Algorithm 1 (an ε-model) or flow matching's loss (a velocity model: the MLP's "t" is then 1000·t)."""
     model, rng = MLPDenoiser(rng=seed), np.random.default_rng(seed)
     optimizer = Adam(model.parameters(), lr=lr)
     for step in range(steps):
         optimizer.lr = lr * min(1.0, 2.0 * (1 - step / steps))  # hold, then decay linearly to 0
-        loss = training_loss(model, schedule, sample_data(batch_size, rng=rng), rng).loss
+        loss = loss_of(model, sample_data(batch_size, rng=rng), rng).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return model
+
+
+def straightness(paths):
+    """Each path's length over the distance between its ends, for paths (steps, n, 2): 1 is a straight line."""
+    length = np.linalg.norm(np.diff(paths, axis=0), axis=-1).sum(axis=0)
+    return length / np.linalg.norm(paths[-1] - paths[0], axis=-1)
 
 
 def forward_snapshots(points, schedule, times, rng):
@@ -113,15 +126,18 @@ def run(steps=1500, n=2000, seed=0):
     # reverse SDE stays small, where the default cap of 0.999 would make the first one a giant leap.
     schedule = NoiseSchedule.cosine(T, max_beta=0.1)
     rng = np.random.default_rng(seed)
-    results = {"schedule": schedule, "data": {}, "samples": {}, "forward": {}}
+    results = {"schedule": schedule, "data": {}, "samples": {}, "forward": {}, "flow_samples": {}}
     forward_times = [0, T // 10, T // 4, T // 2, T - 1]
     for name, sample_data in DATASETS.items():
         started = time.perf_counter()
-        model = as_array_model(train(sample_data, schedule, steps, seed=seed))
+        model = as_array_model(train(sample_data, lambda m, x0, r: training_loss(m, schedule, x0, r), steps, seed=seed))
+        velocity = flow.velocity(as_array_model(train(sample_data, flow.training_loss, steps, seed=seed)))
         data = sample_data(n, rng=rng)
         results["data"][name] = data
         results["forward"][name] = forward_snapshots(data, schedule, forward_times, rng)
         results["samples"][name] = ddpm_sample(model, schedule, (n, 2), rng=rng, clip_denoised=False)
+        results["flow_samples"][name] = flow.sample(velocity, flow.flow_times(FLOW_STEPS), rng.standard_normal((n, 2)),
+                                                    solver="heun")
         print(f"{name}: {steps} training steps and {n} samples in {time.perf_counter() - started:.1f} s")
         if name == "8 gaussians":
             side = np.linspace(-1.6, 1.6, 15)
@@ -135,6 +151,14 @@ def run(steps=1500, n=2000, seed=0):
                 for label, sampler in (("reverse SDE", reverse_sde_sample), ("probability-flow ODE",
                                                                              probability_flow_sample))
             }
+            # The same x_T down the flow-matching ODE (noise at t = 1): Euler, so each step is a straight segment.
+            x_T = rng.standard_normal((16, 2))
+            vp_path = probability_flow_sample(model, schedule, (16, 2), x_T=x_T, clip_denoised=False,
+                                              return_trajectory=True)
+            flow_path = flow.sample(velocity, flow.flow_times(FLOW_STEPS), x_T, solver="euler", return_trajectory=True)
+            results["flow_paths"] = {label: np.concatenate([np.stack([step.x_t for step in steps]), end[None]])
+                                     for label, (end, steps) in (("VP probability-flow ODE", vp_path),
+                                                                 ("flow-matching ODE", flow_path))}
     # E[x₀ | x_t] along one reverse trajectory, with the exact denoiser of the 8 Gaussians.
     _, trajectory = ddpm_sample(mixture_denoiser(EIGHT_GAUSSIANS, schedule), schedule, (1, 2), rng=rng,
                                 clip_denoised=False, return_trajectory=True)
@@ -144,7 +168,7 @@ def run(steps=1500, n=2000, seed=0):
 
 
 def save_figures(results, out):
-    """The five PNGs of the module docstring, written to ``out``; returns their paths."""
+    """The six PNGs of the module docstring, written to ``out``; returns their paths."""
     plt = pyplot()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -223,6 +247,22 @@ def save_figures(results, out):
     axes[1].invert_xaxis(), axes[1].set_xlabel("t (reverse time →)"), axes[1].legend(fontsize=8)
     figure.suptitle("E[x₀ | x_t] moves from the data mean to one mode as the noise comes down")
     written.append(save(figure, "toy2d_modes.png"))
+
+    figure, axes = plt.subplots(1, 2 + len(names), figsize=(3 * (2 + len(names)), 3.4))
+    for axis, (label, paths) in zip(axes, results["flow_paths"].items()):
+        axis.scatter(*EIGHT_GAUSSIANS.means.T, c="crimson", s=12, zorder=3)
+        axis.plot(paths[:, :, 0], paths[:, :, 1], lw=0.7, alpha=0.8)
+        axis.scatter(paths[0, :, 0], paths[0, :, 1], c="k", s=6, zorder=3)
+        square(axis, 2.8)
+        axis.set_title(f"{label}\nlength/distance {np.median(straightness(paths)):.2f} (median)", fontsize=9)
+    for axis, name in zip(axes[2:], names):
+        data, samples = results["data"][name], results["flow_samples"][name]
+        axis.scatter(data[:, 0], data[:, 1], s=1, c="0.7")
+        axis.scatter(samples[:, 0], samples[:, 1], s=1, c="tab:green", alpha=0.5)
+        square(axis, 1.5)
+        axis.set_title(f"flow matching: {name}", fontsize=9)
+    figure.suptitle("Flow matching: nearly straight paths from noise to data, and its samples (green)")
+    written.append(save(figure, "toy2d_flow.png"))
     return written
 
 

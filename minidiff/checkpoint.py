@@ -31,6 +31,7 @@ import numpy as np
 from .backbones import BACKBONES, build_backbone
 from .diffusion import PREDICTIONS
 from .files import load_npz, save_npz
+from .objectives import OBJECTIVES
 from .schedule import SCHEDULES, schedule_by_name
 
 FORMAT_VERSION = 1
@@ -39,7 +40,8 @@ SECTIONS = ("model", "ema", "optimizer", "batcher", "rng")
 # The entries of a run's config that decide what its network computes: a checkpoint is refused
 # where one of them differs, since its weights would be loaded into the wrong model or sampled
 # with the wrong noise schedule. Everything in config["model"] is compared as well.
-IDENTITY_KEYS = ("backbone", "preset", "schedule", "zero_terminal_snr", "timesteps", "prediction")
+IDENTITY_KEYS = ("backbone", "preset", "objective", "sigma_data", "schedule", "zero_terminal_snr", "timesteps",
+                 "prediction")
 
 
 class CheckpointError(ValueError):
@@ -196,6 +198,7 @@ CONFIG_RULES = {
     "model": (lambda v: isinstance(v, dict), "a JSON object"),
     "zero_terminal_snr": (lambda v: isinstance(v, bool), "true or false"),
     "backbone": (lambda v: v in BACKBONES, f"one of {', '.join(BACKBONES)}"),
+    "objective": (lambda v: v in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
 }
 _REAL = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
          "a positive number")
@@ -237,7 +240,7 @@ LATENT_RECORD_RULES = {
     "latent_shape": (lambda v: isinstance(v, list) and len(v) == 3 and all(_INT[0](x) for x in v), "[C, H, W]"),
 }
 # Fields newer than some checkpoints: a config without one gets the value every older run had.
-CONFIG_DEFAULTS = {"zero_terminal_snr": False, "backbone": "unet"}
+CONFIG_DEFAULTS = {"zero_terminal_snr": False, "backbone": "unet", "objective": "ddpm"}
 MODEL_DEFAULTS = {"null_class": False, "learn_sigma": False}
 
 
@@ -270,6 +273,11 @@ def _check_config(config, path: Path) -> None:
             if not valid:
                 raise CheckpointError(f"checkpoint {path}: config field {prefix}{key} must be {what}, "
                                       f"got {where[key]!r}")
+    sigma_data = config.get("sigma_data")
+    if config.get("objective") == "edm" and not (isinstance(sigma_data, (int, float)) and not isinstance(sigma_data, bool)
+                                             and math.isfinite(sigma_data) and sigma_data > 0):
+        raise CheckpointError(f"checkpoint {path}: config field sigma_data must be a positive number for objective "
+                              f"edm, got {sigma_data!r}")
 
 
 def _show(value) -> str:

@@ -18,6 +18,8 @@ from .backbones import DEFAULT_PRESET, PRESETS, model_config
 from .checkpoint import Checkpoint, CheckpointError
 from .datasets import DATASETS
 from .diffusion import MIN_SNR_GAMMA_RANGE, PREDICTIONS
+from .objectives import OBJECTIVES, edm
+from .objectives.flow import T_DISTRIBUTIONS
 from .optim import LR_SCHEDULES
 from .schedule import SCHEDULES, schedule_by_name
 
@@ -136,6 +138,12 @@ class TrainConfig(RunConfig):
     num_classes: int | None = None  # class-conditional when set
     p_uncond: float = 0.0  # > 0: labels dropped to the null class with this probability (classifier-free guidance)
     latent: str | None = None  # an autoencoder run folder: diffuse its scaled latents (minidiff.latent)
+    # the objective (minidiff.objectives): ddpm uses the diffusion fields, edm and flow their own
+    objective: str = "ddpm"
+    sigma_data: float | None = None  # edm: None measures the training images' RMS (minidiff.objectives.edm)
+    p_mean: float = edm.P_MEAN  # edm: ln σ ∼ N(P_mean, P_std²) (Karras et al. 2022, §5)
+    p_std: float = edm.P_STD
+    t_distribution: str = "uniform"  # flow: t ∼ U[0, 1] or logit-normal (Esser et al. 2024, §3.1)
     # diffusion
     schedule: str = "linear"
     zero_terminal_snr: bool = False  # rescale the schedule so ᾱ_{T−1} = 0 (Lin et al. 2023)
@@ -146,8 +154,9 @@ class TrainConfig(RunConfig):
     sample_steps: int = 50  # DDIM steps of a preview grid
 
     FIXED_ON_RESUME = RunConfig.FIXED_ON_RESUME + (
-        "hflip", "backbone", "preset", "patch_size", "dropout", "num_classes", "p_uncond", "latent", "schedule",
-        "zero_terminal_snr", "timesteps", "prediction", "min_snr_gamma", "learn_sigma")
+        "hflip", "backbone", "preset", "patch_size", "dropout", "num_classes", "p_uncond", "latent", "objective",
+        "sigma_data", "p_mean", "p_std", "t_distribution", "schedule", "zero_terminal_snr", "timesteps", "prediction",
+        "min_snr_gamma", "learn_sigma")
 
     def __post_init__(self):
         if self.preset is None and self.backbone in PRESETS:
@@ -172,6 +181,10 @@ class TrainConfig(RunConfig):
         need(self.min_snr_gamma is None or _is_real(self.min_snr_gamma) and low <= self.min_snr_gamma <= high,
              "min_snr_gamma", f"in [{low:g}, {high:g}] (Hang et al. 2023 use 5)")
         need(_is_real(self.p_uncond) and 0 <= self.p_uncond < 1, "p_uncond", "in [0, 1)")
+        need(self.sigma_data is None or _is_real(self.sigma_data) and self.sigma_data > 0, "sigma_data",
+             "a positive finite number")
+        need(_is_real(self.p_mean), "p_mean", "a finite number")
+        need(_is_real(self.p_std) and self.p_std > 0, "p_std", "a positive finite number")
         need(not self.p_uncond or self.num_classes is not None, "p_uncond",
              "0 without --num-classes (it drops class labels)")
         need(isinstance(self.backbone, str) and self.backbone in PRESETS, "backbone", "one of " + ", ".join(PRESETS))
@@ -184,14 +197,25 @@ class TrainConfig(RunConfig):
              "an autoencoder run folder")
         need(not (self.hflip and self.latent), "hflip", "off with --latent (a latent flipped is not the latent of "
              "the image flipped)")
-        for name, choices in (("schedule", SCHEDULES), ("prediction", PREDICTIONS)):
+        for name, choices in (("schedule", SCHEDULES), ("prediction", PREDICTIONS), ("objective", OBJECTIVES),
+                              ("t_distribution", T_DISTRIBUTIONS)):
             need(isinstance(getattr(self, name), str) and getattr(self, name) in choices, name,
                  "one of " + ", ".join(choices))
         for name in ("hflip", "zero_terminal_snr", "learn_sigma"):
             need(isinstance(getattr(self, name), bool), name, "true or false")
         if not problems:
+            problems += self._objective_problems()
+        if not problems and self.objective == "ddpm":
             problems += _schedule_problems(self.schedule, self.timesteps, self.prediction, self.zero_terminal_snr)
         return problems
+
+    def _objective_problems(self) -> list[str]:
+        """The flags of another objective than ``objective`` that were changed from their defaults: each
+        would silently do nothing."""
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        return [f"--{name.replace('_', '-')} applies to --objective {owner}, not {self.objective}"
+                for owner, names in OBJECTIVE_FIELDS.items() if owner != self.objective
+                for name in names if getattr(self, name) != defaults[name]]
 
     def run_config(self, autoencoder: dict | None = None) -> dict:
         """The JSON-ready config of a run: these fields plus the backbone's constructor arguments.
@@ -208,6 +232,13 @@ class TrainConfig(RunConfig):
             overrides.update(in_channels=autoencoder["latent_shape"][0], image_size=autoencoder["latent_shape"][1])
         config = {**dataclasses.asdict(self), "model": model_config(self.backbone, self.preset, **overrides)}
         return config if autoencoder is None else {**config, "autoencoder": autoencoder}
+
+# The fields only one objective reads.
+OBJECTIVE_FIELDS = {
+    "ddpm": ("schedule", "zero_terminal_snr", "timesteps", "prediction", "min_snr_gamma", "learn_sigma"),
+    "edm": ("sigma_data", "p_mean", "p_std"),
+    "flow": ("t_distribution",),
+}
 
 # The chain must end close to pure noise, or sampling from N(0, I) starts far from q(x_T).
 MAX_FINAL_ALPHA_BAR = 0.05

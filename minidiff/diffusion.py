@@ -16,8 +16,8 @@ Papers:
 - Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models"
   (learned variances, Eq. 15; L_hybrid, Eq. 16; importance-sampled L_vlb, Eq. 18; bits/dim).
 - Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models" (x₀ from ε, Eq. 9).
-- Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole 2021 ("2021b"), "Score-Based Generative
-  Modeling through Stochastic Differential Equations" (the forward chain's SDE limit, Eq. 10).
+- Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole 2021b, "Score-Based Generative
+  Modeling through Stochastic Differential Equations" (the forward chain, Eq. 10, and its SDE limit, Eq. 11).
 - Kingma, Salimans, Poole & Ho 2021, "Variational Diffusion Models" (the bound in terms of SNR).
 - Salimans & Ho 2022, "Progressive Distillation for Fast Sampling of Diffusion Models"
   (v-parameterisation).
@@ -74,7 +74,8 @@ def _math(*values):
 def q_step(schedule, x_prev, t, noise):
     """x_t = √(1 − β_t) x_{t−1} + √β_t ε, one step of the forward process q(x_t | x_{t−1}) (Ho et al. 2020, Eq. 2).
 
-    ``x_prev`` is x_{t−1} (x₀ at t = 0). Its small-β limit is the VP SDE (Song et al. 2021b, Eq. 10).
+    ``x_prev`` is x_{t−1} (x₀ at t = 0). It is the discrete chain of Song et al. 2021b, Eq. 10, whose
+    small-β limit is their VP SDE, Eq. 11.
     """
     x_prev = checks.float_array(x_prev, "x_prev")
     noise = checks.same_shape(checks.float_array(noise, "noise"), "noise", x_prev, "x_prev")
@@ -287,8 +288,10 @@ def training_loss(model, schedule, x0, rng, *, prediction="eps", min_snr_gamma=N
     Dhariwal 2021, Eq. 18), so any sampler gives an unbiased estimate of the uniform loss. A
     model that also outputs the variance interpolation v (:func:`model_output_parts`) is trained
     on L_hybrid = L_simple + λ L_vlb (Nichol & Dhariwal 2021, Eq. 16; :func:`hybrid_vlb_term`).
-    Returns a :class:`LossDraw`: the scalar loss, t and the unweighted per-example losses
-    (what :meth:`LossSecondMomentResampler.update` learns from).
+    Returns a :class:`LossDraw`: the scalar loss, t and the unweighted per-example losses, i.e. the
+    ε- (x₀-, v-) MSE of L_simple, not Eq. 18's L_t: fed to :meth:`LossSecondMomentResampler.update`
+    they give p_t ∝ √E[MSE_t²], a proxy for Eq. 18's p_t ∝ √E[L_t²] (improved-diffusion feeds its
+    resampler the whole per-example loss, L_hybrid's L_vlb term included).
 
     ``rows`` keeps a slice of the batch: t and ε are drawn for all of x₀ and the loss is the
     mean over those rows only, so a data-parallel rank (:mod:`minidiff.distributed`) computes
@@ -298,7 +301,7 @@ def training_loss(model, schedule, x0, rng, *, prediction="eps", min_snr_gamma=N
     if checks.generator(rng) is None:
         raise checks.ArgumentError("rng must be a numpy.random.Generator (it draws t and the noise), got None")
     timestep_sampler = UniformSampler(schedule.T) if timestep_sampler is None else timestep_sampler
-    t, importance = timestep_sampler.sample(len(x0), rng)  # line 3: t ∼ Uniform({1, …, T}), or p_t
+    t, importance = timestep_sampler.sample(len(x0), rng)  # line 3: t ∼ Uniform({1, …, T}) in paper steps, code index t − 1 ∈ {0, …, T−1}; or p_t
     noise = rng.standard_normal(x0.shape, dtype=np.float32)  # line 4: ε ∼ N(0, I)
     x0, t, importance, noise = x0[rows], t[rows], importance[rows], noise[rows]
     x_t = q_sample(schedule, x0, t, noise)  # √ᾱ_t x₀ + √(1 − ᾱ_t) ε (Eq. 4)
@@ -321,7 +324,7 @@ def hybrid_vlb_term(schedule, x0, x_t, t, output, v, prediction="eps"):
     With t drawn uniformly, T L_t estimates L_vlb = Σ_t L_t (Ho et al. 2020, Eq. 5); λ = 0.001
     keeps it from swamping L_simple (improved-diffusion's T/1000 factor is this λ T). μ_θ comes
     from the detached ``output`` -- the paper's stop-gradient -- so L_vlb trains only the
-    variance interpolation ``v`` (a Tensor, Eq. 15) and L_simple alone trains the mean.
+    variance interpolation ``v`` (a Tensor; Nichol & Dhariwal 2021, Eq. 15) and L_simple alone trains the mean.
     """
     x0_hat = predict_x0(schedule, x_t, t, output.data, prediction)  # stop-gradient: a constant to L_vlb
     return HYBRID_LAMBDA * schedule.T * vb_terms_bpd(schedule, x0, x_t, t, x0_hat, "learned", v)
@@ -361,7 +364,10 @@ class LossSecondMomentResampler(ScheduleSampler):
     """p_t ∝ √E[L_t²] over the last ``history_per_term`` losses at each t (Nichol & Dhariwal 2021, Eq. 18).
 
     Uniform until every t has a full history; mixed with ``uniform_prob`` of the uniform
-    distribution so that no t is starved (and no weight explodes).
+    distribution so that no t is starved (and no weight explodes). It learns from whatever losses
+    :meth:`update` is given: Eq. 18's L_t (e.g. :func:`vb_terms_bpd`), or, as
+    :func:`training_loss`'s ``per_example`` holds, L_simple's MSE at each t, which makes p_t
+    follow the MSE's second moment instead.
     """
 
     def __init__(self, T, history_per_term=10, uniform_prob=0.001):
@@ -475,12 +481,20 @@ def p_mean_variance(schedule, x_t, t, x0_hat, variance="fixed_small", v=None):
 
 
 def vb_terms_bpd(schedule, x0, x_t, t, x0_hat, variance="fixed_small", v=None):
-    """Per-example term of the variational bound at t, in bits per dimension.
+    """Per-example term L_t of the variational bound at code index t, in bits per dimension.
 
-    t ≥ 1: L_{t−1} = KL(q(x_{t−1} | x_t, x₀) ‖ p_θ(x_{t−1} | x_t)); t = 0: the decoder
-    L_0 = −log p_θ(x₀ | x_1) (Ho et al. 2020, Eqs. 5 and 13, zero-indexed). For an ε-model each KL is
-    Eq. 12, β_t²/(2σ_t² α_t (1 − ᾱ_t)) ‖ε − ε̂‖²; L_simple (Eq. 14) drops that weight. With a
-    learned variance ``v`` (a Tensor while training) the result is differentiable in ``v``.
+    Code index t is the papers' step t + 1, and the terms are named by the x they predict:
+    for t ≥ 1, L_t = KL(q(x_t | x_{t+1}, x₀) ‖ p_θ(x_t | x_{t+1})) in the papers' indexing
+    (Ho et al. 2020, Eq. 5, whose L_{t−1} at their step t is this L_t one step on); at t = 0 the
+    decoder L_0 = −log p_θ(x₀ | x₁) (Ho et al. 2020, Eq. 13). ``likelihood`` uses the same names.
+
+    For an ε-model the KL at t ≥ 1 is Ho et al. 2020, Eq. 12 only up to that equation's constant C
+    and only for an unclipped x̂₀: KL = β²/(2σ² α (1 − ᾱ)) ‖ε − ε̂‖² + C per dimension, with β, α,
+    ᾱ at index t and C = KL(N(0, β̃) ‖ N(0, σ²)) = ½(β̃/σ² − 1 − log(β̃/σ²)), which is 0 for
+    ``"fixed_small"`` (σ² = β̃) but not for ``"fixed_large"`` (σ² = β); clipping x̂₀ (what
+    :func:`minidiff.likelihood.calc_bpd_loop` does by default) changes ε̂ and breaks the identity.
+    L_simple (Eq. 14) drops the weight and C (``tests/test_derivations.py`` checks all three).
+    With a learned variance ``v`` (a Tensor while training) the result is differentiable in ``v``.
     """
     true_mean, _, true_log_variance = q_posterior_mean_variance(schedule, x0, x_t, t)
     model_mean, _, model_log_variance = p_mean_variance(schedule, x_t, t, x0_hat, variance, v)

@@ -1,4 +1,4 @@
-"""The Diffusion Transformer (DiT, Peebles & Xie 2023): a ViT over patches, conditioned by adaLN-Zero.
+"""The Diffusion Transformer of Peebles & Xie 2023 (DiT): a ViT over patches, conditioned by adaLN-Zero.
 
 The image (or latent) x (N, C, H, W) is cut into p×p patches, each flattened and projected to a
 token of width D, with a fixed 2-D sin-cos position embedding added (:func:`patchify`,
@@ -25,7 +25,8 @@ from . import functional as F
 from . import nn
 from .autograd import DEFAULT_DTYPE, Tensor
 from .backend import device_of, to_device
-from .unet import _as_input, _check_indices, _index_array, _zero_init, timestep_embedding
+from .unet import (_as_input, _check_indices, _check_noise_levels, _index_array, _noise_level_array, _zero_init,
+                   timestep_embedding)
 
 __all__ = ["patchify", "unpatchify", "sincos_1d_embedding", "sincos_2d_embedding", "modulate", "DiTBlock",
            "FinalLayer", "DiT", "PRESETS"]
@@ -234,15 +235,16 @@ class DiT(nn.Module):
         return cls(**{**PRESETS[name], **overrides})
 
     def forward(self, x, t, y=None):
-        """The model output for x (N, C, H, W) at timesteps t (N,) with labels y (N,): ε̂ (or x̂₀ / v),
-        (N, C, H, W), or (N, 2C, H, W) with ``learn_sigma`` (Peebles & Xie 2023, Fig. 3)."""
+        """The model output for x (N, C, H, W) at timesteps or real noise levels t (N,) with labels y (N,):
+        ε̂ (or x̂₀ / v, EDM's F_θ, the flow velocity: :mod:`minidiff.objectives`), (N, C, H, W), or
+        (N, 2C, H, W) with ``learn_sigma`` (Peebles & Xie 2023, Fig. 3)."""
         self._check_inputs(x, t, y)
         like = self.x_embedder.weight
         x = _as_input(x, like)
         n, _, height, width = x.shape
         p = self.patch_size
         tokens = self.x_embedder(patchify(x, p)) + to_device(self.pos_embed, device_of(like.data))  # (N, L, D)
-        t = _index_array(t, like)
+        t = _noise_level_array(t, like)  # integer timesteps, or EDM's and flow matching's real noise levels
         c = self.t_embedder(Tensor(timestep_embedding(t, FREQUENCY_EMBEDDING_SIZE, dtype=like.dtype)))  # (N, D)
         if y is not None:
             c = c + self.y_embedder[_index_array(y, like)]  # c = embed(t) + embed(y)
@@ -267,7 +269,7 @@ class DiT(nn.Module):
             raise ValueError(f"DiT: empty batch (input shape {tuple(x.shape)})")
         if tuple(np.shape(t)) != (n,):
             raise ValueError(f"DiT: expected timesteps of shape ({n},), one per image, got shape {tuple(np.shape(t))}")
-        _check_indices("timesteps t", t, 0, None, model="DiT")
+        _check_noise_levels(t, model="DiT")
         if self.num_classes is None and y is not None:
             raise ValueError("DiT: class labels y given to an unconditional model (built with num_classes=None)")
         if self.num_classes is not None:

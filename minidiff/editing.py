@@ -39,6 +39,9 @@ def strength_steps(strength: float, steps: int) -> int:
 def sdedit_start(schedule, x0, strength: float, noise):
     """(x_{t₀}, t₀): the guide image x₀ perturbed by q(x_{t₀} | x₀) at t₀ = strength·T (Meng et al. 2022, §3).
 
+    §3 writes the perturbation for the VE SDE, x_{t₀} ∼ N(x_guide, σ²(t₀) I); this is its VP
+    variant, the same step written with DDPM's q(x_t | x₀).
+
     ``schedule`` is the (respaced) schedule the sampler will run on; t₀ is its index
     round(strength·T) − 1, so that the sampler then takes round(strength·T) steps
     (``sampler(..., x_T=x_{t₀}, t_start=t₀)``). x_{t₀} = √ᾱ x₀ + √(1 − ᾱ) ε with ε = ``noise``
@@ -81,11 +84,11 @@ def repaint_sample(model, schedule, shape, steps=None, spacing="uniform", *, kno
     Each step down draws x_{t−1}^known ∼ q(x_{t−1} | x₀) (Ho et al. 2020, Eq. 4; x₀ itself at the
     last step) and x_{t−1}^unknown ∼ p_θ(x_{t−1} | x_t) by the DDIM update with σ_t(η)
     (Song et al. 2021, Eqs. 12 and 16; η = 1 is DDPM's ancestral step, the paper's), and keeps
-    x_{t−1} = (1 − m) ⊙ x^known + m ⊙ x^unknown. Given a DDPM ``variance`` (``"fixed_small"``,
-    ``"fixed_large"`` or the model's ``"learned"`` one, as :func:`minidiff.sampling.ddpm_sample`
-    takes), x^unknown is instead DDPM's own step μ_θ + σ_t z with that σ_t (Ho et al. 2020, Eq. 11),
-    and ``eta`` is unused. A step up (a resampling jump,
-    :func:`repaint_timesteps`) is one forward step q(x_t | x_{t−1}) (Ho et al. 2020, Eq. 2).
+    x_{t−1} = (1 − mask) ⊙ x^known + mask ⊙ x^unknown: the paper's m, 1 on the known pixels, is
+    1 − ``mask``. Given a DDPM ``variance`` (``"fixed_small"``, ``"fixed_large"`` or the model's
+    ``"learned"`` one, as :func:`minidiff.sampling.ddpm_sample` takes), x^unknown is instead DDPM's
+    own step μ_θ + σ_t z with that σ_t (Ho et al. 2020, Eq. 11), and ``eta`` is unused. A step up (a
+    resampling jump, :func:`repaint_timesteps`) is one forward step q(x_t | x_{t−1}) (Ho et al. 2020, Eq. 2).
     ``known`` and ``mask`` broadcast against ``shape``. Returns x₀, or (x₀, [TrajectoryStep, …]).
     """
     schedule = respaced(schedule, steps, spacing)

@@ -66,7 +66,7 @@ def guided_denoiser(model, labels, guidance: float = 0.0):
         conditional, v = model_output_parts(out[: len(x_t)], x_t)
         unconditional, _ = model_output_parts(out[len(x_t):], x_t)
         guided = (1.0 + guidance) * conditional - guidance * unconditional  # Eq. 6
-        # a learned variance is not guided: the conditional branch's v, as GLIDE and improved-diffusion do
+        # a learned variance is not guided: the conditional branch's v, as GLIDE's sampling ``model_fn`` (glide-text2im) does
         return guided if v is None else xp.concatenate([guided, v], axis=1)
 
     denoise.learned_variance = bool(getattr(model, "learned_variance", False))

@@ -1,7 +1,9 @@
 """Bits per dimension of held-out images under the variational bound (Ho et al. 2020, Eqs. 3 and
 5): every term once (:func:`calc_bpd_loop`), or an unbiased estimate from a subset of the terms
 (:func:`bpd_estimate`), uniform or importance-sampled (Nichol & Dhariwal 2021, Eq. 18). The terms
-themselves, L_{t−1} and the decoder L_0, are :func:`minidiff.diffusion.vb_terms_bpd`.
+themselves are :func:`minidiff.diffusion.vb_terms_bpd`, named by code index t as there: L_t =
+KL(q(x_t | x_{t+1}, x₀) ‖ p_θ(x_t | x_{t+1})) for t = 1, …, T−1 (the papers' x's: code index t is
+their step t + 1), the decoder L_0 = −log p_θ(x₀ | x₁), and the prior L_T = KL(q(x_T | x₀) ‖ N(0, I)).
 """
 
 import math
@@ -16,7 +18,9 @@ from .schedule import standard_normal
 
 
 def prior_bpd(schedule, x0):
-    """L_T = KL(q(x_{T−1} | x₀) ‖ N(0, I)) per example, in bits per dimension (Ho et al. 2020, Eq. 5)."""
+    """L_T = KL(q(x_T | x₀) ‖ N(0, I)) per example, in bits per dimension (Ho et al. 2020, Eq. 5).
+
+    The papers' x_T is the code's last index, T − 1."""
     xp = get_array_module(x0)
     t = xp.full(len(x0), schedule.T - 1, dtype=xp.int64)
     mean, _, log_variance = q_mean_variance(schedule, x0, t)
@@ -24,11 +28,11 @@ def prior_bpd(schedule, x0):
 
 
 def calc_bpd_loop(model, schedule, x0, rng=None, prediction="eps", variance="fixed_small", clip_denoised=True):
-    """The full variational bound −log p(x₀) ≤ L_T + Σ_t L_{t−1} + L_0 (Ho et al. 2020, Eq. 3), in bits per dimension.
+    """The full variational bound −log p(x₀) ≤ L_T + Σ_{t=1}^{T−1} L_t + L_0 (Ho et al. 2020, Eq. 3), in bits per dimension.
 
     Every term of Ho et al. 2020, Eq. 5 evaluated once with a fresh x_t ∼ q(x_t | x₀) (a
     one-sample estimate of each expectation), as improved-diffusion's ``calc_bpd_loop``
-    (Nichol & Dhariwal 2021, §2.3). Returns ``{"total_bpd", "prior_bpd", "vb"}`` with
+    (``GaussianDiffusion`` in ``gaussian_diffusion.py``) does. Returns ``{"total_bpd", "prior_bpd", "vb"}`` with
     shapes (N,), (N,) and (N, T).
     """
     rng = np.random.default_rng() if rng is None else rng
@@ -40,7 +44,7 @@ def calc_bpd_loop(model, schedule, x0, rng=None, prediction="eps", variance="fix
 
 
 def vb_terms_at(model, schedule, x0, timesteps, rng, prediction="eps", variance="fixed_small", clip_denoised=True):
-    """The terms L_t (Ho et al. 2020, Eq. 5) at ``timesteps`` (N, K) of each example, in bits/dim, shape (N, K).
+    """The terms L_t at code index t (:func:`minidiff.diffusion.vb_terms_bpd`; Ho et al. 2020, Eq. 5) at ``timesteps`` (N, K) of each example, in bits/dim, shape (N, K).
 
     Column k evaluates example i's term at ``timesteps[i, k]`` with a fresh x_t ∼ q(x_t | x₀): one
     model call per column. A learned-variance model's v is used when ``variance="learned"``.

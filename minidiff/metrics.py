@@ -1,32 +1,42 @@
 """Sample quality: a small digit classifier trained with minidiff itself, and the scores read
-off its features — Fréchet distance (FID), Inception Score, and k-NN precision/recall.
+off its features — Fréchet distance (FID), Kernel Inception Distance (KID) with its standard
+error, Inception Score, k-NN precision/recall and the fraction of samples read confidently.
 
 The published scores use an ImageNet Inception-v3; 28×28 digits are scored here with
-:class:`DigitClassifier` instead (two strided convolutions and a 128-wide feature layer),
-trained on the dataset the diffusion model learnt. The numbers are therefore comparable
-between runs scored with the same classifier — same dataset, training steps and seed — not
-with FIDs published for other networks.
+:class:`DigitClassifier` instead (two 3×3 convolutions of 32 and 64 channels, each pooled, and a
+128-wide feature layer), trained on real images of the dataset the diffusion model learnt. The
+numbers are therefore comparable between runs scored with the same classifier — same dataset,
+architecture, training steps and seed — not with scores published for other networks.
 
-Which real images play which part (:func:`real_image_splits`): where the dataset's train split is
-on disk, the classifier trains on it, and the test split is cut in two halves: the first holds the
-reference images the samples are compared with, the second the *floor* images -- real digits
-scored exactly like samples, at the same N, the best score a sample set of that size can hope for.
-Where only the test split is at hand (``../shared/data/mnist`` holds t10k only), its first half
-trains the classifier and serves as the reference, and its second half, disjoint from both,
-gives the floor images (and the classifier's held-out accuracy); the output says so. The
-diffusion model may itself have trained on all of t10k then.
+Which real images play which part (:func:`real_image_splits`): three disjoint sets. The classifier
+trains on the first; the samples are compared with the *reference* images; the *floor* images are
+real digits scored exactly like samples, against the same reference at the same N: the best score
+a sample set of that size can hope for. Neither the reference nor the floor was seen by the
+classifier, so real digits and samples are both unseen to it, and its held-out accuracy is
+measured on them. Where the dataset's train split is on disk, the classifier trains on it and
+the test split's halves are the reference and the floor (N up to 5,000). Where only the test
+split is at hand (``../shared/data/mnist`` holds t10k only), a fixed permutation of it is cut
+into 5,000 classifier / 2,500 reference / 2,500 floor images (N up to 2,500); the output says so.
+The diffusion model may itself have trained on all of t10k then.
 
-The classifier is trained once (a few seconds to a minute on a CPU) and cached in
-``$XDG_CACHE_HOME/minidiff/classifier-<dataset>.npz`` (by default ``~/.cache/minidiff``),
+Reading the scores at small N: FID is biased upwards, by roughly c/N (Chong & Forsyth 2020), as
+both covariances are estimated from N feature vectors; only a score beside its floor at the same
+N means anything. KID is the unbiased estimate of a squared MMD, so at any N its expectation is 0
+for samples of the data's distribution; it comes with a standard error, and can be slightly
+negative. IS, precision and recall are read against their floors too.
+
+The classifier is trained once (a few minutes on two CPU cores) and cached in
+``$XDG_CACHE_HOME/minidiff/classifier-<dataset>-<architecture>.npz`` (by default ``~/.cache/minidiff``),
 together with the settings it was trained with and its held-out accuracy. A cache file trained
-with other settings is replaced; an unreadable one too, with a warning naming it: a cache holds
-nothing that retraining cannot rebuild.
+with other settings or images is replaced; an unreadable one too, with a warning naming it: a cache
+holds nothing that retraining cannot rebuild.
 
-A little over 300 lines: the classifier, the real images it and the scores use, and the scores
-themselves are one yardstick, kept in one place.
+The classifier, the real images it and the scores use, and the scores themselves are one
+yardstick, kept in one place.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -46,14 +56,20 @@ from .optim import Adam
 NUM_CLASSES = 10  # MNIST digits and Fashion-MNIST garments alike
 IMAGE_SHAPE = (1, 28, 28)  # what the classifier reads: one 28×28 grey image
 FEATURE_DIM = 128
-HELD_OUT = 1000  # floor images, never trained on, measure the accuracy
-TRAIN_STEPS = 500
+ARCHITECTURE = "conv32-pool-conv64-pool-fc128"  # names the cache file: other classifiers keep their own
+TRAIN_STEPS = 1500
 BATCH_SIZE = 128
-LEARNING_RATE = 3e-3
+LEARNING_RATE = 2e-3
+MAX_SHIFT = 2  # training images are shifted by up to this many pixels each way (augmentation)
+# Only t10k on disk: a fixed permutation of it is cut into the classifier's images, then the reference,
+# then the floor (real_image_splits).
+T10K_SPLIT = (5000, 2500, 2500)
+SPLIT_SEED = 0
 
 
 class DigitClassifier(nn.Module):
-    """conv 3×3/2 (1→16) → ReLU → conv 3×3/2 (16→32) → ReLU → linear 1568→128 → ReLU → linear 128→10.
+    """conv 3×3 (1→32) → ReLU → avg-pool 2 → conv 3×3 (32→64) → ReLU → avg-pool 2 → linear 3136→128 → ReLU
+    → linear 128→10.
 
     The 128 post-ReLU activations before the last layer are the features the scores compare,
     as FID takes the last pooling layer of Inception-v3 (Heusel et al. 2017).
@@ -61,14 +77,15 @@ class DigitClassifier(nn.Module):
 
     def __init__(self, rng=None):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, stride=2, padding=1, rng=rng)  # 28 → 14
-        self.conv2 = nn.Conv2d(16, 32, 3, stride=2, padding=1, rng=rng)  # 14 → 7
-        self.fc = nn.Linear(32 * 7 * 7, FEATURE_DIM, rng=rng)
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1, rng=rng)  # 28 → 28, pooled to 14
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1, rng=rng)  # 14 → 14, pooled to 7
+        self.fc = nn.Linear(64 * 7 * 7, FEATURE_DIM, rng=rng)
         self.head = nn.Linear(FEATURE_DIM, NUM_CLASSES, rng=rng)
         self.accuracy = None  # on the held-out images, set by feature_classifier
 
     def features(self, x):
-        h = F.relu(self.conv2(F.relu(self.conv1(x))))
+        h = F.avg_pool2d(F.relu(self.conv1(x)), 2)
+        h = F.avg_pool2d(F.relu(self.conv2(h)), 2)
         return F.relu(self.fc(F.flatten(h, 1)))
 
     def forward(self, x):
@@ -96,8 +113,20 @@ class DigitClassifier(nn.Module):
         return np.concatenate(features), np.concatenate(probs)
 
 
+def random_shifts(images, rng, max_shift: int = MAX_SHIFT) -> np.ndarray:
+    """Each image (N, C, H, W) moved by its own random offset in [−max_shift, max_shift]² pixels,
+    the background (−1) filling in: the light augmentation the classifier trains with."""
+    n, _, height, width = images.shape
+    padded = np.pad(images, ((0, 0), (0, 0), (max_shift, max_shift), (max_shift, max_shift)), constant_values=-1)
+    dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, n))
+    rows = dy[:, None] + np.arange(height)[None, :]  # (N, H) rows of the padded image each output row reads
+    cols = dx[:, None] + np.arange(width)[None, :]
+    return padded[np.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]].transpose(0, 3, 1, 2)
+
+
 def train_classifier(images, labels, steps: int = TRAIN_STEPS, seed: int = 0, progress: bool = False) -> DigitClassifier:
-    """A :class:`DigitClassifier` trained for ``steps`` Adam steps of cross-entropy on batches of 128."""
+    """A :class:`DigitClassifier` trained for ``steps`` Adam steps of cross-entropy on batches of 128
+    randomly shifted images (:func:`random_shifts`), the learning rate decayed to 0 on a cosine."""
     rng = np.random.default_rng(seed)
     model = DigitClassifier(rng=rng)
     optimizer = Adam(model, lr=LEARNING_RATE)
@@ -108,9 +137,10 @@ def train_classifier(images, labels, steps: int = TRAIN_STEPS, seed: int = 0, pr
 
         steps_iter = tqdm(steps_iter, desc="training classifier", unit="step", leave=False, dynamic_ncols=True)
     with performance_settings():  # a training loop, tuned as Trainer's is
-        for _ in steps_iter:
+        for step in steps_iter:
             x, y = next(batches)
-            loss = F.cross_entropy(model(Tensor(x)), y)
+            optimizer.lr = LEARNING_RATE * 0.5 * (1 + np.cos(np.pi * step / steps))
+            loss = F.cross_entropy(model(Tensor(random_shifts(x, rng))), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -124,29 +154,43 @@ def classifier_accuracy(classifier: DigitClassifier, images, labels) -> float:
 
 
 class RealImages:
-    """The real images of an evaluation (:func:`real_image_splits`): the classifier's training images
-    and labels, the reference and floor images (each a half of the test split), and ``source``, a line
-    saying where they came from."""
+    """The real images of an evaluation (:func:`real_image_splits`), three disjoint sets: the classifier's
+    training images and labels, the reference images the samples are compared with, and the floor
+    images scored like samples; the labels of the last two (``held_out_labels``, reference then
+    floor) measure the classifier; ``source`` is a line saying where they came from."""
 
-    def __init__(self, train, train_labels, reference, floor, floor_labels, source):
-        self.train, self.train_labels, self.reference = train, train_labels, reference
-        self.floor, self.floor_labels, self.source = floor, floor_labels, source
+    def __init__(self, train, train_labels, reference, floor, held_out_labels, source):
+        self.train, self.train_labels, self.reference, self.floor = train, train_labels, reference, floor
+        self.held_out_labels, self.source = held_out_labels, source
+
+    @property
+    def max_n(self) -> int:
+        """The largest N an evaluation can compare: as many reference as floor images are needed."""
+        return min(len(self.reference), len(self.floor))
 
 
 def real_image_splits(dataset: str = "mnist", data_dir=None) -> RealImages:
-    """Train split → classifier; test split halves → reference | floor. With the test split alone, its
-    first half trains the classifier and is the reference, its second the floor (module docstring)."""
+    """The three disjoint sets of real images of an evaluation (module docstring).
+
+    With a train split on disk the classifier trains on it and the test split is cut into halves,
+    reference | floor. With the test split alone (MNIST's t10k here), a fixed permutation of it
+    (seed :data:`SPLIT_SEED`, so both writer populations of t10k are in every part) is cut into
+    :data:`T10K_SPLIT` = classifier | reference | floor.
+    """
     test, test_labels = load_dataset(dataset, "test", data_dir, download=False)
-    half = len(test) // 2
     try:  # "all" is train then test, and refuses (rather than falls back) when train is absent
         everything, labels = load_dataset(dataset, "all", data_dir, download=False)
-        train, train_labels = everything[: -len(test)], labels[: -len(test)]
-        source = f"{dataset}: classifier on the train split, reference test[:{half}], floor test[{half}:]"
     except DataError:
-        train, train_labels = test[:half], test_labels[:half]
-        source = (f"{dataset}: only the test (t10k) split is on disk: classifier and reference on t10k[:{half}], "
-                  f"floor t10k[{half}:]")
-    return RealImages(train, train_labels, test[:half], test[half:], test_labels[half:], source)
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(test))
+        sizes = np.cumsum([round(len(test) * part / sum(T10K_SPLIT)) for part in T10K_SPLIT])
+        train, reference, floor = np.split(order, sizes[:2])
+        source = (f"{dataset}: only the test (t10k) split is on disk; a fixed permutation of it cut into "
+                  f"{len(train)} classifier / {len(reference)} reference / {len(floor)} floor images")
+        return RealImages(test[train], test_labels[train], test[reference], test[floor],
+                          test_labels[np.concatenate([reference, floor])], source)
+    half = len(test) // 2
+    source = f"{dataset}: classifier on the train split, reference test[:{half}], floor test[{half}:]"
+    return RealImages(everything[: -len(test)], labels[: -len(test)], test[:half], test[half:], test_labels, source)
 
 
 def feature_classifier(dataset: str = "mnist", data_dir=None, cache_dir=None, train_steps: int = TRAIN_STEPS,
@@ -154,13 +198,17 @@ def feature_classifier(dataset: str = "mnist", data_dir=None, cache_dir=None, tr
     """The :class:`DigitClassifier` of ``dataset``: from the cache, else trained and cached.
 
     It trains on ``real.train`` (:func:`real_image_splits` by default) and its ``.accuracy`` is
-    measured on the first :data:`HELD_OUT` floor images, which it never saw. The cache file
-    ``<cache_dir>/classifier-<dataset>.npz`` is written atomically; it is used only when it was
-    trained with the same ``train_steps``, ``seed`` and images, and retrained with a warning when unreadable.
+    measured on the reference and floor images, which it never saw. The cache file
+    ``<cache_dir>/classifier-<dataset>-<ARCHITECTURE>.npz`` is written atomically (named by the
+    network, so minidiff versions with other classifiers keep their own); it is used only when it
+    was trained with the same ``train_steps``, ``seed`` and images (a digest of them), and retrained
+    with a warning when unreadable.
     """
     real = real_image_splits(dataset, data_dir) if real is None else real
-    path = Path(cache_dir or default_cache_dir()) / f"classifier-{dataset}.npz"
-    settings = {"dataset": dataset, "train_steps": train_steps, "seed": seed, "train_images": len(real.train)}
+    path = Path(cache_dir or default_cache_dir()) / f"classifier-{dataset}-{ARCHITECTURE}.npz"
+    digest = hashlib.sha256(np.ascontiguousarray(real.train).tobytes() + real.train_labels.tobytes()).hexdigest()
+    settings = {"dataset": dataset, "architecture": ARCHITECTURE, "train_steps": train_steps, "seed": seed,
+                "train_images": digest[:16]}
     if path.exists():
         try:
             return _load_classifier(path, settings)
@@ -169,7 +217,8 @@ def feature_classifier(dataset: str = "mnist", data_dir=None, cache_dir=None, tr
         except (ValueError, KeyError, RuntimeError):  # not an .npz, no settings, other layer shapes
             warnings.warn(f"classifier cache {path} is unreadable or of another classifier; retraining it")
     classifier = train_classifier(real.train, real.train_labels, train_steps, seed, progress)
-    classifier.accuracy = classifier_accuracy(classifier, real.floor[:HELD_OUT], real.floor_labels[:HELD_OUT])
+    held_out = np.concatenate([real.reference, real.floor])
+    classifier.accuracy = classifier_accuracy(classifier, held_out, real.held_out_labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_npz({**classifier.state_dict(), "settings": json.dumps({**settings, "accuracy": classifier.accuracy})},
                        path)
@@ -224,6 +273,65 @@ def fid_from_features(a, b) -> float:
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"FID needs at least 2 feature vectors on each side, got {len(a)} and {len(b)}")
     return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+KID_GROUPS = 10  # the groups KID's standard error leaves out one at a time (delete-a-group jackknife)
+
+
+def polynomial_kernel(a, b) -> np.ndarray:
+    """k(x, y) = (xᵀy/d + 1)³ for every row x of ``a`` and y of ``b`` (d features): KID's kernel
+    (Bińkowski et al. 2018, "Demystifying MMD GANs"), the cubic polynomial kernel."""
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def _mmd2_u(sum_xx, sum_yy, sum_xy, m, n):
+    """MMD²_u from its three kernel sums (the first two without their diagonals) over m x's and n y's."""
+    return sum_xx / (m * (m - 1)) + sum_yy / (n * (n - 1)) - 2 * sum_xy / (m * n)
+
+
+def mmd2_unbiased(x, y) -> float:
+    """The unbiased estimate of the squared maximum mean discrepancy (Gretton et al. 2012, Lemma 6):
+
+    .. math:: \\mathrm{MMD}^2_u = \\frac{1}{m(m-1)} \\sum_{i \\ne j} k(x_i, x_j)
+              + \\frac{1}{n(n-1)} \\sum_{i \\ne j} k(y_i, y_j) − \\frac{2}{mn} \\sum_{i, j} k(x_i, y_j)
+
+    with :func:`polynomial_kernel`. Its expectation is the MMD² of the two distributions, 0 when they
+    are equal, so it is negative about half the time for samples of one distribution.
+    """
+    k_xx, k_yy = polynomial_kernel(x, x), polynomial_kernel(y, y)
+    return float(_mmd2_u(k_xx.sum() - np.trace(k_xx), k_yy.sum() - np.trace(k_yy), polynomial_kernel(x, y).sum(),
+                         len(x), len(y)))
+
+
+def kernel_inception_distance(a, b, groups: int = KID_GROUPS) -> tuple[float, float]:
+    """KID of feature sets ``a`` and ``b`` (Bińkowski et al. 2018): :func:`mmd2_unbiased` of all their
+    rows, and its standard error.
+
+    The error is the delete-a-group jackknife's (Efron & Tibshirani 1993, §11.5): each set is cut in
+    order into ``groups`` parts (fewer when a part would hold fewer than 2 rows), MMD²_u recomputed
+    with part g of both left out, for each g, and SE² = (G − 1)/G · Σ_g (θ_(g) − θ̄)². The sums of the
+    kernel matrices by pairs of parts give every θ_(g) at the cost of one MMD²_u. The estimate is
+    unbiased at every N, unlike FID, and is negative about half the time for two samples of one
+    distribution.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    groups = min(groups, len(a) // 2, len(b) // 2)
+    if groups < 2:
+        raise ValueError(f"KID needs at least 4 feature vectors on each side, got {len(a)} and {len(b)}")
+    # one-hot group membership (G, rows): part g of a set is rows g·len/G … (g+1)·len/G
+    in_a = np.eye(groups)[np.repeat(np.arange(groups), [len(p) for p in np.array_split(a, groups)])].T
+    in_b = np.eye(groups)[np.repeat(np.arange(groups), [len(p) for p in np.array_split(b, groups)])].T
+    k_aa, k_bb = polynomial_kernel(a, a), polynomial_kernel(b, b)
+    np.fill_diagonal(k_aa, 0)
+    np.fill_diagonal(k_bb, 0)
+    # kernel sums by pairs of parts (G, G), and each part's sums with everything, its own pairs counted once
+    sums = [in_a @ k_aa @ in_a.T, in_b @ k_bb @ in_b.T, in_a @ polynomial_kernel(a, b) @ in_b.T]
+    whole = [s.sum() for s in sums]
+    left_out = [s.sum(axis=1) + s.sum(axis=0) - np.diag(s) for s in sums]
+    m_g, n_g = in_a.sum(axis=1), in_b.sum(axis=1)
+    thetas = _mmd2_u(*(w - lo for w, lo in zip(whole, left_out)), len(a) - m_g, len(b) - n_g)
+    se = np.sqrt((groups - 1) / groups * np.sum((thetas - thetas.mean()) ** 2))
+    return float(_mmd2_u(*whole, len(a), len(b))), float(se)
 
 
 def inception_score(probs, splits: int = 1) -> float:
@@ -304,28 +412,61 @@ def check_sample_images(images, source: str = "samples") -> None:
                          "(the range `sample --npy` writes)")
 
 
-def evaluate_samples(images, classifier: DigitClassifier, real_images, k: int = 3, progress: bool = False) -> dict:
-    """Every score of ``images`` against ``real_images`` (both (N, 1, 28, 28) in [−1, 1]), as a JSON-ready dict.
+CONFIDENCE = 0.9  # a sample is read confidently when the classifier's top probability reaches this
 
-    ``class_histogram`` counts the samples the classifier puts in each class: a mode-dropping
-    model shows empty classes there before its FID says why.
-    """
+
+def evaluate_samples(images, classifier: DigitClassifier, real_images, k: int = 3, progress: bool = False) -> dict:
+    """Every score of ``images`` against ``real_images`` (both (N, 1, 28, 28) in [−1, 1]), as a JSON-ready dict
+    (:func:`scores_of_features`)."""
     check_sample_images(images)
-    fake_feats, fake_probs = classifier.embed(images, progress=progress)
     real_feats, _ = classifier.embed(real_images, progress=progress)
+    return scores_of_features(real_feats, *classifier.embed(images, progress=progress), classifier.accuracy, k)
+
+
+def scores_of_features(real_feats, fake_feats, fake_probs, classifier_accuracy=None, k: int = 3) -> dict:
+    """Every score of samples whose classifier features and class probabilities are ``fake_feats`` and
+    ``fake_probs``, against real images whose features are ``real_feats``, as a JSON-ready dict.
+
+    ``confident`` is the fraction of samples the classifier gives a top probability of at least
+    :data:`CONFIDENCE`, whatever the class; ``class_histogram`` counts the samples it puts in each
+    class: a mode-dropping model shows empty classes there before its FID says why.
+    """
     precision, recall = precision_recall(real_feats, fake_feats, k=k)
+    kid, kid_se = kernel_inception_distance(real_feats, fake_feats)
     return {
         "fid": fid_from_features(real_feats, fake_feats),
+        "kid": kid,
+        "kid_se": kid_se,
         "inception_score": inception_score(fake_probs),
         "precision": precision,
         "recall": recall,
+        "confident": float(np.mean(fake_probs.max(axis=1) >= CONFIDENCE)),
         "class_histogram": np.bincount(fake_probs.argmax(axis=1), minlength=NUM_CLASSES).tolist(),
-        "classifier_accuracy": classifier.accuracy,
+        "classifier_accuracy": classifier_accuracy,
         "n": len(fake_feats),
     }
 
 
+FLOOR_SCORES = ("fid", "kid", "kid_se", "inception_score", "precision", "recall", "confident")
+
+
+def evaluate_with_floor(images, classifier: DigitClassifier, real: RealImages, progress: bool = False) -> dict:
+    """:func:`evaluate_samples` of ``images`` against the first N reference images, and under ``"floor"``
+    the same scores of the first N floor images: real digits the classifier never saw, the best a set
+    of N samples can expect. Every score is read against its floor (module docstring)."""
+    n = len(images)
+    if n > real.max_n:
+        raise ValueError(f"{n} images are more than the {real.max_n} real images each of the reference and the "
+                         f"floor holds ({real.source})")
+    check_sample_images(images)
+    reference_feats, _ = classifier.embed(real.reference[:n], progress=progress)
+    scores = scores_of_features(reference_feats, *classifier.embed(images, progress=progress), classifier.accuracy)
+    floor = scores_of_features(reference_feats, *classifier.embed(real.floor[:n]))
+    return {**scores, "floor": {key: floor[key] for key in FLOOR_SCORES}}
+
+
 __all__ = [
     "DigitClassifier", "train_classifier", "classifier_accuracy", "feature_classifier",
-    "frechet_distance", "fid_from_features", "inception_score", "precision_recall", "evaluate_samples",
+    "frechet_distance", "fid_from_features", "kernel_inception_distance", "mmd2_unbiased", "inception_score",
+    "precision_recall", "evaluate_samples", "evaluate_with_floor", "real_image_splits",
 ]

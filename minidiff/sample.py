@@ -8,6 +8,7 @@ command is :mod:`minidiff.commands.sample`.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 
@@ -20,22 +21,27 @@ from .files import atomic_write
 from .editing import repaint_sample, repaint_timesteps, sdedit_start, strength_steps
 from .guidance import guided_denoiser
 from .images import save_image_grid
+from .objectives import OdeSampler, check_sampler
 from .sampling import ddim_encode, ddim_sample, ddpm_sample, dpm_solver_pp_sample, respaced
 from .sde import predictor_corrector_sample, probability_flow_sample, reverse_sde_sample
 
 SAMPLER_FUNCTIONS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm-solver++": dpm_solver_pp_sample,
                      "reverse-sde": reverse_sde_sample, "pf-ode": probability_flow_sample,
                      "pc": predictor_corrector_sample}
-SAMPLERS = tuple(SAMPLER_FUNCTIONS)
+# The ODE samplers of minidiff.objectives, for every objective (DDPM checkpoints through the VP bridge).
+ODE_SAMPLER_NAMES = ("heun", "euler", "midpoint")
+SAMPLERS = tuple(SAMPLER_FUNCTIONS) + ODE_SAMPLER_NAMES
 # Steps when none are asked for: the full chain for ancestral sampling (Ho et al. 2020,
-# Algorithm 2) and for the SDE samplers (Song et al. 2021, Table 1: P1000, PC1000), 50 for DDIM
+# Algorithm 2) and for the SDE samplers (Song et al. 2021b, Table 1: P1000, PC1000), 50 for DDIM
 # (Song et al. 2021, §5) and for Heun on the probability-flow ODE (99 model calls), 20 for
-# DPM-Solver++ (Lu et al. 2022, §6).
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20, "reverse-sde": None, "pf-ode": 50, "pc": None}
+# DPM-Solver++ (Lu et al. 2022b, §6); 18 for Heun (Karras et al. 2022, §3: 35 model calls on CIFAR-10),
+# 50 for Euler and 25 for the midpoint rule (50 model calls).
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20, "reverse-sde": None, "pf-ode": 50, "pc": None,
+                 "heun": 18, "euler": 50, "midpoint": 25}
 # Samplers that are a deterministic map of x_T (interpolation decodes with one of these).
-DETERMINISTIC = ("ddim", "dpm-solver++", "pf-ode")
-# RePaint's step is DDIM's with σ_t(η): ddpm is η = 1.
-INPAINTING_SAMPLERS = ("ddpm", "ddim")
+DETERMINISTIC = ("ddim", "dpm-solver++", "pf-ode") + ODE_SAMPLER_NAMES
+# RePaint's step is DDIM's with σ_t(η): ddpm is η = 1. The ODE samplers inpaint through x̂₀.
+INPAINTING_SAMPLERS = ("ddpm", "ddim") + ODE_SAMPLER_NAMES
 GRID_SCALE = 2  # 28-pixel digits are too small to judge at 1:1
 
 
@@ -68,13 +74,14 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
              seed: int = 0, labels=None, prediction: str = "eps", callback=None, progress: bool = False,
              rows: slice = slice(None), spacing: str | None = None, clip_denoised: bool = True,
              dynamic_threshold: float | None = None, variance: str | None = None, guidance: float = 0.0,
-             x_T=None, init=None, strength: float = 1.0, mask=None, jumps=(1, 1), decode=None):
+             x_T=None, init=None, strength: float = 1.0, mask=None, jumps=(1, 1), objective: str = "ddpm",
+             sigma_data: float | None = None, ode_options=None, decode=None):
     """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device;
     the sampler's final x₀ is clipped to [−1, 1], the data range, whatever the sampler and ``clip_denoised``.
 
     ``sampler`` is ``"ddpm"`` (ancestral, Ho et al. 2020, Algorithm 2, on ``steps`` respaced
     steps or the full chain), ``"ddim"`` (Song et al. 2021, with ``eta``), ``"dpm-solver++"``
-    (Lu et al. 2022), or one of the VP-SDE samplers of :mod:`minidiff.sde`: ``"reverse-sde"``,
+    (Lu et al. 2022b), or one of the VP-SDE samplers of :mod:`minidiff.sde`: ``"reverse-sde"``,
     ``"pf-ode"`` or ``"pc"`` (predictor–corrector). ``labels`` (n,) condition a class-conditional
     model, towards which ``guidance`` w > 0 pushes (classifier-free guidance,
     :func:`minidiff.guidance.guided_denoiser`). ``callback(index, t, x_t, x0_hat)`` sees every
@@ -86,6 +93,12 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     (interpolation); an ``init`` image (C, H, W) in [−1, 1] is noised to ``strength`` and
     denoised from there (SDEdit); ``init`` with a ``mask`` (H, W; 1 where to paint) is inpainted
     by RePaint with resampling ``jumps`` = (jump_length, jump_n_sample), for ``sampler`` ddpm or ddim.
+
+    ``objective`` is the checkpoint's (:mod:`minidiff.objectives`): ``"edm"`` (with its ``sigma_data``)
+    and ``"flow"`` models are drawn by the ODE samplers ``"heun"``, ``"euler"`` and (flow) ``"midpoint"``,
+    which also draw from DDPM models through the VP bridge; ``ode_options`` (an
+    :class:`~minidiff.objectives.OdeOptions`) sets their grid, churn and time shift. They edit through
+    x̂₀: SDEdit starts part-way down their grid, inpainting re-imposes the known pixels of x̂₀ at every step.
 
     ``decode`` maps what the model generates to images: a latent diffusion run's decoder
     (:meth:`minidiff.latent.LatentSpace.decode`). Latents are not confined to [−1, 1], so with a
@@ -102,11 +115,20 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     for name, array in (("x_T", x_T), ("init", init), ("mask", mask)):  # an int image would be read as [-1, 1]
         if array is not None:
             checks.float_array(array, name)
+    check_sampler(objective, sampler, SAMPLER_FUNCTIONS)
+    ode = None
+    if sampler in ODE_SAMPLER_NAMES:
+        ode = OdeSampler.build(objective, sampler, num_steps, schedule=schedule, prediction=prediction,
+                               sigma_data=sigma_data, options=ode_options)
+        if tuple(jumps) != (1, 1):
+            raise ValueError(f"RePaint's resampling jumps need --sampler ddpm or ddim, not {sampler}")
+        if spacing not in (None, "uniform"):
+            raise ValueError(f"--spacing applies to the DDPM chain's samplers, not {sampler}")
     if eta and sampler != "ddim":
         raise ValueError(f"eta applies to the ddim sampler only, not {sampler}")
     if mask is not None and sampler not in INPAINTING_SAMPLERS:
-        raise ValueError(f"inpainting takes RePaint's ancestral steps: use sampler {' or '.join(INPAINTING_SAMPLERS)}, "
-                         f"not {sampler}")
+        raise ValueError(f"inpainting takes RePaint's ancestral steps or an ODE sampler's: use sampler "
+                         f"{', '.join(INPAINTING_SAMPLERS[:-1])} or {INPAINTING_SAMPLERS[-1]}, not {sampler}")
     if variance is not None and sampler != "ddpm":
         raise ValueError(f"variance applies to the ddpm sampler only, not {sampler}")
     config = model.config
@@ -123,24 +145,29 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
             # x_T (or SDEdit's ε) is drawn on the host, so one seed gives the same samples on CPU and GPU.
             noise = to_device(rng.standard_normal((len(batch), *image_shape)).astype(np.float32)[local], device)
             denoiser = guided_denoiser(model, None if labels is None else labels[share.start:share.stop], guidance)
-            options = dict(rng=RowsOf(rng, len(batch), local), prediction=prediction, x_T=noise,
-                           callback=_reporting(callback if k == 0 else None, bar))
-            options.update(clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
+            rows_rng, report = RowsOf(rng, len(batch), local), _reporting(callback if k == 0 else None, bar)
+            if x_T is not None:
+                noise = to_device(np.asarray(x_T[share.start:share.stop], np.float32), device)
+            guide = None if init is None else to_device(np.broadcast_to(init, noise.shape).astype(np.float32), device)
+            if ode is not None:
+                drawn = _draw_ode(ode, denoiser, noise, guide, strength, None if mask is None else to_device(mask, device),
+                                  rows_rng, report, clip_denoised, dynamic_threshold)
+                samples.append(to_numpy(drawn if decode is None else decode(drawn)))
+                continue
+            options = dict(rng=rows_rng, prediction=prediction, x_T=noise, callback=report,
+                           clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
             if spacing is not None:
                 options["spacing"] = spacing
             if sampler == "ddim":
                 options["eta"] = eta
             sample = SAMPLER_FUNCTIONS[sampler]
-            if x_T is not None:
-                options["x_T"] = to_device(np.asarray(x_T[share.start:share.stop], np.float32), device)
-            elif mask is not None:
+            if x_T is None and mask is not None:
                 sample = repaint_sample
                 options.update(known=to_device(init, device), mask=to_device(mask, device), jump_length=jumps[0],
                                jump_n_sample=jumps[1], eta=eta)
                 if sampler == "ddpm":  # RePaint's ancestral step, with DDPM's σ_t² (--variance)
                     options["variance"] = ddpm_variance(model, variance)
-            elif init is not None:
-                guide = to_device(np.broadcast_to(init, noise.shape).astype(np.float32), device)
+            elif x_T is None and init is not None:
                 chain = respaced(schedule, num_steps, options.get("spacing", default_spacing(sample)))
                 options["x_T"], options["t_start"] = sdedit_start(chain, guide, strength, noise)
             if sample is SAMPLER_FUNCTIONS["ddpm"]:
@@ -153,6 +180,30 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     # The data range, as every picture of them shows it: without clip_denoised, or on the SDE samplers,
     # the last step can overshoot [−1, 1] a little, and eval and `sample --npy` promise the data range.
     return np.clip(np.concatenate(samples), -1.0, 1.0).astype(np.float32, copy=False)
+
+
+@contextlib.contextmanager
+def refusing_non_finite(checkpoint):
+    """Inside the block, a sampler stopped by a non-finite model output (:class:`minidiff.checks.NonFiniteOutput`,
+    naming the step by its timestep and the count) becomes one line naming ``checkpoint`` too: finite weights
+    can still make NaN images (an overflowing activation), and no such image is written or scored (``sample``,
+    ``eval``, ``figures``). NumPy's overflow warnings are silenced in the block: the refusal says what they would."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            yield
+    except checks.NonFiniteOutput as exc:
+        raise ValueError(f"checkpoint {checkpoint.path} makes non-finite images: {exc}; nothing written") from None
+
+
+def _draw_ode(ode, network, noise, guide, strength, mask, rng, callback, clip_denoised, dynamic_threshold):
+    """One batch from an :class:`~minidiff.objectives.OdeSampler`: from ``noise`` at the top of its grid,
+    from ``guide`` noised to ``strength`` (SDEdit), or inpainting ``guide`` where ``mask`` is 1."""
+    known = guide if mask is not None else None
+    function = ode.model_function(network, clip_denoised, dynamic_threshold, known, mask)
+    start, clean = 0, 0 * noise
+    if guide is not None and mask is None:  # SDEdit: strength·steps steps from the guide noised to that level
+        start, clean = ode.steps - strength_steps(strength, ode.steps), guide
+    return ode.run(function, ode.noised(clean, noise, start), start, rng=rng, callback=callback)
 
 
 def default_spacing(sampler) -> str:
@@ -194,13 +245,20 @@ def denoising_steps(num_steps: int, init, strength: float, mask, jumps) -> int:
     return num_steps if init is None else strength_steps(strength, num_steps)
 
 
-def encode(model, schedule, images, steps: int = 50, labels=None, guidance: float = 0.0, prediction: str = "eps"):
-    """x_T of ``images`` (N, C, H, W) by the deterministic DDIM ODE run forwards
-    (:func:`minidiff.sampling.ddim_encode`) with ``model`` guided as in :func:`generate`."""
+def encode(model, schedule, images, steps: int = 50, labels=None, guidance: float = 0.0, prediction: str = "eps",
+           sampler: str = "ddim", objective: str = "ddpm", sigma_data: float | None = None, ode_options=None):
+    """x_T of ``images`` (N, C, H, W) with ``model`` guided as in :func:`generate`: the deterministic DDIM
+    ODE run forwards (:func:`minidiff.sampling.ddim_encode`), or, for an ODE ``sampler``, that sampler's
+    ODE run from the clean end to the noisy one (:meth:`minidiff.objectives.OdeSampler.encode`)."""
     device = device_of(next(model.parameters()).data)
+    network = guided_denoiser(model, labels, guidance)
     with performance_settings():
-        x_T = ddim_encode(guided_denoiser(model, labels, guidance), schedule, to_device(images, device), steps,
-                          prediction=prediction)
+        if sampler in ODE_SAMPLER_NAMES:
+            ode = OdeSampler.build(objective, sampler, steps, schedule=schedule, prediction=prediction,
+                                   sigma_data=sigma_data, options=ode_options)
+            x_T = ode.encode(ode.model_function(network, clip_denoised=False), to_device(images, device))
+        else:
+            x_T = ddim_encode(network, schedule, to_device(images, device), steps, prediction=prediction)
     return to_numpy(x_T)
 
 

@@ -2,7 +2,7 @@
 
 Each sampler is one visible ``for`` loop over its timesteps whose body is the paper's update:
 :func:`ddpm_sample` is Ho et al. 2020, Algorithm 2 (Eq. 11), :func:`ddim_sample` Song et al.
-2021, Eq. 12, and :func:`dpm_solver_pp_sample` Lu et al. 2022, Algorithm 2 (DPM-Solver++(2M)).
+2021, Eq. 12, and :func:`dpm_solver_pp_sample` Lu et al. 2022b, Algorithm 2 (DPM-Solver++(2M)).
 
 They share one signature: ``(model, schedule, shape, steps=…, spacing=…, *, rng, prediction,
 clip_denoised, dynamic_threshold, x_T, t_start, callback, return_trajectory)``. ``steps`` timesteps are
@@ -23,7 +23,7 @@ Papers:
 - Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic Models" (Algorithm 2, Eq. 11).
 - Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models" (respacing).
 - Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models" (Eqs. 12, 14, 16).
-- Lu, Zhou, Bao, Chen, Li & Zhu 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
+- Lu, Zhou, Bao, Chen, Li & Zhu 2022b, "DPM-Solver++: Fast Solver for Guided Sampling of
   Diffusion Probabilistic Models" (Algorithm 2, DPM-Solver++(2M)).
 - Saharia et al. 2022, "Photorealistic Text-to-Image Diffusion Models with Deep Language
   Understanding" (dynamic thresholding, §2.3).
@@ -116,12 +116,12 @@ def ddpm_sample(model, schedule, shape, steps=None, spacing="uniform", *, rng=No
     schedule = respaced(schedule, steps, spacing)
     report, trajectory = _recorder(callback, return_trajectory)
     rng, x = _start(rng, shape, x_T)  # line 1: x_T ∼ N(0, I)
-    for index, t in enumerate(range(_first_index(schedule, t_start), -1, -1)):  # line 2: for t = T, …, 1
+    for index, t in enumerate(range(_first_index(schedule, t_start), -1, -1)):  # line 2: for t = T, …, 1 (paper steps: code t = step − 1)
         t_batch = _timestep_batch(t, x)
         output = call_model(model, schedule, x, t_batch, learned_variance=variance == "learned" or None)
         x0_hat, _ = denoise_output(schedule, x, t_batch, output, prediction, clip_denoised, dynamic_threshold)
         report(index, int(schedule.timesteps[t]), x, x0_hat)
-        z = standard_normal(rng, x) if t > 0 else 0.0  # line 3: z ∼ N(0, I) if t > 1, else z = 0
+        z = standard_normal(rng, x) if t > 0 else 0.0  # line 3: z ∼ N(0, I) if step t > 1 (code t > 0), else z = 0
         # μ_θ(x_t, t) = μ̃_t(x_t, x̂₀) (Eq. 7) and log σ_t² (§3.2, or the learned Eq. 15 of Nichol & Dhariwal 2021)
         mean, _, log_variance = p_mean_variance(schedule, x, t_batch, x0_hat, variance, model_output_parts(output, x)[1])
         x = mean + get_array_module(x).exp(0.5 * log_variance) * z  # line 4: x_{t−1} = μ_θ(x_t, t) + σ_t z (Eq. 11)
@@ -207,9 +207,10 @@ def ddim_encode(model, schedule, x0, steps=50, spacing="uniform", *, prediction=
 def dpm_solver_pp_sample(model, schedule, shape, steps=20, spacing="uniform", *, rng=None, prediction="eps",
                          clip_denoised=True, dynamic_threshold=None, lower_order_final=True, x_T=None, t_start=None,
                          callback=None, return_trajectory=False):
-    """DPM-Solver++(2M) sampling on ``steps`` timesteps of ``schedule`` (Lu et al. 2022, Algorithm 2).
+    """DPM-Solver++(2M) sampling on ``steps`` timesteps of ``schedule`` (Lu et al. 2022b, Algorithm 2).
 
-    With λ = ½ log SNR = log(α/σ), h = λ_{t−1} − λ_t and r = (λ_t − λ_{t+1})/h, each step forms
+    In DPM-Solver's letters α_t = √ᾱ_t and σ_t = √(1 − ᾱ_t) (not DDPM's α_t nor DDIM's σ_t). With
+    λ = ½ log SNR = log(α/σ), h = λ_{t−1} − λ_t and r = (λ_t − λ_{t+1})/h, each step forms
     the data estimate D = (1 + 1/(2r)) x̂₀ − 1/(2r) x̂₀_last from this and the previous step's
     x̂₀ and moves x_{t−1} = (σ_{t−1}/σ_t) x_t − α_{t−1}(e^{−h} − 1) D, which is exactly the η = 0
     DDIM update (Song et al. 2021, Eq. 12) with D for x̂₀. The first step (no x̂₀_last yet) and

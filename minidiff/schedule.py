@@ -90,8 +90,10 @@ def space_timesteps(T, steps, spacing="uniform", log_snr=None):
     down from T−1 (Lin et al. 2023, Table 2), so the last one is T/steps − 1, not 0;
     ``"quadratic"`` places them at (T−1)·(i/(steps−1))², crowding the low-noise end as in
     DDIM's CIFAR10 experiments (Song et al. 2021, §D.2); ``"logsnr"`` is uniform in
-    λ = ½ log SNR between t = 0 and T−1, the "time-uniform in λ" steps of DPM-Solver
-    (Lu et al. 2022, §3.3), and needs the schedule's ``log_snr``.
+    λ = ½ log SNR between t = 0 and T−1, the step schedule of the first DPM-Solver paper
+    (Lu et al. 2022a; ``skip_type="logSNR"`` of ``DPM_Solver.get_time_steps`` in its code,
+    ``dpm_solver_pytorch.py``, whose ``"time_uniform"`` is uniform in t, our ``"uniform"``),
+    and needs the schedule's ``log_snr``.
     """
     check_steps(steps, T)
     if spacing not in SPACINGS:
@@ -191,7 +193,7 @@ class NoiseSchedule:
       ᾱ_{t−1} with ᾱ_{−1} = 1; ``alphas_cumprod_next`` ᾱ_{t+1} with ᾱ_T = 0
     - ``sqrt_alphas_cumprod``, ``sqrt_one_minus_alphas_cumprod``, ``log_one_minus_alphas_cumprod``,
       ``sqrt_recip_alphas_cumprod`` 1/√ᾱ_t, ``sqrt_recipm1_alphas_cumprod`` √(1/ᾱ_t − 1)
-    - ``snr`` ᾱ_t/(1 − ᾱ_t) and ``log_snr`` (Kingma et al. 2021, Eq. 3)
+    - ``snr`` ᾱ_t/(1 − ᾱ_t) and ``log_snr`` (Kingma et al. 2021, Eq. 2)
     - ``posterior_variance`` β̃_t = β_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) (Ho et al. 2020, Eq. 7), with
       ``posterior_log_variance_clipped`` (β̃_0 = 0 replaced by β̃_1 before the log)
     - ``posterior_mean_coef1`` √ᾱ_{t−1} β_t/(1 − ᾱ_t) and ``posterior_mean_coef2``
@@ -354,9 +356,10 @@ def schedule_by_name(name: str, T: int, zero_terminal_snr: bool = False) -> Nois
     """The named schedule a run config asks for, with T steps: ``"linear"``, ``"scaled_linear"``,
     ``"cosine"`` or ``"sigmoid"``, rescaled to zero terminal SNR when asked (Lin et al. 2023, Algorithm 1).
 
-    The linear schedules are scaled by 1000/T (Nichol & Dhariwal 2021, improved-diffusion's
-    ``get_named_beta_schedule``), so a short chain, e.g. T = 50 for a quick test, still ends in
-    nearly pure noise.
+    ``"linear"`` is scaled by 1000/T as improved-diffusion's ``get_named_beta_schedule`` does
+    (Nichol & Dhariwal 2021), so a short chain, e.g. T = 50 for a quick test, still ends in
+    nearly pure noise; scaling ``"scaled_linear"``'s ends by 1000/T too is minidiff's own choice
+    (improved-diffusion has no scaled_linear, and diffusers does not scale it).
     """
     if name == "linear":
         schedule = NoiseSchedule.linear(T, scale_to_T=True)

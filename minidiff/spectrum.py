@@ -8,7 +8,7 @@ band f is
 
     SNR_t(f) = ᾱ_t P_x₀(f) / (1 − ᾱ_t),
 
-the schedule's SNR (Kingma et al. 2021, Eq. 3) times the data's power in that band: the fine
+the schedule's SNR (Kingma et al. 2021, Eq. 2) times the data's power in that band: the fine
 detail (high f, little power) sinks below the noise early in the forward process, the coarse
 layout (low f) only near the end. Run backwards, the sampler decides the coarse layout first and
 the detail last — "approximate autoregression in the frequency domain" (Dieleman 2024,

@@ -84,7 +84,7 @@ def check_alphas_cumprod(schedule):
 
 
 def check_snr(schedule):
-    """SNR_t = ᾱ_t/(1 − ᾱ_t) (Kingma et al. 2021, Eq. 3), strictly decreasing, and so is log SNR."""
+    """SNR_t = ᾱ_t/(1 − ᾱ_t) (Kingma et al. 2021, Eq. 2), strictly decreasing, and so is log SNR."""
     np.testing.assert_allclose(schedule.snr, schedule.alphas_cumprod / (1 - schedule.alphas_cumprod),
                                err_msg="snr is not alphas_cumprod / (1 - alphas_cumprod)")
     assert np.all(np.diff(schedule.snr) < 0), "snr does not strictly decrease"

@@ -19,6 +19,7 @@ The files of a run are :mod:`minidiff.runfolder`'s; the ``train`` command is
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -37,6 +38,8 @@ from .distributed import sync_check_every, world
 from .guidance import drop_labels
 from .images import save_image_grid
 from .latent import LatentSpace
+from .objectives import DEFAULT_SAMPLER, edm
+from .objectives import training_loss as objective_loss
 from .optim import EMA, Adam, clip_grad_norm, learning_rate
 from .runfolder import RunFolder, sigint_deferred
 from .sample import GRID_SCALE, class_labels, generate
@@ -282,12 +285,19 @@ class Trainer(BaseTrainer):
         self.schedule = schedule_by_name(config.schedule, config.timesteps, config.zero_terminal_snr)
         self.timestep_sampler = UniformSampler(self.schedule.T)
         super().__init__(config, data, resume, progress)
+        self.objective_loss = None if self.config.objective == "ddpm" else objective_loss(self.config)
 
     def training_data(self, data):
-        """The images and labels; with ``--latent``, the images' q(z|x) parameters (μ, σ), encoded once."""
+        """The images and labels; with ``--latent``, the images' q(z|x) parameters (μ, σ), encoded once.
+        For edm without ``--sigma-data``, σ_data is measured here on the data (the scaled latents) and recorded."""
         images, labels = super().training_data(data)
         self._check_data(images, labels, dataset_info(self.config.dataset).num_classes if data is None else None)
-        return (images, labels) if self.latent is None else (self.latent.encode(images), labels)
+        moments = None if self.latent is None else self.latent.encode(images)
+        if self.config.objective == "edm" and self.config.sigma_data is None:
+            x0 = images if moments is None else self.latent.scaled_sample(moments, np.random.default_rng(0))
+            self.config = dataclasses.replace(self.config, sigma_data=edm.measure_sigma_data(x0))
+            self.run_config = self.config.run_config(None if self.latent is None else self.latent.record())
+        return (images, labels) if moments is None else (moments, labels)
 
     def _check_data(self, images, labels, dataset_classes: int | None):
         """Refuse data the model (or the autoencoder) cannot take; ``dataset_classes``: the class count
@@ -308,8 +318,9 @@ class Trainer(BaseTrainer):
 
     # ----------------------------------------------------------------- one step
     def loss(self, x0: np.ndarray, y: np.ndarray | None = None):
-        """The training loss on a batch x₀, a differentiable scalar (:func:`minidiff.diffusion.training_loss`,
-        Ho et al. 2020, Algorithm 1), after random horizontal flips when ``hflip`` is on and with
+        """The training loss on a batch x₀ (with ``--latent``, z₀ drawn from its q(z|x)), a differentiable
+        scalar (:func:`minidiff.diffusion.training_loss`, Ho et al. 2020, Algorithm 1; for edm and flow,
+        their own: :mod:`minidiff.objectives`), after random horizontal flips when ``hflip`` is on and with
         labels dropped to the null class at rate ``p_uncond`` (:func:`minidiff.guidance.drop_labels`)."""
         config = self.config
         if config.hflip:
@@ -326,22 +337,25 @@ class Trainer(BaseTrainer):
         def denoiser(x_t, t):
             return self.model(x_t, t, labels)
 
+        if self.objective_loss is not None:  # edm or flow (minidiff.objectives)
+            return self.objective_loss(denoiser, x0, self.rng, device=self.device, rows=rows).loss
         denoiser.learned_variance = self.model.learned_variance  # ε̂ and v stacked: L_hybrid
         return training_loss(denoiser, self.schedule, x0, self.rng,
                              prediction=config.prediction, min_snr_gamma=config.min_snr_gamma,
                              timestep_sampler=self.timestep_sampler, device=self.device, rows=rows).loss
 
     def save_samples(self) -> Path:
-        """``samples_step<N>.png``: DDIM with the EMA weights from a fixed seed, so that successive
-        grids show the same x_T maturing into digits (latents decoded to images)."""
+        """``samples_step<N>.png``: DDIM (Heun for edm and flow) with the EMA weights from a fixed seed, so
+        that successive grids show the same x_T maturing into digits (latents decoded to images)."""
         config = self.config
         labels = class_labels(config.sample_n, config.num_classes)
         self.model.eval()
         try:
             with self.ema.applied(self.model):
-                samples = generate(self.model, self.schedule, config.sample_n, "ddim",
+                samples = generate(self.model, self.schedule, config.sample_n, DEFAULT_SAMPLER[config.objective],
                                    min(config.sample_steps, self.schedule.T), seed=config.seed, labels=labels,
-                                   prediction=config.prediction, decode=self.latent and self.latent.decode)
+                                   prediction=config.prediction, objective=config.objective,
+                                   sigma_data=config.sigma_data, decode=self.latent and self.latent.decode)
         finally:
             self.model.train()
         return save_image_grid(samples, self.folder.preview_file(self.step), scale=GRID_SCALE)

@@ -42,7 +42,7 @@ __all__ = [
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10000.0, dtype=DEFAULT_DTYPE):
-    r"""Sinusoidal embedding of integer timesteps: an array (N, dim) on the array module of ``t``.
+    r"""Sinusoidal embedding of timesteps or continuous noise levels: an array (N, dim) on the array module of ``t``.
 
     .. math::
         \mathrm{emb}(t) = [\sin(t\,\omega_0), …, \sin(t\,\omega_{h-1}),
@@ -51,7 +51,8 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0, dtype=DEFAULT_D
 
     The positional encoding of Vaswani et al. 2017, §3.5, applied to the timestep as in Ho et al.
     2020, App. B -- half sines then half cosines, as improved-diffusion and diffusers order them
-    (Vaswani interleaves them; the order only permutes the first Linear's inputs). An odd ``dim``
+    (Vaswani interleaves them; the order only permutes the first Linear's inputs). ``t`` may be real:
+    EDM's c_noise and flow matching's t are continuous (:mod:`minidiff.objectives`). An odd ``dim``
     gets a trailing zero column. Computed in float64, so that t·ω keeps its precision for
     t ≈ 1000, then cast to ``dtype``. It has no parameters and needs no gradient.
     """
@@ -299,8 +300,9 @@ class UNet(nn.Module):
         return cls(**{**PRESETS[name], **overrides})
 
     def forward(self, x, t, y=None):
-        """ε̂ = ε_θ(x_t, t[, y]): x (N, C, H, W), t integer timesteps (N,), y labels (N,)
-        (``null_label``, when the model has one, is ∅: no condition).
+        """ε̂ = ε_θ(x_t, t[, y]): x (N, C, H, W), t integer timesteps or real noise levels (N,) (EDM's
+        and flow matching's, :mod:`minidiff.objectives`), y labels (N,) (``null_label``, when the model
+        has one, is ∅: no condition).
 
         x is a Tensor or an array. A constant x (one that needs no gradient) is cast to the
         parameters' dtype, so a float64 NumPy batch does not silently run a float32 model in
@@ -309,7 +311,7 @@ class UNet(nn.Module):
         self._check_inputs(x, t, y)
         like = self.time_embed[0].weight  # the device and dtype the parameters live in
         x = _as_input(x, like)
-        t = _index_array(t, like)
+        t = _noise_level_array(t, like)
         temb = self.time_embed(Tensor(timestep_embedding(t, self.base_channels, dtype=like.dtype)))  # (N, 4·base)
         if y is not None:
             y = _index_array(y, like)
@@ -342,7 +344,7 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: empty batch (input shape {tuple(x.shape)})")
         if tuple(np.shape(t)) != (n,):
             raise ValueError(f"UNet: expected timesteps of shape ({n},), one per image, got shape {tuple(np.shape(t))}")
-        _check_indices("timesteps t", t, 0, None)
+        _check_noise_levels(t)
         if self.num_classes is None and y is not None:
             raise ValueError("UNet: class labels y given to an unconditional model (built with num_classes=None)")
         if self.num_classes is not None:
@@ -381,6 +383,30 @@ def _check_indices(what: str, values, low: int, high: int | None, model: str = "
     if lowest < low or high is not None and highest >= high:
         bound = f"[{low}, {high})" if high is not None else f">= {low}"
         raise ValueError(f"{model}: {what} must lie in {bound}, got {lowest}…{highest}")
+
+
+def _check_noise_levels(t, model: str = "UNet") -> None:
+    """Refuse timesteps that are negative integers, or noise levels that are not finite real numbers.
+    Real levels are embedded as they are (EDM's c_noise is negative below σ = 1), never rounded."""
+    t = t.data if isinstance(t, Tensor) else t
+    xp = get_array_module(t)
+    t = xp.asarray(t)
+    if xp.issubdtype(t.dtype, np.integer):
+        _check_indices("timesteps t", t, 0, None, model)
+    elif not xp.issubdtype(t.dtype, np.floating):
+        raise ValueError(f"{model}: timesteps t must be integers or real noise levels, got dtype {t.dtype}")
+    elif not bool(xp.isfinite(t).all()):
+        raise ValueError(f"{model}: noise levels t must be finite, got NaN or infinity")
+
+
+def _noise_level_array(t, like: Tensor):
+    """Integer timesteps as :func:`_index_array`; real noise levels as float64 on the device of ``like``."""
+    t = t.data if isinstance(t, Tensor) else t
+    xp = get_array_module(t)
+    t = xp.asarray(t)
+    if xp.issubdtype(t.dtype, np.integer):
+        return _index_array(t, like)
+    return to_device(t.astype(xp.float64), device_of(like.data))
 
 
 def _as_input(x, like: Tensor) -> Tensor:

@@ -298,7 +298,8 @@ def test_data_faults_name_the_path(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("t, y, message", [
-    (np.array([1.5, 2.0]), None, "timesteps t must be integers, got dtype float64"),
+    (np.array([np.nan, 2.0]), None, "noise levels t must be finite"),
+    (np.array(["a", "b"]), None, "timesteps t must be integers or real noise levels"),
     (np.array([-1, 3]), None, r"timesteps t must lie in >= 0, got -1…3"),
     (np.array([1, 2]), np.array([0.0, 1.0]), "class labels y must be integers"),
     (np.array([1, 2]), np.array([0, 10]), r"class labels y must lie in \[0, 10\)"),
@@ -319,7 +320,7 @@ def test_the_unet_refuses_an_empty_batch():
 KILLED_RUN = textwrap.dedent("""
     import importlib, os, signal, sys
     sys.path.insert(0, {tests!r})
-    from test_train import DATA, PHASE_RUN, make_config
+    from test_train import DATA, PHASE_RUNS, make_config
     from minidiff.train import Trainer
     owner, name = {phase!r}
     module_name, _, attribute = owner.rpartition(".")
@@ -331,7 +332,7 @@ KILLED_RUN = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         return original(*args, **kwargs)
     setattr(target, name, killed)
-    Trainer(make_config({out!r}, steps=4, **PHASE_RUN), data=DATA, progress=False).fit()
+    Trainer(make_config({out!r}, steps=4, **PHASE_RUNS[{objective!r}]), data=DATA, progress=False).fit()
 """)
 
 
@@ -339,20 +340,24 @@ KILLED_RUN = textwrap.dedent("""
 # forward runs once per step and twice in the step-2 preview (2 sampling steps), so its 5th call is
 # in step 3; the 2nd preview / checkpoint is step 4's; the 5th os.replace is the step-4 checkpoint's
 # rename (after config.json, a preview, the step-2 checkpoint and another preview): its .part stays.
+# Heun's preview of an edm or flow run calls the forward three times, so there it is the 6th call.
 CALL_TO_KILL = {"forward": 5, "preview": 2, "checkpoint write": 2}
 KILL_POINTS = {**{phase: (target, CALL_TO_KILL.get(phase, 3)) for phase, target in PHASES.items()},
                "checkpoint rename": (("minidiff.files.os", "replace"), 5)}
+KILL_CASES = [(phase, "ddpm") for phase in KILL_POINTS] + [("forward", "edm"), ("forward", "flow")]
 
 
-@pytest.mark.parametrize("phase", KILL_POINTS)
-def test_sigkill_in_any_phase_of_a_step_loses_nothing(phase, tmp_path):
-    from test_train import PHASE_RUN, resume_to
+@pytest.mark.parametrize("phase, objective", KILL_CASES)
+def test_sigkill_in_any_phase_of_a_step_loses_nothing(phase, objective, tmp_path):
+    from test_train import PHASE_RUNS, resume_to
 
     straight = tmp_path / "straight"
-    Trainer(make_config(straight, steps=4, **PHASE_RUN), data=DATA, progress=False).fit()
+    Trainer(make_config(straight, steps=4, **PHASE_RUNS[objective]), data=DATA, progress=False).fit()
     out = tmp_path / "killed"
     target, call = KILL_POINTS[phase]
-    script = KILLED_RUN.format(tests=os.path.dirname(__file__), phase=target, call=call, out=str(out))
+    call += phase == "forward" and objective != "ddpm"
+    script = KILLED_RUN.format(tests=os.path.dirname(__file__), phase=target, call=call, out=str(out),
+                               objective=objective)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == -9, result.stderr
     checkpoint = load_checkpoint(out)  # the last complete one, never a torn file

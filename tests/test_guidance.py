@@ -175,7 +175,7 @@ def test_inpainting_returns_the_known_pixels_exactly(jumps):
 
 
 def test_inpainting_through_generate_refuses_other_samplers():
-    with pytest.raises(ValueError, match="use sampler ddpm or ddim, not pf-ode"):
+    with pytest.raises(ValueError, match="use sampler ddpm, ddim, heun, euler or midpoint, not pf-ode"):
         generate(guided_model(), NoiseSchedule.linear(20), 1, "pf-ode", 3, labels=np.array([0]),
                  init=np.zeros((1, 8, 8)), mask=np.ones((8, 8)))
 

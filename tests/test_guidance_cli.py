@@ -113,7 +113,7 @@ def test_interpolation_between_images_resizes_them_and_says_so(runs, pictures, t
     ("guided", ["--init", "{pictures}/missing.png"], "--init {pictures}/missing.png: cannot read it as an image"),
     ("guided", ["--mask", "{pictures}/mask.png"], "--mask edits an image: give it with --init"),
     ("guided", ["--init", "{pictures}/image.png", "--mask", "{pictures}/mask.png", "--sampler", "pc"],
-     "use sampler ddpm or ddim, not pc"),
+     "use sampler ddpm, ddim, heun, euler or midpoint, not pc"),
     ("guided", ["--interpolate", "1", "2", "--sampler", "ddpm"], "--interpolate needs a deterministic sampler"),
     ("conditional", ["--interpolate", "1", "2"], "--interpolate on a class-conditional checkpoint needs --label K"),
     ("guided", ["--interpolate", "1", "2", "--init", "{pictures}/image.png"], "cannot be combined"),

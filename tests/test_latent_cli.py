@@ -128,3 +128,16 @@ def test_bad_input_is_refused_in_one_line(autoencoder, latent_run, tmp_path, cap
     finally:
         shutil.rmtree(autoencoder, ignore_errors=True)
         shutil.copytree(moved, autoencoder)
+
+
+@pytest.mark.parametrize("objective, samplers", [("edm", ("heun", "euler")), ("flow", ("heun", "midpoint"))])
+def test_latent_runs_train_and_sample_with_every_objective(autoencoder, tmp_path, objective, samplers):
+    assert main(["train", *DATA, *LATENT_DIT, "--latent", str(autoencoder), "--objective", objective, "--steps", "1",
+                 "--sample-every", "0", "--out", str(tmp_path)]) == 0
+    if objective == "edm":  # σ_data measured on the scaled latents, whose std is about 1
+        assert 0.5 < load_checkpoint(tmp_path).config["sigma_data"] < 2
+    for sampler in samplers:
+        npy = tmp_path / f"{sampler}.npy"
+        assert main(["sample", str(tmp_path), "--n", "2", "--sampler", sampler, "--steps", "2", "--label", "1",
+                     "--guidance", "1", "--out", str(tmp_path / "s.png"), "--npy", str(npy)]) == 0
+        assert np.load(npy).shape == (2, 1, 28, 28)

@@ -155,7 +155,7 @@ def test_train_refuses_a_data_limit_beyond_the_data(tmp_path, capsys, flags, wor
 
 @needs_mnist
 @pytest.mark.parametrize("flags, words", [
-    (["--sampler", "pf-ode"], "use sampler ddpm or ddim, not pf-ode"),
+    (["--sampler", "pf-ode"], "use sampler ddpm, ddim, heun, euler or midpoint, not pf-ode"),
     (["--sampler", "ddpm", "--steps", "5", "--jump-length", "5", "--jump-n-sample", "2"],
      "--jump-length 5 must be less than the 5 sampling steps"),
 ])

@@ -33,6 +33,10 @@ def test_the_example_computes_every_picture(toy2d, results):
     learned, exact = next(iter(results["scores"].values()))
     assert learned.shape == exact.shape == results["grid"].shape
     assert set(results["paths"]) == {"reverse SDE", "probability-flow ODE"}
+    assert set(results["flow_samples"]) == set(toy2d.DATASETS)
+    assert all(samples.shape == (40, 2) and np.isfinite(samples).all() for samples in results["flow_samples"].values())
+    vp, straight = results["flow_paths"].values()
+    assert vp.shape[1:] == straight.shape[1:] == (16, 2)
     t, x_t, x0_hat = results["modes"]
     assert t[0] == toy2d.T - 1 and t[-1] == 0
     # E[x₀ | x_T] is the data mean (the origin); at the end it sits on one of the 8 modes.
@@ -43,7 +47,14 @@ def test_the_example_computes_every_picture(toy2d, results):
 def test_the_example_writes_its_figures(toy2d, results, tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'minidiff[plot]')")
     paths = toy2d.save_figures(results, tmp_path)
-    assert len(paths) == 5 and all(path.stat().st_size > 1000 for path in paths)
+    assert len(paths) == 6 and all(path.stat().st_size > 1000 for path in paths)
+
+
+def test_straightness_is_one_on_a_line_and_more_on_a_bend(toy2d):
+    line = np.linspace(0, 1, 5)[:, None, None] * np.array([[3.0, 4.0]])
+    bend = np.array([[[0.0, 0.0]], [[1.0, 0.0]], [[1.0, 1.0]]])
+    np.testing.assert_allclose(toy2d.straightness(line), [1.0])
+    np.testing.assert_allclose(toy2d.straightness(bend), [np.sqrt(2.0)])
 
 
 def test_checkerboard_points_lie_on_the_dark_squares():

@@ -97,17 +97,33 @@ PHASES = {
     "checkpoint write": ("minidiff.train.Trainer", "save"),
 }
 PHASE_RUN = dict(EVERYTHING, sample_every=2, sample_n=2, sample_steps=2, checkpoint_every=2)
+# The same run for each objective: EVERYTHING's DDPM-only fields back at their defaults, the others' set.
+PHASE_RUNS = {
+    "ddpm": PHASE_RUN,
+    "edm": dict(PHASE_RUN, objective="edm", prediction="eps", min_snr_gamma=None, timesteps=1000, p_std=1.0),
+    "flow": dict(PHASE_RUN, objective="flow", prediction="eps", min_snr_gamma=None, timesteps=1000,
+                 t_distribution="logit-normal"),
+}
+# Every phase for ddpm; for edm and flow, a phase their own code runs in (their loss, their preview).
+PHASE_CASES = [(phase, "ddpm") for phase in PHASES] + [("forward", "edm"), ("preview", "flow")]
 
 
 @pytest.fixture(scope="module")
-def phase_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("phases")
-    Trainer(make_config(run_dir, steps=4, **PHASE_RUN), data=DATA, progress=False).fit()
-    return run_dir
+def phase_runs(tmp_path_factory):
+    """The uninterrupted four-step run of an objective, trained on first use."""
+    runs = {}
+
+    def run(objective):
+        if objective not in runs:
+            runs[objective] = tmp_path_factory.mktemp(f"phases-{objective}")
+            Trainer(make_config(runs[objective], steps=4, **PHASE_RUNS[objective]), data=DATA, progress=False).fit()
+        return runs[objective]
+
+    return run
 
 
-@pytest.mark.parametrize("phase", PHASES)
-def test_sigint_in_any_phase_of_a_step_finishes_it_and_resumes_bit_for_bit(phase, phase_run, tmp_path,
+@pytest.mark.parametrize("phase, objective", PHASE_CASES)
+def test_sigint_in_any_phase_of_a_step_finishes_it_and_resumes_bit_for_bit(phase, objective, phase_runs, tmp_path,
                                                                           monkeypatch, capsys):
     owner, name = PHASES[phase]
     module_name, _, attribute = owner.rpartition(".")
@@ -124,11 +140,12 @@ def test_sigint_in_any_phase_of_a_step_finishes_it_and_resumes_bit_for_bit(phase
 
     monkeypatch.setattr(target, name, interrupted)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(make_config(tmp_path, steps=4, **PHASE_RUN), data=DATA, progress=False).fit()
+        Trainer(make_config(tmp_path, steps=4, **PHASE_RUNS[objective]), data=DATA, progress=False).fit()
     assert "interrupted at step 2" in capsys.readouterr().err
     assert load_checkpoint(tmp_path).step == 2  # the step the signal landed in was finished first
     monkeypatch.setattr(target, name, original)
     resume_to(tmp_path, steps=4)
+    phase_run = phase_runs(objective)
     assert logged_losses(tmp_path) == logged_losses(phase_run)  # bit for bit
     assert not list(tmp_path.glob(".*.part"))
     resumed, straight = load_checkpoint(tmp_path), load_checkpoint(phase_run)

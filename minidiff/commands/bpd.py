@@ -1,6 +1,6 @@
 """The ``python -m minidiff bpd`` command: a checkpoint in, one JSON line out -- the negative
 log-likelihood bound of held-out real images in bits per dimension (Ho et al. 2020, Eq. 3;
-Nichol & Dhariwal 2021, §2.3), with its standard error and the number of timesteps sampled.
+as improved-diffusion's ``calc_bpd_loop``), with its standard error and the number of timesteps sampled.
 
 With T = 1000 the full bound costs T model calls per image; ``--timesteps K`` evaluates the prior
 and decoder terms exactly and K − 1 KL terms drawn uniformly without replacement per image
@@ -10,8 +10,9 @@ images includes the timestep sampling; K ≥ 2, since K = 1 would drop every KL 
 importance`` draws the KL terms from p_t ∝ √E[L_t²] of a pilot run instead (on
 :data:`PILOT_IMAGES` images at K evenly spaced timesteps; Nichol & Dhariwal 2021's p_t), which
 spends the K terms where the bound varies most. The images are the
-floor half of the test split (:func:`minidiff.metrics.real_image_splits`), which no classifier
-saw; with MNIST's t10k alone the diffusion model may have trained on them, and the output says so.
+floor images of ``eval`` (:func:`minidiff.metrics.real_image_splits`), which no classifier saw
+(2,500 with MNIST's t10k alone); the diffusion model may have trained on them then, and the
+output says so.
 """
 from __future__ import annotations
 
@@ -64,6 +65,10 @@ def run(args) -> int:
         raise ValueError(f"checkpoint {checkpoint.path} diffuses an autoencoder's latents; bpd bounds the likelihood "
                          "of pixels, which its variational bound does not reach through the decoder")
     model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
+    if config["objective"] != "ddpm":
+        raise ValueError(f"bpd is the variational bound of the DDPM chain; it is not available for this "
+                         f"--objective {config['objective']} checkpoint (its ODE likelihood would need Hutchinson's "
+                         "trace estimator, which minidiff does not implement)")
     if args.timesteps is None:
         args.timesteps = min(DEFAULT_TIMESTEPS, schedule.T)
     if args.timesteps > schedule.T:

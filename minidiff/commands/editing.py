@@ -12,6 +12,7 @@ import numpy as np
 
 from ..editing import interpolation_path
 from ..images import load_image
+from ..objectives import OdeOptions
 from ..sample import DETERMINISTIC, INPAINTING_SAMPLERS, class_labels, denoising_steps, encode, seed_noise
 
 DEFAULT_STRENGTH = 0.6  # SDEdit's middle ground between faithful to the guide and realistic (Meng et al. 2022)
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"SDEdit: 0 returns --init, 1 starts from (almost) pure noise (default: {DEFAULT_STRENGTH})")
     parser.add_argument("--mask", default=None, metavar="PNG",
                         help="inpainting (RePaint): repaint the white pixels of this mask of --init, keep the black "
-                             "ones; --sampler ddpm or ddim")
+                             "ones; --sampler ddpm or ddim (RePaint), or an ODE sampler")
     parser.add_argument("--jump-length", type=int, default=1, help="RePaint resampling: jump back N steps (paper: 10)")
     parser.add_argument("--jump-n-sample", type=int, default=1,
                         help="RePaint resampling: go through each jump N times (paper: 10; 1: no resampling)")
@@ -71,11 +72,12 @@ def check_arguments(args) -> None:
         raise ValueError("--strength is SDEdit's; --mask inpaints from pure noise and takes no --strength")
     if (args.jump_length, args.jump_n_sample) != (1, 1) and not args.mask:
         raise ValueError("--jump-length and --jump-n-sample are RePaint's resampling: they need --mask")
-    if args.mask and args.sampler not in INPAINTING_SAMPLERS:
-        raise ValueError(f"--mask inpaints with RePaint's ancestral steps: use sampler "
-                         f"{' or '.join(INPAINTING_SAMPLERS)}, not {args.sampler} (--sampler)")
+    if args.mask and (args.sampler or "ddim") not in INPAINTING_SAMPLERS:
+        raise ValueError(f"--mask inpaints with RePaint's ancestral steps or an ODE sampler's: use sampler "
+                         f"{', '.join(INPAINTING_SAMPLERS[:-1])} or {INPAINTING_SAMPLERS[-1]}, not {args.sampler} "
+                         "(--sampler)")
     if edits and edits[0].startswith("--interpolate"):
-        if args.sampler not in DETERMINISTIC or args.eta:
+        if (args.sampler or "ddim") not in DETERMINISTIC or args.eta:
             raise ValueError(f"{edits[0]} needs a deterministic sampler ({', '.join(DETERMINISTIC)}; ddim with --eta 0), "
                              f"not --sampler {args.sampler}" + (f" --eta {args.eta}" if args.eta else ""))
         if args.label == "all":
@@ -100,8 +102,9 @@ class Plan:
     steps: int = 0
 
 
-def plan(args, model, schedule, prediction: str, num_steps: int) -> Plan:
-    """The images ``args`` asks for, refused in one line where the checkpoint cannot make them."""
+def plan(args, model, schedule, drawn_as: dict, num_steps: int) -> Plan:
+    """The images ``args`` asks for, refused in one line where the checkpoint cannot make them; ``drawn_as``
+    holds the checkpoint's prediction, objective and σ_data (:func:`minidiff.commands.sample.checkpoint_options`)."""
     num_classes = model.num_classes
     if args.guidance and model.null_label is None:
         kind = "unconditional" if num_classes is None else "class-conditional without a null class"
@@ -115,7 +118,8 @@ def plan(args, model, schedule, prediction: str, num_steps: int) -> Plan:
         else:
             images = np.stack([_image(path, "--interpolate-images", channels, size)[0] for path in args.interpolate_images])
             ends = np.split(encode(model, schedule, images, num_steps, None if labels is None else labels[:2],
-                                   args.guidance, prediction), 2)
+                                   args.guidance, sampler=args.sampler, ode_options=OdeOptions.from_args(args),
+                                   **drawn_as), 2)
         options["x_T"] = interpolation_path(*ends, args.n)
         return Plan(args.n, labels, args.n, options, num_steps)
 

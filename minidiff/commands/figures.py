@@ -1,7 +1,7 @@
 """The ``python -m minidiff figures RUN`` command: two pictures of a trained model at work.
 
 - ``trajectory.png``: the denoising strip — for a few samples, x_t and the model's x̂₀ at 8
-  points of a DDIM chain, noise on the left, digit on the right;
+  points of a DDIM chain (Heun's for edm and flow checkpoints), noise on the left, digit on the right;
 - ``spectrum.png``: the spectral view (:mod:`minidiff.spectrum`): per frequency band, when the
   forward process drowns the data under the linear and the cosine schedule, and how the model's
   x̂₀ settles band by band along the reverse chain (its correlation with the final sample, per
@@ -21,9 +21,10 @@ from ..checkpoint import checkpoint_path, load_checkpoint, load_model
 from ..datasets import load_dataset
 from ..distributed import world
 from ..files import atomic_write
+from ..objectives import DEFAULT_SAMPLER
 from ..outputs import Output, check_outputs
 from ..plot import MISSING, pyplot
-from ..sample import TrajectoryRecorder, generate, sampler_steps
+from ..sample import TrajectoryRecorder, generate, refusing_non_finite, sampler_steps
 from ..schedule import schedule_by_name
 from ..spectrum import band_correlation, band_crossings, forward_snr_per_band, radial_power_spectrum
 
@@ -35,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint .npz or a run folder holding checkpoint.npz")
     parser.add_argument("--out", default=None, help="folder for the PNGs (default: the run folder)")
     parser.add_argument("--n", type=int, default=64, help="samples whose x̂₀ spectra are averaged (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 50, or T if the chain is shorter)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="DDIM steps, Heun's for edm and flow checkpoints (default: 50 for DDIM, or T if the chain "
+                             "is shorter; 18 for Heun)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--data-dir", default=None, help="the real images (default: the checkpoint's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
@@ -57,14 +60,14 @@ def run(args) -> int:
     model, schedule, config = load_model(checkpoint, device=check_device(args.device))
     if not world().is_root:  # under mpirun, one picture is drawn, once: rank 0's (every rank checked the flags)
         return 0
-    steps = sampler_steps("ddim", args.steps, schedule.T)  # refuses a count outside [1, T]
+    sampler = DEFAULT_SAMPLER[config["objective"]]
+    steps = sampler_steps(sampler, args.steps, schedule.T)  # refuses a count outside [1, T]
     # The real images before any sampling or writing, so that a bad --data-dir leaves nothing behind.
     real, _ = load_dataset(config.get("dataset", "mnist"), "auto", args.data_dir or config.get("data_dir"))
     try:
         plt = pyplot()
     except ImportError:
         raise ValueError(MISSING) from None
-    out.mkdir(parents=True, exist_ok=True)
 
     recorder = TrajectoryRecorder(steps)
     x0_hats = []  # (steps, n, C, H, W): every step's x̂₀, for the spectra
@@ -74,15 +77,19 @@ def run(args) -> int:
         x0_hats.append((t, np.asarray(x0_hat, dtype=np.float32)))
 
     labels = np.arange(args.n) % model.num_classes if model.num_classes else None
-    generate(model, schedule, args.n, "ddim", steps, seed=args.seed, labels=labels,
-             prediction=config["prediction"], callback=record, progress=True)
+    with refusing_non_finite(checkpoint):
+        generate(model, schedule, args.n, sampler, steps, seed=args.seed, labels=labels,
+                 prediction=config["prediction"], objective=config["objective"],
+                 sigma_data=config.get("sigma_data"), callback=record, progress=True)
+    out.mkdir(parents=True, exist_ok=True)  # after sampling: a refused checkpoint leaves no folder behind
     written = [recorder.save(out / FIGURES[0])]
-    written.append(_spectrum_figure(plt, real[:REAL_IMAGES], x0_hats, schedule.T, out / FIGURES[1]))
+    level = "σ" if config["objective"] == "edm" else "t"  # the noise level a step reports
+    written.append(_spectrum_figure(plt, real[:REAL_IMAGES], x0_hats, schedule.T, out / FIGURES[1], level))
     print(f"figures of {checkpoint.path} (step {checkpoint.step}): " + ", ".join(map(str, written)))
     return 0
 
 
-def _spectrum_figure(plt, real, x0_hats, T: int, path: Path) -> Path:
+def _spectrum_figure(plt, real, x0_hats, T: int, path: Path, level: str = "t") -> Path:
     data_spectrum = radial_power_spectrum(real)  # (bands,)
     bands = np.arange(len(data_spectrum))
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), constrained_layout=True)
@@ -101,7 +108,7 @@ def _spectrum_figure(plt, real, x0_hats, T: int, path: Path) -> Path:
     colours = plt.cm.viridis(np.linspace(0, 1, len(chosen)))
     for colour, index in zip(colours, chosen):
         t, x0_hat = x0_hats[index]
-        axes[2].plot(bands, band_correlation(x0_hat, final), color=colour, marker=".", label=f"t = {t}")
+        axes[2].plot(bands, band_correlation(x0_hat, final), color=colour, marker=".", label=f"{level} = {t:.3g}")
     axes[2].set_ylim(top=1.05)
     axes[2].set(title="reverse: x̂₀_t against the final sample, per band",
                 xlabel="frequency band f (cycles/image)", ylabel="correlation (1: settled)")

@@ -12,8 +12,11 @@ from ..latent import LatentSpace
 from ..diffusion import VARIANCES
 from ..distributed import world
 from ..images import save_image_grid
+from ..objectives import DEFAULT_SAMPLER, OdeOptions
+from ..objectives import edm
 from ..outputs import Output, check_outputs
-from ..sample import GRID_SCALE, SAMPLERS, TrajectoryRecorder, generate_on_ranks, sampler_steps, save_npy
+from ..sample import (GRID_SCALE, SAMPLERS, TrajectoryRecorder, generate_on_ranks, refusing_non_finite,
+                      sampler_steps, save_npy)
 from ..schedule import SPACINGS
 from . import editing
 
@@ -21,10 +24,12 @@ from . import editing
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """How samples are drawn: the flags ``sample`` and ``eval`` share, so ``eval --seed S`` scores
     what ``sample --seed S`` shows."""
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default: %(default)s")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None,
+                        help="default: ddim for --objective ddpm checkpoints, heun for edm and flow ones; heun and "
+                             "euler sample every objective (ddpm through the VP bridge), midpoint flow models")
     parser.add_argument("--steps", type=int, default=None,
-                        help="denoising steps (default: the full chain for ddpm, reverse-sde and pc, 50 for ddim and "
-                             "pf-ode, 20 for dpm-solver++)")
+                        help="denoising steps (default: the full chain for ddpm, reverse-sde and pc, 50 for ddim, "
+                             "pf-ode and euler, 20 for dpm-solver++, 18 for heun, 25 for midpoint)")
     parser.add_argument("--eta", type=float, default=0.0,
                         help="DDIM noise scale η: 0 deterministic, 1 DDPM-like (default: %(default)s)")
     parser.add_argument("--spacing", choices=SPACINGS, default="uniform",
@@ -35,6 +40,22 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                              "instead of clipping")
     parser.add_argument("--variance", choices=VARIANCES, default=None,
                         help="DDPM's reverse variance (default: learned for --learn-sigma checkpoints, else fixed_small)")
+    ode = parser.add_argument_group("the ODE samplers (heun, euler, midpoint)")
+    ode.add_argument("--sigma-min", type=float, default=edm.SIGMA_MIN,
+                     help="EDM's smallest noise level (Karras et al. 2022, Eq. 5) (default: %(default)s)")
+    ode.add_argument("--sigma-max", type=float, default=edm.SIGMA_MAX,
+                     help="EDM's largest noise level (default: %(default)s)")
+    ode.add_argument("--rho", type=float, default=edm.RHO, help="EDM's grid exponent ρ (default: %(default)s)")
+    ode.add_argument("--s-churn", type=float, default=0.0,
+                     help="EDM's stochastic churn S_churn (Algorithm 2); 0 is the deterministic ODE "
+                          "(default: %(default)s)")
+    ode.add_argument("--s-tmin", type=float, default=0.0, help="churn only at σ >= S_tmin (default: %(default)s)")
+    ode.add_argument("--s-tmax", type=float, default=math.inf, help="churn only at σ <= S_tmax (default: %(default)s)")
+    ode.add_argument("--s-noise", type=float, default=1.0,
+                     help="scale of the churn's noise S_noise (default: %(default)s)")
+    ode.add_argument("--time-shift", type=float, default=1.0,
+                     help="flow models: the time shift s·t/(1 + (s-1)·t) of Stable Diffusion 3 "
+                          "(default: %(default)s)")
     add_weights_arguments(parser, "sample with")
 
 
@@ -58,7 +79,7 @@ def check_sampling_arguments(args) -> None:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
     if not (math.isfinite(args.eta) and args.eta >= 0):
         raise ValueError(f"--eta must be a finite number >= 0, got {args.eta}")
-    if args.eta and args.sampler != "ddim":
+    if args.eta and args.sampler not in (None, "ddim"):
         raise ValueError(f"--eta applies to --sampler ddim only, not {args.sampler}")
     if args.dynamic_threshold is not None and not 0 < args.dynamic_threshold <= 1:
         raise ValueError(f"--dynamic-threshold must be a percentile in (0, 1], got {args.dynamic_threshold}")
@@ -66,12 +87,21 @@ def check_sampling_arguments(args) -> None:
         raise ValueError("--dynamic-threshold and --no-clip contradict each other; give one of them")
     if args.variance is not None and args.sampler != "ddpm":
         raise ValueError(f"--variance applies to --sampler ddpm only, not {args.sampler}")
+    OdeOptions.from_args(args).check()
 
 
 def sampling_options(args) -> dict:
     """The keyword arguments of :func:`minidiff.sample.generate` that the shared flags set."""
     return dict(eta=args.eta, seed=args.seed, spacing=args.spacing, clip_denoised=not args.no_clip,
-                dynamic_threshold=args.dynamic_threshold, variance=args.variance)
+                dynamic_threshold=args.dynamic_threshold, variance=args.variance,
+                ode_options=OdeOptions.from_args(args))
+
+
+def checkpoint_options(args, config: dict) -> dict:
+    """The keyword arguments of :func:`minidiff.sample.generate` that the checkpoint fixes (its prediction,
+    objective and σ_data); ``args.sampler`` defaults to the objective's sampler here."""
+    args.sampler = args.sampler or DEFAULT_SAMPLER[config["objective"]]
+    return dict(prediction=config["prediction"], objective=config["objective"], sigma_data=config.get("sigma_data"))
 
 
 def _check_latent_arguments(args) -> None:
@@ -108,16 +138,18 @@ def run(args) -> int:
     space = LatentSpace.of_checkpoint(checkpoint, device)  # a latent run's samples are decoded
     if space is not None:
         _check_latent_arguments(args)
+    drawn_as = checkpoint_options(args, config)
     num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
-    drawing = editing.plan(args, model, schedule, config["prediction"], num_steps)
+    drawing = editing.plan(args, model, schedule, drawn_as, num_steps)
     if drawing.n > MAX_N:
         raise ValueError(f"--n {args.n} with --label all draws {drawing.n:,} images, more than {MAX_N:,}")
     # Under MPI each rank draws a share of the samples (the trajectory's come from rank 0's);
     # rank 0 writes them all.
     recorder = TrajectoryRecorder(drawing.steps) if args.trajectory and world().is_root else None
-    samples = generate_on_ranks(model, schedule, drawing.n, args.sampler, num_steps, labels=drawing.labels,
-                                prediction=config["prediction"], callback=recorder, progress=True,
-                                decode=space and space.decode, **sampling_options(args), **drawing.options)
+    with refusing_non_finite(checkpoint):
+        samples = generate_on_ranks(model, schedule, drawing.n, args.sampler, num_steps, labels=drawing.labels,
+                                    callback=recorder, progress=True, decode=space and space.decode, **drawn_as, **sampling_options(args),
+                                    **drawing.options)
     if samples is None:
         return 0
     written = [save_image_grid(samples, out, nrow=drawing.nrow, scale=GRID_SCALE)]

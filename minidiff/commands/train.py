@@ -6,6 +6,8 @@ import argparse
 from ..checkpoint import load_checkpoint
 from ..datasets import DATASETS
 from ..diffusion import PREDICTIONS
+from ..objectives import OBJECTIVES
+from ..objectives.flow import T_DISTRIBUTIONS
 from ..optim import LR_SCHEDULES
 from ..schedule import SCHEDULES
 from ..config import CONFIG_FIELDS, TrainConfig
@@ -56,7 +58,7 @@ def shared_options(parser: argparse.ArgumentParser, defaults, groups=("data", "m
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The train flags: the shared ones, the model's and the diffusion's."""
-    option = shared_options(parser, TrainConfig(), ("data", "model", "diffusion", "optimisation", "run"))
+    option = shared_options(parser, TrainConfig(), ("data", "model", "objective", "diffusion", "optimisation", "run"))
     option("data", "--hflip", action="store_true", help="random horizontal flips (off: digits are not symmetric)")
     option("model", "--backbone", choices=list(PRESETS), help="the network: the U-Net or the Diffusion Transformer")
     option("model", "--preset", choices=[name for presets in PRESETS.values() for name in presets],
@@ -72,6 +74,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 "(Ho & Salimans 2021 use 0.1 or 0.2)")
     option("model", "--conditional", action="store_true",
            help="same as --num-classes 10 (MNIST and Fashion-MNIST have 10 classes)")
+    option("objective", "--objective", choices=OBJECTIVES,
+           help="what the network learns: ddpm (the flags under 'diffusion'), edm (Karras et al. 2022) or flow "
+                "(flow matching, noise at t = 1)")
+    option("objective", "--sigma-data", type=float, metavar="S",
+           help="edm: the data's scale σ_data (default: the training images' root mean square)")
+    option("objective", "--p-mean", type=float, help="edm: the mean of ln σ in training")
+    option("objective", "--p-std", type=float, help="edm: the standard deviation of ln σ in training")
+    option("objective", "--t-distribution", choices=T_DISTRIBUTIONS,
+           help="flow: how training draws t (logit-normal: Esser et al. 2024)")
     option("diffusion", "--schedule", choices=SCHEDULES, help="noise schedule (linear and scaled_linear are scaled by 1000/T)")
     option("diffusion", "--zero-terminal-snr", action="store_true",
            help="rescale the schedule to end at alphas_cumprod = 0 (Lin et al. 2023); needs --prediction v or x0")
