@@ -14,7 +14,7 @@ them into constructor arguments and :func:`build_backbone` into a network.
 from __future__ import annotations
 
 from . import dit, unet
-from .autograd import no_grad
+from .unet import as_denoiser  # defined beside the U-Net, where docs and messages point; it takes any backbone
 
 BACKBONES = {"unet": unet.UNet, "dit": dit.DiT}
 PRESETS = {"unet": unet.PRESETS, "dit": dit.PRESETS}
@@ -42,17 +42,3 @@ def build_backbone(backbone: str, config: dict, rng=None):
     """A fresh ``backbone`` network with constructor arguments ``config``, initialised from ``rng``."""
     return BACKBONES[backbone](**config, rng=rng)
 
-
-def as_denoiser(model, y=None):
-    """Wrap any backbone as the samplers' ``model(x_t, t) -> output`` on arrays, run under ``no_grad``.
-
-    ``y`` fixes the class labels for a conditional model (one per image of the batch to sample).
-    The arrays stay on their device: NumPy in, NumPy out; CuPy in, CuPy out.
-    """
-
-    def denoise(x_t, t):
-        with no_grad():
-            return model(x_t, t, y).data
-
-    denoise.learned_variance = bool(getattr(model, "learned_variance", False))  # its output may have 2C channels
-    return denoise

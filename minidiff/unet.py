@@ -27,7 +27,7 @@ import numpy as np
 
 from . import functional as F
 from . import nn
-from .autograd import DEFAULT_DTYPE, Tensor
+from .autograd import DEFAULT_DTYPE, Tensor, no_grad
 from .backend import device_of, get_array_module, to_device
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "Upsample",
     "UNet",
     "PRESETS",
+    "as_denoiser",
 ]
 
 
@@ -429,3 +430,18 @@ def _index_array(values, like: Tensor):
     values = to_device(get_array_module(values).asarray(values), device_of(like.data))
     return values.astype(get_array_module(values).intp)
 
+
+def as_denoiser(model, y=None):
+    """Wrap any backbone (the U-Net, :class:`minidiff.dit.DiT`) as the samplers' ``model(x_t, t) -> output``
+    on arrays, run under ``no_grad``; :mod:`minidiff.backbones` re-exports it.
+
+    ``y`` fixes the class labels for a conditional model (one per image of the batch to sample).
+    The arrays stay on their device: NumPy in, NumPy out; CuPy in, CuPy out.
+    """
+
+    def denoise(x_t, t):
+        with no_grad():
+            return model(x_t, t, y).data
+
+    denoise.learned_variance = bool(getattr(model, "learned_variance", False))  # its output may have 2C channels
+    return denoise

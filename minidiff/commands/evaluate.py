@@ -137,9 +137,8 @@ def _draw(checkpoint, args, device):
     options = sampling_options(args)
     with refusing_non_finite(checkpoint):
         samples = generate_on_ranks(model, schedule, args.n, args.sampler, num_steps,
-                                    labels=class_labels(args.n, model.num_classes), progress=True, decode=space and space.decode,
-                                    **drawn_as,
-                                    **options)
+                                    labels=class_labels(args.n, model.num_classes), progress=True,
+                                    decode=space and space.decode, **drawn_as, **options)
     ode_options = options.pop("ode_options")
     drawn_with = {"sampler": args.sampler, "steps": num_steps, "ema": not args.no_ema, "objective": config["objective"],
                   **options}

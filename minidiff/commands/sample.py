@@ -148,8 +148,8 @@ def run(args) -> int:
     recorder = TrajectoryRecorder(drawing.steps) if args.trajectory and world().is_root else None
     with refusing_non_finite(checkpoint):
         samples = generate_on_ranks(model, schedule, drawing.n, args.sampler, num_steps, labels=drawing.labels,
-                                    callback=recorder, progress=True, decode=space and space.decode, **drawn_as, **sampling_options(args),
-                                    **drawing.options)
+                                    callback=recorder, progress=True, decode=space and space.decode, **drawn_as,
+                                    **sampling_options(args), **drawing.options)
     if samples is None:
         return 0
     written = [save_image_grid(samples, out, nrow=drawing.nrow, scale=GRID_SCALE)]
