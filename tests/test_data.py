@@ -271,6 +271,16 @@ def test_uncompressed_copies_are_found_and_verified(toy, tmp_path):
     assert images.shape == (4, 1, 28, 28) and labels.tolist() == [0, 1, 2, 3]
 
 
+def test_pixels_0_to_255_become_minus_1_to_1_exactly(toy, tmp_path):
+    # [0, 255] → [−1, 1] as x/127.5 − 1 (Ho et al. 2020, §3.3): byte 0 is −1 and byte 255 is +1 exactly, and
+    # every byte in between lands on its one of 256 evenly spaced levels.
+    images, _ = load_dataset("toy", "test", data_dir=toy.copy("test", tmp_path / "d"))
+    bytes_ = gzip.decompress((toy.mirror / "t10k-images-idx3-ubyte.gz").read_bytes())[16:]
+    raw = np.frombuffer(bytes_, np.uint8).reshape(4, 1, 28, 28)
+    assert images.dtype == np.float32 and images[0, 0, 0, :2].tolist() == [-1.0, 1.0]
+    np.testing.assert_allclose(images, raw / 127.5 - 1, rtol=0, atol=1e-7)
+
+
 def test_recompressed_archive_is_accepted(toy, tmp_path):
     """Debian's .gz files are re-compressed: their archive MD5 differs, their content not."""
     directory = toy.copy("test", tmp_path / "debian")

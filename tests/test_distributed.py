@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ import pytest
 
 from minidiff.checkpoint import load_checkpoint
 from minidiff.diffusion import training_loss
-from minidiff.distributed import World, sync_check_every
+from minidiff.autograd import Tensor
+from minidiff.distributed import MPIWorld, World, sync_check_every
 from minidiff.sample import generate
 from minidiff.schedule import NoiseSchedule
 from minidiff.unet import UNet
@@ -53,6 +55,47 @@ def test_a_single_process_is_rank_0_of_1_and_its_collectives_return_their_input(
     rows = np.ones((3, 2))
     assert (world.rank, world.size, world.is_root) == (0, 1, True)
     assert world.gather_rows(rows) is rows and world.average_gradients([], 0.5) == 0.5
+
+
+class FakeCommunicator:
+    """Rank ``rank`` of a job whose other ranks hold ``others`` (their flat float32 buffers), as
+    mpi4py's COMM_WORLD would present it to :class:`MPIWorld`: Allreduce sums every rank's buffer in place."""
+
+    def __init__(self, rank, others):
+        self.rank, self.others = rank, others
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return len(self.others) + 1
+
+    def Allreduce(self, sendbuf, recvbuf, op):
+        assert sendbuf is FAKE_MPI.IN_PLACE and op is FAKE_MPI.SUM
+        recvbuf += sum(self.others)
+
+
+FAKE_MPI = types.SimpleNamespace(IN_PLACE=object(), SUM=object())
+
+
+def test_average_gradients_divides_the_ranks_sum_by_their_number(monkeypatch):
+    # mpi4py may be absent: MPIWorld only needs its MPI.IN_PLACE and MPI.SUM, which the stand-in provides.
+    monkeypatch.setitem(sys.modules, "mpi4py", types.SimpleNamespace(MPI=FAKE_MPI))
+    rng = np.random.default_rng(0)
+    shapes = [(2, 3), (4,)]
+    grads = [[rng.standard_normal(shape).astype(np.float32) for shape in shapes] for _ in range(3)]
+    losses = [0.5, 1.25, 3.0]
+    others = [np.concatenate([g.ravel() for g in rank_grads] + [np.float32([loss])])
+              for rank_grads, loss in zip(grads[1:], losses[1:])]
+    params = [Tensor(np.zeros(shape, np.float32), requires_grad=True) for shape in shapes]
+    for param, grad in zip(params, grads[0]):
+        param.grad = grad.copy()
+    frozen = Tensor(np.zeros(3, np.float32))  # no gradient: left out of the buffer on every rank
+    loss = MPIWorld(FakeCommunicator(0, others)).average_gradients([params[0], frozen, params[1]], losses[0])
+    assert loss == pytest.approx(np.mean(losses), rel=1e-7)
+    for i, param in enumerate(params):
+        np.testing.assert_allclose(param.grad, np.mean([rank_grads[i] for rank_grads in grads], axis=0), atol=1e-6)
+    assert frozen.grad is None
 
 
 def test_ranks_loss_terms_are_the_single_process_ones():

@@ -13,7 +13,7 @@ from minidiff.diffusion import predict_eps_from_v, predict_eps_from_x0
 from minidiff.editing import interpolation_path, repaint_sample, repaint_timesteps, sdedit_start, slerp
 from minidiff.guidance import drop_labels, guided_denoiser
 from minidiff.sample import SAMPLER_FUNCTIONS, generate, sampler_steps, seed_noise
-from minidiff.sampling import respaced
+from minidiff.sampling import ddpm_sample, respaced
 from minidiff.schedule import NoiseSchedule
 from minidiff.backbones import as_denoiser
 from minidiff.unet import UNet
@@ -91,7 +91,8 @@ def test_guidance_zero_is_plain_conditional_and_skips_the_unconditional_branch()
     counting = Counting(model)
     x, t, y = np.random.default_rng(2).standard_normal((2, 1, 8, 8)), np.array([7, 8]), np.array([1, 2])
     np.testing.assert_array_equal(guided_denoiser(counting, y, 0.0)(x, t), as_denoiser(model, y)(x, t))
-    assert counting.batches == [2]
+    np.testing.assert_array_equal(guided_denoiser(counting, y)(x, t), as_denoiser(model, y)(x, t))  # w = 0 by default
+    assert counting.batches == [2, 2]
     schedule = NoiseSchedule.linear(100)
     plain = generate(model, schedule, 3, "ddim", 5, labels=np.array([0, 1, 2]))
     np.testing.assert_array_equal(generate(model, schedule, 3, "ddim", 5, labels=np.array([0, 1, 2]), guidance=0.0),
@@ -99,9 +100,11 @@ def test_guidance_zero_is_plain_conditional_and_skips_the_unconditional_branch()
     assert not np.array_equal(generate(model, schedule, 3, "ddim", 5, labels=np.array([0, 1, 2]), guidance=3.0), plain)
 
 
-def test_guidance_needs_a_null_row():
+def test_guidance_needs_a_null_row_and_labels():
     with pytest.raises(ValueError, match="needs a model with a null class"):
         guided_denoiser(guided_model(null_class=False), np.array([0]), 1.0)
+    with pytest.raises(ValueError, match="needs class labels"):
+        guided_denoiser(guided_model(), None, 1.0)
 
 
 @pytest.mark.parametrize("to_eps", [predict_eps_from_x0, predict_eps_from_v], ids=["x0", "v"])
@@ -149,6 +152,15 @@ def test_sdedit_noises_to_the_matching_step_and_strength_zero_returns_the_image(
     assert edited.shape == (2, 1, 8, 8) and not np.allclose(edited, init)
 
 
+def test_sdedit_at_the_smallest_strength_still_noises_to_t_0():
+    # strength·T rounding to one step: t₀ = 0, one step of noise (β_0), then one sampler step.
+    schedule, rng = NoiseSchedule.linear(10), np.random.default_rng(4)
+    x0, noise = rng.uniform(-1, 1, (2, 1, 4, 4)), rng.standard_normal((2, 1, 4, 4))
+    x_t, t_start = sdedit_start(schedule, x0, 0.1, noise)
+    assert t_start == 0
+    np.testing.assert_allclose(x_t, np.sqrt(1 - schedule.betas[0]) * x0 + np.sqrt(schedule.betas[0]) * noise, rtol=1e-12)
+
+
 def test_repaint_timesteps_walk_down_with_jumps_back_up():
     assert repaint_timesteps(4) == [3, 2, 1, 0, -1]
     visited = repaint_timesteps(10, jump_length=2, jump_n_sample=3)
@@ -174,6 +186,39 @@ def test_inpainting_returns_the_known_pixels_exactly(jumps):
     assert np.abs(out[~keep] - np.broadcast_to(known, out.shape)[~keep]).max() > 0.1
 
 
+@pytest.mark.parametrize("jump_length, jump_n_sample", [(1, 1), (2, 3)])
+def test_repaint_known_region_follows_q_xt_given_x0_at_every_step(jump_length, jump_n_sample):
+    # With every pixel known, x after each step down to t − 1 is x^known ∼ q(x_{t−1} | x₀), and a jump
+    # up to t + 1 adds q(x_{t+1} | x_t) (Eq. 2, with β_{t+1}): each x_t a step sees must then have the marginal
+    # q(x_t | x₀) = N(√ᾱ_t x₀, 1 − ᾱ_t) (Ho et al. 2020, Eq. 4). x_T itself is N(0, I) and is left out.
+    schedule, n, x0_value = NoiseSchedule.linear(1000), 40_000, 0.8
+    cut = respaced(schedule, 6)
+    index_of = {int(timestep): index for index, timestep in enumerate(cut.timesteps)}
+    seen = []
+    repaint_sample(lambda x, t: np.zeros_like(x), schedule, (n, 1), 6, known=np.full((1, 1), x0_value),
+                   mask=np.zeros((1, 1)), jump_length=jump_length, jump_n_sample=jump_n_sample,
+                   rng=np.random.default_rng(0), callback=lambda index, t, x, x0_hat: seen.append((index_of[t], x)))
+    assert len(seen) == 6 + (jump_n_sample - 1) * jump_length * len(range(0, 6 - jump_length, jump_length))
+    for t, x in seen[1:]:
+        variance = 1 - cut.alphas_cumprod[t]
+        assert abs(x.mean() - np.sqrt(cut.alphas_cumprod[t]) * x0_value) <= 5 * np.sqrt(variance / n), t
+        assert abs(x.var() - variance) <= 5 * variance * np.sqrt(2 / n), t
+
+
+def test_repaint_of_an_all_unknown_image_samples_the_data_and_reports_each_step_once():
+    # With nothing known, RePaint is the ancestral sampler (η = 1, Ho et al. 2020, Algorithm 2): fed the same
+    # model it draws from DDPM's law on the same 20 steps; with the default jump_n_sample = 1 it takes each once.
+    schedule, n = NoiseSchedule.linear(1000), 40_000
+    model, indices = gaussian_oracle(schedule, 0.3, 0.5), []
+    out = repaint_sample(model, schedule, (n, 1), 20, known=np.zeros((1, 1)), mask=np.ones((1, 1)),
+                         rng=np.random.default_rng(0), clip_denoised=False,
+                         callback=lambda index, t, x, x0_hat: indices.append(index))
+    assert indices == list(range(20))
+    ddpm = ddpm_sample(model, schedule, (n, 1), 20, rng=np.random.default_rng(1), clip_denoised=False)
+    assert abs(out.mean() - ddpm.mean()) < 5 * np.sqrt(2 * ddpm.var() / n)
+    assert abs(out.var() / ddpm.var() - 1) < 5 * np.sqrt(4 / n)
+
+
 def test_inpainting_through_generate_refuses_other_samplers():
     with pytest.raises(ValueError, match="use sampler ddpm, ddim, heun, euler or midpoint, not pf-ode"):
         generate(guided_model(), NoiseSchedule.linear(20), 1, "pf-ode", 3, labels=np.array([0]),
@@ -190,6 +235,29 @@ def test_slerp_endpoints_are_exact_and_the_arc_keeps_the_norm():
     assert norms.min() > 0.95 * min(norms[0], norms[-1])  # no dip in the middle ...
     assert norms[2] > 1.3 * np.linalg.norm((a + b) / 2)  # ... where the straight line's is about 1/√2
     np.testing.assert_allclose(slerp(a, a, 0.3), a, rtol=1e-6)  # parallel: the line
+
+
+def test_slerp_walks_the_arc_at_constant_angular_speed_per_example():
+    # Unit vectors at angles 0 and θ: slerp(α) is the unit vector at angle αθ, with θ = 90° and 135° in one batch.
+    angles = np.array([np.pi / 2, 3 * np.pi / 4])
+    a = np.tile([1.0, 0.0], (2, 1))
+    b = 2 * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # the length of b scales its weight, not the angle
+    for alpha in (1 / 3, 0.5):
+        weight_b = np.sin(alpha * angles) / np.sin(angles)
+        expected = np.sin((1 - alpha) * angles)[:, None] / np.sin(angles)[:, None] * a + weight_b[:, None] * b
+        np.testing.assert_allclose(slerp(a, b, alpha), expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(slerp(a[:1], 2 * a[:1] + 1e-9, 0.25), 1.25 * a[:1], atol=1e-9)  # parallel: the line
+
+
+def test_repaint_goes_back_up_jump_length_steps_jump_n_sample_minus_1_times_at_each_multiple():
+    # T = 6, jumps of 2 at t = 0 and 2 (the multiples of 2 below T − 2), once each (jump_n_sample = 2).
+    assert repaint_timesteps(6, jump_length=2, jump_n_sample=2) == [5, 4, 3, 2, 3, 4, 3, 2, 1, 0, 1, 2, 1, 0, -1]
+    # T = 4, jumps of 1 at t = 0, 1 and 2, twice each.
+    assert repaint_timesteps(4, jump_length=1, jump_n_sample=3) == [3, 2, 3, 2, 3, 2, 1, 2, 1, 2, 1, 0, 1, 0, 1, 0, -1]
+    for bad in (dict(jump_length=0), dict(jump_n_sample=0)):
+        with pytest.raises(ValueError, match="must be at least 1"):
+            repaint_timesteps(4, **bad)
+    assert repaint_timesteps(3, jump_length=1, jump_n_sample=1) == [2, 1, 0, -1]
 
 
 def test_interpolation_endpoints_equal_the_two_seeds_samples():

@@ -5,14 +5,15 @@ import pytest
 
 from minidiff.autograd import Tensor
 from minidiff.checkpoint import build_model, load_model, save_checkpoint
-from minidiff.diffusion import hybrid_vlb_term, learned_log_variance, q_sample, training_loss
+from minidiff.diffusion import (UniformSampler, hybrid_vlb_term, learned_log_variance, model_output_parts, predict_x0,
+                               q_sample, training_loss, vb_terms_bpd)
 from minidiff.likelihood import bpd_estimate, calc_bpd_loop, pilot_probabilities
 from minidiff.gradcheck import gradcheck
 from minidiff.sampling import ddpm_sample
 from minidiff.schedule import NoiseSchedule
 from minidiff.train import TrainConfig
 from minidiff.unet import UNet
-from test_diffusion import gaussian_oracle
+from test_diffusion import FixedSampler, gaussian_oracle
 
 MU, S = 0.3, 0.5
 
@@ -47,6 +48,17 @@ def test_ddpm_with_a_constant_v_is_the_fixed_variance_it_names(v, fixed):
     np.testing.assert_allclose(learned, fixed, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_an_output_of_twice_the_channels_is_prediction_then_v(channels):
+    x_t = np.zeros((2, channels, 4, 4))
+    output = np.arange(2 * 2 * channels * 16, dtype=float).reshape(2, 2 * channels, 4, 4)
+    prediction, v = model_output_parts(output, x_t)
+    np.testing.assert_array_equal(prediction, output[:, :channels])
+    np.testing.assert_array_equal(v, output[:, channels:])
+    plain, none = model_output_parts(output[:, :channels], x_t)  # the same channels as x_t: all prediction
+    assert none is None and plain.shape == x_t.shape
+
+
 def test_hybrid_vlb_term_gradient_reaches_v_only():
     schedule = NoiseSchedule.cosine(50)
     rng = np.random.default_rng(0)
@@ -71,16 +83,26 @@ def test_hybrid_vlb_term_gradient_reaches_v_only():
     assert exact[0] > 0  # the decoder's −log p(x₀ | x₁) stays
 
 
-def test_training_loss_adds_lambda_vlb_for_a_learned_variance_model():
+@pytest.mark.parametrize("sampler", ["uniform", "importance"])
+def test_training_loss_adds_lambda_T_vlb_weighted_like_the_simple_loss(sampler):
     schedule = NoiseSchedule.cosine(20)
     model = UNet.from_preset("tiny", learn_sigma=True, rng=np.random.default_rng(0))
     plain = UNet.from_preset("tiny", rng=np.random.default_rng(0))
     assert model.config["learn_sigma"] and model.out[1].weight.shape[0] == 2
+    # Far from uniform, so that the importance weights 1/(T p_t) differ from 1 (Nichol & Dhariwal 2021, Eq. 18).
+    sampler = UniformSampler(schedule.T) if sampler == "uniform" else FixedSampler(np.arange(1, schedule.T + 1) ** 2)
     x0 = np.random.default_rng(1).uniform(-1, 1, (3, 1, 28, 28)).astype(np.float32)
-    hybrid = training_loss(model, schedule, x0, np.random.default_rng(2)).loss
-    simple = training_loss(plain, schedule, x0, np.random.default_rng(2)).loss
-    # Both start with a zero output conv: ε̂ = 0 and v = 0 (σ² = β̃), so the difference is λ·T·L_t alone.
-    assert hybrid.item() > simple.item()
+    hybrid = training_loss(model, schedule, x0, np.random.default_rng(2), timestep_sampler=sampler).loss
+    simple = training_loss(plain, schedule, x0, np.random.default_rng(2), timestep_sampler=sampler).loss
+    # Both start with a zero output conv: ε̂ = 0 and v = 0 (σ² = β̃, the fixed small variance), so the
+    # difference is the batch mean of w_t · λ T L_t with λ = 0.001 (Eq. 16), t and ε drawn as training_loss does.
+    rng = np.random.default_rng(2)
+    t, weights = sampler.sample(len(x0), rng)
+    x_t = q_sample(schedule, x0, t, rng.standard_normal(x0.shape, dtype=np.float32))
+    x0_hat = predict_x0(schedule, x_t, t, np.zeros_like(x_t))
+    vlb = 0.001 * schedule.T * vb_terms_bpd(schedule, x0, x_t, t, x0_hat, "fixed_small")
+    assert np.mean(weights * vlb) > 1e-3 * simple.item()  # well above float32 rounding of the sum
+    assert hybrid.item() - simple.item() == pytest.approx(np.mean(weights * vlb), rel=1e-4)
     hybrid.backward()
     assert np.any(model.out[1].weight.grad[1])  # v's output channel learns
 

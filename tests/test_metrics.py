@@ -3,6 +3,7 @@ limiting cases; the feature classifier on MNIST t10k (accuracy, cache, the three
 the yardstick's ranking of real, degraded and noise images; ``eval`` end to end."""
 import importlib.util
 import json
+import math
 import re
 from pathlib import Path
 
@@ -106,6 +107,20 @@ def test_kid_grows_with_the_shift_and_needs_two_subsets_of_two():
         metrics.kernel_inception_distance(a[:3], a)
 
 
+def test_fid_needs_two_feature_vectors_on_each_side():
+    for a, b in ((np.zeros((1, 3)), np.zeros((5, 3))), (np.zeros((5, 3)), np.zeros((1, 3)))):
+        with pytest.raises(ValueError, match="at least 2 feature vectors on each side"):
+            metrics.fid_from_features(a, b)
+    assert metrics.fid_from_features(np.eye(2), np.eye(2)) == pytest.approx(0, abs=1e-12)  # two rows are enough
+
+
+def test_fid_fits_the_unbiased_covariance():
+    # In one dimension FID = (μ1 − μ2)² + (σ1 − σ2)². Rows [−1, 1] have unbiased variance 2 (biased 1),
+    # rows [2, 4, 6] mean 4 and unbiased variance 4 (biased 8/3).
+    a, b = np.array([[-1.0], [1.0]]), np.array([[2.0], [4.0], [6.0]])
+    assert metrics.fid_from_features(a, b) == pytest.approx(16 + (math.sqrt(2) - 2) ** 2, rel=1e-12)
+
+
 # --------------------------------------------------------------------- Inception Score
 def test_inception_score_is_the_class_count_for_confident_even_predictions():
     probs = np.eye(10)[np.arange(200) % 10]
@@ -136,6 +151,86 @@ def test_precision_without_recall_for_a_collapsed_generator():
     fake = 0.1 * rng.standard_normal((500, 2))  # good samples, one small region of the real data
     precision, recall = metrics.precision_recall(real, fake)
     assert precision > 0.9 and recall < 0.3
+
+
+def brute_force_precision_recall(real, fake, k):
+    """Kynkäänniemi et al. 2019, Eqs. 1–2 from the full distance matrices: a point's radius is the distance to
+    its k-th nearest other point of its own set (column 0 of the sorted row is the point itself)."""
+    def in_manifold(queries, feats):
+        radii = np.sort(np.linalg.norm(feats[:, None] - feats[None], axis=-1), axis=1)[:, k]
+        return (np.linalg.norm(queries[:, None] - feats[None], axis=-1) <= radii).any(axis=1).mean()
+
+    return in_manifold(fake, real), in_manifold(real, fake)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_precision_and_recall_equal_their_definition(k):
+    rng = np.random.default_rng(8)
+    real, fake = rng.standard_normal((120, 3)), 0.7 * rng.standard_normal((90, 3)) + 1.5
+    precision, recall = metrics.precision_recall(real, fake, k=k, chunk=25)
+    expected = brute_force_precision_recall(real, fake, k)
+    assert 0 < expected[0] < 1 and 0 < expected[1] < 1
+    assert (precision, recall) == pytest.approx(expected, abs=1e-12)
+    if k == 3:  # Kynkäänniemi et al. 2019's k, the default
+        assert metrics.precision_recall(real, fake) == pytest.approx(expected, abs=1e-12)
+
+
+def test_the_balls_are_closed():
+    # Kynkäänniemi et al. 2019, Eq. 1: φ is in the manifold when ‖φ − φ_r‖ ≤ its k-NN radius. Real points 0..3 on
+    # a line have radius 1 at k = 1; a sample at −1 lies exactly on the ball around 0, one at −1.5 on none.
+    real = np.arange(4.0)[:, None]
+    assert metrics.precision_recall(real, np.array([[-1.0], [-1.5]]), k=1)[0] == 0.5
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((2, 1, 28, 28), np.uint8), "expected float images in \\[-1, 1\\], got dtype uint8"),
+    (np.zeros((2, 28, 28)), r"expected an array of shape \(N, 1, 28, 28\), got \(2, 28, 28\)"),
+    (np.zeros((2, 3, 28, 28)), r"expected an array of shape \(N, 1, 28, 28\), got \(2, 3, 28, 28\)"),
+    (np.full((2, 1, 28, 28), np.nan), "1568 values are NaN or infinite"),
+    (np.full((2, 1, 28, 28), -1.0011), r"values lie in \[-1.001, -1.001\]"),
+    (np.full((2, 1, 28, 28), 1.0011), r"values lie in \[1.001, 1.001\]"),
+])
+def test_samples_that_cannot_be_scored_are_refused(images, message):
+    with pytest.raises(ValueError, match=f"samples: {message}"):
+        metrics.check_sample_images(images)
+
+
+def test_samples_up_to_the_slack_around_minus_1_and_1_are_scored():
+    edge = np.full((2, 1, 28, 28), 1 + metrics.SAMPLE_RANGE_SLACK)
+    edge[0] = -1 - metrics.SAMPLE_RANGE_SLACK
+    metrics.check_sample_images(edge)
+    assert metrics.SAMPLE_RANGE_SLACK == 1e-3
+
+
+class FeatureClassifier:
+    """Stands in for the digit classifier: an image's features are its first two pixels and its class
+    probabilities one-hot on round(10 × its third pixel) mod 10, so evaluate_samples runs without MNIST."""
+
+    accuracy = 0.875
+
+    def embed(self, images, progress=False):
+        flat = images.reshape(len(images), -1)
+        classes = np.round(10 * flat[:, 2]).astype(int) % 10
+        return flat[:, :2].astype(np.float64), np.eye(10)[classes]
+
+
+def test_evaluate_samples_scores_the_samples_against_the_real_images():
+    # Real features spread out, fake ones crowded in a corner of them: precision and recall differ,
+    # and the classes differ too, so real and fake put in each other's place would show everywhere.
+    rng = np.random.default_rng(9)
+    real = rng.uniform(-1, 1, (60, 1, 28, 28)).astype(np.float32)
+    fake = rng.uniform(-0.6, 0.9, (40, 1, 28, 28)).astype(np.float32)
+    fake.reshape(40, -1)[:, 2] = 0.3  # every sample in class 3
+    classifier = FeatureClassifier()
+    scores = metrics.evaluate_samples(fake, classifier, real)  # k = 3 nearest neighbours by default
+    (real_feats, _), (fake_feats, fake_probs) = classifier.embed(real), classifier.embed(fake)
+    precision, recall = brute_force_precision_recall(real_feats, fake_feats, 3)
+    assert precision != recall and recall != brute_force_precision_recall(real_feats, fake_feats, 4)[1]
+    assert scores["precision"] == pytest.approx(precision, abs=1e-12)
+    assert scores["recall"] == pytest.approx(recall, abs=1e-12)
+    assert scores["fid"] == pytest.approx(metrics.fid_from_features(real_feats, fake_feats), rel=1e-12)
+    assert scores["inception_score"] == pytest.approx(1.0) and scores["class_histogram"] == [0, 0, 0, 40] + [0] * 6
+    assert scores["n"] == 40 and scores["classifier_accuracy"] == 0.875
 
 
 # --------------------------------------------------------------------- the classifier
@@ -269,6 +364,30 @@ def test_eval_command_scores_a_checkpoint_and_saved_samples(run, classifier, cac
     assert main(["eval", "--samples", str(samples), "--data-dir", str(MNIST_DIR),
                  "--classifier-steps", str(QUICK_STEPS)]) == 0
     assert json.loads(capsys.readouterr().out)["fid"] == pytest.approx(printed["fid"])
+
+
+@needs_mnist
+def test_eval_guidance_scores_what_sample_guidance_draws(run, classifier, cache_home, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    guided = tmp_path / "guided"
+    assert main(["train", "--preset", "tiny", "--steps", "2", "--batch-size", "4", "--timesteps", "20",
+                 "--schedule", "cosine", "--limit-data", "64", "--data-dir", str(MNIST_DIR), "--num-classes", "10",
+                 "--p-uncond", "0.5", "--sample-every", "0", "--out", str(guided)]) == 0
+    capsys.readouterr()
+    quick = ["--n", "16", "--steps", "5", "--classifier-steps", str(QUICK_STEPS)]
+    assert main(["eval", str(guided), *quick, "--guidance", "2"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["guidance"] == 2.0
+    samples = tmp_path / "guided.npy"
+    assert main(["sample", str(guided), "--n", "16", "--sampler", "dpm-solver++", "--steps", "5", "--guidance", "2",
+                 "--npy", str(samples), "--out", str(tmp_path / "grid.png")]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--samples", str(samples), "--data-dir", str(MNIST_DIR),
+                 "--classifier-steps", str(QUICK_STEPS)]) == 0
+    assert json.loads(capsys.readouterr().out)["fid"] == pytest.approx(printed["fid"])
+    expect_error(capsys, ["eval", str(run), *quick, "--guidance", "2"],
+                 "--guidance needs a checkpoint trained with --num-classes and --p-uncond; this one is unconditional")
+    expect_error(capsys, ["eval", str(guided), *quick, "--guidance", "nan"], "--guidance must be a finite number")
 
 
 def expect_error(capsys, argv, message):

@@ -63,6 +63,45 @@ def test_matches_reference_adam_for_a_few_steps(cls, kwargs, decoupled):
     np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_the_numpy_adam_update_is_the_textbook_step(weight_decay):
+    # adam_update is the reference the fused kernel is held to (test_kernels.py); here it is held to the paper.
+    theta, m, v = THETA0.copy(), np.zeros(3), np.zeros(3)
+    for step in range(1, 6):
+        optim.adam_update(theta, quadratic_grad(theta), m, v, step, 0.05, 0.8, 0.99, 1e-6, weight_decay)
+    np.testing.assert_allclose(theta, reference_adam(THETA0, 5, 0.05, 0.8, 0.99, 1e-6, weight_decay), rtol=1e-12)
+
+
+def test_defaults_are_kingma_and_ba_and_pytorchs_adamw_decay():
+    param = nn.Parameter(THETA0)
+    adam, adamw = optim.Adam([param]), optim.AdamW([param])
+    assert (adam.lr, adam.betas, adam.eps, adam.weight_decay) == (1e-3, (0.9, 0.999), 1e-8, 0.0)
+    assert (adamw.lr, adamw.betas, adamw.eps, adamw.weight_decay) == (1e-3, (0.9, 0.999), 1e-8, 1e-2)
+
+
+def test_each_parameter_has_its_own_moments_and_the_base_class_has_no_step():
+    # Two parameters of different shapes, stepped together: each must match its own textbook run.
+    a, b = nn.Parameter(THETA0), nn.Parameter(0.5 * np.eye(3))
+    opt = optim.Adam([a, b], lr=0.05)
+    for _ in range(3):
+        a.grad, b.grad = quadratic_grad(a.data), quadratic_grad(b.data)
+        opt.step()
+    np.testing.assert_allclose(a.data, reference_adam(THETA0, 3, 0.05), rtol=1e-12)
+    np.testing.assert_allclose(b.data, reference_adam(0.5 * np.eye(3), 3, 0.05), rtol=1e-12)
+    state = opt.state_dict()
+    state["state.1.exp_avg"] = np.zeros(3)
+    with pytest.raises(ValueError, match=r"state\.1\.exp_avg expected \(3, 3\) got \(3,\)$"):
+        optim.Adam([a, b]).load_state_dict(state)
+    with pytest.raises(NotImplementedError):
+        optim.Optimizer([a], lr=0.1).step()
+
+
+def test_the_numpy_ema_update_is_the_weighted_average():
+    average, param = np.array([1.0, -2.0]), np.array([3.0, 4.0])
+    optim.ema_update(average, param, 0.25)
+    np.testing.assert_allclose(average, 0.75 * np.array([1.0, -2.0]) + 0.25 * param, rtol=1e-15)
+
+
 def test_adam_minimises_the_quadratic():
     param = nn.Parameter(THETA0)
     run(optim.Adam([param], lr=0.05), param, 2000)
@@ -144,6 +183,9 @@ def test_clip_grad_norm_scales_to_max_norm_and_returns_the_norm_before():
     assert optim.clip_grad_norm([a, b], 1.0) == pytest.approx(5.0)
     total = np.hypot(a.grad[0], b.grad[0])
     assert total == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose([a.grad[0], b.grad[0]], [0.6, 0.8], rtol=1e-6)
+    a.grad, b.grad = np.array([0.9]), np.array([1.2])  # a norm of 1.5, just past max_norm: scaled too
+    assert optim.clip_grad_norm([a, b], 1.0) == pytest.approx(1.5)
     np.testing.assert_allclose([a.grad[0], b.grad[0]], [0.6, 0.8], rtol=1e-6)
 
 

@@ -107,6 +107,90 @@ def test_a_ddim_step_with_the_true_x0_preserves_the_marginal_for_any_eta(schedul
     assert abs(x_prev.var() - variance) <= 5 * variance * math.sqrt(2 / n) + 1e-12
 
 
+@pytest.mark.parametrize("eta", [0.3, 0.5, 0.8])
+def test_ddim_noise_at_fractional_eta_is_eta_squared_times_the_ddpm_posterior_variance(eta):
+    # Song et al. 2021, Eq. 16 on consecutive steps: σ_t(η)² = η² β̃_t. Given x_t, the step's only
+    # randomness is σ_t z, so x_{t−1} has that variance about √ᾱ_{t−1} x₀ + √(1 − ᾱ_{t−1} − σ_t²) ε.
+    schedule = NoiseSchedule.linear(100)
+    np.testing.assert_allclose(ddim_variance(schedule, eta), eta**2 * schedule.posterior_variance, rtol=1e-12)
+    t, n, x0_value = 60, 40_000, 0.4
+    x_t = np.full(n, 0.7)
+    x_prev = one_step(ddim_sample, lambda *_: np.full(n, x0_value), schedule, x_t, t, np.random.default_rng(3),
+                      eta=eta, prediction="x0", clip_denoised=False)
+    variance = eta**2 * schedule.posterior_variance[t]
+    eps = (0.7 - math.sqrt(schedule.alphas_cumprod[t]) * x0_value) / math.sqrt(1 - schedule.alphas_cumprod[t])
+    mean = math.sqrt(schedule.alphas_cumprod_prev[t]) * x0_value + math.sqrt(
+        1 - schedule.alphas_cumprod_prev[t] - variance) * eps
+    assert abs(x_prev.mean() - mean) <= 5 * math.sqrt(variance / n)
+    assert abs(x_prev.var() - variance) <= 5 * variance * math.sqrt(2 / n)
+
+
+def test_eta_is_refused_just_past_the_largest_sigma_the_step_allows():
+    # σ_t(η)² ≤ 1 − ᾱ_{t−1} (Eq. 12 takes its complement's root): η_max is where the first step reaches it.
+    schedule = NoiseSchedule.linear(100).respace([0, 40, 99])
+    ratio = ddim_variance(schedule, 1.0)[1:] / (1 - schedule.alphas_cumprod_prev[1:])  # t = 0: both are 0
+    eta_max = 1 / math.sqrt(ratio.max())
+    ddim_variance(schedule, eta_max)  # at the bound, up to rounding: accepted
+    with pytest.raises(ValueError, match="too large"):
+        ddim_variance(schedule, eta_max * (1 + 1e-6))
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm_solver_pp"])
+def test_t_start_runs_from_that_index_and_minus_1_returns_x_T(name):
+    schedule, x_T = NoiseSchedule.linear(50), np.random.default_rng(0).standard_normal((2, 3))
+    model = gaussian_oracle(schedule, 0.2, 0.5)
+
+    def sample(**kw):
+        return SAMPLERS[name](model, schedule, x_T.shape, x_T=x_T, rng=np.random.default_rng(1), **kw)
+
+    top = 49 if name == "ddpm" else 6  # the respaced chain's last index
+    np.testing.assert_array_equal(sample(t_start=top), sample())
+    np.testing.assert_array_equal(sample(t_start=-1), x_T)
+    with pytest.raises(ValueError, match=rf"t_start={top + 1} is outside \[-1, {top + 1}\)"):
+        sample(t_start=top + 1)
+    with pytest.raises(ValueError, match=r"t_start must be an integer in \[-1, "):
+        sample(t_start=-2)
+
+
+def test_ddim_inversion_of_a_point_mass_keeps_its_first_eps():
+    # With the exact ε̂ of data that is one point x₀, every DDIM step keeps ε̂ = e₀, the ε̂ at x₀ itself
+    # (index 0, where x̂₀ = x₀): x_T = √ᾱ_T x₀ + √(1 − ᾱ_T) e₀ exactly (Song et al. 2021, Eq. 14).
+    schedule, x0 = NoiseSchedule.linear(100), np.array([[0.4, -0.7]])
+    cut = schedule.respace(space_timesteps(100, 10))
+    e0 = (1 - math.sqrt(cut.alphas_cumprod[0])) / math.sqrt(1 - cut.alphas_cumprod[0]) * x0
+    x_T = ddim_encode(point_mass_oracle(schedule, x0), schedule, x0, steps=10)
+    np.testing.assert_allclose(x_T, math.sqrt(cut.alphas_cumprod[-1]) * x0 + math.sqrt(1 - cut.alphas_cumprod[-1]) * e0,
+                               rtol=1e-10)
+
+
+def test_dpm_solver_pp_first_step_is_the_ddim_step():
+    # Its first step is first order: exactly DDIM's (Lu et al. 2022, Algorithm 2 with λ = ½ log SNR).
+    schedule = NoiseSchedule.cosine(100)
+    model, x_T = gaussian_oracle(schedule, 0.2, 0.5), np.random.default_rng(0).standard_normal((3, 4))
+    second = {}
+    for name, sampler in (("ddim", ddim_sample), ("dpm", dpm_solver_pp_sample)):
+        sampler(model, schedule, x_T.shape, steps=8, x_T=x_T, clip_denoised=False,
+                callback=lambda index, t, x, x0_hat, name=name: second.setdefault(name, x) if index == 1 else None)
+    np.testing.assert_allclose(second["dpm"], second["ddim"], rtol=1e-10)
+
+
+def test_default_step_counts_are_50_for_ddim_and_its_inversion_and_20_for_dpm_solver_pp():
+    calls = []
+
+    def model(x_t, t):
+        calls.append(int(t[0]))
+        return np.zeros_like(x_t)
+
+    schedule, x = NoiseSchedule.linear(200), np.zeros((1, 2))
+    for sampler, steps in ((ddim_sample, 50), (dpm_solver_pp_sample, 20)):
+        calls.clear()
+        sampler(model, schedule, x.shape, rng=np.random.default_rng(0))
+        assert len(calls) == steps and calls[0] == 199
+    calls.clear()
+    ddim_encode(model, schedule, x)
+    assert len(set(calls)) == 49  # 49 steps between the 50 timesteps, up from t = 0
+
+
 # Whole samplers: reproducibility, trajectories, respacing ------------------------------------------------
 
 SAMPLERS = {

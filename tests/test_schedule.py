@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minidiff.schedule import SPACINGS, NoiseSchedule, extract, gather, space_timesteps
+from minidiff.schedule import SPACINGS, NoiseSchedule, extract, gather, schedule_by_name, space_timesteps
 from minidiff.testing import check_alphas_cumprod, check_posterior, check_snr, schedules
 
 
@@ -136,6 +136,50 @@ def test_sigmoid_schedule_goes_from_clean_to_noise():
     assert np.all(np.diff(schedule.alphas_cumprod) < 0)
 
 
+@pytest.mark.parametrize("start, end, tau", [(-3.0, 3.0, 1.0), (-3.0, 3.0, 0.7), (0.0, 3.0, 1.1), (-3.0, 3.0, 0.3)])
+def test_sigmoid_schedule_follows_chen_2023_algorithm_1(start, end, tau):
+    # Chen 2023, Algorithm 1, written out with math.exp: every sigmoid, the ends v_start and v_end
+    # included, is taken at its argument divided by τ (τ ≠ 1 is where dropping that shows).
+    T = 200
+
+    def sigmoid(z):
+        return 1 / (1 + math.exp(-z))
+
+    def alpha_bar(time):
+        v_start, v_end = sigmoid(start / tau), sigmoid(end / tau)
+        return (v_end - sigmoid((time * (end - start) + start) / tau)) / (v_end - v_start)
+
+    # ᾱ clipped below at clip_min, and β = 1 − ᾱ(τ_{t+1})/ᾱ(τ_t) at max_beta = 0.999, as the cosine's. With
+    # clip_min = ᾱ(τ_{T−1})/20 the last β is 0.95, below max_beta: ᾱ's own scale, not only its ratios, shows there.
+    clip_min = alpha_bar((T - 1) / T) / 20
+    alpha_bars = [max(alpha_bar(t / T), clip_min) for t in range(T + 1)]
+    expected = np.minimum([1 - alpha_bars[t + 1] / alpha_bars[t] for t in range(T)], 0.999)
+    assert alpha_bar(1) < clip_min < alpha_bar((T - 1) / T) and expected[-1] < 0.99
+    np.testing.assert_allclose(NoiseSchedule.sigmoid(T, start, end, tau, clip_min).betas, expected, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("name, explicit", [
+    ("linear", lambda: NoiseSchedule.linear(1000, 1e-4, 0.02, scale_to_T=False)),  # Ho et al. 2020, §4
+    ("scaled_linear", lambda: NoiseSchedule.scaled_linear(1000, 0.00085, 0.012)),  # Rombach et al. 2022
+    ("cosine", lambda: NoiseSchedule.cosine(1000, s=0.008, max_beta=0.999)),  # Nichol & Dhariwal 2021, §3.2
+    ("sigmoid", lambda: NoiseSchedule.sigmoid(1000, -3.0, 3.0, 1.0, clip_min=1e-9, max_beta=0.999)),  # Chen 2023
+])
+def test_constructors_default_to_their_papers_settings(name, explicit):
+    np.testing.assert_array_equal(getattr(NoiseSchedule, name)().betas, explicit().betas)
+
+
+@pytest.mark.parametrize("name, ends", [("linear", (1e-4, 0.02)), ("scaled_linear", (0.00085, 0.012))])
+def test_named_linear_schedules_scale_their_betas_by_1000_over_T(name, ends):
+    # improved-diffusion's get_named_beta_schedule: a chain of T steps keeps the 1000-step chain's total noise.
+    for T in (50, 1000):
+        schedule = schedule_by_name(name, T)
+        assert schedule.T == T
+        np.testing.assert_allclose(schedule.betas[[0, -1]], np.array(ends) * 1000 / T, rtol=1e-12)
+    np.testing.assert_array_equal(schedule_by_name("cosine", 40).betas, NoiseSchedule.cosine(40).betas)
+    assert schedule_by_name("sigmoid", 40, zero_terminal_snr=True).alphas_cumprod[-1] == 0
+    assert schedule_by_name("sigmoid", 40).alphas_cumprod[-1] > 0
+
+
 # Timestep spacing --------------------------------------------------------------------------
 
 
@@ -157,6 +201,8 @@ def test_quadratic_spacing_crowds_the_low_noise_end():
     uniform, quadratic = space_timesteps(1000, 10), space_timesteps(1000, 10, "quadratic")
     np.testing.assert_array_equal(uniform, [0, 111, 222, 333, 444, 555, 666, 777, 888, 999])
     assert np.all(quadratic[1:-1] < uniform[1:-1])
+    # (T − 1)·(i/(steps − 1))², rounded (Song et al. 2021, §D.2); the first two round to 0 and 12, distinct.
+    np.testing.assert_array_equal(quadratic, [0, 12, 49, 111, 197, 308, 444, 604, 789, 999])
 
 
 def test_trailing_spacing_counts_down_from_the_last_step():
@@ -174,6 +220,19 @@ def test_logsnr_spacing_is_nearly_uniform_in_lambda(schedule):
     assert gaps.max() < 1.3 * np.median(gaps)  # uniform up to rounding onto integer t
     uniform_gaps = -np.diff(0.5 * schedule.log_snr[space_timesteps(1000, 12)[:-1]])
     assert uniform_gaps.max() > 2 * uniform_gaps.min()  # which uniform spacing is not
+
+
+@pytest.mark.parametrize("name, steps", [("linear", 7), ("linear", 12), ("cosine", 7)])
+def test_logsnr_spacing_takes_the_timestep_nearest_each_target_lambda(name, steps):
+    # Targets λ_0 − f (λ_0 − λ_{T−1}) for f evenly spaced in [0, 1] (Lu et al. 2022, §3.3); each becomes the t
+    # whose λ_t is nearest, the earlier t on a tie, and the last is T − 1.
+    schedule = getattr(NoiseSchedule, name)(1000)
+    lambdas = 0.5 * schedule.log_snr
+    targets = lambdas[0] - np.linspace(0, 1, steps) * (lambdas[0] - lambdas[-1])
+    nearest = np.abs(lambdas[None, :] - targets[:, None]).argmin(axis=1)
+    nearest[-1] = 999
+    assert np.all(np.diff(nearest) > 0)  # distinct already: no lifting involved
+    np.testing.assert_array_equal(space_timesteps(1000, steps, "logsnr", schedule.log_snr), nearest)
 
 
 def test_logsnr_spacing_needs_the_schedule():
@@ -213,6 +272,14 @@ def test_non_integer_timesteps_are_refused():
 def test_betas_outside_0_1_are_refused(bad):
     with pytest.raises(ValueError, match=rf"betas\[1\]={bad}"):
         NoiseSchedule([0.1, bad, 0.2])
+
+
+@pytest.mark.parametrize("shape", [(0,), (2, 3), ()])
+def test_betas_that_are_not_a_non_empty_vector_are_refused(shape):
+    with pytest.raises(ValueError, match=rf"betas must be a non-empty 1-D array, got shape \({', '.join(map(str, shape))}"):
+        NoiseSchedule(np.full(shape, 0.1))
+    with pytest.raises(ValueError, match="alphas_cumprod must be a non-empty 1-D array"):
+        NoiseSchedule.from_alphas_cumprod(np.full(shape, 0.5))
 
 
 def test_beta_of_one_is_only_allowed_at_the_end():

@@ -8,7 +8,7 @@ from hypothesis import given
 from test_diffusion import gaussian_oracle
 
 from minidiff.sampling import ddpm_sample
-from minidiff.schedule import NoiseSchedule
+from minidiff.schedule import NoiseSchedule, space_timesteps
 from minidiff.sde import (
     integrated_betas,
     langevin_correct,
@@ -71,6 +71,49 @@ def test_langevin_steps_keep_the_target_distribution():
     for _ in range(400):
         x = langevin_correct(x, -x / s**2, rng.standard_normal(n), 1.0, snr=0.16)
     assert abs(x.var() / s**2 - 1) < 0.08
+
+
+def test_the_corrector_is_a_langevin_step_with_step_size_from_alpha_i():
+    # Song et al. 2021b, Algorithm 5: ε = 2 α_i (r ‖z‖/‖s‖)², with α_i = 1 − β_i of the (respaced) step,
+    # then x + ε s + √(2ε) z. The first corrector step acts on x_T, before any predictor step.
+    schedule, snr = NoiseSchedule.linear(1000), 0.16
+    model = gaussian_oracle(schedule, 0.3, 0.5)
+    x_T = np.random.default_rng(0).standard_normal((3, 50))
+    seen = []
+    predictor_corrector_sample(model, schedule, x_T.shape, steps=5, x_T=x_T, rng=np.random.default_rng(1),
+                               clip_denoised=False, snr=snr, callback=lambda index, t, x, x0_hat: seen.append(x))
+    previous, last = space_timesteps(1000, 5)[-2:]
+    alpha = schedule.alphas_cumprod[last] / schedule.alphas_cumprod[previous]  # α of the respaced last step
+    score = -model(x_T, np.full(3, last)) / np.sqrt(1 - schedule.alphas_cumprod[last])
+    z = np.random.default_rng(1).standard_normal(x_T.shape)
+    norm = lambda a: np.linalg.norm(a, axis=1).mean()  # noqa: E731 -- averaged over the batch, as the paper suggests
+    step = 2 * alpha * (snr * norm(z) / norm(score)) ** 2
+    np.testing.assert_allclose(seen[0], x_T + step * score + np.sqrt(2 * step) * z, rtol=1e-10)
+
+
+def test_the_reverse_sde_adds_noise_on_every_step_but_the_last():
+    # Song et al. 2021b, Appendix G / Ho et al. 2020, Algorithm 2: z ∼ N(0, I) for t > 0, none on the step to x₀.
+    schedule = NoiseSchedule.linear(100)
+    model, x_T = gaussian_oracle(schedule, 0.3, 0.5), np.zeros((2, 8))
+
+    def from_index(t_start, seed):
+        return reverse_sde_sample(model, schedule, x_T.shape, steps=10, x_T=x_T, t_start=t_start,
+                                  rng=np.random.default_rng(seed), clip_denoised=False)
+
+    np.testing.assert_array_equal(from_index(0, 1), from_index(0, 2))  # the last step alone: deterministic
+    assert not np.allclose(from_index(1, 1), from_index(1, 2))  # the step before it is not
+    # ... and it is the Euler step x + ∫β (½ x + ∇ log p) with ∫β = −log(1 − β_0) and no noise term.
+    score = -model(x_T, np.zeros(2, dtype=np.int64)) / np.sqrt(1 - schedule.alphas_cumprod[0])
+    np.testing.assert_allclose(from_index(0, 1), x_T - np.log1p(-schedule.betas[0]) * (0.5 * x_T + score), rtol=1e-12)
+
+
+def test_the_probability_flow_ode_takes_50_heun_steps_by_default_and_euler_to_x0():
+    # Two model calls per step (Heun), one on the last step to ᾱ = 1: 2 · 49 + 1.
+    calls = []
+    schedule = NoiseSchedule.linear(200)
+    oracle = gaussian_oracle(schedule, 0.2, 0.5)
+    probability_flow_sample(lambda x, t: calls.append(t) or oracle(x, t), schedule, (2, 3), rng=np.random.default_rng(0))
+    assert len(calls) == 2 * 49 + 1
 
 
 @pytest.mark.parametrize("name", SDE_SAMPLERS)

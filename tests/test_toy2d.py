@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from minidiff.toy import checkerboard
 
@@ -47,7 +48,32 @@ def test_the_example_computes_every_picture(toy2d, results):
 def test_the_example_writes_its_figures(toy2d, results, tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'minidiff[plot]')")
     paths = toy2d.save_figures(results, tmp_path)
-    assert len(paths) == 6 and all(path.stat().st_size > 1000 for path in paths)
+    assert [path.name for path in paths] == [f"toy2d_{name}.png" for name in
+                                             ("forward", "score", "trajectories", "samples", "modes", "flow")]
+    for path in paths:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        # A drawn figure, not a blank canvas: many colours, and ink on both halves of it.
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20, path.name
+        ink = (pixels < 200).any(axis=2)
+        assert ink[:, : ink.shape[1] // 2].any() and ink[:, ink.shape[1] // 2 :].any(), path.name
+    with Image.open(paths[0]) as forward:  # 5 times across, 4 data sets down
+        assert forward.width > forward.height
+
+
+def test_the_exact_score_is_the_eight_gaussian_mixtures(toy2d, results):
+    # q(x_t) = (1/8) Σ_k N(√ᾱ_t μ_k, (ᾱ_t s² + 1 − ᾱ_t) I), so ∇ log q(x_t) = Σ_k r_k (√ᾱ_t μ_k − x)/v_t
+    # with r_k the responsibilities: the field drawn beside the learned one.
+    schedule, grid, mixture = results["schedule"], results["grid"], toy2d.EIGHT_GAUSSIANS
+    for t, (_, exact) in results["scores"].items():
+        alpha_bar = schedule.alphas_cumprod[t]
+        variance = alpha_bar * 0.05**2 + 1 - alpha_bar
+        means = np.sqrt(alpha_bar) * mixture.means
+        log_density = -((grid[:, None] - means[None]) ** 2).sum(-1) / (2 * variance)
+        r = np.exp(log_density - log_density.max(axis=1, keepdims=True))
+        r /= r.sum(axis=1, keepdims=True)
+        expected = (r[..., None] * (means[None] - grid[:, None])).sum(1) / variance
+        np.testing.assert_allclose(exact, expected, rtol=1e-6, atol=1e-9)
 
 
 def test_straightness_is_one_on_a_line_and_more_on_a_bend(toy2d):

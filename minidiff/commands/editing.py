@@ -28,13 +28,28 @@ def label_flag(text: str):
         raise argparse.ArgumentTypeError(f"expected a class index or 'all', got {text!r}") from None
 
 
+def add_guidance_argument(parser: argparse.ArgumentParser) -> None:
+    """``--guidance W``, shared by ``sample`` and ``eval`` so that eval scores what sample shows."""
+    parser.add_argument("--guidance", type=float, default=0.0, metavar="W",
+                        help="classifier-free guidance weight w: eps = (1+w) eps(x, c) - w eps(x, null); needs a "
+                             "checkpoint trained with --p-uncond (default: %(default)s, plain conditional)")
+
+
+def check_guidance(args, model=None) -> None:
+    """Refuse a ``--guidance`` that is not a finite w >= 0, or (given the ``model``) one its checkpoint cannot
+    follow: guidance needs the null class of a model trained with label dropout."""
+    if not (math.isfinite(args.guidance) and args.guidance >= 0):
+        raise ValueError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    if model is not None and args.guidance and model.null_label is None:
+        kind = "unconditional" if model.num_classes is None else "class-conditional without a null class"
+        raise ValueError(f"--guidance needs a checkpoint trained with --num-classes and --p-uncond; this one is {kind}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", type=label_flag, default=None,
                         help="class to draw, for class-conditional checkpoints; 'all': one row of --n samples per "
                              "class (default: cycle through 0..K-1)")
-    parser.add_argument("--guidance", type=float, default=0.0, metavar="W",
-                        help="classifier-free guidance weight w: eps = (1+w) eps(x, c) - w eps(x, null); needs a "
-                             "checkpoint trained with --p-uncond (default: %(default)s, plain conditional)")
+    add_guidance_argument(parser)
     parser.add_argument("--init", default=None, metavar="PNG",
                         help="img2img (SDEdit): noise this image to --strength and denoise it; with --mask, inpaint it")
     parser.add_argument("--strength", type=float, default=None,
@@ -53,8 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(args) -> None:
     """Refuse editing flags that cannot go together, naming them (before the checkpoint is read)."""
-    if not (math.isfinite(args.guidance) and args.guidance >= 0):
-        raise ValueError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    check_guidance(args)
     if args.strength is not None and not 0 <= args.strength <= 1:
         raise ValueError(f"--strength must lie in [0, 1], got {args.strength}")
     if args.jump_length < 1 or args.jump_n_sample < 1:
@@ -106,9 +120,7 @@ def plan(args, model, schedule, drawn_as: dict, num_steps: int) -> Plan:
     """The images ``args`` asks for, refused in one line where the checkpoint cannot make them; ``drawn_as``
     holds the checkpoint's prediction, objective and σ_data (:func:`minidiff.commands.sample.checkpoint_options`)."""
     num_classes = model.num_classes
-    if args.guidance and model.null_label is None:
-        kind = "unconditional" if num_classes is None else "class-conditional without a null class"
-        raise ValueError(f"--guidance needs a checkpoint trained with --num-classes and --p-uncond; this one is {kind}")
+    check_guidance(args, model)
     options = dict(guidance=args.guidance)
     channels, size = model.config["in_channels"], model.config["image_size"]
     if args.interpolate or args.interpolate_images:

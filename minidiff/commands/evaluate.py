@@ -35,6 +35,7 @@ from ..metrics import (IMAGE_SHAPE, TRAIN_STEPS, check_sample_images, evaluate_w
 from ..outputs import Output, check_outputs
 from ..sample import (ODE_SAMPLER_NAMES, class_labels, ddpm_variance, generate_on_ranks, refusing_non_finite,
                       sampler_steps)
+from .editing import add_guidance_argument, check_guidance
 from .sample import add_sampling_arguments, check_sampling_arguments, checkpoint_options, sampling_options
 
 MIN_N = 4  # precision/recall (k = 3) needs more than 3 samples, KID two jackknife groups of 2
@@ -52,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "t10k alone (default: %(default)s)")
     add_sampling_arguments(parser)
     parser.set_defaults(sampler=SAMPLER)
+    add_guidance_argument(parser)
     parser.add_argument("--dataset", choices=list(DATASETS), default=None,
                         help="the real images and the classifier (default: the checkpoint's dataset, else mnist)")
     parser.add_argument("--data-dir", default=None,
@@ -65,6 +67,7 @@ def run(args) -> int:
     if args.n < MIN_N:
         raise ValueError(f"--n must be at least {MIN_N}, got {args.n}")
     check_sampling_arguments(args)
+    check_guidance(args)
     if args.classifier_steps < 1:
         raise ValueError(f"--classifier-steps must be at least 1, got {args.classifier_steps}")
     if args.checkpoint is None and args.samples is None:
@@ -132,9 +135,10 @@ def _draw(checkpoint, args, device):
     if (channels, size, size) != IMAGE_SHAPE:
         raise ValueError(f"checkpoint {checkpoint.path} makes {channels}-channel {size}×{size} images; "
                          "eval scores 1-channel 28×28 digits only")
+    check_guidance(args, model)
     drawn_as = checkpoint_options(args, config)
     num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
-    options = sampling_options(args)
+    options = {**sampling_options(args), "guidance": args.guidance}
     with refusing_non_finite(checkpoint):
         samples = generate_on_ranks(model, schedule, args.n, args.sampler, num_steps,
                                     labels=class_labels(args.n, model.num_classes), progress=True,
