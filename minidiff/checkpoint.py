@@ -40,8 +40,8 @@ SECTIONS = ("model", "ema", "optimizer", "batcher", "rng")
 # The entries of a run's config that decide what its network computes: a checkpoint is refused
 # where one of them differs, since its weights would be loaded into the wrong model or sampled
 # with the wrong noise schedule. Everything in config["model"] is compared as well.
-IDENTITY_KEYS = ("backbone", "preset", "objective", "sigma_data", "schedule", "zero_terminal_snr", "timesteps",
-                 "prediction")
+IDENTITY_KEYS = ("backbone", "preset", "objective", "sigma_data", "schedule", "zero_terminal_snr",
+                 "timesteps", "prediction")
 
 
 class CheckpointError(ValueError):
