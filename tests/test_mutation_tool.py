@@ -37,7 +37,7 @@ def test_the_diffusion_specific_mutants_are_made(mutation):
     keys = mutation.keys(mutation.mutants_of("sde"))
     assert "sde:predictor_corrector_sample: schedule.alphas → schedule.alphas_cumprod" in keys  # α ↔ ᾱ
     assert "sde:reverse_sde_update: xp.sqrt(integrated_beta) → (integrated_beta)" in keys  # a √ dropped
-    assert "sde:probability_flow_sample: integrated[t] → (integrated[t - 1])" in keys  # t against t − 1
+    assert "sde:probability_flow_sample: scales[start] → (scales[start - 1])" in keys  # an index against the one before
     assert not any("VP-SDE samplers need" in key and "raise" not in key for key in keys)  # messages are left alone
 
 
