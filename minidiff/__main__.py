@@ -17,7 +17,7 @@ import warnings
 
 from . import bench
 from .backend import DeviceError, performance_settings
-from .commands import bpd, distill, evaluate, figures, sample, train
+from .commands import autoencoder, bpd, distill, evaluate, figures, sample, train
 from .distributed import world
 from .runfolder import RunFolderBusy
 from .train import DivergenceError
@@ -26,6 +26,7 @@ COMMANDS = [
     ("train", train, "train a diffusion model (Ho et al. 2020, Algorithm 1)"),
     ("sample", sample, "draw images from a trained checkpoint"),
     ("distill", distill, "distil a teacher into a few-step student: progressive distillation, consistency distillation, reflow"),
+    ("autoencoder", autoencoder, "train the KL autoencoder whose latents train --latent diffuses (Rombach et al. 2022)"),
     ("eval", evaluate, "score samples of a checkpoint: FID, Inception Score, precision/recall"),
     ("figures", figures, "draw the denoising trajectory and the spectral view of a checkpoint (PNG)"),
     ("bpd", bpd, "bits/dim of held-out images under the variational bound (Ho et al. 2020, Eq. 3)"),

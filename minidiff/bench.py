@@ -32,7 +32,7 @@ from .flops import count_flops
 from .optim import Adam
 from .sample import BATCH as SAMPLE_BATCH, generate
 from .schedule import NoiseSchedule
-from .unet import PRESETS, UNet
+from .backbones import PRESETS, backbone_of, build_backbone, model_config
 
 KERNEL_CHOICES = ("cpu", "reference")
 SAMPLE_STEPS = 50  # sampler steps of --mode sample
@@ -46,7 +46,8 @@ VECTOR_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx51
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=list(PRESETS), default="mnist", help="U-Net to time (default: mnist)")
+    parser.add_argument("--preset", choices=[name for presets in PRESETS.values() for name in presets], default="mnist",
+                        help="network to time, a U-Net or a DiT preset (default: mnist)")
     parser.add_argument("--batch", type=int, default=64, help="images per step (default: 64)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default: 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
@@ -106,7 +107,8 @@ class Benchmark:
             raise ValueError(f"sampler {sampler!r}: bench times {', '.join(SAMPLERS)}")
         rng = np.random.default_rng(seed)
         self.preset, self.batch, self.device, self.sampler = preset, batch, device, sampler
-        self.model = UNet.from_preset(preset, rng=rng).to(device)
+        backbone = backbone_of(preset)
+        self.model = build_backbone(backbone, model_config(backbone, preset), rng=rng).to(device)
         self.optimizer = Adam(self.model.parameters(), lr=1e-4)
         shape = (batch, self.model.config["in_channels"], self.model.config["image_size"], self.model.config["image_size"])
         self.x = Tensor(rng.standard_normal(shape).astype(np.float32)).to(device)

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .backbones import BACKBONES, build_backbone
 from .diffusion import PREDICTIONS
 from .files import load_npz, save_npz
 from .objectives import OBJECTIVES, SIGMA_DATA_OBJECTIVES
 from .schedule import SCHEDULES, schedule_by_name
-from .unet import PRESETS, UNet
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -40,7 +40,8 @@ SECTIONS = ("model", "ema", "optimizer", "batcher", "rng")
 # The entries of a run's config that decide what its network computes: a checkpoint is refused
 # where one of them differs, since its weights would be loaded into the wrong model or sampled
 # with the wrong noise schedule. Everything in config["model"] is compared as well.
-IDENTITY_KEYS = ("preset", "objective", "sigma_data", "schedule", "zero_terminal_snr", "timesteps", "prediction")
+IDENTITY_KEYS = ("backbone", "preset", "objective", "sigma_data", "schedule", "zero_terminal_snr",
+                 "timesteps", "prediction")
 
 
 class CheckpointError(ValueError):
@@ -196,19 +197,50 @@ CONFIG_RULES = {
     "prediction": (lambda v: v in PREDICTIONS, f"one of {', '.join(PREDICTIONS)}"),
     "model": (lambda v: isinstance(v, dict), "a JSON object"),
     "zero_terminal_snr": (lambda v: isinstance(v, bool), "true or false"),
+    "backbone": (lambda v: v in BACKBONES, f"one of {', '.join(BACKBONES)}"),
     "objective": (lambda v: v in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
 }
-MODEL_RULES = {
-    "in_channels": _INT, "base_channels": _INT, "channel_mults": _INTS, "num_res_blocks": _INT,
-    "attn_resolutions": (lambda v: isinstance(v, list) and all(isinstance(x, int) for x in v), "a list of integers"),
-    "num_groups": _INT, "image_size": _INT,
-    "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "in [0, 1)"),
+_REAL = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+         "a positive number")
+_CONDITIONING = {
     "num_classes": (lambda v: v is None or _INT[0](v), "null or a positive integer"),
     "null_class": (lambda v: isinstance(v, bool), "true or false"),
     "learn_sigma": (lambda v: isinstance(v, bool), "true or false"),
 }
+MODEL_RULES = {  # per backbone: what its constructor arguments must be
+    "unet": {
+        "in_channels": _INT, "base_channels": _INT, "channel_mults": _INTS, "num_res_blocks": _INT,
+        "attn_resolutions": (lambda v: isinstance(v, list) and all(isinstance(x, int) for x in v), "a list of integers"),
+        "num_groups": _INT, "image_size": _INT,
+        "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "in [0, 1)"),
+        **_CONDITIONING,
+    },
+    "dit": {
+        "in_channels": _INT, "image_size": _INT, "patch_size": _INT, "hidden_size": _INT, "depth": _INT,
+        "num_heads": _INT, "mlp_ratio": _REAL, **_CONDITIONING,
+    },
+    "autoencoder": {
+        "in_channels": _INT, "image_size": _INT, "base_channels": _INT, "channel_mults": _INTS,
+        "num_res_blocks": _INT, "z_channels": _INT, "num_groups": _INT,
+    },
+}
+# An autoencoder run (minidiff.autoencoder_train) has its own fields; its scale factor 1/std is
+# measured at every save.
+AUTOENCODER_RULES = {
+    "model": CONFIG_RULES["model"],
+    "kl_weight": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+                  "a number >= 0"),
+    "scale_factor": _REAL,
+}
+# A latent diffusion run's record of its autoencoder (minidiff.latent.LatentSpace.record).
+LATENT_RECORD_RULES = {
+    "run": (lambda v: isinstance(v, str) and v != "", "a folder name"),
+    "fingerprint": (lambda v: isinstance(v, str) and len(v) == 16, "16 hex digits"),
+    "scale_factor": _REAL,
+    "latent_shape": (lambda v: isinstance(v, list) and len(v) == 3 and all(_INT[0](x) for x in v), "[C, H, W]"),
+}
 # Fields newer than some checkpoints: a config without one gets the value every older run had.
-CONFIG_DEFAULTS = {"zero_terminal_snr": False, "objective": "ddpm"}
+CONFIG_DEFAULTS = {"zero_terminal_snr": False, "backbone": "unet", "objective": "ddpm"}
 MODEL_DEFAULTS = {"null_class": False, "learn_sigma": False}
 
 
@@ -217,11 +249,20 @@ def _check_config(config, path: Path) -> None:
     checkpoint older than a :data:`MODEL_DEFAULTS` key gets its default."""
     if not isinstance(config, dict):
         raise CheckpointError(f"checkpoint {path}: its config is a JSON {type(config).__name__}, not an object")
-    for key, value in CONFIG_DEFAULTS.items():
-        config.setdefault(key, value)
-    if isinstance(config.get("model"), dict):
-        config["model"] = {**MODEL_DEFAULTS, **config["model"]}
-    for rules, where, prefix in ((CONFIG_RULES, config, ""), (MODEL_RULES, config.get("model"), "model.")):
+    if config.get("kind") == "autoencoder":
+        checks = [(AUTOENCODER_RULES, config, ""), (MODEL_RULES["autoencoder"], config.get("model"), "model.")]
+    else:
+        for key, value in CONFIG_DEFAULTS.items():
+            config.setdefault(key, value)
+        if isinstance(config.get("model"), dict):
+            config["model"] = {**MODEL_DEFAULTS, **config["model"]}
+        model_rules = MODEL_RULES.get(config.get("backbone"), {})  # an unknown backbone is named by CONFIG_RULES
+        checks = [(CONFIG_RULES, config, ""), (model_rules, config.get("model"), "model.")]
+        if "autoencoder" in config:  # a latent diffusion run
+            if not isinstance(config["autoencoder"], dict):
+                raise CheckpointError(f"checkpoint {path}: config field autoencoder must be a JSON object")
+            checks.append((LATENT_RECORD_RULES, config["autoencoder"], "autoencoder."))
+    for rules, where, prefix in checks:
         for key, (ok, what) in rules.items():
             if key not in where:
                 raise CheckpointError(f"checkpoint {path}: config field {prefix}{key} is missing")
@@ -233,7 +274,7 @@ def _check_config(config, path: Path) -> None:
                 raise CheckpointError(f"checkpoint {path}: config field {prefix}{key} must be {what}, "
                                       f"got {where[key]!r}")
     sigma_data = config.get("sigma_data")
-    if config["objective"] in SIGMA_DATA_OBJECTIVES and not (isinstance(sigma_data, (int, float)) and not isinstance(sigma_data, bool)
+    if config.get("objective") in SIGMA_DATA_OBJECTIVES and not (isinstance(sigma_data, (int, float)) and not isinstance(sigma_data, bool)
                                              and math.isfinite(sigma_data) and sigma_data > 0):
         raise CheckpointError(f"checkpoint {path}: config field sigma_data must be a positive number for objective "
                               f"{config['objective']}, got {sigma_data!r}")
@@ -244,16 +285,10 @@ def _show(value) -> str:
 
 
 # --------------------------------------------------------------------- what a config describes
-def model_config(preset: str, **overrides) -> dict:
-    """The UNet constructor arguments of ``preset`` with ``overrides`` (e.g. dropout, num_classes)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return {**PRESETS[preset], "num_classes": None, "null_class": False, **overrides}
-
-
-def build_model(config: dict, rng=None) -> UNet:
-    """The UNet of a run config (its ``"model"`` entry), freshly initialised from ``rng``."""
-    return UNet(**config["model"], rng=rng)
+def build_model(config: dict, rng=None):
+    """The network of a run config (its ``"backbone"`` built from its ``"model"`` entry), freshly
+    initialised from ``rng`` (:mod:`minidiff.backbones`)."""
+    return build_backbone(config.get("backbone", "unet"), config["model"], rng=rng)
 
 
 def load_model(path, ema: bool = True, device: str = "cpu"):
@@ -275,5 +310,5 @@ def load_model(path, ema: bool = True, device: str = "cpu"):
 
 __all__ = [
     "CheckpointError", "Checkpoint", "CHECKPOINT_NAME", "checkpoint_path", "save_checkpoint",
-    "load_checkpoint", "model_config", "build_model", "load_model",
+    "load_checkpoint", "build_model", "load_model",
 ]

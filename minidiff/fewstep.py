@@ -163,7 +163,11 @@ class Reflower(Student):
     ``record["pair_steps"]`` Heun steps) in ``pairs.npz``, and flow matching on them. Each example the batcher
     draws is a pair stacked on the channel axis."""
 
-    def training_data(self):
+    def training_data(self, data):
+        """The pairs stacked on the channel axis (``data`` if given), checked as the teacher's images."""
+        return super().training_data(self._pairs() if data is None else data)
+
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray]:
         path = self.folder.path / PAIRS_NAME
         if "pairs_fingerprint" in self.record:  # a resumed student: the very pairs it drew
             if not path.exists() or fingerprint(path) != self.record["pairs_fingerprint"]:

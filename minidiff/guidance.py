@@ -18,7 +18,7 @@ from . import checks
 from .autograd import no_grad
 from .backend import get_array_module
 from .diffusion import model_output_parts
-from .unet import as_denoiser
+from .backbones import as_denoiser
 
 
 def drop_labels(labels: np.ndarray, p_uncond: float, null_label: int, rng: np.random.Generator) -> np.ndarray:

@@ -287,6 +287,30 @@ class GroupNorm(Module):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.weight is not None}"
 
 
+class LayerNorm(Module):
+    """Layer normalisation over the last axis (Ba et al. 2016); ``affine=False`` as in DiT's blocks,
+    whose scale and shift come from adaLN instead (Peebles & Xie 2023, §3.2)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True, dtype=DEFAULT_DTYPE):
+        super().__init__()
+        self.num_features, self.eps = num_features, eps
+        self.weight = Parameter(np.ones(num_features), dtype=dtype) if affine else None
+        self.bias = Parameter(np.zeros(num_features), dtype=dtype) if affine else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.num_features, self.weight, self.bias, eps=self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}"
+
+
+class GELU(Module):
+    """GELU with the tanh approximation (Hendrycks & Gimpel 2016), the activation of DiT's MLP."""
+
+    def forward(self, x):
+        return F.gelu(x)
+
+
 class SiLU(Module):
     """x·σ(x) (Elfwing et al. 2018; "swish"), the DDPM U-Net's activation."""
 

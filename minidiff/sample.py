@@ -78,7 +78,7 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
              rows: slice = slice(None), spacing: str | None = None, clip_denoised: bool = True,
              dynamic_threshold: float | None = None, variance: str | None = None, guidance: float = 0.0,
              x_T=None, init=None, strength: float = 1.0, mask=None, jumps=(1, 1), objective: str = "ddpm",
-             sigma_data: float | None = None, ode_options=None):
+             sigma_data: float | None = None, ode_options=None, decode=None):
     """``n`` samples (float32 NumPy, (n, C, H, W), in [−1, 1]) from ``model`` on its own device;
     the sampler's final x₀ is clipped to [−1, 1], the data range, whatever the sampler and ``clip_denoised``.
 
@@ -102,6 +102,10 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     which also draw from DDPM models through the VP bridge; ``ode_options`` (an
     :class:`~minidiff.objectives.OdeOptions`) sets their grid, churn and time shift. They edit through
     x̂₀: SDEdit starts part-way down their grid, inpainting re-imposes the known pixels of x̂₀ at every step.
+
+    ``decode`` maps what the model generates to images: a latent diffusion run's decoder
+    (:meth:`minidiff.latent.LatentSpace.decode`). Latents are not confined to [−1, 1], so with a
+    ``decode`` the predicted x̂₀ is not clipped.
 
     The samples are drawn :data:`BATCH` at a time, so memory stays bounded: batch k draws x_T and
     its noise from ``default_rng(seed)`` for k = 0 and ``default_rng((seed, k))`` after, so ``seed``
@@ -132,6 +136,7 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
         raise ValueError(f"variance applies to the ddpm sampler only, not {sampler}")
     config = model.config
     image_shape = (config["in_channels"], config["image_size"], config["image_size"])
+    clip_denoised = clip_denoised and decode is None
     device = device_of(next(model.parameters()).data)
     shares = batch_shares(n, BATCH, rows)
     samples = []
@@ -148,9 +153,9 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
                 noise = to_device(np.asarray(x_T[share.start:share.stop], np.float32), device)
             guide = None if init is None else to_device(np.broadcast_to(init, noise.shape).astype(np.float32), device)
             if ode is not None:
-                samples.append(to_numpy(_draw_ode(ode, denoiser, noise, guide, strength,
-                                                  None if mask is None else to_device(mask, device), rows_rng, report,
-                                                  clip_denoised, dynamic_threshold)))
+                drawn = _draw_ode(ode, denoiser, noise, guide, strength, None if mask is None else to_device(mask, device),
+                                  rows_rng, report, clip_denoised, dynamic_threshold)
+                samples.append(to_numpy(drawn if decode is None else decode(drawn)))
                 continue
             options = dict(rng=rows_rng, prediction=prediction, x_T=noise, callback=report,
                            clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
@@ -170,9 +175,11 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
                 options["x_T"], options["t_start"] = sdedit_start(chain, guide, strength, noise)
             if sample is SAMPLER_FUNCTIONS["ddpm"]:
                 options["variance"] = ddpm_variance(model, variance)
-            samples.append(to_numpy(sample(denoiser, schedule, noise.shape, num_steps, **options)))
-    if not samples:
-        return np.empty((0, *image_shape), np.float32)
+            drawn = sample(denoiser, schedule, noise.shape, num_steps, **options)
+            samples.append(to_numpy(drawn if decode is None else decode(drawn)))
+    if not samples:  # an MPI rank with no share: an empty batch of what the others return
+        empty = np.zeros((1, *image_shape), np.float32)
+        return to_numpy(empty if decode is None else decode(to_device(empty, device)))[:0]
     # The data range, as every picture of them shows it: without clip_denoised, or on the SDE samplers,
     # the last step can overshoot [−1, 1] a little, and eval and `sample --npy` promise the data range.
     return np.clip(np.concatenate(samples), -1.0, 1.0).astype(np.float32, copy=False)

@@ -84,24 +84,28 @@ class ResBlock(nn.Module):
     h = conv3×3(SiLU(GroupNorm(x))) + Linear(SiLU(temb)) per channel;
     h = conv3×3(dropout(SiLU(GroupNorm(h)))); out = skip(x) + h, with skip a 1×1 conv when the
     channel count changes (the identity otherwise). The second conv starts at zero (module docstring).
+    With ``temb_dim=None`` there is no time embedding: the ResnetBlock of the autoencoder
+    (:mod:`minidiff.autoencoder`; Rombach et al. 2022 use this block with ``temb_channels=0``).
     (On the fast path each SiLU(GroupNorm(·)) runs as one kernel and the two additions happen as
     the convolutions write their outputs: :mod:`minidiff.functional.fusion`.)
     """
 
-    def __init__(self, cin: int, cout: int, temb_dim: int, num_groups: int, dropout: float = 0.0,
+    def __init__(self, cin: int, cout: int, temb_dim: int | None, num_groups: int, dropout: float = 0.0,
                  rng=None, dtype=DEFAULT_DTYPE):
         super().__init__()
         self.norm1 = nn.GroupNorm(num_groups, cin, dtype=dtype)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, rng=rng, dtype=dtype)
-        self.temb_proj = nn.Linear(temb_dim, cout, rng=rng, dtype=dtype)
+        self.temb_proj = nn.Linear(temb_dim, cout, rng=rng, dtype=dtype) if temb_dim is not None else None
         self.norm2 = nn.GroupNorm(num_groups, cout, dtype=dtype)
         self.dropout = nn.Dropout(dropout, rng=rng)
         self.conv2 = _zero_init(nn.Conv2d(cout, cout, 3, padding=1, rng=rng, dtype=dtype))
         self.skip = nn.Conv2d(cin, cout, 1, rng=rng, dtype=dtype) if cin != cout else nn.Identity()
 
-    def forward(self, x, temb):
-        emb = self.temb_proj(F.silu(temb))  # (N, cout)
-        h = self.conv1(F.silu(self.norm1(x))) + emb.reshape(*emb.shape, 1, 1)  # (N, cout, H, W): one shift per channel
+    def forward(self, x, temb=None):
+        h = self.conv1(F.silu(self.norm1(x)))  # (N, cout, H, W)
+        if self.temb_proj is not None:
+            emb = self.temb_proj(F.silu(temb))  # (N, cout)
+            h = h + emb.reshape(*emb.shape, 1, 1)  # one shift per channel
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
@@ -172,6 +176,10 @@ PRESETS = {
     # but 176,849 parameters, about a tenth of the mnist preset.
     "tiny": dict(in_channels=1, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
                  attn_resolutions=(14,), num_groups=4, dropout=0.0, image_size=28),
+    # For an f = 4 autoencoder's 7×7×4 latents (train --latent), which cannot be halved: one level,
+    # attention at 7×7, no down- or upsampling.
+    "latent": dict(in_channels=4, base_channels=64, channel_mults=(1,), num_res_blocks=2,
+                   attn_resolutions=(7,), num_groups=8, dropout=0.0, image_size=7),
 }
 
 
@@ -364,32 +372,32 @@ def _size_advice(size: int, times: int) -> str:
     return f"use a size divisible by {step} such as {f'{lower} or {upper}' if lower else upper}"
 
 
-def _check_indices(what: str, values, low: int, high: int | None) -> None:
+def _check_indices(what: str, values, low: int, high: int | None, model: str = "UNet") -> None:
     """Refuse timesteps or labels that are not integers in [low, high): casting 2.7 to 2, or letting
     −1 pick the last embedding row, would be a silently wrong result. (T is the schedule's: the
     samplers and the loss check t < T.)"""
     values = values.data if isinstance(values, Tensor) else values
     values = get_array_module(values).asarray(values)
     if not get_array_module(values).issubdtype(values.dtype, np.integer):
-        raise ValueError(f"UNet: {what} must be integers, got dtype {values.dtype}")
+        raise ValueError(f"{model}: {what} must be integers, got dtype {values.dtype}")
     lowest, highest = int(values.min()), int(values.max())
     if lowest < low or high is not None and highest >= high:
         bound = f"[{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"UNet: {what} must lie in {bound}, got {lowest}…{highest}")
+        raise ValueError(f"{model}: {what} must lie in {bound}, got {lowest}…{highest}")
 
 
-def _check_noise_levels(t) -> None:
+def _check_noise_levels(t, model: str = "UNet") -> None:
     """Refuse timesteps that are negative integers, or noise levels that are not finite real numbers.
     Real levels are embedded as they are (EDM's c_noise is negative below σ = 1), never rounded."""
     t = t.data if isinstance(t, Tensor) else t
     xp = get_array_module(t)
     t = xp.asarray(t)
     if xp.issubdtype(t.dtype, np.integer):
-        _check_indices("timesteps t", t, 0, None)
+        _check_indices("timesteps t", t, 0, None, model)
     elif not xp.issubdtype(t.dtype, np.floating):
-        raise ValueError(f"UNet: timesteps t must be integers or real noise levels, got dtype {t.dtype}")
+        raise ValueError(f"{model}: timesteps t must be integers or real noise levels, got dtype {t.dtype}")
     elif not bool(xp.isfinite(t).all()):
-        raise ValueError("UNet: noise levels t must be finite, got NaN or infinity")
+        raise ValueError(f"{model}: noise levels t must be finite, got NaN or infinity")
 
 
 def _noise_level_array(t, like: Tensor):
@@ -423,8 +431,9 @@ def _index_array(values, like: Tensor):
     return values.astype(get_array_module(values).intp)
 
 
-def as_denoiser(model: UNet, y=None):
-    """Wrap ``model`` as the samplers' ``model(x_t, t) -> ε̂`` on arrays, run under ``no_grad``.
+def as_denoiser(model, y=None):
+    """Wrap any backbone (the U-Net, :class:`minidiff.dit.DiT`) as the samplers' ``model(x_t, t) -> output``
+    on arrays, run under ``no_grad``; :mod:`minidiff.backbones` re-exports it.
 
     ``y`` fixes the class labels for a conditional model (one per image of the batch to sample).
     The arrays stay on their device: NumPy in, NumPy out; CuPy in, CuPy out.

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from minidiff.checkpoint import CheckpointError, load_checkpoint, load_model, model_config, save_checkpoint
+from minidiff.backbones import model_config
+from minidiff.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from minidiff.config import TrainConfig
 from minidiff.files import save_npz
 from minidiff.unet import UNet
@@ -160,9 +161,9 @@ def test_a_model_config_that_cannot_be_built_is_refused_when_loading_the_model(t
     config["model"]["num_groups"] = 5  # 16 channels do not split into 5 groups
     with pytest.raises(CheckpointError, match="has an unusable config"):
         load_model(write(tmp_path / "c.npz", config))
-    with pytest.raises(ValueError, match="unknown preset 'huge'"):
-        model_config("huge")
-    assert model_config("tiny", dropout=0.5)["dropout"] == 0.5 and model_config("tiny")["num_classes"] is None
+    with pytest.raises(ValueError, match="unknown unet preset 'huge'"):
+        model_config("unet", "huge")
+    assert model_config("unet", "tiny", dropout=0.5)["dropout"] == 0.5 and model_config("unet", "tiny")["num_classes"] is None
 
 
 def test_a_difference_in_classes_shows_none_for_no_classes(tmp_path):

@@ -15,7 +15,8 @@ from minidiff.guidance import drop_labels, guided_denoiser
 from minidiff.sample import SAMPLER_FUNCTIONS, generate, sampler_steps, seed_noise
 from minidiff.sampling import ddpm_sample, respaced
 from minidiff.schedule import NoiseSchedule
-from minidiff.unet import UNet, as_denoiser
+from minidiff.backbones import as_denoiser
+from minidiff.unet import UNet
 
 SMALL = dict(in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
              num_groups=2, image_size=8)

@@ -7,7 +7,8 @@ import pytest
 import minidiff
 from minidiff import Tensor
 from minidiff.gradcheck import gradcheck
-from minidiff.unet import PRESETS, UNet, as_denoiser, timestep_embedding
+from minidiff.backbones import as_denoiser
+from minidiff.unet import PRESETS, UNet, timestep_embedding
 
 # Small enough for float64 finite differences, yet with every kind of block: attention at 4×4
 # (down, middle and up), one Downsample/Upsample pair, skip concatenations and class labels.

@@ -61,6 +61,9 @@ def run(args) -> int:
                          f"got {args.timesteps}")
     device = check_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
+    if "autoencoder" in checkpoint.config:
+        raise ValueError(f"checkpoint {checkpoint.path} diffuses an autoencoder's latents; bpd bounds the likelihood "
+                         "of pixels, which its variational bound does not reach through the decoder")
     model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
     if config["objective"] != "ddpm":
         raise ValueError(f"bpd is the variational bound of the DDPM chain; it is not available for this "
@@ -108,6 +111,6 @@ def _denoiser(model):
     """The checkpoint's unconditional model as ``model(x_t, t)``; a class-conditional one is refused."""
     if model.num_classes is not None:
         raise ValueError("bpd scores unconditional models only; this checkpoint is class-conditional")
-    from ..unet import as_denoiser
+    from ..backbones import as_denoiser
 
     return as_denoiser(model)

@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from ..checkpoint import checkpoint_path, load_checkpoint
-from ..config import CONFIG_FIELDS, FIXED_ON_RESUME, TrainConfig
+from ..config import CONFIG_FIELDS, TrainConfig
 from ..distill import SPACING as PD_SPACING
 from ..distill import check_prediction
 from ..fewstep import STUDENTS, halvings, teacher_record
@@ -32,7 +32,7 @@ TEACHER_OBJECTIVE = {"pd": "ddpm", "cd": "edm", "reflow": "flow"}
 STUDENT_OBJECTIVE = {"pd": "ddpm", "cd": "consistency", "reflow": "flow"}
 # What a student takes from its teacher: the network and the data, never the optimisation or the
 # teacher's training distribution of noise levels.
-INHERITED = tuple(name for name in FIXED_ON_RESUME
+INHERITED = tuple(name for name in TrainConfig.FIXED_ON_RESUME
                   if name not in ("batch_size", "seed", "min_snr_gamma", "p_mean", "p_std")) + ("data_dir",)
 
 

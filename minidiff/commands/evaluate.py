@@ -26,6 +26,7 @@ import numpy as np
 
 from ..backend import check_device
 from ..checkpoint import checkpoint_path, load_checkpoint, load_model
+from ..latent import LatentSpace
 from ..datasets import DATASETS
 from ..distributed import world
 from ..files import atomic_write
@@ -129,7 +130,8 @@ def beside_floor(report: dict) -> str:
 def _draw(checkpoint, args, device):
     """``--n`` samples of the checkpoint's model, and the settings they were drawn with."""
     model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
-    channels, size = model.config["in_channels"], model.config["image_size"]
+    space = LatentSpace.of_checkpoint(checkpoint, device)  # a latent run's samples are decoded
+    channels, size, _ = space.image_shape if space else (model.config["in_channels"], model.config["image_size"], None)
     if (channels, size, size) != IMAGE_SHAPE:
         raise ValueError(f"checkpoint {checkpoint.path} makes {channels}-channel {size}×{size} images; "
                          "eval scores 1-channel 28×28 digits only")
@@ -139,8 +141,8 @@ def _draw(checkpoint, args, device):
     options = {**sampling_options(args), "guidance": args.guidance}
     with refusing_non_finite(checkpoint):
         samples = generate_on_ranks(model, schedule, args.n, args.sampler, num_steps,
-                                    labels=class_labels(args.n, model.num_classes), progress=True, **drawn_as,
-                                    **options)
+                                    labels=class_labels(args.n, model.num_classes), progress=True,
+                                    decode=space and space.decode, **drawn_as, **options)
     ode_options = options.pop("ode_options")
     drawn_with = {"sampler": args.sampler, "steps": num_steps, "ema": not args.no_ema, "objective": config["objective"],
                   **options}

@@ -54,6 +54,9 @@ def run(args) -> int:
     check_outputs([Output("--out", folder), *(Output("--out", out / name, (".png",)) for name in FIGURES)],
                   inputs=[("the checkpoint", checkpoint_path(args.checkpoint))])
     checkpoint = load_checkpoint(args.checkpoint)
+    if "autoencoder" in checkpoint.config:
+        raise ValueError(f"checkpoint {checkpoint.path} diffuses an autoencoder's latents; figures draws pixel-space "
+                         "trajectories and spectra only")
     model, schedule, config = load_model(checkpoint, device=check_device(args.device))
     if not world().is_root:  # under mpirun, one picture is drawn, once: rank 0's (every rank checked the flags)
         return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..backend import check_device
 from ..checkpoint import checkpoint_path, load_checkpoint, load_model
+from ..latent import LatentSpace
 from ..diffusion import VARIANCES
 from ..distributed import world
 from ..images import save_image_grid
@@ -114,6 +115,16 @@ def checkpoint_options(args, config: dict) -> dict:
     return dict(prediction=config["prediction"], objective=config["objective"], sigma_data=config.get("sigma_data"))
 
 
+def _check_latent_arguments(args) -> None:
+    """Refuse the flags that work on pixels for a latent diffusion checkpoint, naming them."""
+    pixel_flags = [flag for flag, value in (("--init", args.init), ("--interpolate-images", args.interpolate_images),
+                                            ("--dynamic-threshold", args.dynamic_threshold),
+                                            ("--trajectory", args.trajectory)) if value is not None]
+    if pixel_flags:
+        raise ValueError(f"{', '.join(pixel_flags)}: pixel-space only, but this checkpoint diffuses an autoencoder's "
+                         "latents (sampling, guidance and --interpolate work)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint .npz or a run folder holding checkpoint.npz")
     parser.add_argument("--n", type=int, default=16, help="number of samples (default: %(default)s)")
@@ -135,6 +146,9 @@ def run(args) -> int:
     device = check_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model, schedule, config = load_model(checkpoint, ema=not args.no_ema, device=device)
+    space = LatentSpace.of_checkpoint(checkpoint, device)  # a latent run's samples are decoded
+    if space is not None:
+        _check_latent_arguments(args)
     drawn_as = checkpoint_options(args, config)
     num_steps = sampler_steps(args.sampler, args.steps, schedule.T)
     drawing = editing.plan(args, model, schedule, drawn_as, num_steps)
@@ -145,8 +159,8 @@ def run(args) -> int:
     recorder = TrajectoryRecorder(drawing.steps) if args.trajectory and world().is_root else None
     with refusing_non_finite(checkpoint):
         samples = generate_on_ranks(model, schedule, drawing.n, args.sampler, num_steps, labels=drawing.labels,
-                                    callback=recorder, progress=True, **drawn_as, **sampling_options(args),
-                                    **drawing.options)
+                                    callback=recorder, progress=True, decode=space and space.decode, **drawn_as,
+                                    **sampling_options(args), **drawing.options)
     if samples is None:
         return 0
     written = [save_image_grid(samples, out, nrow=drawing.nrow, scale=GRID_SCALE)]

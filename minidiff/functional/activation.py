@@ -1,13 +1,15 @@
 """Activations, softmax and dropout."""
 from __future__ import annotations
 
+import math
+
 from ..autograd import Function
 from ..backend import get_array_module
 from ..kernels import kernel
 from ..kernels.reference import sigmoid as _sigmoid
 from .fusion import absorb
 
-__all__ = ["tanh", "sigmoid", "silu", "relu", "softmax", "log_softmax", "dropout"]
+__all__ = ["tanh", "sigmoid", "silu", "gelu", "relu", "softmax", "log_softmax", "dropout"]
 
 
 class Tanh(Function):
@@ -41,6 +43,25 @@ class SiLU(Function):
     def backward(self, grad):
         x, s = self.saved
         return grad * s * (1 + x * (1 - s))  # ∂(xσ(x))/∂x = σ + xσ(1 − σ) = σ(1 + x(1 − σ))
+
+
+GELU_C = math.sqrt(2 / math.pi)  # √(2/π) in GELU's tanh approximation
+
+
+class GELU(Function):
+    r"""GELU's tanh approximation (Hendrycks & Gimpel 2016, §2), the MLP activation of DiT:
+    y = ½x(1 + tanh u) with u = √(2/π)(x + 0.044715x³)."""
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        tanh_u = xp.tanh(GELU_C * (x + 0.044715 * x * x * x))
+        self.save_for_backward(x, tanh_u)
+        return 0.5 * x * (1 + tanh_u)
+
+    def backward(self, grad):
+        x, tanh_u = self.saved
+        du_dx = GELU_C * (1 + 3 * 0.044715 * x * x)  # ∂u/∂x = √(2/π)(1 + 3·0.044715x²)
+        return grad * (0.5 * (1 + tanh_u) + 0.5 * x * (1 - tanh_u * tanh_u) * du_dx)  # ∂y/∂x = ½(1 + tanh u) + ½x(1 − tanh²u)·∂u/∂x
 
 
 class ReLU(Function):
@@ -111,6 +132,11 @@ def silu(x):
     """x·σ(x), the activation of the DDPM U-Net (also called swish)."""
     fused = absorb(x, "silu")  # silu(group_norm(·)) as one op, when fusion is on (fusion.py)
     return SiLU.apply(x) if fused is None else fused
+
+
+def gelu(x):
+    """GELU with the tanh approximation (PyTorch's ``gelu(x, approximate="tanh")``), as in DiT's MLP."""
+    return GELU.apply(x)
 
 
 def relu(x):

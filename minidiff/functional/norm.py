@@ -1,5 +1,5 @@
 """Group normalisation (Wu & He 2018), the normaliser of the DDPM U-Net, optionally fused with
-the SiLU that follows it in every ResBlock.
+the SiLU that follows it in every ResBlock; and layer normalisation (Ba et al. 2016), the DiT's.
 
 One Function with the closed-form backward; the arithmetic lives in the named kernels
 ``group_norm_forward`` / ``group_norm_backward`` (kernels/reference.py is their specification).
@@ -14,7 +14,7 @@ from ..backend import get_array_module
 from ..kernels import kernel
 from .fusion import pending
 
-__all__ = ["group_norm", "group_norm_silu"]
+__all__ = ["group_norm", "group_norm_silu", "layer_norm"]
 
 
 class GroupNorm(Function):
@@ -73,3 +73,39 @@ def group_norm_silu(x, num_groups: int, weight=None, bias=None, eps: float = 1e-
     """``silu(group_norm(x, …))`` in one fused op (same values and gradients, one pass)."""
     _check("group_norm_silu", x, num_groups, weight, bias)
     return GroupNorm.apply(x, weight, bias, num_groups=int(num_groups), eps=float(eps), silu=True)
+
+
+class LayerNorm(Function):
+    r"""y = γ·x̂ + β with x̂ = (x − μ)/√(σ² + eps), μ and σ² taken over the last axis of each row
+    (Ba et al. 2016, §3), the normaliser of a transformer block; γ, β are per feature or absent."""
+
+    def forward(self, x, weight, bias, eps):
+        xp = get_array_module(x)
+        mean = x.mean(axis=-1, keepdims=True)  # μ: (..., 1)
+        rstd = 1.0 / xp.sqrt(x.var(axis=-1, keepdims=True) + eps)  # 1/√(σ² + eps): (..., 1)
+        x_hat = (x - mean) * rstd  # (..., D)
+        self.save_for_backward(x_hat, rstd, weight)
+        y = x_hat if weight is None else x_hat * weight
+        return y if bias is None else y + bias
+
+    def backward(self, grad):
+        x_hat, rstd, weight = self.saved
+        lead = tuple(range(grad.ndim - 1))
+        grad_weight = (grad * x_hat).sum(axis=lead) if self.needs_input_grad[1] else None  # ∂y/∂γ = x̂
+        grad_bias = grad.sum(axis=lead) if self.needs_input_grad[2] else None  # ∂y/∂β = 1
+        if not self.needs_input_grad[0]:
+            return None, grad_weight, grad_bias
+        g = grad if weight is None else grad * weight  # ∂y/∂x̂ = γ
+        # ∂x̂/∂x = (1/σ)(I − 1/D − x̂x̂ᵀ/D) per row: dx = (1/σ)(g − mean(g) − x̂·mean(g ⊙ x̂))
+        grad_x = rstd * (g - g.mean(axis=-1, keepdims=True) - x_hat * (g * x_hat).mean(axis=-1, keepdims=True))
+        return grad_x, grad_weight, grad_bias
+
+
+def layer_norm(x, normalized_shape: int, weight=None, bias=None, eps: float = 1e-5):
+    """``torch.nn.functional.layer_norm`` over the last axis: x (..., D), weight and bias (D,) or None."""
+    if len(x.shape) < 1 or x.shape[-1] != normalized_shape:
+        raise ValueError(f"layer_norm: expected an input (..., {normalized_shape}), got shape {tuple(x.shape)}")
+    for param_name, param in (("weight", weight), ("bias", bias)):
+        if param is not None and tuple(param.shape) != (normalized_shape,):
+            raise ValueError(f"layer_norm: {param_name} of shape {tuple(param.shape)} for D={normalized_shape} features")
+    return LayerNorm.apply(x, weight, bias, eps=float(eps))
