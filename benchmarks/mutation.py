@@ -73,9 +73,9 @@ MODULES = {
     "checkpoint": ["test_checkpoint.py", "test_learned_variance.py", "test_guidance.py", "test_train.py"],
     "config": ["test_config.py", "test_checkpoint.py"],
     "metrics": ["test_metrics.py"],
-    "objectives/edm": ["test_objectives.py"],
-    "objectives/flow": ["test_objectives.py"],
-    "objectives/conversions": ["test_objectives.py"],
+    "objectives/edm": ["test_objectives.py", "test_objectives_cli.py", "test_derivations.py", "test_api_checks.py"],
+    "objectives/flow": ["test_objectives.py", "test_objectives_cli.py", "test_derivations.py", "test_api_checks.py"],
+    "objectives/conversions": ["test_objectives.py", "test_objectives_cli.py", "test_derivations.py", "test_api_checks.py"],
 }
 
 # The sixteen bugs of issue 29 that the suite once missed, as (module, text, bug, test files): ``--gaps``

@@ -235,3 +235,31 @@ def test_eq_13_in_integrated_beta_time_is_edm_ode_after_the_change_of_variables(
     dx_dB = probability_flow_velocity(x, -eps / np.sqrt(1 - alpha_bar))  # score = −ε̂/√(1 − ᾱ)
     dxtilde_dsigma = np.exp(B / 2) * (dx_dB + 0.5 * x) / (np.exp(B) / (2 * sigma))
     np.testing.assert_allclose(dxtilde_dsigma, eps, rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------- exact laws and edges the mutation run asked for
+def test_flow_times_follow_their_laws_exactly():
+    u = flow.sample_t(5, np.random.default_rng(3))
+    np.testing.assert_array_equal(u, np.random.default_rng(3).random(5))  # U[0, 1], the generator's own draws
+    t = flow.sample_t(5, np.random.default_rng(4), "logit-normal")
+    z = np.random.default_rng(4).standard_normal(5)
+    np.testing.assert_allclose(t, 1 / (1 + np.exp(-z)), rtol=1e-15)  # sigmoid of N(0, 1) (Esser et al. 2024, §3.1)
+    np.testing.assert_allclose(np.log(t / (1 - t)), z, rtol=1e-12)
+    with pytest.raises(ValueError, match="unknown t distribution 'normal'; choose one of uniform, logit-normal"):
+        flow.sample_t(5, np.random.default_rng(0), "normal")
+
+
+def test_the_edm_grid_refuses_its_boundaries_exactly():
+    edm.check_grid(0.002, 0.0021, 7)  # just inside
+    for sigma_min, sigma_max, message in ((0.0, 80.0, "--sigma-min must be a positive"),
+                                          (1.0, 1.0, "--sigma-max 1.0 must exceed --sigma-min 1.0")):
+        with pytest.raises(ValueError, match=message):
+            edm.check_grid(sigma_min, sigma_max, 7)
+
+
+def test_inpainting_replaces_exactly_the_known_pixels_of_x0_hat():
+    from minidiff.objectives.conversions import replace_known
+    x0_hat, known = np.full((1, 1, 2, 2), 0.5), np.full((1, 1, 2, 2), -0.25)
+    mask = np.array([[1.0, 0.0], [0.0, 1.0]])  # 1: repaint (keep the estimate), 0: known
+    np.testing.assert_array_equal(replace_known(x0_hat, known, mask)[0, 0], [[0.5, -0.25], [-0.25, 0.5]])
+    assert replace_known(x0_hat) is x0_hat
