@@ -263,3 +263,23 @@ def test_inpainting_replaces_exactly_the_known_pixels_of_x0_hat():
     mask = np.array([[1.0, 0.0], [0.0, 1.0]])  # 1: repaint (keep the estimate), 0: known
     np.testing.assert_array_equal(replace_known(x0_hat, known, mask)[0, 0], [[0.5, -0.25], [-0.25, 0.5]])
     assert replace_known(x0_hat) is x0_hat
+
+
+def test_churn_raises_sigma_by_gamma_and_adds_exactly_that_much_noise():
+    # Karras et al. 2022, Algorithm 2, lines 4–8, one step from σ_0 = 2 onto σ_1 = 0 with D ≡ 0 and Euler:
+    # γ = min(S_churn/N, √2 − 1) = √2 − 1 inside [S_tmin, S_tmax], σ̂ = √2·σ_0, x̂ = x + √(σ̂² − σ_0²)·S_noise·ε
+    # = x + σ_0·S_noise·ε, and the Euler step onto 0 lands on D = 0 after reporting x̂ and σ̂.
+    seen = []
+    x = np.ones((2, 1, 2, 2))
+    edm.sample(lambda x, sigma: np.zeros_like(x), np.array([2.0, 0.0]), x, solver="euler", S_churn=10.0,
+               S_tmin=2.0, S_tmax=2.0, S_noise=0.5, rng=np.random.default_rng(7),
+               callback=lambda index, t, x_t, x0_hat: seen.append((t, x_t)))
+    eps = np.random.default_rng(7).standard_normal(x.shape)
+    np.testing.assert_allclose(seen[0][1], x + 2.0 * 0.5 * eps, rtol=1e-12)
+    assert seen[0][0] == pytest.approx(2.0 * np.sqrt(2.0), rel=1e-12)
+    outside = []  # σ_0 = 2 outside [S_tmin, S_tmax] = [0, 1.9]: no churn, x unchanged
+    edm.sample(lambda x, sigma: np.zeros_like(x), np.array([2.0, 0.0]), x, solver="euler", S_churn=10.0,
+               S_tmax=1.9, rng=np.random.default_rng(7), callback=lambda index, t, x_t, x0_hat: outside.append((t, x_t)))
+    np.testing.assert_array_equal(outside[0][1], x)
+    with pytest.raises(ValueError, match="unknown EDM solver 'rk4'; choose one of"):
+        edm.sample(lambda x, sigma: x, np.array([2.0, 0.0]), x, solver="rk4")
