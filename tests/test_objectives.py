@@ -2,6 +2,8 @@
 sampler fed the ideal denoiser or velocity, the samplers' orders of convergence, and DDIM, EDM's
 ODE and the flow-matching ODE as one ODE in different coordinates."""
 
+import inspect
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -283,3 +285,24 @@ def test_churn_raises_sigma_by_gamma_and_adds_exactly_that_much_noise():
     np.testing.assert_array_equal(outside[0][1], x)
     with pytest.raises(ValueError, match="unknown EDM solver 'rk4'; choose one of"):
         edm.sample(lambda x, sigma: x, np.array([2.0, 0.0]), x, solver="rk4")
+
+
+def test_the_flow_velocity_is_constrained_through_its_x0_hat():
+    from minidiff.objectives.conversions import clip_x0, constrained_velocity
+    np.testing.assert_array_equal(clip_x0(np.array([-3.0, -0.5, 0.5, 3.0])), [-1.0, -0.5, 0.5, 1.0])
+    x, t = np.array([[0.0, 0.0]]), np.array([0.5])
+    velocity = lambda x, t: np.array([[4.0, -1.0]])  # x̂₀ = x − t v̂ = (−2, 0.5)
+    unconstrained = constrained_velocity(velocity, clip_denoised=False)
+    assert unconstrained is velocity  # nothing to constrain: the model's own velocity
+    # x̂₀ clipped to (−1, 0.5), then v̂ = (x − x̂₀)/t = (2, −1)
+    np.testing.assert_allclose(constrained_velocity(velocity)(x, t), [[2.0, -1.0]], rtol=1e-12)
+    # inpainting alone (no clipping): pixel 0 known to be 0.25, so x̂₀ = (0.25, 0.5) and v̂ = (−0.5, −1)
+    known, mask = np.array([[0.25, 0.0]]), np.array([0.0, 1.0])
+    np.testing.assert_allclose(constrained_velocity(velocity, False, None, known, mask)(x, t), [[-0.5, -1.0]],
+                               rtol=1e-12)
+
+
+def test_the_edm_defaults_are_the_papers():
+    # ln σ ∼ N(−1.2, 1.2²) in training (Karras et al. 2022, Table 1); S_noise = 1 unless asked (Algorithm 2).
+    assert (edm.P_MEAN, edm.P_STD) == (-1.2, 1.2)
+    assert inspect.signature(edm.sample).parameters["S_noise"].default == 1.0
