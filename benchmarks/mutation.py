@@ -74,7 +74,8 @@ MODULES = {
     "config": ["test_config.py", "test_checkpoint.py"],
     "metrics": ["test_metrics.py"],
     "objectives/edm": ["test_objectives.py", "test_objectives_cli.py", "test_derivations.py", "test_api_checks.py"],
-    "objectives/flow": ["test_objectives.py", "test_objectives_cli.py", "test_derivations.py", "test_api_checks.py"],
+    "objectives/flow": ["test_objectives.py", "test_objectives_cli.py", "test_derivations.py", "test_api_checks.py",
+                        "test_reflow.py"],
     "objectives/conversions": ["test_objectives.py", "test_objectives_cli.py", "test_derivations.py", "test_api_checks.py"],
 }
 

@@ -279,6 +279,10 @@ def test_churn_raises_sigma_by_gamma_and_adds_exactly_that_much_noise():
     eps = np.random.default_rng(7).standard_normal(x.shape)
     np.testing.assert_allclose(seen[0][1], x + 2.0 * 0.5 * eps, rtol=1e-12)
     assert seen[0][0] == pytest.approx(2.0 * np.sqrt(2.0), rel=1e-12)
+    default = []  # S_noise = 1 unless asked (Algorithm 2): the added noise is σ_0·ε
+    edm.sample(lambda x, sigma: np.zeros_like(x), np.array([2.0, 0.0]), x, solver="euler", S_churn=10.0,
+               rng=np.random.default_rng(7), callback=lambda index, t, x_t, x0_hat: default.append((t, x_t)))
+    np.testing.assert_allclose(default[0][1], x + 2.0 * eps, rtol=1e-12)
     outside = []  # σ_0 = 2 outside [S_tmin, S_tmax] = [0, 1.9]: no churn, x unchanged
     edm.sample(lambda x, sigma: np.zeros_like(x), np.array([2.0, 0.0]), x, solver="euler", S_churn=10.0,
                S_tmax=1.9, rng=np.random.default_rng(7), callback=lambda index, t, x_t, x0_hat: outside.append((t, x_t)))
