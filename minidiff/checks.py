@@ -173,9 +173,11 @@ def model_output(output, x_t, learned_variance: bool):
     raise ArgumentError(f"the model returned shape {shape} for x_t of shape {expected}; expected {expected}{also}")
 
 
-def finite_model_output(output, t) -> None:
-    """Refuse a model output holding NaN or infinite values, naming the timestep and how many."""
+def finite_model_output(output, t, where: str | None = None) -> None:
+    """Refuse a model output holding NaN or infinite values, naming the timestep (or ``where``, for a
+    sampler whose model takes real noise levels) and how many."""
     bad = _nonfinite(output)
     if bad:  # t: the model's timesteps, one per example (the same one in a sampler's batch)
-        raise NonFiniteOutput(f"the model returned {bad} NaN or infinite values (of {output.size}) at timestep "
-                              f"t={int(get_array_module(output).asarray(t).reshape(-1)[0])}; sampling stopped")
+        where = where or f"timestep t={int(get_array_module(output).asarray(t).reshape(-1)[0])}"
+        raise NonFiniteOutput(f"the model returned {bad} NaN or infinite values (of {output.size}) at {where}; "
+                              "sampling stopped")

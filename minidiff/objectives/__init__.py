@@ -181,12 +181,8 @@ def checked_network(network):
 
     def checked(x, label):
         output = checks.model_output(network(x, label), x, learned)
-        xp = get_array_module(output)
-        bad = int(output.size - xp.count_nonzero(xp.isfinite(output)))
-        if bad:
-            level = float(xp.asarray(label).reshape(-1)[0])
-            raise checks.NonFiniteOutput(f"the model returned {bad} NaN or infinite values (of {output.size}) at "
-                                         f"noise label {level:.4g}; sampling stopped")
+        level = float(get_array_module(output).asarray(label).reshape(-1)[0])
+        checks.finite_model_output(output, None, where=f"noise label {level:.4g}")
         return output
 
     checked.learned_variance = learned
