@@ -37,9 +37,14 @@ from .backbones import PRESETS, backbone_of, build_backbone, model_config
 KERNEL_CHOICES = ("cpu", "reference")
 SAMPLE_STEPS = 50  # sampler steps of --mode sample
 # --mode sample's samplers: name (as `generate` takes it) → model evaluations per step, which
-# the GFLOP/s count uses. A sampler is timed by adding its line here; a second-order one such as
-# Heun (2 evaluations per step, coming with the EDM objectives) goes in as `"heun": 2`.
-SAMPLERS = {"ddim": 1, "ddpm": 1, "dpm-solver++": 1}
+# the GFLOP/s count uses. A sampler is timed by adding its line here. Heun (Karras et al. 2022,
+# Algorithm 1) corrects every step but the last, through the VP bridge for the random DDPM model.
+SAMPLERS = {"ddim": 1, "ddpm": 1, "dpm-solver++": 1, "heun": 2}
+
+
+def sample_evaluations(sampler: str, steps: int) -> int:
+    """Model evaluations of ``steps`` steps of ``sampler``: Heun's last step is a plain Euler step."""
+    return SAMPLERS[sampler] * steps - (sampler == "heun")
 # CPU flags worth naming in a report: the vector extensions NumPy's BLAS and the kernels can use.
 VECTOR_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
                      "amx_bf16", "neon", "asimd", "sve")
@@ -167,7 +172,7 @@ class Benchmark:
             "cpu_count": os.cpu_count(), "gflop_per_image_forward": round(self.forward_flops / self.batch / 1e9, 4),
         }
         for mode, flops in (("train", 3 * self.forward_flops), ("forward", self.forward_flops),
-                            ("sample", SAMPLERS[self.sampler] * SAMPLE_STEPS * self.forward_flops)):
+                            ("sample", sample_evaluations(self.sampler, SAMPLE_STEPS) * self.forward_flops)):
             if mode in timings:
                 seconds = statistics.median(timings[mode])
                 out[f"{mode}_step_s"] = round(seconds, 6)
@@ -177,7 +182,7 @@ class Benchmark:
             out["train_peak_memory_mib"] = round(timings["peak_memory_mib"], 1)
         if "sample" in timings:
             out["sample_steps"], out["sample_batch"] = SAMPLE_STEPS, min(self.batch, SAMPLE_BATCH)
-            out["sampler"], out["sample_evaluations"] = self.sampler, SAMPLERS[self.sampler] * SAMPLE_STEPS
+            out["sampler"], out["sample_evaluations"] = self.sampler, sample_evaluations(self.sampler, SAMPLE_STEPS)
         out["machine"] = platform.processor() or platform.machine()
         out["cpu"] = cpu_description()
         out["blas"] = blas_description()

@@ -172,6 +172,10 @@ PRESETS = {
     # DESIGN.md's reference MNIST U-Net: 1,623,169 parameters, 28 → 14 → 7, attention at 7×7.
     "mnist": dict(in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=2,
                   attn_resolutions=(7,), num_groups=8, dropout=0.0, image_size=28),
+    # The race's lighter U-Net (docs/experiments.md): the mnist preset with one ResBlock per level
+    # instead of two, about 0.69× its multiply-adds per image, so a fixed CPU budget buys more steps.
+    "mnist-lite": dict(in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
+                       attn_resolutions=(7,), num_groups=8, dropout=0.0, image_size=28),
     # For tests and quick runs: still every kind of block (attention at 14×14, one down/up step)
     # but 176,849 parameters, about a tenth of the mnist preset.
     "tiny": dict(in_channels=1, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,

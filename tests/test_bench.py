@@ -69,6 +69,25 @@ def test_bench_samplers_are_a_table_of_evaluations_per_step():
     assert all(f'"{name}"' in doc for name in SAMPLERS)
 
 
+def test_bench_counts_heuns_evaluations_as_the_sampler_makes_them(capsys, monkeypatch):
+    """Heun corrects every step but the last: 2·50 − 1 model calls, counted on the model itself."""
+    from minidiff import bench
+
+    calls = []
+    original = bench.Benchmark.__init__
+
+    def counting_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        forward = self.model.forward
+        self.model.forward = lambda *a, **k: (calls.append(a[0].shape[0]), forward(*a, **k))[1]
+
+    monkeypatch.setattr(bench.Benchmark, "__init__", counting_init)
+    assert main(["bench", "--preset", "tiny", "--batch", "2", "--steps", "1", "--warmup", "0", "--mode", "sample",
+                 "--sampler", "heun"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["sampler"] == "heun" and line["sample_evaluations"] == 99 == len(calls)
+
+
 def test_bench_profile_names_the_ops(capsys):
     assert main(["bench", "--preset", "tiny", "--batch", "2", "--steps", "1", "--mode", "train", "--profile"]) == 0
     wall, profile = (json.loads(line) for line in capsys.readouterr().out.splitlines()[-2:])

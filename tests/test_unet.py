@@ -6,6 +6,7 @@ import pytest
 
 import minidiff
 from minidiff import Tensor
+from minidiff.flops import count_flops
 from minidiff.gradcheck import gradcheck
 from minidiff.backbones import as_denoiser
 from minidiff.unet import PRESETS, UNet, timestep_embedding
@@ -45,7 +46,19 @@ def test_tiny_preset_is_small_but_has_attention_and_resampling():
     assert model.num_parameters() < 200_000
 
 
-@pytest.mark.parametrize("preset", ["mnist", "tiny"])
+def test_lite_preset_is_the_mnist_preset_with_one_resblock_per_level():
+    lite, full = UNet.from_preset("mnist-lite"), UNet.from_preset("mnist")
+    assert {**lite.config, "num_res_blocks": 2} == full.config
+    assert lite.num_parameters() == 1_112_801 and full.num_parameters() == 1_623_169
+    x = Tensor(np.zeros((1, 1, 28, 28), np.float32))
+    with count_flops() as lite_flops:
+        lite(x, np.array([0]))
+    with count_flops() as full_flops:
+        full(x, np.array([0]))
+    assert 0.6 < lite_flops.total / full_flops.total < 0.75  # the cheaper step the race buys more steps with
+
+
+@pytest.mark.parametrize("preset", ["mnist", "mnist-lite", "tiny"])
 def test_output_shape_equals_input_shape(preset):
     model = UNet.from_preset(preset)
     x = Tensor(np.random.default_rng(0).standard_normal((2, 1, 28, 28)))
@@ -82,7 +95,7 @@ def test_config_rebuilds_the_model_from_a_state_dict():
 
 def test_from_preset_overrides_and_unknown_name():
     assert UNet.from_preset("mnist", dropout=0.1).config["dropout"] == 0.1
-    with pytest.raises(ValueError, match="unknown preset 'cifar'.*mnist, tiny"):
+    with pytest.raises(ValueError, match="unknown preset 'cifar'.*mnist, mnist-lite, tiny"):
         UNet.from_preset("cifar")
 
 
