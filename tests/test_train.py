@@ -45,6 +45,14 @@ def logged_losses(run_dir):
     return [json.loads(line)["loss"] for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
 
 
+def assert_same_training_state(run_dir, expected_dir):
+    """The two runs' weights, EMA and optimiser moments are equal, bit for bit."""
+    got, expected = load_checkpoint(run_dir), load_checkpoint(expected_dir)
+    for section in ("model", "ema", "optimizer"):
+        for key, value in expected.sections[section].items():
+            np.testing.assert_array_equal(got.sections[section][key], value, err_msg=f"{section}.{key}")
+
+
 def resume_to(run_dir, steps, **overrides):
     checkpoint = load_checkpoint(run_dir)
     config = TrainConfig.from_checkpoint(checkpoint, steps=steps, **overrides)
@@ -81,10 +89,16 @@ def test_resume_reproduces_the_uninterrupted_losses_exactly(straight_run, tmp_pa
     Trainer(make_config(tmp_path, steps=3, **EVERYTHING), data=DATA, progress=False).fit()
     resume_to(tmp_path, steps=6)
     assert logged_losses(tmp_path) == logged_losses(straight_run)  # bit for bit
-    resumed, straight = load_checkpoint(tmp_path), load_checkpoint(straight_run)
-    for section in ("model", "ema", "optimizer"):
-        for key, value in straight.sections[section].items():
-            np.testing.assert_array_equal(resumed.sections[section][key], value, err_msg=f"{section}.{key}")
+    assert_same_training_state(tmp_path, straight_run)
+
+
+def test_preview_grids_leave_the_training_run_untouched(straight_run, tmp_path):
+    """--sample-every draws from its own seed with the EMA swapped in and out: same losses, same weights."""
+    Trainer(make_config(tmp_path, steps=6, sample_every=2, sample_n=2, sample_steps=2, **EVERYTHING), data=DATA,
+            progress=False).fit()
+    assert sorted(p.name for p in tmp_path.glob("samples_step*.png")) == [f"samples_step{n}.png" for n in (2, 4, 6)]
+    assert logged_losses(tmp_path) == logged_losses(straight_run)
+    assert_same_training_state(tmp_path, straight_run)
 
 
 # Every phase of a step, each with a preview grid and a checkpoint at step 2: where a Ctrl-C lands.
@@ -148,10 +162,7 @@ def test_sigint_in_any_phase_of_a_step_finishes_it_and_resumes_bit_for_bit(phase
     phase_run = phase_runs(objective)
     assert logged_losses(tmp_path) == logged_losses(phase_run)  # bit for bit
     assert not list(tmp_path.glob(".*.part"))
-    resumed, straight = load_checkpoint(tmp_path), load_checkpoint(phase_run)
-    for section in ("model", "ema", "optimizer"):
-        for key, value in straight.sections[section].items():
-            np.testing.assert_array_equal(resumed.sections[section][key], value, err_msg=f"{section}.{key}")
+    assert_same_training_state(tmp_path, phase_run)
 
 
 def test_resume_from_an_older_checkpoint_drops_the_log_lines_past_it(tmp_path):
