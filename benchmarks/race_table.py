@@ -2,10 +2,11 @@
 
     python benchmarks/race_table.py "flow=runs/flow:runs/flow_eval.json" "lrcos=runs/lrcos:runs/lrcos_eval.json" ...
 
-Each argument is ``name=RUN:EVAL_JSON``. The training cost comes from the run's own ``log.jsonl``
+Each argument is ``name=RUN:EVAL_JSON``, or ``name=RUN:EVAL_JSON:HOW`` where the scores came from
+``eval --samples`` (which cannot know the sampler) and HOW says how ``sample --npy`` drew them. The training cost comes from the run's own ``log.jsonl``
 (its last line's step and ``elapsed`` seconds: the wall time of the training loop, previews
 excluded when ``--sample-every 0``), the scores from the ``eval --json`` file; the floor row (real
-held-out digits at the same N) is the first file's. Sorted by KID, lowest first.
+held-out digits at the same N) is the first file's. Rows keep the order given.
 """
 import json
 import sys
@@ -26,13 +27,17 @@ def main(specs):
     rows = []
     for spec in specs:
         name, _, paths = spec.partition("=")
-        run, _, scores = paths.partition(":")
+        run, scores, *how = paths.split(":", 2)
         log, s = last_log_line(Path(run)), json.loads(Path(scores).read_text())
+        if how:
+            s["how"] = how[0]
+        elif "sampler" not in s:
+            raise SystemExit(f"{scores} holds no sampler (scored from --samples?): add :HOW to {spec!r}")
         rows.append((name, log, s))
     print("| recipe | steps | train s | s / step | sampler (w) | N | KID ± s.e. | FID | IS | precision | recall | confident |")
     print("|" + " --- |" * 12)
-    for name, log, s in sorted(rows, key=lambda row: row[2]["kid"]):
-        sampler = f"{s.get('sampler', '?')} {s.get('steps', '')} (w = {s.get('guidance', 0):g})"
+    for name, log, s in rows:
+        sampler = s.get("how") or f"{s['sampler']} {s['steps']} (w = {s['guidance']:g})"
         print(f"| {name} | {log['step']} | {log['elapsed']:.0f} | {log['elapsed'] / log['step']:.3f} | {sampler} "
               f"| {s['n']} | {scores_cells(s)} |")
     floor = rows[0][2]["floor"]
