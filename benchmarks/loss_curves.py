@@ -19,10 +19,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run folders holding log.jsonl")
     parser.add_argument("--out", required=True, help="PNG to write")
+    parser.add_argument("--columns", type=int, default=4, help="panels per row (default: 4)")
     args = parser.parse_args()
+    if args.columns < 1:
+        parser.error(f"--columns must be at least 1, got {args.columns}")
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(args.runs), figsize=(4.5 * len(args.runs), 3.2), squeeze=False)
-    for ax, run in zip(axes[0], args.runs):
+    columns = min(args.columns, len(args.runs))
+    rows = -(-len(args.runs) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(args.runs):]:
+        ax.set_visible(False)
+    for ax, run in zip(axes.flat, args.runs):
         lines = [json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines() if line.strip()]
         steps, losses = np.array([r["step"] for r in lines]), np.array([r["loss"] for r in lines])
         window = min(10, len(losses))
