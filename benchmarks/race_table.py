@@ -27,10 +27,16 @@ def main(specs):
     rows = []
     for spec in specs:
         name, _, paths = spec.partition("=")
-        run, scores, *how = paths.split(":", 2)
-        log, s = last_log_line(Path(run)), json.loads(Path(scores).read_text())
+        run, _, rest = paths.partition(":")
+        scores, _, how = rest.partition(":")
+        if not name or not run or not scores:
+            raise SystemExit(f"{spec!r}: expected name=RUN:EVAL_JSON[:HOW]")
+        try:
+            log, s = last_log_line(Path(run)), json.loads(Path(scores).read_text())
+        except (OSError, ValueError, IndexError) as error:
+            raise SystemExit(f"{spec!r}: {error}")
         if how:
-            s["how"] = how[0]
+            s["how"] = how
         elif "sampler" not in s:
             raise SystemExit(f"{scores} holds no sampler (scored from --samples?): add :HOW to {spec!r}")
         rows.append((name, log, s))

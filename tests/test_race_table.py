@@ -38,3 +38,14 @@ def test_scores_from_a_samples_file_need_to_say_how_they_were_drawn(tmp_path):
     old = run_with_scores(tmp_path, "old", 50.0, {})
     with pytest.raises(SystemExit, match="holds no sampler.*add :HOW"):
         race_table.main([f"old={old}"])
+
+
+@pytest.mark.parametrize("spec", ["flow", "flow=runs/flow", "=a:b"])
+def test_a_malformed_argument_is_refused_in_one_line(spec):
+    with pytest.raises(SystemExit, match="expected name=RUN:EVAL_JSON"):
+        race_table.main([spec])
+
+
+def test_a_missing_run_folder_is_refused_naming_it(tmp_path):
+    with pytest.raises(SystemExit, match="log.jsonl"):
+        race_table.main([f"x={tmp_path / 'nowhere'}:{tmp_path / 'x.json'}"])
