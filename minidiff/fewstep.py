@@ -17,6 +17,10 @@ method's settings. A fresh student starts as a copy of its teacher's EMA weights
 - :class:`Reflower` (``reflow``): Liu et al. 2023's reflow of a flow model; the (noise, sample) pairs are
   drawn once into ``pairs.npz`` (:mod:`minidiff.reflow` says why stored) and the student, a flow model,
   is trained on them.
+
+With ``teacher_guidance`` w > 0 in the record, every method's teacher is the classifier-free guided one
+(:func:`minidiff.guidance.guided_denoiser`), so the student learns the guided sampler and draws guided
+digits in one evaluation per step, at w = 0 (the fixed-w case of Meng et al. 2023's guided distillation).
 """
 from __future__ import annotations
 
@@ -31,11 +35,11 @@ from .consistency import consistency_function, consistency_loss, consistency_sig
 from .distill import SPACING as PD_SPACING
 from .distill import check_prediction, distillation_loss
 from .files import load_npz, save_npz
+from .guidance import guided_denoiser
 from .objectives import edm, flow
 from .optim import EMA, Adam
 from .sample import class_labels, generate
 from .train import Trainer
-from .unet import as_denoiser
 
 PAIRS_NAME = "pairs.npz"
 
@@ -88,6 +92,10 @@ class Student(Trainer):
                                   "a new student")
         return load_model(checkpoint, ema=True, device=device)
 
+    def guided_teacher(self, labels):
+        """The teacher as the samplers' ``model(x_t, t)`` towards ``labels``, guided with the record's weight w."""
+        return guided_denoiser(self.teacher, labels, self.record.get("teacher_guidance", 0.0))
+
     def _start_from(self, teacher):
         """The student becomes a copy of ``teacher``, with a fresh Adam and EMA."""
         self.model.load_state_dict(teacher.state_dict())
@@ -139,7 +147,7 @@ class ProgressiveDistiller(Student):
         return super().train_step()
 
     def objective(self, model, x0, labels, rows):
-        return distillation_loss(model, as_denoiser(self.teacher, labels), self.schedule, x0, self.rng,
+        return distillation_loss(model, self.guided_teacher(labels), self.schedule, x0, self.rng,
                                  student_steps=self.student_steps(), prediction=self.config.prediction,
                                  device=self.device, rows=rows).loss
 
@@ -152,7 +160,7 @@ class ConsistencyDistiller(Student):
     levels, pairs drawn uniformly; the student is an ``--objective consistency`` model."""
 
     def objective(self, model, x0, labels, rows):
-        teacher = edm.denoiser(as_denoiser(self.teacher, labels), self.teacher_config["sigma_data"])
+        teacher = edm.denoiser(self.guided_teacher(labels), self.teacher_config["sigma_data"])
         return consistency_loss(consistency_function(model, self.config.sigma_data), x0, self.rng,
                                 sigmas=consistency_sigmas(self.record["grid_steps"]),
                                 teacher=teacher, device=self.device, rows=rows).loss
@@ -182,13 +190,14 @@ class Reflower(Student):
         return np.concatenate([pairs["x0"], pairs["noise"]], axis=1), pairs["labels"]
 
     def _draw_pairs(self) -> dict:
-        """{x0, noise, labels}: ε ∼ N(0, I) from the run's seed, and the teacher's Heun sample of each."""
+        """{x0, noise, labels}: ε ∼ N(0, I) from the run's seed, and the teacher's (guided) Heun sample of each."""
         n, config = self.record["pairs"], self.teacher_config
         image = (config["model"]["in_channels"], config["model"]["image_size"], config["model"]["image_size"])
         noise = np.random.default_rng((self.config.seed, 1)).standard_normal((n, *image)).astype(np.float32)
         labels = class_labels(n, config["num_classes"])
         x0 = generate(self.teacher, self.teacher_schedule, n, "heun", self.record["pair_steps"], x_T=noise,
-                      labels=labels, objective="flow", progress=self.progress)
+                      labels=labels, objective="flow", guidance=self.record.get("teacher_guidance", 0.0),
+                      progress=self.progress)
         return dict(x0=x0, noise=noise, labels=np.zeros(n, np.int64) if labels is None else labels)
 
     def _check_data(self, images, labels, dataset_classes):

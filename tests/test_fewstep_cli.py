@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from minidiff.__main__ import main
-from minidiff.checkpoint import load_checkpoint
+from minidiff.checkpoint import load_checkpoint, load_model
 from minidiff.fewstep import Student
+from minidiff.guidance import guided_denoiser
+from minidiff.sample import generate
 from minidiff.train import Trainer
 
 from test_cli import MNIST_DIR, expect_error, losses
@@ -109,3 +111,43 @@ def test_train_refuses_to_resume_a_student_and_sample_refuses_to_encode_a_consis
     assert "continue it with distill --resume" in expect_error(capsys, ["train", "--resume", str(tmp_path)])
     assert "--sampler consistency cannot sample" in expect_error(
         capsys, ["sample", str(teachers / "edm"), "--sampler", "consistency", "--n", "1"])
+
+
+def test_teacher_guidance_draws_the_reflow_pairs_with_the_guided_teacher(tmp_path, capsys):
+    """--teacher-guidance w: the stored pairs are the teacher's guided Heun samples of the stored noise (not its
+    unguided ones), and a --method cd / pd student's teacher is guided_denoiser at w."""
+    teacher = tmp_path / "flow"
+    assert main(["train", *TINY, "--objective", "flow", "--num-classes", "10", "--p-uncond", "0.5", "--steps", "2",
+                 "--out", str(teacher)]) == 0
+    assert main(["distill", str(teacher), *STUDENT["reflow"], *OPTIMISE, "--steps", "1", "--teacher-guidance", "3",
+                 "--out", str(tmp_path / "student")]) == 0
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["distill"]["teacher_guidance"] == 3.0
+    pairs = np.load(tmp_path / "student" / "pairs.npz")
+    model, schedule, _ = load_model(teacher)
+
+    def heun(w):
+        return generate(model, schedule, 8, "heun", 2, x_T=pairs["noise"], labels=pairs["labels"], objective="flow",
+                        guidance=w)
+    np.testing.assert_allclose(pairs["x0"], heun(3.0), atol=1e-6)
+    assert np.abs(pairs["x0"] - heun(0.0)).max() > 1e-2
+    student = Student.__new__(Student)
+    student.teacher, student.record = model, {"teacher_guidance": 3.0}
+    x, t, labels = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32), np.full(4, 5), [1, 2, 3, 4]
+    np.testing.assert_allclose(student.guided_teacher(labels)(x, t), guided_denoiser(model, labels, 3.0)(x, t))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--teacher-guidance", "1"], "--teacher-guidance needs a class-conditional teacher with a null class"),
+    (["--teacher-guidance", "-1"], "--teacher-guidance must be a finite number in [0, inf]"),
+    (["--teacher-guidance", "nan"], "--teacher-guidance must be a finite number"),
+])
+def test_bad_teacher_guidance(teachers, tmp_path, capsys, argv, message):
+    line = expect_error(capsys, ["distill", str(teachers / "flow"), *STUDENT["reflow"], *argv, "--out", str(tmp_path)])
+    assert message in line
+    assert not (tmp_path / "pairs.npz").exists()
+
+
+def test_resume_refuses_a_new_teacher_guidance(teachers, tmp_path, capsys):
+    assert main(["distill", str(teachers / "edm"), *STUDENT["cd"], *OPTIMISE, "--steps", "1", "--out", str(tmp_path)]) == 0
+    assert "give no TEACHER or method flags" in expect_error(
+        capsys, ["distill", "--resume", str(tmp_path), "--teacher-guidance", "2"])

@@ -8,7 +8,8 @@
 - ``--method reflow``: reflow (Liu et al. 2023) of an --objective flow teacher on --pairs (noise, sample)
   pairs drawn by --pair-steps Heun steps, for --steps steps.
 
-The student inherits the teacher's network and data (:class:`minidiff.fewstep.Student`); the optimisation
+``--teacher-guidance W`` makes every method's teacher the classifier-free guided one, so the student samples
+guided digits at w = 0, one evaluation per step. The student inherits the teacher's network and data (:class:`minidiff.fewstep.Student`); the optimisation
 and run flags are ``train``'s, and ``--resume STUDENT`` continues a student exactly as ``train --resume`` does.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import checks
 from ..checkpoint import checkpoint_path, load_checkpoint
 from ..config import CONFIG_FIELDS, TrainConfig
 from ..distill import SPACING as PD_SPACING
@@ -47,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid-steps", type=int, metavar="N", help="cd: noise levels of the consistency grid (default: 18)")
     parser.add_argument("--pairs", type=int, metavar="M", help="reflow: (noise, sample) pairs to draw (default: 2000)")
     parser.add_argument("--pair-steps", type=int, metavar="N", help="reflow: Heun steps per pair (default: 50)")
+    parser.add_argument("--teacher-guidance", type=float, metavar="W",
+                        help="the teacher's classifier-free guidance weight, distilled into the student, which then "
+                             "samples at --guidance 0 (default: 0, unguided)")
     train.add_arguments(parser, skip=("model", "objective", "diffusion"))
 
 
@@ -54,7 +59,8 @@ def run(args) -> int:
     explicit = {name: value for name, value in vars(args).items() if name in CONFIG_FIELDS}
     resume = getattr(args, "resume", None)
     if resume:
-        if args.teacher or any(getattr(args, name) is not None for flags in METHOD_FLAGS.values() for name in flags):
+        if args.teacher or args.teacher_guidance is not None or any(
+                getattr(args, name) is not None for flags in METHOD_FLAGS.values() for name in flags):
             raise ValueError("--resume continues a student with its own teacher and settings; give no TEACHER or "
                              "method flags")
         checkpoint = load_checkpoint(resume)
@@ -91,6 +97,15 @@ def method_settings(args) -> dict:
     return settings
 
 
+def teacher_guidance(w, teacher) -> float:
+    """w, refused in one line unless it is a finite number ≥ 0 and ``teacher`` has a null class to guide against."""
+    w = checks.real(w, "--teacher-guidance", 0.0)
+    if w and not (teacher.config.get("num_classes") and teacher.config.get("p_uncond")):
+        raise ValueError(f"--teacher-guidance needs a class-conditional teacher with a null class (trained with "
+                         f"--num-classes and --p-uncond > 0); {teacher.path} has none")
+    return w
+
+
 def student_config(args, explicit: dict):
     """(the student's TrainConfig, its distill record) for a fresh student of ``args.teacher``."""
     if not args.teacher:
@@ -112,6 +127,8 @@ def student_config(args, explicit: dict):
             raise ValueError("--method pd trains --steps-per-round steps in each of its rounds; give no --steps")
         explicit["steps"] = halvings(settings["teacher_steps"], settings["to_steps"]) * settings["steps_per_round"]
         settings["spacing"] = PD_SPACING
+    if args.teacher_guidance:
+        settings["teacher_guidance"] = teacher_guidance(args.teacher_guidance, teacher)
     suffix = settings.get("to_steps", "")
     out = explicit.pop("out", None) or f"{checkpoint_path(args.teacher).parent}-{args.method}{suffix}"
     config = TrainConfig(**{**inherited, **explicit, "out": str(Path(out))})
