@@ -364,6 +364,15 @@ def test_eval_command_scores_a_checkpoint_and_saved_samples(run, classifier, cac
     assert main(["eval", "--samples", str(samples), "--data-dir", str(MNIST_DIR),
                  "--classifier-steps", str(QUICK_STEPS)]) == 0
     assert json.loads(capsys.readouterr().out)["fid"] == pytest.approx(printed["fid"])
+    # --n with --samples scores the first N of them, and refuses more than the file holds
+    np.save(tmp_path / "first8.npy", np.load(samples)[:8])
+    scores = []
+    for argv in (["--samples", str(samples), "--n", "8"], ["--samples", str(tmp_path / "first8.npy")]):
+        assert main(["eval", *argv, "--data-dir", str(MNIST_DIR), "--classifier-steps", str(QUICK_STEPS)]) == 0
+        scores.append(json.loads(capsys.readouterr().out))
+    assert scores[0]["n"] == 8 and scores[0]["fid"] == scores[1]["fid"] != pytest.approx(printed["fid"])
+    expect_error(capsys, ["eval", "--samples", str(samples), "--n", "17", "--data-dir", str(MNIST_DIR)],
+                 f"--n 17 asks for more than the 16 images --samples {samples} holds")
 
 
 @needs_mnist

@@ -38,6 +38,7 @@ from ..sample import (ODE_SAMPLER_NAMES, class_labels, ddpm_variance, generate_o
 from .editing import add_guidance_argument, check_guidance
 from .sample import add_sampling_arguments, check_sampling_arguments, checkpoint_options, sampling_options
 
+DEFAULT_N = 1000
 MIN_N = 4  # precision/recall (k = 3) needs more than 3 samples, KID two jackknife groups of 2
 SAMPLER = "dpm-solver++"  # 20 steps: the fastest that keeps the ranking (module docstring)
 
@@ -48,9 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", default=None,
                         help="score these samples (.npy, float32 in [-1, 1], from `sample --npy`) "
                              "instead of drawing new ones")
-    parser.add_argument("--n", type=int, default=1000,
-                        help="samples to draw; as many real images are compared with, at most 2,500 with MNIST's "
-                             "t10k alone (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=None,
+                        help="samples to draw (default: 1000), or with --samples how many of them to score, the first "
+                             "N (default: all); as many real images are compared with, at most 2,500 with MNIST's "
+                             "t10k alone")
     add_sampling_arguments(parser)
     parser.set_defaults(sampler=SAMPLER)
     add_guidance_argument(parser)
@@ -64,7 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    if args.n < MIN_N:
+    if args.n is None and args.samples is None:
+        args.n = DEFAULT_N
+    if args.n is not None and args.n < MIN_N:
         raise ValueError(f"--n must be at least {MIN_N}, got {args.n}")
     check_sampling_arguments(args)
     check_guidance(args)
@@ -84,6 +88,10 @@ def run(args) -> int:
     # Everything that can refuse the job is decided before the samples are drawn: the data, --n against it.
     samples = _load_samples(args.samples) if args.samples else None
     real = real_image_splits(dataset, data_dir)
+    if samples is not None and args.n is not None:
+        if args.n > len(samples):
+            raise ValueError(f"--n {args.n} asks for more than the {len(samples)} images --samples {args.samples} holds")
+        samples = samples[:args.n]
     n = args.n if samples is None else len(samples)
     if n > real.max_n:
         asked = f"--samples {args.samples} holds {n} images," if args.samples else f"--n {n} is"

@@ -71,7 +71,7 @@ MAX_N = 100_000  # drawn 500 at a time, but returned (and gridded) as one array
 
 def check_sampling_arguments(args) -> None:
     """Refuse flag values no sampler can use, naming the flag (shared by ``sample`` and ``eval``)."""
-    if not 1 <= args.n <= MAX_N:
+    if args.n is not None and not 1 <= args.n <= MAX_N:  # eval --samples leaves --n unset: all of them
         raise ValueError(f"--n must be between 1 and {MAX_N:,}, got {args.n}")
     if not 0 <= args.seed < 2**63:
         raise ValueError(f"--seed must be an integer in [0, 2^63), got {args.seed}")
