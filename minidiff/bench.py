@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default: 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
     parser.add_argument("--mode", choices=("train", "forward", "both", "sample"), default="both",
-                        help="what to time: a training step, a no-grad forward, both, or sampling --batch digits "
+                        help="what to time: a training step, a no-grad forward (weights frozen, as sampling runs "
+                             "it), both, or sampling --batch digits "
                              f"with --sampler, {SAMPLE_STEPS} steps, as `minidiff sample` does (default: both)")
     parser.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="the sampler --mode sample times (default: ddim)")
     parser.add_argument("--kernels", default="cpu",
@@ -143,18 +144,25 @@ class Benchmark:
         timings = {f: {m: [] for m in modes} for f in families}
         for mode in modes:
             step = {"train": self.train_step, "forward": self.forward, "sample": self.sample}[mode]
-            for i in range(warmup + steps):
-                for family in families:
-                    with setting("MINIDIFF_KERNELS", family):
-                        start = time.perf_counter()
-                        step()
-                        elapsed = time.perf_counter() - start
-                    if i >= warmup:
-                        timings[family][mode].append(elapsed)
+            # the forwards run as sampling runs them: weights frozen, each filter transformed once (Module.frozen)
+            with self.model.frozen() if mode == "forward" else contextlib.nullcontext():
+                self._measure(step, mode, families, timings, steps, warmup)
         for family in families:
             with setting("MINIDIFF_KERNELS", family):
                 timings[family]["peak_memory_mib"] = self.peak_training_memory() if "train" in modes else None
         return timings
+
+    @staticmethod
+    def _measure(step, mode, families, timings, steps, warmup):
+        """``warmup + steps`` calls of ``step``, each kernel family's in turn; the last ``steps`` timed."""
+        for i in range(warmup + steps):
+            for family in families:
+                with setting("MINIDIFF_KERNELS", family):
+                    start = time.perf_counter()
+                    step()
+                    elapsed = time.perf_counter() - start
+                if i >= warmup:
+                    timings[family][mode].append(elapsed)
 
     def peak_training_memory(self) -> float:
         """MiB allocated at the peak of one training step (NumPy reports its buffers to tracemalloc)."""

@@ -141,7 +141,8 @@ def generate(model, schedule, n: int, sampler: str = "ddim", steps: int | None =
     shares = batch_shares(n, BATCH, rows)
     samples = []
     total_steps = denoising_steps(num_steps, init, strength, mask, jumps) * len(shares)
-    with performance_settings(), _progress_bar(total_steps, progress) as bar:
+    # frozen: the weights cannot change while sampling, so each conv's filters are transformed once, not per step
+    with performance_settings(), model.frozen(), _progress_bar(total_steps, progress) as bar:
         for k, batch, share in shares:
             rng = np.random.default_rng(seed if k == 0 else (seed, k))
             local = slice(share.start - batch.start, share.stop - batch.start)  # this share within the batch

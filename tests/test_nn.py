@@ -7,7 +7,7 @@ import pytest
 import minidiff.functional as F
 import minidiff.nn as nn
 from minidiff import backend
-from minidiff import Tensor
+from minidiff import Tensor, no_grad
 from minidiff.files import load_npz, save_npz
 
 
@@ -318,3 +318,33 @@ def test_dropout_follows_the_training_flag_and_its_rng():
     again = nn.Dropout(0.5, rng=np.random.default_rng(0))(x).data
     np.testing.assert_array_equal(y, again)
     np.testing.assert_array_equal(drop.eval()(x).data, x.data)
+
+
+def test_frozen_weights_are_read_only_and_each_filter_is_transformed_once(monkeypatch):
+    """Inside ``model.frozen()`` the parameters refuse writes, every Winograd conv transforms its filters once
+    however many forwards run (same outputs as unfrozen), and after it the weights are writeable again and a
+    change to them shows in the next forward (no stale transform survives the block)."""
+    from minidiff.functional import winograd
+    from minidiff.kernels import kernel
+
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1))
+    x = np.random.default_rng(0).standard_normal((2, 4, 6, 6)).astype(np.float32)
+    calls = []
+    monkeypatch.setattr(winograd, "kernel", lambda name, like: (calls.append(name), kernel(name, like))[1])
+    with no_grad():
+        plain = model(Tensor(x)).data
+        calls.clear()
+        with model.frozen():
+            outputs = [model(Tensor(x)).data for _ in range(3)]
+            with pytest.raises(ValueError, match="read-only"):
+                model[0].weight.data[0, 0, 0, 0] = 1.0
+        assert calls.count("winograd_filter_transform") == 2  # two convs, three forwards
+        for out in outputs:
+            np.testing.assert_array_equal(out, plain)
+        model[0].weight.data *= 2
+        changed = model(Tensor(x)).data
+        assert not np.allclose(changed, plain)
+        with model.frozen():
+            np.testing.assert_array_equal(model(Tensor(x)).data, changed)
+    assert all(p.data.flags.writeable for p in model.parameters())
+    assert winograd._reused_filters is None

@@ -28,6 +28,8 @@ reference, Cython on the CPU).
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from ..autograd import Function, Tensor
@@ -55,7 +57,7 @@ class WinogradConv2d(Function):
         ho, wo = h + 2 * padding - 2, width + 2 * padding - 2
         m, entries = tile, winograd_tile_entries(tile)
         tiles = winograd_tile_count(ho, wo, m)
-        u = kernel("winograd_filter_transform", w)(w, m)  # U = G g Gᵀ: (α², C_out, C)
+        u = filter_transform(w, m)  # U = G g Gᵀ: (α², C_out, C)
         input_transform, output_transform = kernel("winograd_input_transform", x), kernel("winograd_output_transform", x)
         out = xp.empty((n, c_out, ho, wo), dtype=x.dtype)
 
@@ -108,6 +110,37 @@ class WinogradConv2d(Function):
         grad_residual = grad_shift.reshape(residual_shape) if grad_shift is not None else grad if residual_shape is not None else None
         return grad_x, grad_w, grad_b, grad_residual  # ∂y/∂residual = 1, summed over the positions it was broadcast to
 
+
+# Inside reusing_filters(): (id(w), m) → (w, U) for the read-only filter arrays w seen so far.
+_reused_filters: dict | None = None
+
+
+@contextlib.contextmanager
+def reusing_filters():
+    """Inside the block, each read-only filter array w is transformed once per tile size, U = G g Gᵀ, and its U
+    reused by every later convolution with it (:meth:`minidiff.nn.Module.frozen` makes the weights read-only
+    and enters this block). The transforms are dropped when the outermost block ends."""
+    global _reused_filters
+    outermost = _reused_filters is None
+    if outermost:
+        _reused_filters = {}
+    try:
+        yield
+    finally:
+        if outermost:
+            _reused_filters = None
+
+
+def filter_transform(w, m: int):
+    """U = G g Gᵀ, (α², C_out, C), of the filters w (C_out, C, 3, 3); reused inside :func:`reusing_filters` while
+    w is read-only (a writeable w could change under a kept U)."""
+    reusable = _reused_filters is not None and isinstance(w, np.ndarray) and not w.flags.writeable
+    entry = _reused_filters.get((id(w), m)) if reusable else None
+    if entry is None or entry[0] is not w:  # the array itself is kept, so its id cannot be reused while it is here
+        entry = (w, kernel("winograd_filter_transform", w)(w, m))
+        if reusable:
+            _reused_filters[(id(w), m)] = entry
+    return entry[1]
 
 
 def winograd_conv2d(x, w, b, padding: int, tile: int = 2):
