@@ -141,8 +141,8 @@ class Module:
 
         Sampling runs hundreds of forwards with the same weights. Inside this block a Winograd
         convolution transforms each filter once (U = G g Gᵀ, :func:`~minidiff.functional.winograd.reusing_filters`)
-        rather than at every call: that transform writes 16/9 of the weights per forward, about a fifth
-        of a batch-1 forward of the mnist U-Net. A write to a parameter inside the block raises NumPy's
+        rather than at every call: that transform writes 16/9 of the weights per forward, 6 % of a
+        batch-1 forward of the mnist U-Net (benchmarks/frozen_ab.py). A write to a parameter inside the block raises NumPy's
         "assignment destination is read-only" instead of leaving a stale transform behind. (GPU arrays
         have no read-only flag; on a GPU the block changes nothing.)
         """

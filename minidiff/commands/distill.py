@@ -9,8 +9,9 @@
   pairs drawn by --pair-steps Heun steps, for --steps steps.
 
 ``--teacher-guidance W`` makes every method's teacher the classifier-free guided one, so the student samples
-guided digits at w = 0, one evaluation per step. The student inherits the teacher's network and data (:class:`minidiff.fewstep.Student`); the optimisation
-and run flags are ``train``'s, and ``--resume STUDENT`` continues a student exactly as ``train --resume`` does.
+guided digits at w = 0, one evaluation per step. The student inherits the teacher's network and data
+(:class:`minidiff.fewstep.Student`); the optimisation and run flags are ``train``'s, and ``--resume STUDENT``
+continues a student exactly as ``train --resume`` does.
 """
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score these samples (.npy, float32 in [-1, 1], from `sample --npy`) "
                              "instead of drawing new ones")
     parser.add_argument("--n", type=int, default=None,
-                        help="samples to draw (default: 1000), or with --samples how many of them to score, the first "
+                        help=f"samples to draw (default: {DEFAULT_N}), or with --samples how many of them to score, the first "
                              "N (default: all); as many real images are compared with, at most 2,500 with MNIST's "
                              "t10k alone")
     add_sampling_arguments(parser)

@@ -134,12 +134,13 @@ def reusing_filters():
 def filter_transform(w, m: int):
     """U = G g Gᵀ, (α², C_out, C), of the filters w (C_out, C, 3, 3); reused inside :func:`reusing_filters` while
     w is read-only (a writeable w could change under a kept U)."""
-    reusable = _reused_filters is not None and isinstance(w, np.ndarray) and not w.flags.writeable
-    entry = _reused_filters.get((id(w), m)) if reusable else None
+    reused = _reused_filters  # read once: another thread's block may end meanwhile
+    reusable = reused is not None and isinstance(w, np.ndarray) and not w.flags.writeable
+    entry = reused.get((id(w), m)) if reusable else None
     if entry is None or entry[0] is not w:  # the array itself is kept, so its id cannot be reused while it is here
         entry = (w, kernel("winograd_filter_transform", w)(w, m))
         if reusable:
-            _reused_filters[(id(w), m)] = entry
+            reused[(id(w), m)] = entry
     return entry[1]
 
 
