@@ -33,6 +33,7 @@ cdef extern from *:
         }                                                                                       \
         const T inv = (T)(1.0 / sqrt(sum_sq / len + eps));                                      \
         *mean_out = mu; *rstd = inv;                                                            \
+        if (!y) return;  /* the statistics only: a convolution normalises as it reads x */       \
         for (ptrdiff_t c = 0; c < channels; c++) {                                              \
             const T g = weight[c], b = bias[c];                                                 \
             const T *xc = x + c * m; T *yc = y + c * m;                                         \
@@ -84,10 +85,25 @@ cdef extern from *:
             dx[k] = rstd * (dx[k] - mean_g - ((x[k] - mu) * rstd) * mean_gx);                   \
     }
 
+    /* One row of one channel, normalised as the forward's last pass does it: y = a·σ(a),
+       a = γ·((x − μ)·rstd) + β. The Winograd input transforms call it on each row they read
+       when GroupNorm+SiLU is fused into the convolution (functional/winograd.py). */
+    #define MINIDIFF_GN_SILU_ROW(T, NAME, EXP)                                                  \
+    MINIDIFF_CLONES_WIDE static void NAME(const T *restrict x, ptrdiff_t len, T mu, T inv, T g, \
+                                          T b, T *restrict y) {                                 \
+        _Pragma("omp simd")                                                                     \
+        for (ptrdiff_t i = 0; i < len; i++) {                                                   \
+            T a = g * ((x[i] - mu) * inv) + b;                                                  \
+            y[i] = a / (1 + EXP(-a));                                                           \
+        }                                                                                       \
+    }
+
     MINIDIFF_GN_FORWARD(float, gn_forward_row_f, minidiff_expf)
     MINIDIFF_GN_FORWARD(double, gn_forward_row_d, exp)
     MINIDIFF_GN_BACKWARD(float, gn_backward_row_f, minidiff_expf)
     MINIDIFF_GN_BACKWARD(double, gn_backward_row_d, exp)
+    MINIDIFF_GN_SILU_ROW(float, gn_silu_row_f, minidiff_expf)
+    MINIDIFF_GN_SILU_ROW(double, gn_silu_row_d, exp)
     """
     void gn_forward_row_f(const float* x, Py_ssize_t channels, Py_ssize_t m, const float* weight,
                           const float* bias, double eps, int silu, float* y, float* mean, float* rstd) noexcept nogil
@@ -99,22 +115,34 @@ cdef extern from *:
     void gn_backward_row_d(const double* dy, const double* x, double mean, double rstd, Py_ssize_t channels, Py_ssize_t m,
                            const double* weight, const double* bias, int silu, double* dx,
                            double* dgamma, double* dbeta) noexcept nogil
+    void gn_silu_row_f(const float* x, Py_ssize_t length, float mean, float rstd, float weight, float bias, float* y) noexcept nogil
+    void gn_silu_row_d(const double* x, Py_ssize_t length, double mean, double rstd, double weight, double bias, double* y) noexcept nogil
+
+
+cdef inline void _gn_silu_row(const real* x, Py_ssize_t length, real mean, real rstd, real weight, real bias,
+                              real* y) noexcept nogil:
+    if real is float:
+        gn_silu_row_f(x, length, mean, rstd, weight, bias, y)
+    else:
+        gn_silu_row_d(x, length, mean, rstd, weight, bias, y)
 
 
 def group_norm_forward(const real[:, :, ::1] x, int groups, const real[::1] weight, const real[::1] bias,
                        double eps, bint silu, real[:, :, ::1] y, real[:, ::1] mean, real[:, ::1] rstd):
-    """Per row: μ, σ² (two passes), rstd = 1/√(σ² + eps), x̂ = (x − μ)·rstd, a = γx̂ + β, y = a·σ(a) or a."""
+    """Per row: μ, σ² (two passes), rstd = 1/√(σ² + eps), x̂ = (x − μ)·rstd, a = γx̂ + β, y = a·σ(a) or a.
+    An empty y (shape (0, 0, 0)): μ and rstd only."""
     cdef Py_ssize_t n_images = x.shape[0], m = x.shape[2], per_group = x.shape[1] // groups, row, n, first
+    cdef bint stats_only = y.shape[0] == 0
     with nogil:
         for row in prange(n_images * groups, schedule="static", num_threads=threads_for(n_images * x.shape[1] * m)):
             n = row // groups
             first = (row % groups) * per_group
             if real is float:
                 gn_forward_row_f(&x[n, first, 0], per_group, m, &weight[first], &bias[first], eps, silu,
-                                 &y[n, first, 0], &mean[n, row % groups], &rstd[n, row % groups])
+                                 NULL if stats_only else &y[n, first, 0], &mean[n, row % groups], &rstd[n, row % groups])
             else:
                 gn_forward_row_d(&x[n, first, 0], per_group, m, &weight[first], &bias[first], eps, silu,
-                                 &y[n, first, 0], &mean[n, row % groups], &rstd[n, row % groups])
+                                 NULL if stats_only else &y[n, first, 0], &mean[n, row % groups], &rstd[n, row % groups])
 
 
 def group_norm_backward(const real[:, :, ::1] grad_y, const real[:, :, ::1] x, const real[:, ::1] mean,

@@ -141,6 +141,61 @@ cdef extern from *:
         }                                                                                        \
     }
 
+    /* dst[p·ld + k] = src[k·n + p] for k < rows, p < n: a block of channels' transformed tiles
+       (rows of n) written as the transposed layout's columns, V[ξ]ᵀ (tiles, C), so that the filter
+       gradient's GEMM ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ reads both operands row-major ("NN"). Element by
+       element it costs more than the NN product saves; a block of 16 float rows goes 16 columns
+       at a time through an AVX-512 in-register transpose where the CPU has one (4× faster). */
+    #define MINIDIFF_TRANSPOSE_BLOCK(T, NAME, FAST)                                              \
+    static void NAME(const T *restrict src, ptrdiff_t rows, ptrdiff_t n, T *restrict dst,          \
+                     ptrdiff_t ld) {                                                               \
+        ptrdiff_t p = FAST(src, rows, n, dst, ld);                                               \
+        for (; p < n; p++)                                                                       \
+            for (ptrdiff_t k = 0; k < rows; k++) dst[p * ld + k] = src[k * n + p];               \
+    }
+
+    #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+    #include <immintrin.h>
+    /* The 16 × 16 block at src (rows n apart) into dst (rows ld apart): unpack pairs of rows,
+       shuffle within 128-bit lanes into columns of 4 rows, then gather the lanes of 4 such. */
+    __attribute__((target("avx512f"))) static void transpose16x16_f(const float *src, ptrdiff_t n,
+                                                                    float *dst, ptrdiff_t ld) {
+        __m512 r[16], t[16], u[16];
+        for (int k = 0; k < 16; k++) r[k] = _mm512_loadu_ps(src + k * n);
+        for (int k = 0; k < 8; k++) {  /* per lane: (a0 b0 a1 b1), (a2 b2 a3 b3) */
+            t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+            t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+        }
+        for (int g = 0; g < 4; g++) {  /* u[4g + q], lane L: rows 4g … 4g+3 of column 4L + q */
+            u[4 * g] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+            u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+            u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+            u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+        }
+        for (int q = 0; q < 4; q++) {  /* column 4L + q: lane L of u[q], u[4 + q], u[8 + q], u[12 + q] */
+            __m512 v0 = _mm512_shuffle_f32x4(u[q], u[4 + q], 0x88), v1 = _mm512_shuffle_f32x4(u[q], u[4 + q], 0xDD);
+            __m512 w0 = _mm512_shuffle_f32x4(u[8 + q], u[12 + q], 0x88), w1 = _mm512_shuffle_f32x4(u[8 + q], u[12 + q], 0xDD);
+            _mm512_storeu_ps(dst + q * ld, _mm512_shuffle_f32x4(v0, w0, 0x88));
+            _mm512_storeu_ps(dst + (8 + q) * ld, _mm512_shuffle_f32x4(v0, w0, 0xDD));
+            _mm512_storeu_ps(dst + (4 + q) * ld, _mm512_shuffle_f32x4(v1, w1, 0x88));
+            _mm512_storeu_ps(dst + (12 + q) * ld, _mm512_shuffle_f32x4(v1, w1, 0xDD));
+        }
+    }
+
+    /* The columns p < the returned count, 16 at a time, when there are 16 rows and AVX-512. */
+    static ptrdiff_t transpose_fast_f(const float *src, ptrdiff_t rows, ptrdiff_t n, float *dst, ptrdiff_t ld) {
+        ptrdiff_t p = 0;
+        if (rows == 16 && __builtin_cpu_supports("avx512f"))
+            for (; p + 16 <= n; p += 16) transpose16x16_f(src + p, n, dst + p * ld, ld);
+        return p;
+    }
+    #else
+    static ptrdiff_t transpose_fast_f(const float *src, ptrdiff_t rows, ptrdiff_t n, float *dst, ptrdiff_t ld) { return 0; }
+    #endif
+    static ptrdiff_t transpose_fast_d(const double *src, ptrdiff_t rows, ptrdiff_t n, double *dst, ptrdiff_t ld) { return 0; }
+
+    MINIDIFF_TRANSPOSE_BLOCK(float, transpose_block_f, transpose_fast_f)
+    MINIDIFF_TRANSPOSE_BLOCK(double, transpose_block_d, transpose_fast_d)
     MINIDIFF_FILTER_BLOCK(float, winograd_filter_block_f)
     MINIDIFF_FILTER_BLOCK(double, winograd_filter_block_d)
     MINIDIFF_BT_PASS(float, winograd_bt_pass_f)
@@ -188,6 +243,19 @@ cdef extern from *:
     void winograd_filter_block_f(const float* g, Py_ssize_t count, Py_ssize_t stride, float* u) noexcept nogil
     void winograd_filter_block_d(const double* g, Py_ssize_t count, Py_ssize_t stride, double* u) noexcept nogil
     double row_sum_d(const double* src, Py_ssize_t width) noexcept nogil
+    void transpose_block_f(const float* src, Py_ssize_t rows, Py_ssize_t n, float* dst, Py_ssize_t ld) noexcept nogil
+    void transpose_block_d(const double* src, Py_ssize_t rows, Py_ssize_t n, double* dst, Py_ssize_t ld) noexcept nogil
+
+# Channels per block when a transform writes the transposed layout (α², tiles, C): 16 floats,
+# one cache line of each transposed row at a time.
+TRANSPOSE_BLOCK = 16
+
+
+cdef inline void _transpose_block(const real* src, Py_ssize_t rows, Py_ssize_t n, real* dst, Py_ssize_t ld) noexcept nogil:
+    if real is float:
+        transpose_block_f(src, rows, n, dst, ld)
+    else:
+        transpose_block_d(src, rows, n, dst, ld)
 
 
 cdef inline void _bt_pass(const real* e, const real* o, Py_ssize_t s, Py_ssize_t length,
@@ -267,36 +335,64 @@ cdef real* _per_thread(Py_ssize_t size, int threads, real* like) except NULL:
     return buffers
 
 
-def winograd_input_transform(const real[:, :, :, ::1] x, int padding, int th, int tw, real[:, :, ::1] v):
+def winograd_input_transform(const real[:, :, :, ::1] x, int padding, int th, int tw, real[:, :, ::1] v,
+                             const real[:, ::1] mean, const real[:, ::1] rstd, const real[::1] weight, const real[::1] bias,
+                             bint transposed):
     """v[4ξ + ν, c, (i·N + n)·(tW + 1) + j] = (Bᵀ d B)[ξ, ν], d = rows 2i…2i+3, columns 2j…2j+3
-    of x[n, c] zero-padded; the spare tiles (j = tW) get junk."""
+    of x[n, c] zero-padded; the spare tiles (j = tW) get junk. With a non-empty ``mean`` (N, G),
+    d is taken from SiLU(GroupNorm(x)) instead, each plane normalised as it is read (``rstd`` (N, G),
+    ``weight`` and ``bias`` (C,)). ``transposed``: v is (16, tiles, C), the same values at
+    v[4ξ + ν, tile, c], written TRANSPOSE_BLOCK channels at a time."""
     cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1], h = x.shape[2], w = x.shape[3]
-    cdef Py_ssize_t row = n_images * (tw + 1), tiles = th * row, plane_stride = v.shape[1] * v.shape[2]
+    cdef Py_ssize_t row = n_images * (tw + 1), tiles = th * row
     # a phase plane has tH + 1 rows and one entry more, read by the Bᵀ pass for the spare at the very end
     cdef Py_ssize_t phase = (th + 1) * row + 1
-    cdef Py_ssize_t c, n, r, xi, b
-    # per thread: the 4 phase planes, then Bᵀ d for (ξ, column parity)
+    cdef Py_ssize_t c, n, r, xi, b, e, block, first
+    cdef bint normalised = mean.shape[0] > 0
+    cdef Py_ssize_t per_group = channels // mean.shape[1] if normalised else 1
+    # a block of channels at a time: their rows of V staged, then written transposed (or one channel, in place)
+    cdef Py_ssize_t block_size = TRANSPOSE_BLOCK if transposed else 1
+    cdef Py_ssize_t blocks = (channels + block_size - 1) // block_size
+    cdef Py_ssize_t staged_size = 16 * block_size * tiles if transposed else 0
+    # entry 4ξ + ν of channel first + k: at dst + (4ξ + ν)·stride + k·tiles
+    cdef Py_ssize_t stride = block_size * tiles if transposed else v.shape[1] * v.shape[2]
+    # per thread: the 4 phase planes, then Bᵀ d for (ξ, column parity), then one normalised plane, then the staged rows
+    cdef Py_ssize_t per_thread = 4 * phase + 8 * (tiles + 1) + h * w + staged_size
     cdef int threads = threads_for(n_images * channels * h * w)
-    cdef real* buffers = _per_thread(4 * phase + 8 * (tiles + 1), threads, &v[0, 0, 0])
+    cdef real* buffers = _per_thread(per_thread, threads, &v[0, 0, 0])
     cdef real* planes = NULL
     cdef real* vc
+    cdef real* normalised_plane
+    cdef real* staged
+    cdef const real* src
     with nogil, parallel(num_threads=threads):
-        planes = buffers + openmp.omp_get_thread_num() * (4 * phase + 8 * (tiles + 1))
-        for c in prange(channels, schedule="static"):
-            memset(planes, 0, 4 * phase * sizeof(real))  # the padding
-            for n in range(n_images):
-                for r in range(h):  # x[n, c, r, col] is P[r + padding, col + padding]
-                    _deinterleave(&x[n, c, r, 0], w,
-                                  planes + _phase_offset(r + padding, padding, phase, row) + n * (tw + 1),
-                                  planes + _phase_offset(r + padding, padding + 1, phase, row) + n * (tw + 1))
-            for b in range(2):  # Bᵀ down the rows, s = one row of tiles, for each column parity b
-                _bt_pass(planes + b * phase, planes + (2 + b) * phase, row, tiles + 1,
-                         planes + 4 * phase + b * (tiles + 1), planes + 4 * phase + (2 + b) * (tiles + 1),
-                         planes + 4 * phase + (4 + b) * (tiles + 1), planes + 4 * phase + (6 + b) * (tiles + 1))
-            for xi in range(4):  # then B along the columns, s = 1: row ξ of Bᵀ d B
-                vc = &v[4 * xi, c, 0]
-                _bt_pass(planes + 4 * phase + 2 * xi * (tiles + 1), planes + 4 * phase + (2 * xi + 1) * (tiles + 1), 1, tiles,
-                         vc, vc + plane_stride, vc + 2 * plane_stride, vc + 3 * plane_stride)
+        planes = buffers + openmp.omp_get_thread_num() * per_thread
+        normalised_plane = planes + 4 * phase + 8 * (tiles + 1)
+        staged = normalised_plane + h * w
+        for block in prange(blocks, schedule="static"):
+            first = block * block_size
+            for c in range(first, min(first + block_size, channels)):
+                memset(planes, 0, 4 * phase * sizeof(real))  # the padding
+                for n in range(n_images):
+                    src = &x[n, c, 0, 0]
+                    if normalised:  # the whole plane at once: long loops for the exponential
+                        _gn_silu_row(src, h * w, mean[n, c // per_group], rstd[n, c // per_group], weight[c], bias[c], normalised_plane)
+                        src = normalised_plane
+                    for r in range(h):  # x[n, c, r, col] is P[r + padding, col + padding]
+                        _deinterleave(src + r * w, w,
+                                      planes + _phase_offset(r + padding, padding, phase, row) + n * (tw + 1),
+                                      planes + _phase_offset(r + padding, padding + 1, phase, row) + n * (tw + 1))
+                for b in range(2):  # Bᵀ down the rows, s = one row of tiles, for each column parity b
+                    _bt_pass(planes + b * phase, planes + (2 + b) * phase, row, tiles + 1,
+                             planes + 4 * phase + b * (tiles + 1), planes + 4 * phase + (2 + b) * (tiles + 1),
+                             planes + 4 * phase + (4 + b) * (tiles + 1), planes + 4 * phase + (6 + b) * (tiles + 1))
+                for xi in range(4):  # then B along the columns, s = 1: row ξ of Bᵀ d B
+                    vc = (staged + 4 * xi * stride + (c - first) * tiles) if transposed else &v[4 * xi, c, 0]
+                    _bt_pass(planes + 4 * phase + 2 * xi * (tiles + 1), planes + 4 * phase + (2 * xi + 1) * (tiles + 1), 1, tiles,
+                             vc, vc + stride, vc + 2 * stride, vc + 3 * stride)
+            if transposed:
+                for e in range(16):
+                    _transpose_block(staged + e * stride, min(block_size, channels - first), tiles, &v[e, 0, first], channels)
     free(buffers)
 
 

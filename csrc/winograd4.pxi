@@ -243,31 +243,55 @@ cdef inline void _interleave4(const real* planes, Py_ssize_t r, Py_ssize_t q, Py
                       planes + _phase4(r, q + 2, phase, row), planes + _phase4(r, q + 3, phase, row), width, dst)
 
 
-def winograd4_input_transform(const real[:, :, :, ::1] x, int padding, int th, int tw, real[:, :, ::1] v):
+def winograd4_input_transform(const real[:, :, :, ::1] x, int padding, int th, int tw, real[:, :, ::1] v,
+                              const real[:, ::1] mean, const real[:, ::1] rstd, const real[::1] weight, const real[::1] bias,
+                              bint transposed):
     """v[6ξ + ν, c, (i·N + n)·(tW + 1) + j] = (Bᵀ d B)[ξ, ν], d = rows 4i…4i+5, columns 4j…4j+5
-    of x[n, c] zero-padded; the spare tiles (j = tW) get junk."""
+    of x[n, c] zero-padded; the spare tiles (j = tW) get junk. A non-empty ``mean``: d from
+    SiLU(GroupNorm(x)); ``transposed``: v is (36, tiles, C); both as in winograd.pxi."""
     cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1], h = x.shape[2], w = x.shape[3]
-    cdef Py_ssize_t row = n_images * (tw + 1), tiles = th * row, plane_stride = v.shape[1] * v.shape[2]
+    cdef Py_ssize_t row = n_images * (tw + 1), tiles = th * row
     cdef Py_ssize_t phase = (th + 1) * row + 1  # one entry more: read by the Bᵀ pass for the very last spare
-    cdef Py_ssize_t c, n, r, xi, b
-    # per thread: the 16 phase planes, then Bᵀ d for (ξ, column phase)
-    cdef Py_ssize_t per_thread = 16 * phase + 24 * (tiles + 1)
+    cdef Py_ssize_t c, n, r, xi, b, e, block, first
+    cdef bint normalised = mean.shape[0] > 0
+    cdef Py_ssize_t per_group = channels // mean.shape[1] if normalised else 1
+    cdef Py_ssize_t block_size = TRANSPOSE_BLOCK if transposed else 1
+    cdef Py_ssize_t blocks = (channels + block_size - 1) // block_size
+    cdef Py_ssize_t staged_size = 36 * block_size * tiles if transposed else 0
+    cdef Py_ssize_t stride = block_size * tiles if transposed else v.shape[1] * v.shape[2]
+    # per thread: the 16 phase planes, then Bᵀ d for (ξ, column phase), then one normalised plane, then the staged rows
+    cdef Py_ssize_t per_thread = 16 * phase + 24 * (tiles + 1) + h * w + staged_size
     cdef int threads = threads_for(n_images * channels * h * w)
     cdef real* buffers = _per_thread(per_thread, threads, &v[0, 0, 0])
     cdef real* planes = NULL
     cdef real* rows_done
+    cdef real* normalised_plane
+    cdef real* staged
+    cdef const real* src
     with nogil, parallel(num_threads=threads):
         planes = buffers + openmp.omp_get_thread_num() * per_thread
         rows_done = planes + 16 * phase  # entry (ξ, b) at (4ξ + b)·(tiles + 1)
-        for c in prange(channels, schedule="static"):
-            memset(planes, 0, 16 * phase * sizeof(real))  # the padding
-            for n in range(n_images):
-                for r in range(h):  # x[n, c, r, col] is P[r + padding, col + padding]
-                    _deinterleave4(&x[n, c, r, 0], w, planes + n * (tw + 1), r + padding, padding, phase, row)
-            for b in range(4):  # Bᵀ down the rows, s = one row of tiles, for each column phase b
-                _bt6(planes + b * phase, 4 * phase, row, tiles + 1, rows_done + b * (tiles + 1), 4 * (tiles + 1))
-            for xi in range(6):  # then B along the columns, s = 1: row ξ of Bᵀ d B
-                _bt6(rows_done + 4 * xi * (tiles + 1), tiles + 1, 1, tiles, &v[6 * xi, c, 0], plane_stride)
+        normalised_plane = rows_done + 24 * (tiles + 1)
+        staged = normalised_plane + h * w
+        for block in prange(blocks, schedule="static"):
+            first = block * block_size
+            for c in range(first, min(first + block_size, channels)):
+                memset(planes, 0, 16 * phase * sizeof(real))  # the padding
+                for n in range(n_images):
+                    src = &x[n, c, 0, 0]
+                    if normalised:  # the whole plane at once: long loops for the exponential
+                        _gn_silu_row(src, h * w, mean[n, c // per_group], rstd[n, c // per_group], weight[c], bias[c], normalised_plane)
+                        src = normalised_plane
+                    for r in range(h):  # x[n, c, r, col] is P[r + padding, col + padding]
+                        _deinterleave4(src + r * w, w, planes + n * (tw + 1), r + padding, padding, phase, row)
+                for b in range(4):  # Bᵀ down the rows, s = one row of tiles, for each column phase b
+                    _bt6(planes + b * phase, 4 * phase, row, tiles + 1, rows_done + b * (tiles + 1), 4 * (tiles + 1))
+                for xi in range(6):  # then B along the columns, s = 1: row ξ of Bᵀ d B
+                    _bt6(rows_done + 4 * xi * (tiles + 1), tiles + 1, 1, tiles,
+                         (staged + 6 * xi * stride + (c - first) * tiles) if transposed else &v[6 * xi, c, 0], stride)
+            if transposed:
+                for e in range(36):
+                    _transpose_block(staged + e * stride, min(block_size, channels - first), tiles, &v[e, 0, first], channels)
     free(buffers)
 
 

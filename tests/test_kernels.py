@@ -77,6 +77,8 @@ def test_cython_group_norm_matches_the_reference(dtype, tol, shape, groups, silu
     assert all(f.dtype == dtype for f in fast) and fast[2].shape == (shape[0], groups)
     for f, r in zip(fast, ref):
         np.testing.assert_allclose(f, r, rtol=tol, atol=tol)
+    for f, r in zip(cpu.group_norm_stats(x, groups, 1e-5), ref[1:]):  # the statistics alone, for a fused convolution
+        np.testing.assert_allclose(f, r, rtol=tol, atol=tol)
     fast_grads = cpu.group_norm_backward(grad, x, fast[1], fast[2], weight, bias, silu)
     ref_grads = reference.group_norm_backward(grad, x, ref[1], ref[2], weight, bias, silu)
     for f, r in zip(fast_grads, ref_grads):

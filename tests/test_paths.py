@@ -46,7 +46,8 @@ class recorded_ops:
         autograd.apply_hooks.remove(self._record)
 
     def _record(self, ctx, output):
-        self.names.append(type(ctx).__name__ + (".silu" if getattr(ctx, "silu", False) else ""))
+        self.names.append(type(ctx).__name__ + (".silu" if getattr(ctx, "silu", False) else "")
+                          + (".norm" if getattr(ctx, "num_groups", 0) else ""))
 
 
 def forward_and_gradients(model, x, t, noise):
@@ -65,9 +66,11 @@ def test_fused_and_unfused_unet_agree_in_output_and_every_gradient(monkeypatch, 
     fused_eps, fused_grads, fused_ops = forward_and_gradients(model, x, t, noise)
     with F.no_fusion():
         eps, grads, ops = forward_and_gradients(model, x, t, noise)
-    # every ResBlock's two GroupNorm+SiLU pairs fused, and the output head's; the adds gone into convs
+    # every ResBlock's two GroupNorm+SiLU pairs, and the output head's, fused into the 3×3 convs
+    # that read them; the adds gone into convs
     resblocks = sum(type(m).__name__ == "ResBlock" for m in model.modules())
-    assert fused_ops.count("GroupNorm.silu") == 2 * resblocks + 1 and "GroupNorm.silu" not in ops
+    assert fused_ops.count("WinogradConv2d.norm") == 2 * resblocks + 1 and "GroupNorm.silu" not in fused_ops
+    assert not any(name.endswith((".silu", ".norm")) for name in ops)
     assert ops.count("Add") - fused_ops.count("Add") == 2 * resblocks
     np.testing.assert_allclose(fused_eps, eps, rtol=rtol, atol=rtol * np.abs(eps).max())
     for (name, _), fused, unfused in zip(model.named_parameters(), fused_grads, grads):

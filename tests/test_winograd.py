@@ -90,6 +90,45 @@ def test_cython_winograd_transforms_match_the_reference(tile, problem):
     np.testing.assert_allclose(cpu.winograd_filter_transform_adjoint(grad_u, tile), reference.winograd_filter_transform_adjoint(grad_u, tile), **tol)
 
 
+@needs_ext
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 37, 9, 10), (1, 32, 28, 28), (3, 16, 7, 7), (2, 3, 5, 5)])
+def test_the_transposed_input_transform_writes_v_transposed(tile, dtype, shape):
+    """``transposed=True``: V[ξ]ᵀ, (α², tiles, C), exactly the plain layout's values (its blocks of
+    16 channels take the vectorised transpose for floats; 37 channels and odd tile counts leave
+    remainders), with and without the GroupNorm+SiLU it may apply."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(shape).astype(dtype)
+    stats = reference.group_norm_stats(x.reshape(shape[0], shape[1], -1), 1, 1e-5)
+    for norm in (None, (*stats, rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype))):
+        for impl in IMPLEMENTATIONS:
+            v = impl.winograd_input_transform(x, 1, m=tile, norm=norm)
+            v_t = impl.winograd_input_transform(x, 1, m=tile, norm=norm, transposed=True)
+            assert v_t.shape == (v.shape[0], v.shape[2], v.shape[1])
+            np.testing.assert_array_equal(v_t, v.transpose(0, 2, 1))
+
+
+@needs_ext
+@pytest.mark.parametrize("tile", [2, 4])
+@settings(max_examples=30, deadline=None)
+@given(winograd_problems(), st.booleans())
+def test_cython_input_transform_normalises_its_input_as_the_reference_does(tile, problem, one_group):
+    """With ``norm`` the input transform reads SiLU(GroupNorm(x)): the same tiles as the reference's
+    group_norm_apply followed by the plain transform (zero padding added after the SiLU)."""
+    x, padding, rng = problem
+    x = (3 + 2 * x).astype(x.dtype)  # far from zero mean and unit variance: the normalisation shows
+    groups = 1 if one_group else x.shape[1]
+    mean, rstd = reference.group_norm_stats(x.reshape(x.shape[0], x.shape[1], -1), groups, 1e-5)
+    weight, bias = rng.standard_normal(x.shape[1]).astype(x.dtype), rng.standard_normal(x.shape[1]).astype(x.dtype)
+    norm = (mean, rstd, weight, bias)
+    shape = output_shape(x, padding, c_out=3)
+    expected = reference.winograd_input_transform(reference.group_norm_apply(x, *norm, silu=True), padding, m=tile)
+    for impl in IMPLEMENTATIONS:
+        np.testing.assert_allclose(tiles_without_spares(impl.winograd_input_transform(x, padding, m=tile, norm=norm), x.shape[0], shape, tile),
+                                   tiles_without_spares(expected, x.shape[0], shape, tile), **tolerance(x.dtype, tile))
+
+
 @pytest.mark.parametrize("tile", [2, 4])
 @settings(max_examples=20, deadline=None)
 @given(winograd_problems())
@@ -145,7 +184,47 @@ def test_winograd_conv_passes_a_float64_gradient_check():
     rng = np.random.default_rng(1)
     x, w, b = rng.standard_normal((2, 2, 5, 6)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
     assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, padding=1, algorithm="winograd"), x, w, b)
-    assert gradcheck(lambda x, w, b: WinogradConv2d.apply(x, w, b, None, padding=1, tile=4), x, w, b)
+    assert gradcheck(lambda x, w, b: WinogradConv2d.apply(x, w, b, None, None, None, padding=1, tile=4), x, w, b)
+
+
+@pytest.mark.parametrize("kernels", ["reference"] + (["cpu"] if backend.extension() is not None else []))
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_conv_of_a_group_norm_silu_passes_a_float64_gradient_check(monkeypatch, kernels, tile):
+    """conv(SiLU(GroupNorm(x))) as one op: gradients in x, the filters, the bias and GroupNorm's γ, β."""
+    from minidiff.functional.winograd import WinogradConv2d
+
+    monkeypatch.setenv("MINIDIFF_KERNELS", kernels)
+    rng = np.random.default_rng(4)
+    x, w, b = 2 + rng.standard_normal((2, 4, 5, 6)), rng.standard_normal((3, 4, 3, 3)), rng.standard_normal(3)
+    gamma, beta = 1 + rng.standard_normal(4), rng.standard_normal(4)
+    assert gradcheck(lambda x, w, b, gamma, beta: WinogradConv2d.apply(x, w, b, None, gamma, beta, padding=1, tile=tile, num_groups=2),
+                     x, w, b, gamma, beta)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_a_conv_of_silu_of_group_norm_inside_a_module_is_one_op_with_the_composition_s_values(monkeypatch, affine):
+    """Model code's conv(silu(group_norm(x))): one WinogradConv2d normalising its input on the fast path
+    (a GroupNorm without γ, β stays the fused GroupNorm+SiLU op), the ops as written with fusion off;
+    the same output and gradients either way."""
+    monkeypatch.delenv("MINIDIFF_KERNELS", raising=False)
+    rng = np.random.default_rng(5)
+    x, w, b = (Tensor(a, requires_grad=True) for a in (rng.standard_normal((2, 4, 6, 6)), rng.standard_normal((5, 4, 3, 3)), rng.standard_normal(5)))
+    gamma, beta = (Tensor(a, requires_grad=True) for a in (1 + rng.standard_normal(4), rng.standard_normal(4))) if affine else (None, None)
+    results = []
+    for fusion in (contextlib.nullcontext(), no_fusion()):
+        with fusion:
+            y = module_call(lambda: F.conv2d(F.silu(F.group_norm(x, 2, gamma, beta)), w, b, padding=1, algorithm="winograd"), (), {})
+        op, groups = type(y._ctx).__name__, getattr(y._ctx, "num_groups", 0)  # before the backward frees the graph
+        y.backward(np.cos(np.arange(y.data.size)).reshape(y.shape))
+        leaves = [t for t in (x, w, b, gamma, beta) if t is not None]
+        results.append((op, groups, y.data.copy(), [t.grad.copy() for t in leaves]))
+        for t in leaves:
+            t.grad = None
+    (fused_op, fused_groups, fused_y, fused_grads), (plain_op, plain_groups, plain_y, plain_grads) = results
+    assert fused_op == plain_op == "WinogradConv2d" and fused_groups == (2 if affine else 0) and plain_groups == 0
+    np.testing.assert_allclose(fused_y, plain_y, rtol=1e-12, atol=1e-12)
+    for fused, plain in zip(fused_grads, plain_grads):
+        np.testing.assert_allclose(fused, plain, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kernels", ["reference"] + (["cpu"] if backend.extension() is not None else []))
@@ -164,7 +243,7 @@ def test_f4x4_winograd_conv_stays_within_its_float32_bound_of_the_textbook_conv(
     textbook = conv_and_grads(x, w, b, padding, "reference")
     for dtype, tol in ((np.float32, 3e-5), (np.float64, 1e-11)):
         xt, wt, bt = (Tensor(a.astype(dtype), requires_grad=True) for a in (x, w, b))
-        y = WinogradConv2d.apply(xt, wt, bt, None, padding=padding, tile=4)
+        y = WinogradConv2d.apply(xt, wt, bt, None, None, None, padding=padding, tile=4)
         y.backward(np.cos(np.arange(y.data.size)).reshape(y.shape).astype(dtype))
         for got, want in zip((y.data, xt.grad, wt.grad, bt.grad), textbook):
             assert got.dtype == dtype
@@ -256,7 +335,7 @@ def test_a_winograd_conv_plus_r_becomes_the_conv_adding_r_as_it_writes(monkeypat
     y.backward(grad)
     np.testing.assert_allclose(r.grad, grad.sum(axis=(2, 3), keepdims=True) if per_plane else grad, rtol=1e-12, atol=1e-12)
     monkeypatch.setenv("MINIDIFF_KERNELS", kernels)
-    assert gradcheck(lambda x, w, r: WinogradConv2d.apply(x, w, None, r, padding=1), x, w, r.data)
+    assert gradcheck(lambda x, w, r: WinogradConv2d.apply(x, w, None, r, None, None, padding=1), x, w, r.data)
 
 
 def test_a_sum_that_cannot_fuse_runs_as_written():

@@ -17,6 +17,7 @@ from ..backend import get_array_module
 from ..kernels import kernel
 from ..kernels.reference import conv_output_size
 from .chunking import image_chunks, map_chunks, scratch, sum_shares
+from .fusion import absorb
 from .winograd import winograd_conv2d
 
 WINOGRAD_MIN_CHANNELS = 4
@@ -168,7 +169,9 @@ def fast_conv2d(x, w, b, stride: int, padding: int, algorithm: str):
     # tiny and Winograd's 16 transformed output planes per channel cost more than they save
     # (mnist conv_in, forward: 5.6 ms as Winograd, 0.8 ms as im2col)
     if algorithm == "winograd" or (algorithm == "auto" and winograd_applies and x.shape[1] >= WINOGRAD_MIN_CHANNELS):
-        return winograd_conv2d(x, w, b, padding, winograd_tile(x.shape[0], x.shape[2] + 2 * padding - 2, x.shape[3] + 2 * padding - 2))
+        tile = winograd_tile(x.shape[0], x.shape[2] + 2 * padding - 2, x.shape[3] + 2 * padding - 2)
+        fused = absorb(x, "conv", w, b, padding, tile)  # conv(silu(group_norm(·))) as one op (fusion.py)
+        return winograd_conv2d(x, w, b, padding, tile) if fused is None else fused
     if algorithm == "auto" and tuple(w.shape[2:]) == (1, 1) and stride == 1 and padding == 0:
         return PointwiseConv2d.apply(x, w, b)
     return ChunkedConv2d.apply(x, w, b, stride=stride, padding=padding)

@@ -5,7 +5,8 @@ Model code reads like the paper -- ``h = conv(silu(group_norm(x))) + emb`` -- an
 still runs GroupNorm and SiLU as one kernel and adds ``emb`` while the Winograd convolution
 writes its output. An op that has a fused form returns a :class:`Pending` tensor: the op and its
 inputs, not run yet. The op applied to it next may *absorb* it: ``silu`` of a pending GroupNorm
-is the fused GroupNorm+SiLU op on the GroupNorm's inputs; ``pending_conv + r`` is the
+is the fused GroupNorm+SiLU op on the GroupNorm's inputs, a 3×3 Winograd ``conv2d`` of that is
+the convolution normalising its input as it reads it, and ``pending_conv + r`` is the
 convolution that adds r as it writes. Any other use reads ``.data``, which runs the op there and
 then: the pending tensor becomes an ordinary graph node. So values and gradients are those of
 the ops as written whichever way it goes (a test holds the fused and unfused U-Net together).
@@ -78,7 +79,7 @@ def module_call(forward, args, kwargs):
 def pending(function, inputs: tuple, options: dict, shape, **absorbers):
     """``function.apply(*inputs, **options)`` -- left pending when fusion is on.
 
-    ``absorbers`` maps the name of an op that may take its place (``"silu"``, ``"add"``) to a
+    ``absorbers`` maps the name of an op that may take its place (``"silu"``, ``"conv"``, ``"add"``) to a
     builder of the fused op, called with that op's other operands; it returns ``None`` when it
     does not apply (a residual of the wrong shape, …), and the op then runs as written.
     """

@@ -5,7 +5,10 @@ One Function with the closed-form backward; the arithmetic lives in the named ke
 ``group_norm_forward`` / ``group_norm_backward`` (kernels/reference.py is their specification).
 Fusing SiLU saves a full pass over the activations each way and the array SiLU would keep for
 its backward. Model code writes ``silu(group_norm(x))``; :func:`group_norm` leaves its result
-pending (:mod:`~minidiff.functional.fusion`), and ``silu`` of it becomes the fused op.
+pending (:mod:`~minidiff.functional.fusion`), and ``silu`` of it becomes the fused op -- pending
+too: a 3×3 Winograd convolution of it takes GroupNorm+SiLU into its input transform
+(:class:`~minidiff.functional.winograd.WinogradConv2d`), and the normalised activations are never
+written out.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from ..autograd import Function
 from ..backend import get_array_module
 from ..kernels import kernel
 from .fusion import pending
+from .winograd import winograd_conv2d
 
 __all__ = ["group_norm", "group_norm_silu", "layer_norm"]
 
@@ -65,8 +69,16 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
     """``torch.nn.functional.group_norm``: x (N, C, *), weight and bias (C,) or None."""
     _check("group_norm", x, num_groups, weight, bias)
     options = dict(num_groups=int(num_groups), eps=float(eps))
-    return pending(GroupNorm, (x, weight, bias), dict(options, silu=False), x.shape,
-                   silu=lambda: GroupNorm.apply(x, weight, bias, **options, silu=True))  # arguments checked above
+
+    def conv(w, b, padding: int, tile: int):  # conv(silu(group_norm(x))): the Winograd conv normalises as it reads x
+        if weight is None or bias is None:
+            return None
+        return winograd_conv2d(x, w, b, padding, tile, norm=(weight, bias, options["num_groups"], options["eps"]))
+
+    def silu():  # silu(group_norm(x)): the fused op, itself pending for a convolution to absorb
+        return pending(GroupNorm, (x, weight, bias), dict(options, silu=True), x.shape, conv=conv)
+
+    return pending(GroupNorm, (x, weight, bias), dict(options, silu=False), x.shape, silu=silu)  # arguments checked above
 
 
 def group_norm_silu(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):

@@ -42,15 +42,22 @@ from .fusion import pending
 
 class WinogradConv2d(Function):
     """y = conv2d(x, w, b, stride=1, padding) + residual for a 3×3 kernel, via F(m×m, 3×3),
-    m = 2 or 4 (``tile``).
+    m = 2 or 4 (``tile``); with ``num_groups``, y = conv2d(SiLU(GroupNorm(x)), …) + residual,
+    the GroupNorm's affine map being ``norm_weight``, ``norm_bias``.
 
     Like :class:`~minidiff.functional.conv_fast.ChunkedConv2d`, a few images at a time so that a chunk's
     transformed tiles are still in cache when their GEMMs read them, and only x and the
     transformed filter are saved: V is recomputed in the backward pass (one memory-bound pass)
     rather than kept alive, 4× the size of x, until then.
+
+    The GroupNorm+SiLU in front is applied by the input transform as it reads each row of x:
+    the normalised activations are never written out (a pass over memory each way, and at
+    batch 1 an op's fixed cost, saved). The statistics come first (``group_norm_stats``);
+    the backward pass carries ∂(SiLU(GroupNorm(x))) from the input adjoint through
+    ``group_norm_backward``.
     """
 
-    def forward(self, x, w, b, residual, padding, tile=2):
+    def forward(self, x, w, b, residual, norm_weight, norm_bias, padding, tile=2, num_groups=0, eps=1e-5):
         xp = get_array_module(x)
         n, c, h, width = x.shape
         c_out = w.shape[0]
@@ -58,22 +65,24 @@ class WinogradConv2d(Function):
         m, entries = tile, winograd_tile_entries(tile)
         tiles = winograd_tile_count(ho, wo, m)
         u = filter_transform(w, m)  # U = G g Gᵀ: (α², C_out, C)
+        stats = kernel("group_norm_stats", x)(x.reshape(n, c, -1), num_groups, eps) if num_groups else None  # μ, rstd: (N, G)
         input_transform, output_transform = kernel("winograd_input_transform", x), kernel("winograd_output_transform", x)
         out = xp.empty((n, c_out, ho, wo), dtype=x.dtype)
 
         def forward_chunk(chunk):
             size = chunk.stop - chunk.start
-            v = input_transform(x[chunk], padding, out=scratch("winograd_v", (entries, c, size * tiles), x.dtype, xp), m=m)  # Bᵀ d B
+            v = input_transform(x[chunk], padding, out=scratch("winograd_v", (entries, c, size * tiles), x.dtype, xp), m=m,
+                                norm=_norm_rows(stats, norm_weight, norm_bias, chunk))  # Bᵀ d B
             products = xp.matmul(u, v, out=scratch("winograd_m", (entries, c_out, size * tiles), x.dtype, xp))  # M[ξ] = U[ξ]·V[ξ]
             output_transform(products, out[chunk].shape, b, None if residual is None else residual[chunk], out=out[chunk], m=m)  # Aᵀ M A + b + residual
 
         map_chunks(forward_chunk, image_chunks(n, entries * max(c, c_out), tiles, x.itemsize, xp is not np), xp)
-        self.padding, self.tile = padding, tile
-        self.save_for_backward(x, u)
+        self.padding, self.tile, self.num_groups = padding, tile, num_groups
+        self.save_for_backward(x, u, stats, norm_weight, norm_bias)
         return out
 
     def backward(self, grad):
-        x, u = self.saved
+        x, u, stats, norm_weight, norm_bias = self.saved
         xp = get_array_module(grad)
         n, c = x.shape[:2]
         c_out = grad.shape[1]
@@ -82,7 +91,9 @@ class WinogradConv2d(Function):
         input_transform = kernel("winograd_input_transform", x)
         input_adjoint = kernel("winograd_input_transform_adjoint", x)
         output_adjoint = kernel("winograd_output_transform_adjoint", x)
-        grad_x = xp.empty(x.shape, dtype=x.dtype) if self.needs_input_grad[0] else None
+        # ∂ of the convolution's input: ∂x itself, or ∂(SiLU(GroupNorm(x))) on its way to ∂x, ∂γ, ∂β
+        needs_grad_input = self.needs_input_grad[0] or (self.num_groups and any(self.needs_input_grad[4:6]))
+        grad_input = xp.empty(x.shape, dtype=x.dtype) if needs_grad_input else None
         residual_shape = self.inputs[3].shape if self.needs_input_grad[3] else None
         # a (N, C_out, 1, 1) residual's gradient sums ∂Y over each plane: filled chunk by chunk
         grad_shift = xp.empty((n, c_out), dtype=grad.dtype) if residual_shape is not None and residual_shape[2:] == (1, 1) else None
@@ -97,18 +108,33 @@ class WinogradConv2d(Function):
             grad_b = plane_sums.sum(axis=0) if self.needs_input_grad[2] else None
             if grad_shift is not None:
                 grad_shift[chunk] = plane_sums
-            if grad_x is not None:
+            if grad_input is not None:
                 grad_v = xp.matmul(u_t, grad_m, out=scratch("winograd_v", (entries, c, size * tiles), x.dtype, xp))  # ∂V[ξ] = U[ξ]ᵀ·∂M[ξ]
-                input_adjoint(grad_v, x[chunk].shape, self.padding, out=grad_x[chunk], m=m)  # ∂d = B ∂V Bᵀ, overlaps added
+                input_adjoint(grad_v, x[chunk].shape, self.padding, out=grad_input[chunk], m=m)  # ∂d = B ∂V Bᵀ, overlaps added
             if self.needs_input_grad[1]:
-                v = input_transform(x[chunk], self.padding, out=scratch("winograd_v", (entries, c, size * tiles), x.dtype, xp), m=m)  # recomputed
-                return xp.matmul(grad_m, v.transpose(0, 2, 1)), grad_b  # ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ, this chunk's share
+                # V recomputed, and written transposed, V[ξ]ᵀ (α², tiles, C), so that the GEMM reads both operands
+                # row-major: OpenBLAS runs ∂M·Vᵀ from V's own layout 1.2–2.5× slower (benchmarks/README.md)
+                v_t = input_transform(x[chunk], self.padding, out=scratch("winograd_v", (entries, size * tiles, c), x.dtype, xp), m=m,
+                                      norm=_norm_rows(stats, norm_weight, norm_bias, chunk), transposed=True)
+                return xp.matmul(grad_m, v_t), grad_b  # ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ, this chunk's share
             return None, grad_b
 
         grad_u, grad_b = sum_shares(map_chunks(backward_chunk, image_chunks(n, entries * max(c, c_out), tiles, x.itemsize, xp is not np), xp))
         grad_w = None if grad_u is None else kernel("winograd_filter_transform_adjoint", grad_u)(grad_u, m)  # ∂g = Gᵀ ∂U G
         grad_residual = grad_shift.reshape(residual_shape) if grad_shift is not None else grad if residual_shape is not None else None
-        return grad_x, grad_w, grad_b, grad_residual  # ∂y/∂residual = 1, summed over the positions it was broadcast to
+        grad_x, grad_norm_weight, grad_norm_bias = grad_input, None, None
+        if self.num_groups and grad_input is not None:  # through SiLU and GroupNorm: see functional/norm.py
+            grad_x, grad_norm_weight, grad_norm_bias = kernel("group_norm_backward", grad_input)(
+                grad_input.reshape(n, c, -1), x.reshape(n, c, -1), *stats, norm_weight, norm_bias, True)
+            grad_x = grad_x.reshape(x.shape)
+        # ∂y/∂residual = 1, summed over the positions it was broadcast to
+        return (grad_x if self.needs_input_grad[0] else None, grad_w, grad_b, grad_residual,
+                grad_norm_weight if self.needs_input_grad[4] else None, grad_norm_bias if self.needs_input_grad[5] else None)
+
+
+def _norm_rows(stats, weight, bias, chunk: slice):
+    """The input transform's ``norm`` for the images ``chunk``: their statistics and the affine map, or None."""
+    return None if stats is None else (stats[0][chunk], stats[1][chunk], weight, bias)
 
 
 # Inside reusing_filters(): (id(w), m) → (w, U) for the read-only filter arrays w seen so far.
@@ -144,16 +170,22 @@ def filter_transform(w, m: int):
     return entry[1]
 
 
-def winograd_conv2d(x, w, b, padding: int, tile: int = 2):
+def winograd_conv2d(x, w, b, padding: int, tile: int = 2, norm=None):
     """``conv2d(x, w, b, padding=padding)`` by :class:`WinogradConv2d` with F(tile×tile, 3×3), left pending
     (:mod:`~minidiff.functional.fusion`) so that ``+ r`` right after it becomes the convolution
     adding r as it writes its output: r of the output's shape (a skip connection) or
-    (N, C_out, 1, 1) (a ResBlock's time-embedding shift)."""
+    (N, C_out, 1, 1) (a ResBlock's time-embedding shift).
+
+    ``norm`` = (weight, bias, num_groups, eps): the convolution of SiLU(GroupNorm(x)) instead, its
+    normalisation fused into the input transform (the GroupNorm+SiLU's ``conv`` absorber in
+    :mod:`~minidiff.functional.norm` passes it)."""
     shape = (x.shape[0], w.shape[0], x.shape[2] + 2 * padding - 2, x.shape[3] + 2 * padding - 2)
+    norm_weight, norm_bias, num_groups, eps = (None, None, 0, 1e-5) if norm is None else norm
+    options = dict(padding=padding, tile=tile, num_groups=num_groups, eps=eps)
 
     def with_residual(r):
         if not isinstance(r, Tensor) or r.dtype != x.dtype or tuple(r.shape) not in (shape, shape[:2] + (1, 1)):
             return None
-        return WinogradConv2d.apply(x, w, b, r, padding=padding, tile=tile)
+        return WinogradConv2d.apply(x, w, b, r, norm_weight, norm_bias, **options)
 
-    return pending(WinogradConv2d, (x, w, b, None), dict(padding=padding, tile=tile), shape, add=with_residual)
+    return pending(WinogradConv2d, (x, w, b, None, norm_weight, norm_bias), options, shape, add=with_residual)

@@ -42,6 +42,15 @@ def group_norm_forward(x, num_groups: int, weight, bias, eps: float, silu: bool)
     return y, mean, rstd
 
 
+def group_norm_stats(x, num_groups: int, eps: float):
+    n, c, _ = x.shape
+    mean, rstd = np.empty((n, num_groups), dtype=x.dtype), np.empty((n, num_groups), dtype=x.dtype)  # (N, G) ×2
+    unused = np.zeros(c, dtype=x.dtype)  # γ, β: an empty y asks for the statistics alone
+    _C().group_norm_forward(np.ascontiguousarray(x), num_groups, unused, unused, eps, False,
+                            np.empty((0, 0, 0), dtype=x.dtype), mean, rstd)
+    return mean, rstd
+
+
 def group_norm_backward(grad_y, x, mean, rstd, weight, bias, silu: bool):
     n, c, m = x.shape
     grad_x = np.empty_like(x)  # (N, C, M)
@@ -76,11 +85,17 @@ def _transforms(m: int):
     return "winograd_" if m == 2 else "winograd4_"
 
 
-def winograd_input_transform(x, padding: int, out=None, m: int = 2):
+def winograd_input_transform(x, padding: int, out=None, m: int = 2, norm=None, transposed: bool = False):
     n, c, h, w = x.shape
     th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2, m)
-    v = np.empty((winograd_tile_entries(m), c, n * th * (tw + 1)), dtype=x.dtype) if out is None else out  # (α², C, tH·N·(tW + 1))
-    getattr(_C(), _transforms(m) + "input_transform")(np.ascontiguousarray(x), padding, th, tw, v)
+    shape = (winograd_tile_entries(m), c, n * th * (tw + 1))  # (α², C, tH·N·(tW + 1))
+    v = np.empty((shape[0], shape[2], shape[1]) if transposed else shape, dtype=x.dtype) if out is None else out
+    if norm is None:
+        mean = rstd = np.empty((0, 1), dtype=x.dtype)  # empty: x is the convolution's input as it is
+        weight = bias = np.empty(0, dtype=x.dtype)
+    else:
+        mean, rstd, weight, bias = (np.ascontiguousarray(a, dtype=x.dtype) for a in norm)  # (N, G), (N, G), (C,), (C,)
+    getattr(_C(), _transforms(m) + "input_transform")(np.ascontiguousarray(x), padding, th, tw, v, mean, rstd, weight, bias, transposed)
     return v
 
 

@@ -71,26 +71,45 @@ def group_norm_forward(x, num_groups: int, weight, bias, eps: float, silu: bool)
 
     x: (N, C, M); weight, bias: (C,) → (y (N, C, M), mean (N, G), rstd (N, G)) with
     x̂ = (x − μ_g)·rstd, rstd = 1/√(σ²_g + eps) over each group of C/G channels, a = γ·x̂ + β and
-    y = a·σ(a) if ``silu`` else a. Two-pass variance σ² = mean((x − μ)²): it never subtracts two
-    large nearly equal numbers, unlike E[x²] − μ². The backward pass rebuilds x̂ from x, μ and
-    rstd, so the forward pass writes one array, not two.
+    y = a·σ(a) if ``silu`` else a (:func:`group_norm_stats`, then :func:`group_norm_apply`). The
+    backward pass rebuilds x̂ from x, μ and rstd, so the forward pass writes one array, not two.
     """
+    mean, rstd = group_norm_stats(x, num_groups, eps)
+    return group_norm_apply(x, mean, rstd, weight, bias, silu), mean, rstd
+
+
+def group_norm_stats(x, num_groups: int, eps: float):
+    """μ_g and rstd = 1/√(σ²_g + eps) of each group of x (N, C, M) → (mean (N, G), rstd (N, G)).
+    Two-pass variance σ² = mean((x − μ)²): it never subtracts two large nearly equal numbers,
+    unlike E[x²] − μ²."""
     xp = get_array_module(x)
-    n, c, m = x.shape
+    n = x.shape[0]
     groups = x.reshape(n, num_groups, -1)  # (N, G, C/G·M)
     mean = groups.mean(axis=-1, keepdims=True)  # μ: (N, G, 1)
     centered = groups - mean
     rstd = 1 / xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)  # 1/σ: (N, G, 1)
-    x_hat = (centered * rstd).reshape(n, c, m)
-    a = x_hat * weight[:, None] + bias[:, None]
-    return (a * sigmoid(a) if silu else a), mean[..., 0], rstd[..., 0]
+    return mean[..., 0], rstd[..., 0]
+
+
+def _normalised(x, mean, rstd):
+    """x̂ = (x − μ_g)·rstd_g for x (N, C, *) and statistics (N, G)."""
+    n, groups = mean.shape
+    return ((x.reshape(n, groups, -1) - mean[..., None]) * rstd[..., None]).reshape(x.shape)
+
+
+def group_norm_apply(x, mean, rstd, weight, bias, silu: bool):
+    """y = a·σ(a) (or a), a = γ·x̂ + β, for x (N, C, *) with its statistics (N, G): GroupNorm's
+    last pass, which a Winograd convolution also makes on its input as it reads it."""
+    per_channel = (-1,) + (1,) * (x.ndim - 2)
+    a = _normalised(x, mean, rstd) * weight.reshape(per_channel) + bias.reshape(per_channel)
+    return a * sigmoid(a) if silu else a
 
 
 def group_norm_backward(grad_y, x, mean, rstd, weight, bias, silu: bool):
     """The gradient of :func:`group_norm_forward` → (dx (N, C, M), dγ (C,), dβ (C,))."""
     n, c, m = x.shape
     num_groups = rstd.shape[1]
-    x_hat = ((x.reshape(n, num_groups, -1) - mean[..., None]) * rstd[..., None]).reshape(n, c, m)
+    x_hat = _normalised(x, mean, rstd)
     grad_a = grad_y
     if silu:
         a = x_hat * weight[:, None] + bias[:, None]
@@ -196,15 +215,21 @@ def winograd_unpack_tiles(flat, n: int, th: int, tw: int):
     return xp.swapaxes(flat.reshape(*flat.shape[:-1], th, n, tw + 1)[..., :tw], -3, -2)
 
 
-def winograd_input_transform(x, padding: int, out=None, m: int = 2):
+def winograd_input_transform(x, padding: int, out=None, m: int = 2, norm=None, transposed: bool = False):
     """V = Bᵀ d B for every α×α input tile d of a 3×3, stride-1 convolution's input.
 
     x: (N, C, H, W) → V: (α², C, tH·N·(tW + 1)), in the layout described above. Tile (i, j)
     covers rows m·i … m·i+α−1 and the same columns of x zero-padded by ``padding`` (tiles
     overlap by two; rows past the padding, needed when m does not divide Hₒ, are zeros too).
-    ``out``: a C-contiguous array to fill.
+    ``out``: a C-contiguous array to fill. ``norm`` = (mean, rstd, weight, bias): the
+    convolution's input is SiLU(GroupNorm(x)) with these statistics (N, G) and affine map (C,),
+    applied here (:func:`group_norm_apply`; zero padding is added after it). ``transposed``: V[ξ]ᵀ
+    instead, (α², tH·N·(tW + 1), C), the layout in which the filter gradient ∂M[ξ]·V[ξ]ᵀ is a
+    product of two row-major matrices.
     """
     xp = get_array_module(x)
+    if norm is not None:
+        x = group_norm_apply(x, *norm, silu=True)
     n, c, h, w = x.shape
     alpha = m + 2
     th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2, m)
@@ -214,7 +239,8 @@ def winograd_input_transform(x, padding: int, out=None, m: int = 2):
     d = xp.stack(rows, axis=-2)  # (N, C, tH, tW, α, α)
     bt = _winograd_matrix(m, "bt", xp, x.dtype)
     v = xp.einsum("xa,nctsab,yb->xycnts", bt, d, bt, optimize=True)  # Bᵀ d B: (α, α, C, N, tH, tW)
-    return _into(out, winograd_pack_tiles(v).reshape(alpha * alpha, c, -1))
+    v = winograd_pack_tiles(v).reshape(alpha * alpha, c, -1)  # (α², C, tH·N·(tW + 1))
+    return _into(out, v.transpose(0, 2, 1) if transposed else v)
 
 
 def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None, m: int = 2):
