@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="timed steps of each variant and mode (default: 7)")
     parser.add_argument("--modes", default="train,forward", help="comma-separated: train, forward (default: both)")
     args = parser.parse_args()
-    policies = {"f2x2_everywhere": lambda n, ho, wo: 2, "chosen": conv_fast.winograd_tile}
+    policies = {"f2x2_everywhere": lambda n, ho, wo, filters_reused=False: 2, "chosen": conv_fast.winograd_tile}
     modes = args.modes.split(",")
     with backend.performance_settings():
         bench = Benchmark("mnist", args.batch, "cpu", seed=0)

@@ -349,3 +349,24 @@ def test_a_sum_that_cannot_fuse_runs_as_written():
             y = in_a_module(lambda: F.conv2d(x, w, padding=1, algorithm="winograd") + r)
         assert type(y._ctx).__name__ == "Add"
         np.testing.assert_allclose(y.data, plain + r.data, rtol=1e-12, atol=1e-12)
+
+
+def test_a_batch_of_one_takes_f4x4_at_28x28_only_when_its_filter_transform_is_reused(monkeypatch):
+    """F(4×4)'s filter transform costs more than it saves on one image, unless it is done once for many
+    forwards (frozen weights, as sampling runs): then a batch of one takes F(4×4) too, with the output
+    of F(2×2) to float32's Winograd tolerance."""
+    from minidiff import autograd, nn, no_grad
+    from minidiff.functional.conv_fast import winograd_tile
+
+    assert [winograd_tile(1, 28, 28), winograd_tile(1, 28, 28, True), winograd_tile(2, 28, 28), winograd_tile(1, 14, 14, True)] == [2, 4, 4, 2]
+    monkeypatch.delenv("MINIDIFF_KERNELS", raising=False)
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    x = Tensor(np.random.default_rng(3).standard_normal((1, 8, 28, 28)).astype(np.float32))
+    tiles = []
+    monkeypatch.setattr(autograd, "apply_hooks", [lambda ctx, out: tiles.append(getattr(ctx, "tile", None))])
+    with no_grad():
+        plain = conv(x).data
+        with conv.frozen():
+            frozen = conv(x).data
+    assert tiles == [2, 4]
+    np.testing.assert_allclose(frozen, plain, rtol=0, atol=3e-5 * np.abs(plain).max())

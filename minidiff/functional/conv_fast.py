@@ -18,7 +18,7 @@ from ..kernels import kernel
 from ..kernels.reference import conv_output_size
 from .chunking import image_chunks, map_chunks, scratch, sum_shares
 from .fusion import absorb
-from .winograd import winograd_conv2d
+from .winograd import reuses_filters, winograd_conv2d
 
 WINOGRAD_MIN_CHANNELS = 4
 
@@ -142,9 +142,11 @@ def columns_buffer(x, chunk: slice, rows: int, positions: int, name: str = "colu
 WINOGRAD4_MIN_SIDE = 20
 
 
-def winograd_tile(n: int, ho: int, wo: int) -> int:
+def winograd_tile(n: int, ho: int, wo: int, filters_reused: bool = False) -> int:
     """m of the F(m×m, 3×3) that computes a batch of ``n`` Hₒ×Wₒ outputs: 4 for maps of at least
-    WINOGRAD4_MIN_SIDE on each side in batches of 2 or more, else 2.
+    WINOGRAD4_MIN_SIDE on each side in batches of 2 or more, or of 1 when the filters' transform
+    is reused (``filters_reused``: frozen weights, :func:`~minidiff.functional.winograd.reuses_filters`),
+    else 2.
 
     F(4×4, 3×3) does 36 multiply-adds per 16 outputs and channel pair against F(2×2, 3×3)'s 64,
     and its transformed tiles are 2.25× the input rather than 4×; its transforms cost about what
@@ -152,9 +154,11 @@ def winograd_tile(n: int, ho: int, wo: int) -> int:
     (Intel Xeon, batch 64, CPU time, alternated): F(4×4) at 28×28 only, −7 % per training step and
     −6 % per forward; adding 14×14 (16×16 of tiles for 14×14 outputs, and GEMMs of ~100 columns a
     chunk) or 7×7 gave back 2–4 points. At batch 1 the (36, 9) filter transform, done by NumPy,
-    and the smaller GEMMs cost more than they save (+6 %).
+    and the smaller GEMMs cost more than they save (+6 %); with the transform done once (frozen
+    weights, as sampling runs) F(4×4) at 28×28 takes 2.9 % off a batch-1 forward (Intel Xeon,
+    150 alternated rounds).
     """
-    return 4 if n >= 2 and min(ho, wo) >= WINOGRAD4_MIN_SIDE else 2
+    return 4 if (n >= 2 or filters_reused) and min(ho, wo) >= WINOGRAD4_MIN_SIDE else 2
 
 
 def fast_conv2d(x, w, b, stride: int, padding: int, algorithm: str):
@@ -169,7 +173,7 @@ def fast_conv2d(x, w, b, stride: int, padding: int, algorithm: str):
     # tiny and Winograd's 16 transformed output planes per channel cost more than they save
     # (mnist conv_in, forward: 5.6 ms as Winograd, 0.8 ms as im2col)
     if algorithm == "winograd" or (algorithm == "auto" and winograd_applies and x.shape[1] >= WINOGRAD_MIN_CHANNELS):
-        tile = winograd_tile(x.shape[0], x.shape[2] + 2 * padding - 2, x.shape[3] + 2 * padding - 2)
+        tile = winograd_tile(x.shape[0], x.shape[2] + 2 * padding - 2, x.shape[3] + 2 * padding - 2, reuses_filters(w.data))
         fused = absorb(x, "conv", w, b, padding, tile)  # conv(silu(group_norm(·))) as one op (fusion.py)
         return winograd_conv2d(x, w, b, padding, tile) if fused is None else fused
     if algorithm == "auto" and tuple(w.shape[2:]) == (1, 1) and stride == 1 and padding == 0:

@@ -161,13 +161,23 @@ def filter_transform(w, m: int):
     """U = G g Gᵀ, (α², C_out, C), of the filters w (C_out, C, 3, 3); reused inside :func:`reusing_filters` while
     w is read-only (a writeable w could change under a kept U)."""
     reused = _reused_filters  # read once: another thread's block may end meanwhile
-    reusable = reused is not None and isinstance(w, np.ndarray) and not w.flags.writeable
+    reusable = reused is not None and _read_only(w)
     entry = reused.get((id(w), m)) if reusable else None
     if entry is None or entry[0] is not w:  # the array itself is kept, so its id cannot be reused while it is here
         entry = (w, kernel("winograd_filter_transform", w)(w, m))
         if reusable:
             reused[(id(w), m)] = entry
     return entry[1]
+
+
+def reuses_filters(w) -> bool:
+    """Whether :func:`filter_transform` keeps the transform of the filter array ``w`` for later calls:
+    inside :func:`reusing_filters`, for a read-only NumPy array."""
+    return _reused_filters is not None and _read_only(w)
+
+
+def _read_only(w) -> bool:
+    return isinstance(w, np.ndarray) and not w.flags.writeable
 
 
 def winograd_conv2d(x, w, b, padding: int, tile: int = 2, norm=None):
