@@ -183,13 +183,16 @@ cdef extern from *:
     }
 
     /* The columns p < the returned count, 16 at a time, when there are 16 rows and AVX-512. */
+    static int transpose_fast_available(void) { return __builtin_cpu_supports("avx512f"); }
+
     static ptrdiff_t transpose_fast_f(const float *src, ptrdiff_t rows, ptrdiff_t n, float *dst, ptrdiff_t ld) {
         ptrdiff_t p = 0;
-        if (rows == 16 && __builtin_cpu_supports("avx512f"))
+        if (rows == 16 && transpose_fast_available())
             for (; p + 16 <= n; p += 16) transpose16x16_f(src + p, n, dst + p * ld, ld);
         return p;
     }
     #else
+    static int transpose_fast_available(void) { return 0; }
     static ptrdiff_t transpose_fast_f(const float *src, ptrdiff_t rows, ptrdiff_t n, float *dst, ptrdiff_t ld) { return 0; }
     #endif
     static ptrdiff_t transpose_fast_d(const double *src, ptrdiff_t rows, ptrdiff_t n, double *dst, ptrdiff_t ld) { return 0; }
@@ -243,12 +246,18 @@ cdef extern from *:
     void winograd_filter_block_f(const float* g, Py_ssize_t count, Py_ssize_t stride, float* u) noexcept nogil
     void winograd_filter_block_d(const double* g, Py_ssize_t count, Py_ssize_t stride, double* u) noexcept nogil
     double row_sum_d(const double* src, Py_ssize_t width) noexcept nogil
+    int transpose_fast_available() noexcept nogil
     void transpose_block_f(const float* src, Py_ssize_t rows, Py_ssize_t n, float* dst, Py_ssize_t ld) noexcept nogil
     void transpose_block_d(const double* src, Py_ssize_t rows, Py_ssize_t n, double* dst, Py_ssize_t ld) noexcept nogil
 
 # Channels per block when a transform writes the transposed layout (α², tiles, C): 16 floats,
 # one cache line of each transposed row at a time.
 TRANSPOSE_BLOCK = 16
+
+
+def winograd_fast_transpose():
+    """Whether this CPU runs the transposed layout's 16 × 16 float blocks through the AVX-512 transpose."""
+    return bool(transpose_fast_available())
 
 
 cdef inline void _transpose_block(const real* src, Py_ssize_t rows, Py_ssize_t n, real* dst, Py_ssize_t ld) noexcept nogil:

@@ -370,3 +370,30 @@ def test_a_batch_of_one_takes_f4x4_at_28x28_only_when_its_filter_transform_is_re
             frozen = conv(x).data
     assert tiles == [2, 4]
     np.testing.assert_allclose(frozen, plain, rtol=0, atol=3e-5 * np.abs(plain).max())
+
+
+@needs_ext
+@pytest.mark.parametrize("tile", [2, 4])
+def test_the_filter_gradient_from_v_transposed_equals_the_one_from_v(monkeypatch, tile):
+    """float32 on a CPU with the vectorised transpose: the backward recomputes V as V[ξ]ᵀ and ∂U = ∂M·Vᵀ is an NN
+    GEMM; the gradients equal those of the NT product from V's own layout (float64 always takes the latter)."""
+    from minidiff.functional import winograd
+
+    monkeypatch.delenv("MINIDIFF_KERNELS", raising=False)
+    rng = np.random.default_rng(9)
+    x, w, b = rng.standard_normal((3, 24, 12, 12)).astype(np.float32), rng.standard_normal((20, 24, 3, 3)).astype(np.float32), np.zeros(20, np.float32)
+    layouts = []
+    transform = cpu.winograd_input_transform
+    monkeypatch.setattr(cpu, "winograd_input_transform", lambda *a, **k: (layouts.append(k.get("transposed", False)), transform(*a, **k))[1])
+    results = []
+    for transposed in (True, False):
+        monkeypatch.setattr(winograd, "TRANSPOSED_V_FOR_FILTER_GRADIENT", transposed)
+        layouts.clear()
+        xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+        y = winograd.WinogradConv2d.apply(xt, wt, Tensor(b), None, None, None, padding=1, tile=tile)
+        y.backward(np.cos(np.arange(y.data.size)).reshape(y.shape).astype(np.float32))
+        results.append((wt.grad, xt.grad))
+        assert layouts == [False, cpu.winograd_transposed_v_pays(np.float32) and transposed]  # the forward's V, the backward's
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-5 * np.abs(results[1][0]).max())
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert not cpu.winograd_transposed_v_pays(np.float64) and not reference.winograd_transposed_v_pays(np.float32)

@@ -40,6 +40,12 @@ from .chunking import image_chunks, map_chunks, scratch, sum_shares
 from .fusion import pending
 
 
+# The backward's recomputed V written as V[ξ]ᵀ where the kernels transpose it cheaply, so that
+# ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ is a product of row-major matrices ("NN"). A setting only so that
+# benchmarks/levers_ab.py can time the other layout beside it.
+TRANSPOSED_V_FOR_FILTER_GRADIENT = True
+
+
 class WinogradConv2d(Function):
     """y = conv2d(x, w, b, stride=1, padding) + residual for a 3×3 kernel, via F(m×m, 3×3),
     m = 2 or 4 (``tile``); with ``num_groups``, y = conv2d(SiLU(GroupNorm(x)), …) + residual,
@@ -98,6 +104,9 @@ class WinogradConv2d(Function):
         # a (N, C_out, 1, 1) residual's gradient sums ∂Y over each plane: filled chunk by chunk
         grad_shift = xp.empty((n, c_out), dtype=grad.dtype) if residual_shape is not None and residual_shape[2:] == (1, 1) else None
         u_t = u.transpose(0, 2, 1)  # U[ξ]ᵀ: (α², C, C_out)
+        # V is recomputed for ∂U; written transposed, V[ξ]ᵀ (α², tiles, C), where that is cheap, so that the GEMM
+        # reads both operands row-major: OpenBLAS runs ∂M·Vᵀ from V's own layout 1.2–2.5× slower (benchmarks/README.md)
+        transposed = TRANSPOSED_V_FOR_FILTER_GRADIENT and kernel("winograd_transposed_v_pays", x)(x.dtype)
         grad = xp.ascontiguousarray(grad)
 
         def backward_chunk(chunk):
@@ -112,11 +121,10 @@ class WinogradConv2d(Function):
                 grad_v = xp.matmul(u_t, grad_m, out=scratch("winograd_v", (entries, c, size * tiles), x.dtype, xp))  # ∂V[ξ] = U[ξ]ᵀ·∂M[ξ]
                 input_adjoint(grad_v, x[chunk].shape, self.padding, out=grad_input[chunk], m=m)  # ∂d = B ∂V Bᵀ, overlaps added
             if self.needs_input_grad[1]:
-                # V recomputed, and written transposed, V[ξ]ᵀ (α², tiles, C), so that the GEMM reads both operands
-                # row-major: OpenBLAS runs ∂M·Vᵀ from V's own layout 1.2–2.5× slower (benchmarks/README.md)
-                v_t = input_transform(x[chunk], self.padding, out=scratch("winograd_v", (entries, size * tiles, c), x.dtype, xp), m=m,
-                                      norm=_norm_rows(stats, norm_weight, norm_bias, chunk), transposed=True)
-                return xp.matmul(grad_m, v_t), grad_b  # ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ, this chunk's share
+                shape = (entries, size * tiles, c) if transposed else (entries, c, size * tiles)
+                v = input_transform(x[chunk], self.padding, out=scratch("winograd_v", shape, x.dtype, xp), m=m,
+                                    norm=_norm_rows(stats, norm_weight, norm_bias, chunk), transposed=transposed)
+                return xp.matmul(grad_m, v if transposed else v.transpose(0, 2, 1)), grad_b  # ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ, this chunk's share
             return None, grad_b
 
         grad_u, grad_b = sum_shares(map_chunks(backward_chunk, image_chunks(n, entries * max(c, c_out), tiles, x.itemsize, xp is not np), xp))

@@ -99,6 +99,13 @@ def winograd_input_transform(x, padding: int, out=None, m: int = 2, norm=None, t
     return v
 
 
+def winograd_transposed_v_pays(dtype) -> bool:
+    """Whether ``winograd_input_transform(…, transposed=True)`` writes V[ξ]ᵀ of this dtype through the
+    vectorised (AVX-512, float32) transpose here: only then is it cheaper than the "NT" GEMM it spares
+    (benchmarks/README.md)."""
+    return dtype == np.float32 and _C().winograd_fast_transpose()
+
+
 def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None, m: int = 2):
     n, c, h, w = x_shape
     th, tw = winograd_tiles(h + 2 * padding - 2, w + 2 * padding - 2, m)

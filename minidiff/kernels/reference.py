@@ -243,6 +243,12 @@ def winograd_input_transform(x, padding: int, out=None, m: int = 2, norm=None, t
     return _into(out, v.transpose(0, 2, 1) if transposed else v)
 
 
+def winograd_transposed_v_pays(dtype) -> bool:
+    """Whether writing V transposed (``winograd_input_transform(…, transposed=True)``) makes the filter gradient
+    cheaper: not here, where it is a copy of V (and a GPU's GEMM takes either layout at one speed)."""
+    return False
+
+
 def winograd_input_transform_adjoint(grad_v, x_shape, padding: int, out=None, m: int = 2):
     """The adjoint of :func:`winograd_input_transform`: ∂d = B ∂V Bᵀ for every tile, added up where
     tiles overlap, with the padding cut off. grad_v: (α², C, tH·N·(tW + 1)) → (N, C, H, W)."""

@@ -1,10 +1,15 @@
-"""A/B of GroupNorm+SiLU fused into the Winograd convolution's input transform, alternated in one
-process so that a change in the machine's load hits both alike: the mnist U-Net with the fusion
-(``conv(silu(group_norm(x)))`` as one op) against without it (the fused GroupNorm+SiLU writes its
-output, the convolution reads it), for a training step (forward and backward) and a no-grad forward
-with frozen weights, as sampling runs it.
+"""A/B of one speed lever of the Winograd convolution, on and off alternated in one process so that a
+change in the machine's load hits both alike, on the mnist U-Net: a training step (forward, loss,
+backward) and a no-grad forward with frozen weights, as sampling runs it.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/fusion_ab.py --batch 64 --rounds 15
+Levers (issue 28, benchmarks/README.md):
+  fusion        GroupNorm+SiLU applied by the conv's input transform (off: the fused GroupNorm+SiLU
+                writes its output, the conv reads it)
+  transposed-v  the backward's recomputed V written as Vᵀ, so ∂U = ∂M·Vᵀ is an "NN" GEMM (off: "NT")
+  batch1-f4     F(4×4) at 28×28 for a batch of one when the filter transform is reused (off: F(2×2))
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/levers_ab.py fusion --batch 64 --rounds 15
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/levers_ab.py batch1-f4 --batch 1 --modes forward --rounds 150
 """
 import argparse
 import contextlib
@@ -15,7 +20,7 @@ import numpy as np
 
 from minidiff import backend, no_grad
 from minidiff.backbones import build_backbone, model_config
-from minidiff.functional import conv_fast
+from minidiff.functional import conv_fast, winograd
 from minidiff.functional.fusion import absorb
 
 
@@ -23,8 +28,20 @@ def without_conv_fusion(x, name, *operands):
     return None if name == "conv" else absorb(x, name, *operands)
 
 
+def tile_ignoring_reuse(n, ho, wo, filters_reused=False, chosen=conv_fast.winograd_tile):
+    return chosen(n, ho, wo)
+
+
+LEVERS = {
+    "fusion": lambda: mock.patch.object(conv_fast, "absorb", without_conv_fusion),
+    "transposed-v": lambda: mock.patch.object(winograd, "TRANSPOSED_V_FOR_FILTER_GRADIENT", False),
+    "batch1-f4": lambda: mock.patch.object(conv_fast, "winograd_tile", tile_ignoring_reuse),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("lever", choices=sorted(LEVERS))
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--modes", default="train,forward", help="comma-separated: train, forward")
@@ -45,7 +62,7 @@ def main() -> None:
             model(x, t).numpy()
 
     steps = {"train": train_step, "forward": forward}
-    variants = {"fused": contextlib.nullcontext, "unfused": lambda: mock.patch.object(conv_fast, "absorb", without_conv_fusion)}
+    variants = {"on": contextlib.nullcontext, "off": LEVERS[args.lever]}
     times = {(mode, name): [] for mode in modes for name in variants}
     with backend.performance_settings():
         for round_ in range(args.rounds + 1):  # the first round warms up, untimed
@@ -57,9 +74,9 @@ def main() -> None:
                         if round_:
                             times[mode, name].append(time.perf_counter() - start)
     for mode in modes:
-        fused, unfused = (np.median(times[mode, name]) for name in variants)
-        print(f"{mode:7s} batch {args.batch}: fused {1e3 * fused:.2f} ms, unfused {1e3 * unfused:.2f} ms, "
-              f"change {100 * (fused / unfused - 1):+.1f} % (medians of {args.rounds} alternated rounds)")
+        on, off = (np.median(times[mode, name]) for name in variants)
+        print(f"{args.lever} {mode:7s} batch {args.batch}: on {1e3 * on:.2f} ms, off {1e3 * off:.2f} ms, "
+              f"change {100 * (on / off - 1):+.1f} % (medians of {args.rounds} alternated rounds)")
 
 
 if __name__ == "__main__":
