@@ -1,6 +1,7 @@
 """A/B of one speed lever of the Winograd convolution, on and off alternated in one process so that a
 change in the machine's load hits both alike, on the mnist U-Net: a training step (forward, loss,
-backward) and a no-grad forward with frozen weights, as sampling runs it.
+backward) and a no-grad forward with frozen weights, as sampling runs it (timed after one forward
+in the same frozen block, which transforms the filters).
 
 Levers (issue 28, benchmarks/README.md):
   fusion        GroupNorm+SiLU applied by the conv's input transform (off: the fused GroupNorm+SiLU
@@ -54,12 +55,17 @@ def main() -> None:
     x, t = rng.standard_normal((args.batch, 1, 28, 28)).astype(np.float32), rng.integers(0, 1000, args.batch)
 
     def train_step():
+        start = time.perf_counter()
         model.zero_grad()
         (model(x, t) ** 2).mean().backward()
+        return time.perf_counter() - start
 
     def forward():
         with no_grad(), model.frozen():
+            model(x, t)  # transforms the filters once, as the first step of sampling does
+            start = time.perf_counter()
             model(x, t).numpy()
+            return time.perf_counter() - start
 
     steps = {"train": train_step, "forward": forward}
     variants = {"on": contextlib.nullcontext, "off": LEVERS[args.lever]}
@@ -69,10 +75,9 @@ def main() -> None:
             for mode in modes:
                 for name, variant in variants.items():
                     with variant():
-                        start = time.perf_counter()
-                        steps[mode]()
-                        if round_:
-                            times[mode, name].append(time.perf_counter() - start)
+                        elapsed = steps[mode]()
+                    if round_:
+                        times[mode, name].append(elapsed)
     for mode in modes:
         on, off = (np.median(times[mode, name]) for name in variants)
         print(f"{args.lever} {mode:7s} batch {args.batch}: on {1e3 * on:.2f} ms, off {1e3 * off:.2f} ms, "

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import minidiff.functional as F
-from minidiff import autograd
+from minidiff import autograd, no_grad
 from minidiff.functional import chunking
 from minidiff.optim import Adam
 from minidiff.unet import UNet
@@ -66,15 +66,32 @@ def test_fused_and_unfused_unet_agree_in_output_and_every_gradient(monkeypatch, 
     fused_eps, fused_grads, fused_ops = forward_and_gradients(model, x, t, noise)
     with F.no_fusion():
         eps, grads, ops = forward_and_gradients(model, x, t, noise)
-    # every ResBlock's two GroupNorm+SiLU pairs, and the output head's, fused into the 3×3 convs
-    # that read them; the adds gone into convs
+    # every ResBlock's two GroupNorm+SiLU pairs fused, and the output head's (not into the convs after
+    # them: their filters need gradients); the adds gone into convs
     resblocks = sum(type(m).__name__ == "ResBlock" for m in model.modules())
-    assert fused_ops.count("WinogradConv2d.norm") == 2 * resblocks + 1 and "GroupNorm.silu" not in fused_ops
+    assert fused_ops.count("GroupNorm.silu") == 2 * resblocks + 1 and "WinogradConv2d.norm" not in fused_ops
     assert not any(name.endswith((".silu", ".norm")) for name in ops)
     assert ops.count("Add") - fused_ops.count("Add") == 2 * resblocks
     np.testing.assert_allclose(fused_eps, eps, rtol=rtol, atol=rtol * np.abs(eps).max())
     for (name, _), fused, unfused in zip(model.named_parameters(), fused_grads, grads):
         np.testing.assert_allclose(fused, unfused, rtol=rtol, atol=rtol * np.abs(unfused).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 1e-4)])
+def test_a_no_grad_forward_normalises_inside_the_convs_with_the_values_of_the_ops_as_written(monkeypatch, dtype, rtol):
+    """Sampling's forward: every GroupNorm+SiLU of the ResBlocks and the output head runs inside the 3×3 conv
+    that reads it (no GroupNorm op of its own), and the output is that of the ops written out."""
+    monkeypatch.delenv("MINIDIFF_KERNELS", raising=False)
+    model, (x, t, _) = tiny_unet(dtype), batch(dtype)
+    with no_grad():
+        with recorded_ops() as fused_ops:
+            fused = model(x, t).numpy()
+        with F.no_fusion(), recorded_ops() as ops:
+            plain = model(x, t).numpy()
+    resblocks = sum(type(m).__name__ == "ResBlock" for m in model.modules())
+    assert fused_ops.count("WinogradConv2d.norm") == 2 * resblocks + 1 and "GroupNorm.silu" not in fused_ops
+    assert ops.count("GroupNorm") - fused_ops.count("GroupNorm") == 2 * resblocks + 1
+    np.testing.assert_allclose(fused, plain, rtol=rtol, atol=rtol * np.abs(plain).max())
 
 
 def training_step(model, x, t, noise):

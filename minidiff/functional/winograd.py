@@ -56,11 +56,12 @@ class WinogradConv2d(Function):
     transformed filter are saved: V is recomputed in the backward pass (one memory-bound pass)
     rather than kept alive, 4× the size of x, until then.
 
-    The GroupNorm+SiLU in front is applied by the input transform as it reads each row of x:
+    The GroupNorm+SiLU in front is applied by the input transform as it reads each plane of x:
     the normalised activations are never written out (a pass over memory each way, and at
     batch 1 an op's fixed cost, saved). The statistics come first (``group_norm_stats``);
     the backward pass carries ∂(SiLU(GroupNorm(x))) from the input adjoint through
-    ``group_norm_backward``.
+    ``group_norm_backward``, and normalises again to rebuild V when the filters' gradient is
+    wanted (which is why model code gets this form only when it is not: :mod:`~minidiff.functional.norm`).
     """
 
     def forward(self, x, w, b, residual, norm_weight, norm_bias, padding, tile=2, num_groups=0, eps=1e-5):
