@@ -9,9 +9,24 @@
 
 cdef extern from *:
     """
+    /* y = a·σ(a), a = γ·((x − μ)·rstd) + β, over len values of one channel: the forward's last
+       pass with SiLU, and what the Winograd input transforms apply to each plane they read when
+       GroupNorm+SiLU is fused into the convolution (functional/winograd.py). */
+    #define MINIDIFF_GN_SILU_ROW(T, NAME, EXP)                                                  \
+    MINIDIFF_CLONES_WIDE static void NAME(const T *restrict x, ptrdiff_t len, T mu, T inv, T g, \
+                                          T b, T *restrict y) {                                 \
+        _Pragma("omp simd")                                                                     \
+        for (ptrdiff_t i = 0; i < len; i++) {                                                   \
+            T a = g * ((x[i] - mu) * inv) + b;                                                  \
+            y[i] = a / (1 + EXP(-a));                                                           \
+        }                                                                                       \
+    }
+    MINIDIFF_GN_SILU_ROW(float, gn_silu_row_f, minidiff_expf)
+    MINIDIFF_GN_SILU_ROW(double, gn_silu_row_d, exp)
+
     /* One row (image n, group g) forward: mean, two-pass variance, then in one pass x̂,
        a = γx̂ + β and y = a·σ(a) or a. Only y is written: the backward rebuilds x̂ from x. */
-    #define MINIDIFF_GN_FORWARD(T, NAME, EXP)                                                   \
+    #define MINIDIFF_GN_FORWARD(T, NAME, SILU_ROW)                                              \
     MINIDIFF_CLONES_WIDE static void NAME(const T *restrict x, ptrdiff_t channels, ptrdiff_t m, \
                      const T *restrict weight, const T *restrict bias, double eps, int silu,    \
                      T *restrict y, T *restrict mean_out, T *restrict rstd) {                   \
@@ -38,11 +53,7 @@ cdef extern from *:
             const T g = weight[c], b = bias[c];                                                 \
             const T *xc = x + c * m; T *yc = y + c * m;                                         \
             if (silu) {                                                                         \
-                _Pragma("omp simd")                                                             \
-                for (ptrdiff_t i = 0; i < m; i++) {                                             \
-                    T a = g * ((xc[i] - mu) * inv) + b;                                         \
-                    yc[i] = a / (1 + EXP(-a));                                                  \
-                }                                                                               \
+                SILU_ROW(xc, m, mu, inv, g, b, yc);                                             \
             } else {                                                                            \
                 _Pragma("omp simd")                                                             \
                 for (ptrdiff_t i = 0; i < m; i++) yc[i] = g * ((xc[i] - mu) * inv) + b;         \
@@ -85,25 +96,10 @@ cdef extern from *:
             dx[k] = rstd * (dx[k] - mean_g - ((x[k] - mu) * rstd) * mean_gx);                   \
     }
 
-    /* One row of one channel, normalised as the forward's last pass does it: y = a·σ(a),
-       a = γ·((x − μ)·rstd) + β. The Winograd input transforms call it on each row they read
-       when GroupNorm+SiLU is fused into the convolution (functional/winograd.py). */
-    #define MINIDIFF_GN_SILU_ROW(T, NAME, EXP)                                                  \
-    MINIDIFF_CLONES_WIDE static void NAME(const T *restrict x, ptrdiff_t len, T mu, T inv, T g, \
-                                          T b, T *restrict y) {                                 \
-        _Pragma("omp simd")                                                                     \
-        for (ptrdiff_t i = 0; i < len; i++) {                                                   \
-            T a = g * ((x[i] - mu) * inv) + b;                                                  \
-            y[i] = a / (1 + EXP(-a));                                                           \
-        }                                                                                       \
-    }
-
-    MINIDIFF_GN_FORWARD(float, gn_forward_row_f, minidiff_expf)
-    MINIDIFF_GN_FORWARD(double, gn_forward_row_d, exp)
+    MINIDIFF_GN_FORWARD(float, gn_forward_row_f, gn_silu_row_f)
+    MINIDIFF_GN_FORWARD(double, gn_forward_row_d, gn_silu_row_d)
     MINIDIFF_GN_BACKWARD(float, gn_backward_row_f, minidiff_expf)
     MINIDIFF_GN_BACKWARD(double, gn_backward_row_d, exp)
-    MINIDIFF_GN_SILU_ROW(float, gn_silu_row_f, minidiff_expf)
-    MINIDIFF_GN_SILU_ROW(double, gn_silu_row_d, exp)
     """
     void gn_forward_row_f(const float* x, Py_ssize_t channels, Py_ssize_t m, const float* weight,
                           const float* bias, double eps, int silu, float* y, float* mean, float* rstd) noexcept nogil

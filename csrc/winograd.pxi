@@ -145,7 +145,8 @@ cdef extern from *:
        (rows of n) written as the transposed layout's columns, V[ξ]ᵀ (tiles, C), so that the filter
        gradient's GEMM ∂U[ξ] = ∂M[ξ]·V[ξ]ᵀ reads both operands row-major ("NN"). Element by
        element it costs more than the NN product saves; a block of 16 float rows goes 16 columns
-       at a time through an AVX-512 in-register transpose where the CPU has one (4× faster). */
+       at a time through an AVX-512 in-register transpose where the CPU has one (a 28×28×32 chunk
+       of 4 images: the transposed transform 141 µs against 197 element by element, 84 untransposed). */
     #define MINIDIFF_TRANSPOSE_BLOCK(T, NAME, FAST)                                              \
     static void NAME(const T *restrict src, ptrdiff_t rows, ptrdiff_t n, T *restrict dst,          \
                      ptrdiff_t ld) {                                                               \
@@ -182,9 +183,9 @@ cdef extern from *:
         }
     }
 
-    /* The columns p < the returned count, 16 at a time, when there are 16 rows and AVX-512. */
     static int transpose_fast_available(void) { return __builtin_cpu_supports("avx512f"); }
 
+    /* The columns p < the returned count, 16 at a time, when there are 16 rows and AVX-512. */
     static ptrdiff_t transpose_fast_f(const float *src, ptrdiff_t rows, ptrdiff_t n, float *dst, ptrdiff_t ld) {
         ptrdiff_t p = 0;
         if (rows == 16 && transpose_fast_available())

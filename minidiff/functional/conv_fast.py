@@ -155,8 +155,8 @@ def winograd_tile(n: int, ho: int, wo: int, filters_reused: bool = False) -> int
     −6 % per forward; adding 14×14 (16×16 of tiles for 14×14 outputs, and GEMMs of ~100 columns a
     chunk) or 7×7 gave back 2–4 points. At batch 1 the (36, 9) filter transform, done by NumPy,
     and the smaller GEMMs cost more than they save (+6 %); with the transform done once (frozen
-    weights, as sampling runs) F(4×4) at 28×28 takes 2.9 % off a batch-1 forward (Intel Xeon,
-    150 alternated rounds).
+    weights, as sampling runs) F(4×4) at 28×28 takes 3.8–6.2 % off a batch-1 forward (Intel Xeon,
+    300 alternated rounds, ``benchmarks/levers_ab.py batch1-f4``).
     """
     return 4 if (n >= 2 or filters_reused) and min(ho, wo) >= WINOGRAD4_MIN_SIDE else 2
 
