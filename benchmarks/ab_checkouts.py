@@ -29,12 +29,20 @@ def main() -> None:
         if not os.path.isdir(os.path.join(folder, "minidiff")):
             parser.error(f"{name}={folder}: no minidiff package in that folder")
     steps = "3" if args.batch > 8 else "60"
+    # each checkout runs from its own folder: `python -m` puts the working directory first on sys.path, so run
+    # from elsewhere every checkout would import the minidiff found there instead of its own
+    runs = {name: dict(env=dict(os.environ, PYTHONPATH=os.path.abspath(folder)), cwd=os.path.abspath(folder))
+            for name, folder in checkouts.items()}
+    for name, folder in checkouts.items():
+        where = subprocess.run([sys.executable, "-c", "import minidiff.backend as b; print(b.extension().__file__)"],
+                               capture_output=True, text=True, **runs[name]).stdout.strip()
+        if not where.startswith(os.path.abspath(folder) + os.sep):
+            parser.error(f"{name}={folder}: its minidiff with compiled kernels is not what loads there (got {where or 'none'})")
     times = {name: {} for name in checkouts}
     for _ in range(args.rounds):
-        for name, folder in checkouts.items():
-            env = dict(os.environ, PYTHONPATH=os.path.abspath(folder))
+        for name in checkouts:
             out = subprocess.run([sys.executable, "-m", "minidiff", "bench", "--batch", str(args.batch), "--mode", args.mode,
-                                  "--steps", steps], env=env, capture_output=True, text=True, check=True).stdout
+                                  "--steps", steps], capture_output=True, text=True, check=True, **runs[name]).stdout
             record = json.loads(out.strip().splitlines()[0])
             for key in ("train_step_s", "forward_step_s"):
                 if key in record:
