@@ -83,28 +83,35 @@ cdef extern from *:
         }                                                                                        \\
     }
 
-    /* One output row: y[4j + b] = (Aᵀ (s0 … s5))[b] at tile j, + shift (+ residual), for the
-       `width` columns kept: whole tiles in one loop, then the last tile's first width % 4. */
-    #define MINIDIFF_AT6_ROW(T, NAME)                                                            \\
-    MINIDIFF_CLONES static void NAME(const T *restrict s0, const T *restrict s1,                   \\
-                                     const T *restrict s2, const T *restrict s3,                   \\
-                                     const T *restrict s4, const T *restrict s5, T shift,          \\
-                                     const T *restrict residual, ptrdiff_t width, T *restrict y) { \\
+    /* One output plane, row by row: y[r·width + 4j + b] = (Aᵀ (s0 … s5))[b] at tile j, + shift
+       (+ residual, same layout), where s_ν is row r / 4 of plane 6·(r % 4) + ν of Aᵀ M (planes
+       `tiles` apart, rows `row` apart); for the `width` columns kept: whole tiles in one loop,
+       then the last tile's first width % 4. One call per plane, not per row: a row is 7 tiles
+       of arithmetic at 28×28, less than a call's fixed cost. */
+    #define MINIDIFF_AT6_PLANE(T, NAME)                                                          \\
+    MINIDIFF_CLONES static void NAME(const T *restrict s, ptrdiff_t tiles, ptrdiff_t row, T shift, \\
+                                     const T *restrict residual, ptrdiff_t height, ptrdiff_t width, \\
+                                     T *restrict y) {                                              \\
         const ptrdiff_t whole = width / 4;                                                       \\
-        for (ptrdiff_t j = 0; j < whole; j++) {                                                  \\
-            const T a = s1[j] + s2[j], b = s1[j] - s2[j], c = s3[j] + s4[j], d = s3[j] - s4[j];  \\
-            y[4 * j] = s0[j] + a + c + shift; y[4 * j + 1] = b + 2 * d + shift;                  \\
-            y[4 * j + 2] = a + 4 * c + shift; y[4 * j + 3] = b + 8 * d + s5[j] + shift;          \\
-        }                                                                                        \\
-        if (width % 4) {                                                                         \\
-            const ptrdiff_t j = whole;                                                           \\
-            const T a = s1[j] + s2[j], b = s1[j] - s2[j], c = s3[j] + s4[j], d = s3[j] - s4[j];  \\
-            y[4 * j] = s0[j] + a + c + shift;                                                    \\
-            if (width % 4 > 1) y[4 * j + 1] = b + 2 * d + shift;                                 \\
-            if (width % 4 > 2) y[4 * j + 2] = a + 4 * c + shift;                                 \\
+        for (ptrdiff_t r = 0; r < height; r++, y += width) {                                     \\
+            const T *restrict s0 = s + 6 * (r % 4) * tiles + (r / 4) * row, *restrict s1 = s0 + tiles; \\
+            const T *restrict s2 = s1 + tiles, *restrict s3 = s2 + tiles;                        \\
+            const T *restrict s4 = s3 + tiles, *restrict s5 = s4 + tiles;                        \\
+            for (ptrdiff_t j = 0; j < whole; j++) {                                              \\
+                const T a = s1[j] + s2[j], b = s1[j] - s2[j], c = s3[j] + s4[j], d = s3[j] - s4[j]; \\
+                y[4 * j] = s0[j] + a + c + shift; y[4 * j + 1] = b + 2 * d + shift;              \\
+                y[4 * j + 2] = a + 4 * c + shift; y[4 * j + 3] = b + 8 * d + s5[j] + shift;      \\
+            }                                                                                    \\
+            if (width % 4) {                                                                     \\
+                const ptrdiff_t j = whole;                                                       \\
+                const T a = s1[j] + s2[j], b = s1[j] - s2[j], c = s3[j] + s4[j], d = s3[j] - s4[j]; \\
+                y[4 * j] = s0[j] + a + c + shift;                                                \\
+                if (width % 4 > 1) y[4 * j + 1] = b + 2 * d + shift;                             \\
+                if (width % 4 > 2) y[4 * j + 2] = a + 4 * c + shift;                             \\
+            }                                                                                    \\
         }                                                                                        \\
         if (residual)                                                                            \\
-            for (ptrdiff_t k = 0; k < width; k++) y[k] += residual[k];                           \\
+            for (ptrdiff_t k = 0; k < height * width; k++) y[k - height * width] += residual[k]; \\
     }
 
     /* d_b[j] = src[4j + b] for 4j + b < width: a row split by its columns modulo 4. */
@@ -142,8 +149,69 @@ cdef extern from *:
     MINIDIFF_AT6_PASS(double, winograd4_at_pass_d)
     MINIDIFF_A6_PASS(float, winograd4_a_pass_f)
     MINIDIFF_A6_PASS(double, winograd4_a_pass_d)
-    MINIDIFF_AT6_ROW(float, winograd4_at_row_f)
-    MINIDIFF_AT6_ROW(double, winograd4_at_row_d)
+    MINIDIFF_AT6_PLANE(float, winograd4_at_plane_scalar_f)
+    MINIDIFF_AT6_PLANE(double, winograd4_at_plane_d)
+
+    #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+    #include <immintrin.h>
+    /* y[k] (+ residual[k]) for k < keep (at most 8) from the lanes of v: masked past `keep`. */
+    __attribute__((target("avx2"))) static inline void store_first_f(__m256 v, ptrdiff_t keep, const float *residual, float *y) {
+        if (keep >= 8) {
+            if (residual) v = _mm256_add_ps(v, _mm256_loadu_ps(residual));
+            _mm256_storeu_ps(y, v);
+        } else if (keep > 0) {
+            const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)keep), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            if (residual) v = _mm256_add_ps(v, _mm256_maskload_ps(residual, mask));
+            _mm256_maskstore_ps(y, mask, v);
+        }
+    }
+
+    /* MINIDIFF_AT6_PLANE for float, 8 tiles of a row at once: the arithmetic as there (same
+       order, so the same roundings), lane t holding tile j + t; then a 4 × 8 transpose in
+       registers puts each tile's 4 outputs side by side, and `width` of the 32 are stored. The
+       scalar loop does one tile per iteration and stores its outputs 4 apart: at 28×28 a row is
+       7 tiles, too short for the compiler's vectorised loop. Rows are read 8 tiles at a time, up
+       to 7 entries past a row's last tile: the caller's buffer has room. */
+    __attribute__((target("avx2"))) static void winograd4_at_plane_avx2_f(const float *s, ptrdiff_t tiles, ptrdiff_t row, float shift,
+                                                                           const float *residual, ptrdiff_t height, ptrdiff_t width, float *y) {
+        const __m256 two = _mm256_set1_ps(2), four = _mm256_set1_ps(4), eight = _mm256_set1_ps(8), sh = _mm256_set1_ps(shift);
+        for (ptrdiff_t r = 0; r < height; r++, y += width) {
+            const float *s0 = s + 6 * (r % 4) * tiles + (r / 4) * row;
+            const float *res = residual ? residual + r * width : NULL;
+            for (ptrdiff_t j = 0; 4 * j < width; j += 8) {
+                const __m256 m0 = _mm256_loadu_ps(s0 + j), m1 = _mm256_loadu_ps(s0 + tiles + j);
+                const __m256 m2 = _mm256_loadu_ps(s0 + 2 * tiles + j), m3 = _mm256_loadu_ps(s0 + 3 * tiles + j);
+                const __m256 m4 = _mm256_loadu_ps(s0 + 4 * tiles + j), m5 = _mm256_loadu_ps(s0 + 5 * tiles + j);
+                const __m256 a = _mm256_add_ps(m1, m2), b = _mm256_sub_ps(m1, m2);
+                const __m256 c = _mm256_add_ps(m3, m4), d = _mm256_sub_ps(m3, m4);
+                const __m256 y0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(m0, a), c), sh);
+                const __m256 y1 = _mm256_add_ps(_mm256_add_ps(b, _mm256_mul_ps(two, d)), sh);
+                const __m256 y2 = _mm256_add_ps(_mm256_add_ps(a, _mm256_mul_ps(four, c)), sh);
+                const __m256 y3 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(b, _mm256_mul_ps(eight, d)), m5), sh);
+                /* lanes (t, t + 4) of u_q: tiles q and q + 4 of (y0 y1 y2 y3) */
+                const __m256 t0 = _mm256_unpacklo_ps(y0, y1), t1 = _mm256_unpackhi_ps(y0, y1);
+                const __m256 t2 = _mm256_unpacklo_ps(y2, y3), t3 = _mm256_unpackhi_ps(y2, y3);
+                const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+                const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+                const ptrdiff_t left = width - 4 * j;
+                store_first_f(_mm256_permute2f128_ps(u0, u1, 0x20), left, res ? res + 4 * j : NULL, y + 4 * j);
+                store_first_f(_mm256_permute2f128_ps(u2, u3, 0x20), left - 8, res ? res + 4 * j + 8 : NULL, y + 4 * j + 8);
+                store_first_f(_mm256_permute2f128_ps(u0, u1, 0x31), left - 16, res ? res + 4 * j + 16 : NULL, y + 4 * j + 16);
+                store_first_f(_mm256_permute2f128_ps(u2, u3, 0x31), left - 24, res ? res + 4 * j + 24 : NULL, y + 4 * j + 24);
+            }
+        }
+    }
+
+    static void winograd4_at_plane_f(const float *s, ptrdiff_t tiles, ptrdiff_t row, float shift, const float *residual,
+                                     ptrdiff_t height, ptrdiff_t width, float *y) {
+        if (__builtin_cpu_supports("avx2"))
+            winograd4_at_plane_avx2_f(s, tiles, row, shift, residual, height, width, y);
+        else
+            winograd4_at_plane_scalar_f(s, tiles, row, shift, residual, height, width, y);
+    }
+    #else
+    #define winograd4_at_plane_f winograd4_at_plane_scalar_f
+    #endif
     MINIDIFF_DEINTERLEAVE4(float, deinterleave4_f)
     MINIDIFF_DEINTERLEAVE4(double, deinterleave4_d)
     MINIDIFF_INTERLEAVE4(float, interleave4_f)
@@ -163,10 +231,10 @@ cdef extern from *:
                             float* h0, float* h1, float* h2, float* h3, float* h4, float* h5) noexcept nogil
     void winograd4_a_pass_d(const double* g0, const double* g1, const double* g2, const double* g3, Py_ssize_t length,
                             double* h0, double* h1, double* h2, double* h3, double* h4, double* h5) noexcept nogil
-    void winograd4_at_row_f(const float* s0, const float* s1, const float* s2, const float* s3, const float* s4, const float* s5,
-                            float shift, const float* residual, Py_ssize_t width, float* y) noexcept nogil
-    void winograd4_at_row_d(const double* s0, const double* s1, const double* s2, const double* s3, const double* s4, const double* s5,
-                            double shift, const double* residual, Py_ssize_t width, double* y) noexcept nogil
+    void winograd4_at_plane_f(const float* s, Py_ssize_t tiles, Py_ssize_t row, float shift, const float* residual,
+                              Py_ssize_t height, Py_ssize_t width, float* y) noexcept nogil
+    void winograd4_at_plane_d(const double* s, Py_ssize_t tiles, Py_ssize_t row, double shift, const double* residual,
+                              Py_ssize_t height, Py_ssize_t width, double* y) noexcept nogil
     void deinterleave4_f(const float* src, Py_ssize_t width, float* d0, float* d1, float* d2, float* d3) noexcept nogil
     void deinterleave4_d(const double* src, Py_ssize_t width, double* d0, double* d1, double* d2, double* d3) noexcept nogil
     void interleave4_f(const float* d0, const float* d1, const float* d2, const float* d3, Py_ssize_t width, float* dst) noexcept nogil
@@ -209,11 +277,12 @@ cdef inline void _a6(const real* g, Py_ssize_t g_stride, Py_ssize_t length, real
                            h, h + stride, h + 2 * stride, h + 3 * stride, h + 4 * stride, h + 5 * stride)
 
 
-cdef inline void _at6_row(const real* s, Py_ssize_t stride, real shift, const real* residual, Py_ssize_t width, real* y) noexcept nogil:
+cdef inline void _at6_plane(const real* s, Py_ssize_t tiles, Py_ssize_t row, real shift, const real* residual,
+                            Py_ssize_t height, Py_ssize_t width, real* y) noexcept nogil:
     if real is float:
-        winograd4_at_row_f(s, s + stride, s + 2 * stride, s + 3 * stride, s + 4 * stride, s + 5 * stride, shift, residual, width, y)
+        winograd4_at_plane_f(s, tiles, row, shift, residual, height, width, y)
     else:
-        winograd4_at_row_d(s, s + stride, s + 2 * stride, s + 3 * stride, s + 4 * stride, s + 5 * stride, shift, residual, width, y)
+        winograd4_at_plane_d(s, tiles, row, shift, residual, height, width, y)
 
 
 cdef inline Py_ssize_t _phase4(Py_ssize_t r, Py_ssize_t q, Py_ssize_t phase, Py_ssize_t row) noexcept nogil:
@@ -333,11 +402,16 @@ def winograd4_output_transform(const real[:, :, ::1] m, const real[::1] bias, co
     cdef bint per_plane = residual.shape[0] > 0 and residual.shape[2] == 1 and residual.shape[3] == 1 and ho * wo > 1
     cdef bint full = residual.shape[0] > 0 and not per_plane
     cdef int threads = threads_for(n_images * channels * ho * wo)
-    # per thread: Aᵀ M for (output row phase a, ν) at (6a + ν)·tiles
-    cdef real* buffers = _per_thread(24 * tiles, threads, &y[0, 0, 0, 0])
+    # per thread: Aᵀ M for (output row phase a, ν) at (6a + ν)·tiles, and 8 values more that the
+    # vectorised A pass reads (and drops) past the last tile; zeroed so that they are finite
+    cdef Py_ssize_t per_thread = 24 * tiles + 8
+    cdef real* buffers = _per_thread(per_thread, threads, &y[0, 0, 0, 0])
     cdef real* at_m = NULL
+    cdef int t
+    for t in range(threads):
+        memset(buffers + t * per_thread + 24 * tiles, 0, 8 * sizeof(real))
     with nogil, parallel(num_threads=threads):
-        at_m = buffers + openmp.omp_get_thread_num() * (24 * tiles)
+        at_m = buffers + openmp.omp_get_thread_num() * per_thread
         for o in prange(channels, schedule="static"):
             for nu in range(6):  # Aᵀ down the rows
                 _at6(&m[nu, o, 0], 6 * plane_stride, tiles, at_m + nu * tiles, 6 * tiles)
@@ -345,9 +419,8 @@ def winograd4_output_transform(const real[:, :, ::1] m, const real[::1] bias, co
                 shift = bias[o] if bias.shape[0] > 0 else 0
                 if per_plane:
                     shift = shift + residual[n, o, 0, 0]
-                for r in range(ho):  # then A along the columns, one output row at a time
-                    _at6_row(at_m + 6 * (r % 4) * tiles + (r // 4) * row + n * (tw + 1), tiles, shift,
-                             &residual[n, o, r, 0] if full else NULL, wo, &y[n, o, r, 0])
+                # then A along the columns, row by row, in one call per plane
+                _at6_plane(at_m + n * (tw + 1), tiles, row, shift, &residual[n, o, 0, 0] if full else NULL, ho, wo, &y[n, o, 0, 0])
     free(buffers)
 
 

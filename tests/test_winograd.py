@@ -92,6 +92,23 @@ def test_cython_winograd_transforms_match_the_reference(tile, problem):
 
 @needs_ext
 @pytest.mark.parametrize("tile", [2, 4])
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), ho=st.integers(1, 9), wo=st.integers(1, 70), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**16))
+def test_output_transform_matches_the_reference_on_rows_of_many_tiles(tile, n, ho, wo, dtype, seed):
+    """The float output transforms take a row 8 tiles at a time (in registers where the CPU allows): rows of 1 to 18
+    tiles, a partial last group, and each output width modulo the tile, against the reference; junk in the spares."""
+    rng = np.random.default_rng(seed)
+    shape = (n, 2, ho, wo)
+    m = rng.standard_normal((winograd_tile_entries(tile), 2, n * winograd_tile_count(ho, wo, tile))).astype(dtype)
+    bias, residual = rng.standard_normal(2).astype(dtype), rng.standard_normal(shape).astype(dtype)
+    for b, r in [(None, None), (bias, residual), (bias, residual[:, :, :1, :1].copy())]:
+        np.testing.assert_allclose(cpu.winograd_output_transform(m, shape, b, r, m=tile),
+                                   reference.winograd_output_transform(m, shape, b, r, m=tile), **tolerance(dtype, tile))
+
+
+@needs_ext
+@pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(2, 37, 9, 10), (1, 32, 28, 28), (3, 16, 7, 7), (2, 3, 5, 5)])
 def test_the_transposed_input_transform_writes_v_transposed(tile, dtype, shape):
