@@ -71,20 +71,26 @@ cdef extern from *:
         }                                                                                        \\
     }
 
-    /* One output row: y[2j + b] = (Aᵀ (s0, s1, s2, s3))[b] at tile j, + shift (+ residual),
-       for the `width` columns kept: the Aᵀ pass along the columns, written out interleaved. */
-    #define MINIDIFF_AT_ROW(T, NAME)                                                             \\
-    MINIDIFF_CLONES static void NAME(const T *restrict s0, const T *restrict s1,                   \\
-                                     const T *restrict s2, const T *restrict s3, T shift,          \\
-                                     const T *restrict residual, ptrdiff_t width, T *restrict y) { \\
-        const ptrdiff_t pairs = width / 2;                                                       \\
-        for (ptrdiff_t j = 0; j < pairs; j++) {                                                  \\
-            y[2 * j] = s0[j] + s1[j] + s2[j] + shift;                                            \\
-            y[2 * j + 1] = s1[j] - s2[j] - s3[j] + shift;                                        \\
-        }                                                                                        \\
-        if (width % 2) y[width - 1] = s0[pairs] + s1[pairs] + s2[pairs] + shift;                 \\
-        if (residual)                                                                            \\
-            for (ptrdiff_t k = 0; k < width; k++) y[k] += residual[k];                           \\
+    /* One output plane, row by row: y[r·width + 2j + b] = (Aᵀ (s0, s1, s2, s3))[b] at tile j,
+       + shift (+ residual, same layout), where s_ν is row r / 2 of plane 4·(r % 2) + ν of Aᵀ M
+       (planes `tiles` apart, rows `row` apart), for the `width` columns kept: the Aᵀ pass along
+       the columns, written out interleaved. One call per plane: a row is 4 to 7 tiles here. */
+    #define MINIDIFF_AT_PLANE(T, NAME)                                                           \
+    MINIDIFF_CLONES static void NAME(const T *restrict s, ptrdiff_t tiles, ptrdiff_t row, T shift, \
+                                     const T *restrict residual, ptrdiff_t height, ptrdiff_t width, \
+                                     T *restrict y) {                                              \
+        const ptrdiff_t pairs = width / 2;                                                       \
+        for (ptrdiff_t r = 0; r < height; r++, y += width) {                                     \
+            const T *restrict s0 = s + 4 * (r % 2) * tiles + (r / 2) * row, *restrict s1 = s0 + tiles; \
+            const T *restrict s2 = s1 + tiles, *restrict s3 = s2 + tiles;                        \
+            for (ptrdiff_t j = 0; j < pairs; j++) {                                              \
+                y[2 * j] = s0[j] + s1[j] + s2[j] + shift;                                        \
+                y[2 * j + 1] = s1[j] - s2[j] - s3[j] + shift;                                    \
+            }                                                                                    \
+            if (width % 2) y[width - 1] = s0[pairs] + s1[pairs] + s2[pairs] + shift;             \
+        }                                                                                        \
+        if (residual)                                                                            \
+            for (ptrdiff_t k = 0; k < height * width; k++) y[k - height * width] += residual[k]; \
     }
 
     /* even[j] = src[2j], odd[j] = src[2j + 1]: a row split by the parity of its columns. */
@@ -185,6 +191,19 @@ cdef extern from *:
 
     static int transpose_fast_available(void) { return __builtin_cpu_supports("avx512f"); }
 
+    /* y[k] (+ residual[k]) for k < keep (at most 8) from the lanes of v: masked past `keep`. */
+    __attribute__((target("avx2"))) static inline void store_first_f(__m256 v, ptrdiff_t keep, const float *residual, float *y) {
+        if (keep >= 8) {
+            if (residual) v = _mm256_add_ps(v, _mm256_loadu_ps(residual));
+            _mm256_storeu_ps(y, v);
+        } else if (keep > 0) {
+            const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)keep), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            if (residual) v = _mm256_add_ps(v, _mm256_maskload_ps(residual, mask));
+            _mm256_maskstore_ps(y, mask, v);
+        }
+    }
+
+
     /* The columns p < the returned count, 16 at a time, when there are 16 rows and AVX-512. */
     static ptrdiff_t transpose_fast_f(const float *src, ptrdiff_t rows, ptrdiff_t n, float *dst, ptrdiff_t ld) {
         ptrdiff_t p = 0;
@@ -210,14 +229,50 @@ cdef extern from *:
     MINIDIFF_AT_PASS(double, winograd_at_pass_d)
     MINIDIFF_A_PASS(float, winograd_a_pass_f)
     MINIDIFF_A_PASS(double, winograd_a_pass_d)
-    MINIDIFF_AT_ROW(float, winograd_at_row_f)
-    MINIDIFF_AT_ROW(double, winograd_at_row_d)
+    MINIDIFF_AT_PLANE(float, winograd_at_plane_scalar_f)
+    MINIDIFF_AT_PLANE(double, winograd_at_plane_d)
     MINIDIFF_DEINTERLEAVE(float, deinterleave_f)
     MINIDIFF_DEINTERLEAVE(double, deinterleave_d)
     MINIDIFF_INTERLEAVE(float, interleave_f)
     MINIDIFF_INTERLEAVE(double, interleave_d)
     MINIDIFF_ROW_SUM(float, row_sum_f)
     MINIDIFF_ROW_SUM(double, row_sum_d)
+
+    #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+    /* MINIDIFF_AT_PLANE for float, 8 tiles of a row at once (lane t: tile j + t), the arithmetic
+       in the same order; the even and odd outputs are then interleaved in registers and `width`
+       of the 16 stored. Rows are read 8 tiles at a time, up to 7 entries past a row's last
+       tile: the caller's buffer has room. */
+    __attribute__((target("avx2"))) static void winograd_at_plane_avx2_f(const float *s, ptrdiff_t tiles, ptrdiff_t row, float shift,
+                                                                          const float *residual, ptrdiff_t height, ptrdiff_t width, float *y) {
+        const __m256 sh = _mm256_set1_ps(shift);
+        for (ptrdiff_t r = 0; r < height; r++, y += width) {
+            const float *s0 = s + 4 * (r % 2) * tiles + (r / 2) * row;
+            const float *res = residual ? residual + r * width : NULL;
+            for (ptrdiff_t j = 0; 2 * j < width; j += 8) {
+                const __m256 m0 = _mm256_loadu_ps(s0 + j), m1 = _mm256_loadu_ps(s0 + tiles + j);
+                const __m256 m2 = _mm256_loadu_ps(s0 + 2 * tiles + j), m3 = _mm256_loadu_ps(s0 + 3 * tiles + j);
+                const __m256 even = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(m0, m1), m2), sh);
+                const __m256 odd = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(m1, m2), m3), sh);
+                /* lanes (0 … 3, 4 … 7): tiles (0, 1, 4, 5) and (2, 3, 6, 7), even and odd alternating */
+                const __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
+                const ptrdiff_t left = width - 2 * j;
+                store_first_f(_mm256_permute2f128_ps(lo, hi, 0x20), left, res ? res + 2 * j : NULL, y + 2 * j);
+                store_first_f(_mm256_permute2f128_ps(lo, hi, 0x31), left - 8, res ? res + 2 * j + 8 : NULL, y + 2 * j + 8);
+            }
+        }
+    }
+
+    static void winograd_at_plane_f(const float *s, ptrdiff_t tiles, ptrdiff_t row, float shift, const float *residual,
+                                    ptrdiff_t height, ptrdiff_t width, float *y) {
+        if (__builtin_cpu_supports("avx2"))
+            winograd_at_plane_avx2_f(s, tiles, row, shift, residual, height, width, y);
+        else
+            winograd_at_plane_scalar_f(s, tiles, row, shift, residual, height, width, y);
+    }
+    #else
+    #define winograd_at_plane_f winograd_at_plane_scalar_f
+    #endif
     """
     void winograd_bt_pass_f(const float* e, const float* o, Py_ssize_t s, Py_ssize_t length,
                             float* t0, float* t1, float* t2, float* t3) noexcept nogil
@@ -235,10 +290,10 @@ cdef extern from *:
                            float* h0, float* h1, float* h2, float* h3) noexcept nogil
     void winograd_a_pass_d(const double* g0, const double* g1, Py_ssize_t length,
                            double* h0, double* h1, double* h2, double* h3) noexcept nogil
-    void winograd_at_row_f(const float* s0, const float* s1, const float* s2, const float* s3, float shift,
-                           const float* residual, Py_ssize_t width, float* y) noexcept nogil
-    void winograd_at_row_d(const double* s0, const double* s1, const double* s2, const double* s3, double shift,
-                           const double* residual, Py_ssize_t width, double* y) noexcept nogil
+    void winograd_at_plane_f(const float* s, Py_ssize_t tiles, Py_ssize_t row, float shift, const float* residual,
+                             Py_ssize_t height, Py_ssize_t width, float* y) noexcept nogil
+    void winograd_at_plane_d(const double* s, Py_ssize_t tiles, Py_ssize_t row, double shift, const double* residual,
+                             Py_ssize_t height, Py_ssize_t width, double* y) noexcept nogil
     void deinterleave_f(const float* src, Py_ssize_t width, float* even, float* odd) noexcept nogil
     void deinterleave_d(const double* src, Py_ssize_t width, double* even, double* odd) noexcept nogil
     void interleave_f(const float* even, const float* odd, Py_ssize_t width, float* dst) noexcept nogil
@@ -300,13 +355,12 @@ cdef inline void _a_pass(const real* g0, const real* g1, Py_ssize_t length,
         winograd_a_pass_d(g0, g1, length, h0, h1, h2, h3)
 
 
-cdef inline void _at_row(const real* s, Py_ssize_t stride, real shift, const real* residual,
-                         Py_ssize_t width, real* y) noexcept nogil:
-    """One output row from the four rows s, s + stride, s + 2·stride, s + 3·stride of Aᵀ M."""
+cdef inline void _at_plane(const real* s, Py_ssize_t tiles, Py_ssize_t row, real shift, const real* residual,
+                           Py_ssize_t height, Py_ssize_t width, real* y) noexcept nogil:
     if real is float:
-        winograd_at_row_f(s, s + stride, s + 2 * stride, s + 3 * stride, shift, residual, width, y)
+        winograd_at_plane_f(s, tiles, row, shift, residual, height, width, y)
     else:
-        winograd_at_row_d(s, s + stride, s + 2 * stride, s + 3 * stride, shift, residual, width, y)
+        winograd_at_plane_d(s, tiles, row, shift, residual, height, width, y)
 
 
 cdef inline void _deinterleave(const real* src, Py_ssize_t width, real* even, real* odd) noexcept nogil:
@@ -449,11 +503,17 @@ def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, con
     cdef bint per_plane = residual.shape[0] > 0 and residual.shape[2] == 1 and residual.shape[3] == 1 and ho * wo > 1
     cdef bint full = residual.shape[0] > 0 and not per_plane
     cdef int threads = threads_for(n_images * channels * ho * wo)
-    cdef real* buffers = _per_thread(8 * tiles, threads, &y[0, 0, 0, 0])  # per thread: Aᵀ M for (output row parity a, ν)
+    # per thread: Aᵀ M for (output row parity a, ν) at (4a + ν)·tiles, and 8 values more that the
+    # vectorised A pass reads (and drops) past the last tile; zeroed so that they are finite
+    cdef Py_ssize_t per_thread = 8 * tiles + 8
+    cdef real* buffers = _per_thread(per_thread, threads, &y[0, 0, 0, 0])
     cdef real* at_m = NULL
     cdef const real* mo
+    cdef int t
+    for t in range(threads):
+        memset(buffers + t * per_thread + 8 * tiles, 0, 8 * sizeof(real))
     with nogil, parallel(num_threads=threads):
-        at_m = buffers + openmp.omp_get_thread_num() * (8 * tiles)
+        at_m = buffers + openmp.omp_get_thread_num() * per_thread
         for o in prange(channels, schedule="static"):
             for nu in range(4):  # Aᵀ down the rows
                 mo = &m[nu, o, 0]
@@ -463,9 +523,8 @@ def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, con
                 shift = bias[o] if bias.shape[0] > 0 else 0
                 if per_plane:
                     shift = shift + residual[n, o, 0, 0]
-                for r in range(ho):  # then A along the columns, one output row at a time
-                    _at_row(at_m + 4 * (r % 2) * tiles + (r // 2) * row + n * (tw + 1), tiles, shift,
-                            &residual[n, o, r, 0] if full else NULL, wo, &y[n, o, r, 0])
+                # then A along the columns, row by row, in one call per plane
+                _at_plane(at_m + n * (tw + 1), tiles, row, shift, &residual[n, o, 0, 0] if full else NULL, ho, wo, &y[n, o, 0, 0])
     free(buffers)
 
 

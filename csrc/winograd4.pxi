@@ -153,19 +153,6 @@ cdef extern from *:
     MINIDIFF_AT6_PLANE(double, winograd4_at_plane_d)
 
     #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-    #include <immintrin.h>
-    /* y[k] (+ residual[k]) for k < keep (at most 8) from the lanes of v: masked past `keep`. */
-    __attribute__((target("avx2"))) static inline void store_first_f(__m256 v, ptrdiff_t keep, const float *residual, float *y) {
-        if (keep >= 8) {
-            if (residual) v = _mm256_add_ps(v, _mm256_loadu_ps(residual));
-            _mm256_storeu_ps(y, v);
-        } else if (keep > 0) {
-            const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)keep), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            if (residual) v = _mm256_add_ps(v, _mm256_maskload_ps(residual, mask));
-            _mm256_maskstore_ps(y, mask, v);
-        }
-    }
-
     /* MINIDIFF_AT6_PLANE for float, 8 tiles of a row at once: the arithmetic as there (same
        order, so the same roundings), lane t holding tile j + t; then a 4 × 8 transpose in
        registers puts each tile's 4 outputs side by side, and `width` of the 32 are stored. The
