@@ -3,6 +3,7 @@ order, in-place sums of the chunks' shares."""
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -127,3 +128,69 @@ def test_a_forked_child_runs_its_chunks_with_a_pool_of_its_own(monkeypatch):
         os._exit(0 if map_chunks(lambda c: c.start, chunks, np) == list(range(8)) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.skipif(backend.extension() is None, reason="minidiff._C (the Cython kernels) is not built")
+def test_poll_counter_sees_a_change_publishes_first_and_gives_up_in_time():
+    extension = backend.extension()
+    counters = np.array([3, 0], dtype=np.int64)
+    assert extension.poll_counter(counters, 0, 2, 1.0)  # already different: at once
+    start = time.perf_counter()
+    assert not extension.poll_counter(counters, 0, 3, 0.02, 1, 7)
+    assert 0.02 <= time.perf_counter() - start < 1.0 and counters[1] == 7  # published before it polled
+    threading.Timer(0.01, extension.store_counter, (counters, 0, 4)).start()
+    assert extension.poll_counter(counters, 0, 3, 5.0) and counters[0] == 4
+    with pytest.raises(IndexError, match="counter 2 of 2"):
+        extension.store_counter(counters, 2, 0)
+    with pytest.raises(IndexError, match="counters 0 and 5 of 2"):
+        extension.poll_counter(counters, 0, 0, 0.0, 5, 0)
+
+
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_hand_overs_neither_lose_nor_mix_up_shares(monkeypatch, threads):
+    """Maps back to back (the workers still polling), after pauses (the workers asleep), after a
+    failed share and with shares of very different lengths: every map gets its own results."""
+    monkeypatch.delenv("MINIDIFF_KERNELS", raising=False)
+    monkeypatch.setenv("MINIDIFF_NUM_THREADS", threads)
+
+    def fail_on_the_last_chunk(chunk):  # a worker's
+        if chunk.start == len(chunks) - 1:
+            raise ValueError("the last chunk failed")
+        return chunk.start
+
+    def hung(signum, frame):
+        raise TimeoutError("a hand-over was lost: map_chunks hung")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        for round_ in range(300):
+            chunks = [slice(k, k + 1) for k in range(round_ % 7 + 2)]
+            if round_ % 50 == 7:
+                time.sleep(5 * chunking.POLL_SECONDS)
+            if round_ % 37 == 3:
+                with pytest.raises(ValueError, match="last chunk failed"):
+                    map_chunks(fail_on_the_last_chunk, chunks, np)
+            slow = round_ % 11 == 5
+
+            def work(chunk, round_=round_):
+                if slow and chunk.start == len(chunks) - 1:
+                    time.sleep(3 * chunking.POLL_SECONDS)  # the caller's wait outlasts its poll
+                return (round_, chunk.start)
+
+            assert map_chunks(work, chunks, np) == [(round_, k) for k in range(len(chunks))]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_shutdown_workers_ends_the_threads_and_a_later_map_starts_new_ones(monkeypatch):
+    monkeypatch.delenv("MINIDIFF_KERNELS", raising=False)
+    monkeypatch.setenv("MINIDIFF_NUM_THREADS", "2")
+    chunks = [slice(k, k + 1) for k in range(4)]
+    assert map_chunks(lambda c: c.start, chunks, np) == [0, 1, 2, 3]
+    workers = [t for t in threading.enumerate() if t.name.startswith("minidiff-")]
+    assert workers
+    chunking.shutdown_workers()
+    assert not any(t.is_alive() for t in workers)
+    assert map_chunks(lambda c: c.start, chunks, np) == [0, 1, 2, 3]
