@@ -144,6 +144,46 @@ def test_cython_upsample_equals_the_reference_exactly(shape, scale, dtype, seed)
 
 
 @needs_ext
+@pytest.mark.parametrize("n", [1, 3, 4, 9])
+def test_batch_kernels_shared_over_the_chunk_threads_give_what_one_piece_gives(monkeypatch, n):
+    """GroupNorm and nearest upsampling cut the batch into pieces for the chunk threads (here from
+    any size on, 2 threads): bit for bit the result of the whole batch in one call on one thread."""
+    from minidiff.functional import chunking
+
+    rng = np.random.default_rng(n)
+    x, grad = rng.standard_normal((2, n, 8, 30)).astype(np.float32)
+    weight, bias = rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    up, up_grad = rng.standard_normal((n, 3, 5, 5)).astype(np.float32), rng.standard_normal((n, 3, 10, 10)).astype(np.float32)
+
+    def run():
+        y, mean, rstd = cpu.group_norm_forward(x, 4, weight, bias, 1e-5, True)
+        return (y, mean, rstd, *cpu.group_norm_stats(x, 4, 1e-5), *cpu.group_norm_backward(grad, x, mean, rstd, weight, bias, True),
+                cpu.upsample_nearest_forward(up, 2), cpu.upsample_nearest_backward(up_grad, 2))
+
+    monkeypatch.delenv("MINIDIFF_KERNELS", raising=False)
+    monkeypatch.setenv("MINIDIFF_NUM_THREADS", "1")
+    whole = run()
+    monkeypatch.setenv("MINIDIFF_NUM_THREADS", "2")
+    monkeypatch.setattr(chunking, "SHARED_KERNEL_ELEMENTS", 0)
+    calls = []
+    real_map = chunking.map_chunks
+    monkeypatch.setattr(chunking, "map_chunks", lambda work, pieces, xp: calls.append(len(pieces)) or real_map(work, pieces, xp))
+    for a, b in zip(whole, run(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert calls == [min(n, chunking.CHUNK_MULTIPLE)] * 5  # the check above compared pieces with the whole
+
+
+def test_batch_pieces_are_even_and_only_past_the_minimum():
+    from minidiff.functional.chunking import CHUNK_MULTIPLE, batch_pieces
+
+    assert batch_pieces(64, 99, 100) == [slice(0, 64)]
+    pieces = batch_pieces(10, 100, 100)
+    assert len(pieces) == CHUNK_MULTIPLE and [p.start for p in pieces][0] == 0 and pieces[-1].stop == 10
+    assert max(p.stop - p.start for p in pieces) - min(p.stop - p.start for p in pieces) <= 1
+    assert batch_pieces(2, 100, 1) == [slice(0, 1), slice(1, 2)]
+
+
+@needs_ext
 @settings(max_examples=40, deadline=None)
 @given(shape=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 70)), scale=st.floats(0.05, 4.0),
        spread=st.sampled_from([1.0, 30.0]), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))

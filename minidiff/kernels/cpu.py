@@ -38,16 +38,17 @@ def group_norm_forward(x, num_groups: int, weight, bias, eps: float, silu: bool)
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)  # (N, C, M)
     mean, rstd = np.empty((n, num_groups), dtype=x.dtype), np.empty((n, num_groups), dtype=x.dtype)  # (N, G) ×2
-    _C().group_norm_forward(x, num_groups, _vector(weight, x.dtype), _vector(bias, x.dtype), eps, silu, y, mean, rstd)
+    weight, bias = _vector(weight, x.dtype), _vector(bias, x.dtype)
+    _by_images(lambda p: _C().group_norm_forward(x[p], num_groups, weight, bias, eps, silu, y[p], mean[p], rstd[p]), x)
     return y, mean, rstd
 
 
 def group_norm_stats(x, num_groups: int, eps: float):
     n, c, _ = x.shape
+    x = np.ascontiguousarray(x)
     mean, rstd = np.empty((n, num_groups), dtype=x.dtype), np.empty((n, num_groups), dtype=x.dtype)  # (N, G) ×2
-    unused = np.zeros(c, dtype=x.dtype)  # γ, β: an empty y asks for the statistics alone
-    _C().group_norm_forward(np.ascontiguousarray(x), num_groups, unused, unused, eps, False,
-                            np.empty((0, 0, 0), dtype=x.dtype), mean, rstd)
+    unused, no_y = np.zeros(c, dtype=x.dtype), np.empty((0, 0, 0), dtype=x.dtype)  # γ, β: an empty y asks for the statistics alone
+    _by_images(lambda p: _C().group_norm_forward(x[p], num_groups, unused, unused, eps, False, no_y, mean[p], rstd[p]), x)
     return mean, rstd
 
 
@@ -55,11 +56,19 @@ def group_norm_backward(grad_y, x, mean, rstd, weight, bias, silu: bool):
     n, c, m = x.shape
     grad_x = np.empty_like(x)  # (N, C, M)
     grad_weight, grad_bias = np.empty((n, c)), np.empty((n, c))  # per image, summed below in float64
-    _C().group_norm_backward(
-        np.ascontiguousarray(grad_y, dtype=x.dtype), np.ascontiguousarray(x), np.ascontiguousarray(mean),
-        np.ascontiguousarray(rstd), _vector(weight, x.dtype), _vector(bias, x.dtype), silu, grad_x, grad_weight, grad_bias,
-    )
+    grad_y, x = np.ascontiguousarray(grad_y, dtype=x.dtype), np.ascontiguousarray(x)
+    mean, rstd, weight, bias = np.ascontiguousarray(mean), np.ascontiguousarray(rstd), _vector(weight, x.dtype), _vector(bias, x.dtype)
+    _by_images(lambda p: _C().group_norm_backward(grad_y[p], x[p], mean[p], rstd[p], weight, bias, silu,
+                                                  grad_x[p], grad_weight[p], grad_bias[p]), x)
     return grad_x, grad_weight.sum(axis=0).astype(x.dtype), grad_bias.sum(axis=0).astype(x.dtype)
+
+
+def _by_images(work, x):
+    """work(images) over pieces of x's batch on the chunk threads (``chunking.SHARED_KERNEL_ELEMENTS``
+    says why); each image's values come out the same whichever piece holds it."""
+    from ..functional import chunking  # the functional package imports the kernels: not at load time
+
+    chunking.map_chunks(work, chunking.batch_pieces(x.shape[0], x.size, chunking.SHARED_KERNEL_ELEMENTS), np)
 
 
 def winograd_filter_transform(w, m: int = 2):
@@ -146,15 +155,17 @@ def ema_update(average, param, one_minus_decay: float):
 
 def upsample_nearest_forward(x, scale: int):
     n, c, h, w = x.shape
+    x = np.ascontiguousarray(x)
     y = np.empty((n, c, h * scale, w * scale), dtype=x.dtype)  # (N, C, H·s, W·s)
-    _C().upsample_nearest_forward(np.ascontiguousarray(x), scale, y)
+    _by_images(lambda p: _C().upsample_nearest_forward(x[p], scale, y[p]), y)
     return y
 
 
 def upsample_nearest_backward(grad_y, scale: int):
     n, c, hs, ws = grad_y.shape
+    grad_y = np.ascontiguousarray(grad_y)
     grad_x = np.empty((n, c, hs // scale, ws // scale), dtype=grad_y.dtype)  # (N, C, H, W)
-    _C().upsample_nearest_backward(np.ascontiguousarray(grad_y), scale, grad_x)
+    _by_images(lambda p: _C().upsample_nearest_backward(grad_y[p], scale, grad_x[p]), grad_y)
     return grad_x
 
 
