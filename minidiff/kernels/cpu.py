@@ -5,6 +5,8 @@ directly) and calls the OpenMP loop. A name missing here falls back to the refer
 """
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 from .. import backend
@@ -39,7 +41,7 @@ def group_norm_forward(x, num_groups: int, weight, bias, eps: float, silu: bool)
     y = np.empty_like(x)  # (N, C, M)
     mean, rstd = np.empty((n, num_groups), dtype=x.dtype), np.empty((n, num_groups), dtype=x.dtype)  # (N, G) ×2
     weight, bias = _vector(weight, x.dtype), _vector(bias, x.dtype)
-    _by_images(lambda p: _C().group_norm_forward(x[p], num_groups, weight, bias, eps, silu, y[p], mean[p], rstd[p]), x)
+    _by_images(_C().group_norm_forward, x, num_groups, weight, bias, eps, silu, y, mean, rstd, batched=(0, 6, 7, 8))
     return y, mean, rstd
 
 
@@ -48,7 +50,7 @@ def group_norm_stats(x, num_groups: int, eps: float):
     x = np.ascontiguousarray(x)
     mean, rstd = np.empty((n, num_groups), dtype=x.dtype), np.empty((n, num_groups), dtype=x.dtype)  # (N, G) ×2
     unused, no_y = np.zeros(c, dtype=x.dtype), np.empty((0, 0, 0), dtype=x.dtype)  # γ, β: an empty y asks for the statistics alone
-    _by_images(lambda p: _C().group_norm_forward(x[p], num_groups, unused, unused, eps, False, no_y, mean[p], rstd[p]), x)
+    _by_images(_C().group_norm_forward, x, num_groups, unused, unused, eps, False, no_y, mean, rstd, batched=(0, 7, 8))
     return mean, rstd
 
 
@@ -58,17 +60,29 @@ def group_norm_backward(grad_y, x, mean, rstd, weight, bias, silu: bool):
     grad_weight, grad_bias = np.empty((n, c)), np.empty((n, c))  # per image, summed below in float64
     grad_y, x = np.ascontiguousarray(grad_y, dtype=x.dtype), np.ascontiguousarray(x)
     mean, rstd, weight, bias = np.ascontiguousarray(mean), np.ascontiguousarray(rstd), _vector(weight, x.dtype), _vector(bias, x.dtype)
-    _by_images(lambda p: _C().group_norm_backward(grad_y[p], x[p], mean[p], rstd[p], weight, bias, silu,
-                                                  grad_x[p], grad_weight[p], grad_bias[p]), x)
+    _by_images(_C().group_norm_backward, grad_y, x, mean, rstd, weight, bias, silu, grad_x, grad_weight, grad_bias,
+               batched=(0, 1, 2, 3, 7, 8, 9))
     return grad_x, grad_weight.sum(axis=0).astype(x.dtype), grad_bias.sum(axis=0).astype(x.dtype)
 
 
-def _by_images(work, x):
-    """work(images) over pieces of x's batch on the chunk threads (``chunking.SHARED_KERNEL_ELEMENTS``
+def _by_images(kernel, *args, batched):
+    """kernel(*args), the arrays at positions ``batched`` (their first axis the batch's images)
+    cut into pieces over the chunk threads when the first is large (``chunking.SHARED_KERNEL_ELEMENTS``
     says why); each image's values come out the same whichever piece holds it."""
-    from ..functional import chunking  # the functional package imports the kernels: not at load time
+    first = args[batched[0]]
+    if first.shape[0] < 2 or first.size < _chunking().SHARED_KERNEL_ELEMENTS:  # one piece: no map's fixed cost (batch 1)
+        kernel(*args)
+        return
 
-    chunking.map_chunks(work, chunking.batch_pieces(x.shape[0], x.size, chunking.SHARED_KERNEL_ELEMENTS), np)
+    def piece(images):
+        kernel(*(a[images] if k in batched else a for k, a in enumerate(args)))
+
+    _chunking().map_chunks(piece, _chunking().batch_pieces(first.shape[0], first.size, _chunking().SHARED_KERNEL_ELEMENTS), np)
+
+
+def _chunking():
+    # imported at the first call, not at load time: the functional package imports the kernels
+    return importlib.import_module("minidiff.functional.chunking")
 
 
 def winograd_filter_transform(w, m: int = 2):
@@ -157,7 +171,7 @@ def upsample_nearest_forward(x, scale: int):
     n, c, h, w = x.shape
     x = np.ascontiguousarray(x)
     y = np.empty((n, c, h * scale, w * scale), dtype=x.dtype)  # (N, C, H·s, W·s)
-    _by_images(lambda p: _C().upsample_nearest_forward(x[p], scale, y[p]), y)
+    _by_images(_C().upsample_nearest_forward, x, scale, y, batched=(0, 2))
     return y
 
 
@@ -165,7 +179,7 @@ def upsample_nearest_backward(grad_y, scale: int):
     n, c, hs, ws = grad_y.shape
     grad_y = np.ascontiguousarray(grad_y)
     grad_x = np.empty((n, c, hs // scale, ws // scale), dtype=grad_y.dtype)  # (N, C, H, W)
-    _by_images(lambda p: _C().upsample_nearest_backward(grad_y[p], scale, grad_x[p]), grad_y)
+    _by_images(_C().upsample_nearest_backward, grad_y, scale, grad_x, batched=(0, 2))
     return grad_x
 
 
