@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidiff.backend import num_threads
+from minidiff.backend import num_threads, performance_settings
 from minidiff.train import TrainConfig, Trainer
 
 DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
@@ -39,13 +39,16 @@ def main() -> None:
         return result
 
     world.average_gradients = timed_average
-    trainer.train_step()  # warm-up: first-touch allocations, thread pools
-    averaging.clear()
     steps = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        trainer.train_step()
-        steps.append(time.perf_counter() - start)
+    # as Trainer.fit runs its steps: outside, each rank's BLAS threads share the cores with the
+    # other rank's, and a step took 12× longer in some runs (2 ranks on 2 cores)
+    with performance_settings():
+        trainer.train_step()  # warm-up: first-touch allocations, thread pools
+        averaging.clear()
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            trainer.train_step()
+            steps.append(time.perf_counter() - start)
 
     bare = bare_allreduce_s(world, sum(p.size for p in trainer.model.parameters()) + 1)
     if world.is_root:

@@ -110,6 +110,21 @@ def test_num_threads_falls_back_to_omp_then_the_cpus(monkeypatch):
     assert backend.num_threads() >= 1
 
 
+@pytest.mark.parametrize("variable", backend.LOCAL_RANKS_VARIABLES)
+def test_mpi_ranks_on_one_machine_share_its_cores(monkeypatch, variable):
+    for name in ("MINIDIFF_NUM_THREADS", "OMP_NUM_THREADS", *backend.LOCAL_RANKS_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    cpus = backend.num_threads()
+    monkeypatch.setenv(variable, "2")
+    assert backend.num_threads() == max(1, cpus // 2)
+    monkeypatch.setenv(variable, str(4 * cpus))  # more ranks than cores: one thread each
+    assert backend.num_threads() == 1
+    monkeypatch.setenv(variable, "garbled")  # not ours to refuse: every core, as without MPI
+    assert backend.num_threads() == cpus
+    monkeypatch.setenv("MINIDIFF_NUM_THREADS", "3")  # an explicit count wins
+    assert backend.num_threads() == 3
+
+
 @pytest.mark.parametrize("value", ["0", "two", "-1"])
 def test_a_bad_thread_count_is_named(monkeypatch, value):
     monkeypatch.setenv("MINIDIFF_NUM_THREADS", value)
