@@ -75,22 +75,22 @@ cdef extern from *:
        + shift (+ residual, same layout), where s_ν is row r / 2 of plane 4·(r % 2) + ν of Aᵀ M
        (planes `tiles` apart, rows `row` apart), for the `width` columns kept: the Aᵀ pass along
        the columns, written out interleaved. One call per plane: a row is 4 to 7 tiles here. */
-    #define MINIDIFF_AT_PLANE(T, NAME)                                                           \
-    MINIDIFF_CLONES static void NAME(const T *restrict s, ptrdiff_t tiles, ptrdiff_t row, T shift, \
-                                     const T *restrict residual, ptrdiff_t height, ptrdiff_t width, \
-                                     T *restrict y) {                                              \
-        const ptrdiff_t pairs = width / 2;                                                       \
-        for (ptrdiff_t r = 0; r < height; r++, y += width) {                                     \
-            const T *restrict s0 = s + 4 * (r % 2) * tiles + (r / 2) * row, *restrict s1 = s0 + tiles; \
-            const T *restrict s2 = s1 + tiles, *restrict s3 = s2 + tiles;                        \
-            for (ptrdiff_t j = 0; j < pairs; j++) {                                              \
-                y[2 * j] = s0[j] + s1[j] + s2[j] + shift;                                        \
-                y[2 * j + 1] = s1[j] - s2[j] - s3[j] + shift;                                    \
-            }                                                                                    \
-            if (width % 2) y[width - 1] = s0[pairs] + s1[pairs] + s2[pairs] + shift;             \
-        }                                                                                        \
-        if (residual)                                                                            \
-            for (ptrdiff_t k = 0; k < height * width; k++) y[k - height * width] += residual[k]; \
+    #define MINIDIFF_AT_PLANE(T, NAME)                                                           \\
+    MINIDIFF_CLONES static void NAME(const T *restrict s, ptrdiff_t tiles, ptrdiff_t row, T shift, \\
+                                     const T *restrict residual, ptrdiff_t height, ptrdiff_t width, \\
+                                     T *restrict y) {                                              \\
+        const ptrdiff_t pairs = width / 2;                                                       \\
+        for (ptrdiff_t r = 0; r < height; r++, y += width) {                                     \\
+            const T *restrict s0 = s + 4 * (r % 2) * tiles + (r / 2) * row, *restrict s1 = s0 + tiles; \\
+            const T *restrict s2 = s1 + tiles, *restrict s3 = s2 + tiles;                        \\
+            for (ptrdiff_t j = 0; j < pairs; j++) {                                              \\
+                y[2 * j] = s0[j] + s1[j] + s2[j] + shift;                                        \\
+                y[2 * j + 1] = s1[j] - s2[j] - s3[j] + shift;                                    \\
+            }                                                                                    \\
+            if (width % 2) y[width - 1] = s0[pairs] + s1[pairs] + s2[pairs] + shift;             \\
+            if (residual)                                                                        \\
+                for (ptrdiff_t k = 0; k < width; k++) y[k] += residual[r * width + k];           \\
+        }                                                                                        \\
     }
 
     /* even[j] = src[2j], odd[j] = src[2j + 1]: a row split by the parity of its columns. */
@@ -202,7 +202,6 @@ cdef extern from *:
             _mm256_maskstore_ps(y, mask, v);
         }
     }
-
 
     /* The columns p < the returned count, 16 at a time, when there are 16 rows and AVX-512. */
     static ptrdiff_t transpose_fast_f(const float *src, ptrdiff_t rows, ptrdiff_t n, float *dst, ptrdiff_t ld) {
@@ -389,13 +388,20 @@ cdef inline Py_ssize_t _phase_offset(Py_ssize_t r, Py_ssize_t q, Py_ssize_t phas
     return (2 * (r % 2) + q % 2) * phase + (r // 2) * row + q // 2
 
 
-cdef real* _per_thread(Py_ssize_t size, int threads, real* like) except NULL:
+cdef enum:
+    ROW_OVERREAD = 8  # values the vectorised output passes read (and drop) past a row's last tile
+
+
+cdef real* _per_thread(Py_ssize_t size, int threads, real* like, Py_ssize_t zeroed=0) except NULL:
     """Scratch of ``size`` elements for each of ``threads`` threads, of the type ``like`` points
-    to; the caller frees it. (NumPy's allocation and a memoryview of it cost a microsecond per
-    call, 1 % of a batch-1 forward.)"""
+    to, the last ``zeroed`` of each set to 0; the caller frees it. (NumPy's allocation and a
+    memoryview of it cost a microsecond per call, 1 % of a batch-1 forward.)"""
     cdef real* buffers = <real*> malloc(threads * size * sizeof(real))
     if buffers == NULL:
         raise MemoryError(f"Winograd transform: no memory for {threads} × {size} scratch values")
+    cdef int t
+    for t in range(threads):
+        memset(buffers + (t + 1) * size - zeroed, 0, zeroed * sizeof(real))
     return buffers
 
 
@@ -503,15 +509,11 @@ def winograd_output_transform(const real[:, :, ::1] m, const real[::1] bias, con
     cdef bint per_plane = residual.shape[0] > 0 and residual.shape[2] == 1 and residual.shape[3] == 1 and ho * wo > 1
     cdef bint full = residual.shape[0] > 0 and not per_plane
     cdef int threads = threads_for(n_images * channels * ho * wo)
-    # per thread: Aᵀ M for (output row parity a, ν) at (4a + ν)·tiles, and 8 values more that the
-    # vectorised A pass reads (and drops) past the last tile; zeroed so that they are finite
-    cdef Py_ssize_t per_thread = 8 * tiles + 8
-    cdef real* buffers = _per_thread(per_thread, threads, &y[0, 0, 0, 0])
+    # per thread: Aᵀ M for (output row parity a, ν) at (4a + ν)·tiles, then zeros for the A pass to overread
+    cdef Py_ssize_t per_thread = 8 * tiles + ROW_OVERREAD
+    cdef real* buffers = _per_thread(per_thread, threads, &y[0, 0, 0, 0], ROW_OVERREAD)
     cdef real* at_m = NULL
     cdef const real* mo
-    cdef int t
-    for t in range(threads):
-        memset(buffers + t * per_thread + 8 * tiles, 0, 8 * sizeof(real))
     with nogil, parallel(num_threads=threads):
         at_m = buffers + openmp.omp_get_thread_num() * per_thread
         for o in prange(channels, schedule="static"):

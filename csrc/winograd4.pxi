@@ -109,9 +109,9 @@ cdef extern from *:
                 if (width % 4 > 1) y[4 * j + 1] = b + 2 * d + shift;                             \\
                 if (width % 4 > 2) y[4 * j + 2] = a + 4 * c + shift;                             \\
             }                                                                                    \\
+            if (residual)                                                                        \\
+                for (ptrdiff_t k = 0; k < width; k++) y[k] += residual[r * width + k];           \\
         }                                                                                        \\
-        if (residual)                                                                            \\
-            for (ptrdiff_t k = 0; k < height * width; k++) y[k - height * width] += residual[k]; \\
     }
 
     /* d_b[j] = src[4j + b] for 4j + b < width: a row split by its columns modulo 4. */
@@ -389,14 +389,10 @@ def winograd4_output_transform(const real[:, :, ::1] m, const real[::1] bias, co
     cdef bint per_plane = residual.shape[0] > 0 and residual.shape[2] == 1 and residual.shape[3] == 1 and ho * wo > 1
     cdef bint full = residual.shape[0] > 0 and not per_plane
     cdef int threads = threads_for(n_images * channels * ho * wo)
-    # per thread: Aᵀ M for (output row phase a, ν) at (6a + ν)·tiles, and 8 values more that the
-    # vectorised A pass reads (and drops) past the last tile; zeroed so that they are finite
-    cdef Py_ssize_t per_thread = 24 * tiles + 8
-    cdef real* buffers = _per_thread(per_thread, threads, &y[0, 0, 0, 0])
+    # per thread: Aᵀ M for (output row phase a, ν) at (6a + ν)·tiles, then zeros for the A pass to overread
+    cdef Py_ssize_t per_thread = 24 * tiles + ROW_OVERREAD
+    cdef real* buffers = _per_thread(per_thread, threads, &y[0, 0, 0, 0], ROW_OVERREAD)
     cdef real* at_m = NULL
-    cdef int t
-    for t in range(threads):
-        memset(buffers + t * per_thread + 24 * tiles, 0, 8 * sizeof(real))
     with nogil, parallel(num_threads=threads):
         at_m = buffers + openmp.omp_get_thread_num() * per_thread
         for o in prange(channels, schedule="static"):
